@@ -1,0 +1,198 @@
+"""NUFFT operator front end, backend registry and gridding reconstruction."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from recon.errors import BackendUnavailableError, InputError, TrajectoryError
+
+log = logging.getLogger(__name__)
+
+BACKENDS: dict[str, type] = {}
+"""Registered backend classes by name."""
+
+# modules that register further backends when imported (lazily: importing recon never needs them)
+_LAZY_BACKENDS = {
+    "finufft": "recon.nufft.finufft_backend",
+    "cupy": "recon.nufft.cupy_backend",
+    "cufinufft": "recon.nufft.cufinufft_backend",
+}
+_DEVICE_DEFAULT = {"cpu": "finufft", "gpu": "cupy"}
+
+
+def register_backend(name: str) -> Callable[[type], type]:
+    """Class decorator: register a backend class under ``name``.
+
+    A backend class is constructed as ``cls(k_grid, shape, n_trans, eps, dtype, **options)``
+    with ``k_grid`` (M, 3) float64 in units of cycles per FOV (i.e. k * fov, per axis) and must
+    provide ``forward(x) -> y`` for x (n_trans, *shape) and ``adjoint(y) -> x`` for
+    y (n_trans, M), plus a class method ``available() -> str | None`` that returns None when it
+    can run here and otherwise the reason it cannot.
+    """
+
+    def deco(cls: type) -> type:
+        BACKENDS[name] = cls
+        cls.backend_name = name
+        return cls
+
+    return deco
+
+
+def _load_backend(name: str) -> type:
+    if name not in BACKENDS:
+        mod = _LAZY_BACKENDS.get(name)
+        if mod is None:
+            raise InputError(f"unknown NUFFT backend {name!r}; known: {sorted(_LAZY_BACKENDS)}")
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise BackendUnavailableError(f"NUFFT backend {name!r} cannot be loaded: {e}") from e
+    cls = BACKENDS[name]
+    reason = cls.available()
+    if reason is not None:
+        raise BackendUnavailableError(f"NUFFT backend {name!r} is not available: {reason}")
+    return cls
+
+
+def available_backends() -> dict[str, str | None]:
+    """Map every known backend name to None (usable here) or the reason it is not."""
+    out: dict[str, str | None] = {}
+    for name in _LAZY_BACKENDS:
+        try:
+            _load_backend(name)
+            out[name] = None
+        except BackendUnavailableError as e:
+            out[name] = e.message
+    return out
+
+
+def default_threads() -> int:
+    """CPU threads this process may use (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class NUFFT:
+    """3D type-1/type-2 NUFFT between an image grid and non-uniform k-space samples.
+
+    Parameters
+    ----------
+    k : (..., 3) float array of sample positions in cycles/m.
+    shape : image matrix (N0, N1, N2).
+    fov : field of view in m, a scalar or one value per axis.
+    backend : registered backend name (``finufft`` on the CPU; ``cupy``, ``cufinufft`` on a GPU);
+        ``None`` picks the default for ``device``.
+    device : ``cpu`` or ``gpu`` (used when ``backend`` is None).
+    eps : requested relative accuracy (1e-6 default).
+    dtype : complex64 (default) or complex128.
+    options : passed to the backend (e.g. ``n_threads``, ``upsampfac``).
+
+    The operator is planned once per number of simultaneous transforms and reused; a batch
+    ``(n, *shape)`` (echoes, coils, frequency segments) is transformed in one call.
+    """
+
+    def __init__(
+        self,
+        k: np.ndarray,
+        shape: Sequence[int],
+        fov: float | Sequence[float],
+        backend: str | None = None,
+        device: str = "cpu",
+        eps: float = 1e-6,
+        dtype=np.complex64,
+        **options,
+    ):
+        k = np.asarray(k)
+        if k.ndim < 1 or k.shape[-1] != 3:
+            raise TrajectoryError(f"k must have shape (..., 3), got {k.shape}")
+        if not np.all(np.isfinite(k)):
+            raise TrajectoryError("k contains NaN or infinite values")
+        self.shape = tuple(int(s) for s in shape)
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise InputError(f"image shape must be 3 positive integers, got {shape}")
+        fov_a = np.broadcast_to(np.asarray(fov, dtype=np.float64), (3,)).copy()
+        if np.any(fov_a <= 0):
+            raise InputError(f"fov must be positive (m), got {fov}")
+        self.fov = tuple(fov_a.tolist())
+        if not (1e-15 < eps < 1e-1):
+            raise InputError(f"eps must be in (1e-15, 0.1), got {eps}")
+        self.eps = float(eps)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.complex64, np.complex128):
+            raise InputError(f"dtype must be complex64 or complex128, got {self.dtype}")
+        if device not in _DEVICE_DEFAULT:
+            raise InputError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        self.device = device
+        self.backend_name = backend or _DEVICE_DEFAULT[device]
+        self._cls = _load_backend(self.backend_name)
+        self.kshape = k.shape[:-1]
+        # cycles per FOV: the mode index j - floor(N/2) pairs with k * fov
+        self._kgrid = (k.reshape(-1, 3).astype(np.float64) * fov_a[None, :])
+        limit = np.asarray(self.shape) * 1.5
+        if np.any(np.abs(self._kgrid).max(axis=0) > limit):
+            raise TrajectoryError(
+                f"k extends to {np.abs(self._kgrid).max(axis=0).round(1).tolist()} cycles/FOV, beyond "
+                f"1.5 x the grid {list(self.shape)}: check the units of k (cycles/m) and the FOV (m)"
+            )
+        self.options = options
+        self._plans: dict[int, object] = {}
+
+    @property
+    def n_samples(self) -> int:
+        return int(np.prod(self.kshape))
+
+    def _plan(self, n_trans: int):
+        p = self._plans.get(n_trans)
+        if p is None:
+            p = self._cls(self._kgrid, self.shape, n_trans, self.eps, self.dtype, **self.options)
+            self._plans[n_trans] = p
+        return p
+
+    def _batch(self, a, core: tuple, what: str):
+        if tuple(a.shape[len(a.shape) - len(core) :]) != core:
+            raise InputError(f"{what} must have shape (..., {', '.join(map(str, core))}), got {tuple(a.shape)}")
+        lead = a.shape[: len(a.shape) - len(core)]
+        n = int(np.prod(lead)) if lead else 1
+        return lead, n
+
+    def forward(self, image):
+        """Image (..., N0, N1, N2) -> k-space data (..., *k.shape[:-1])."""
+        lead, n = self._batch(image, self.shape, "image")
+        out = self._plan(n).forward(image.reshape((n,) + self.shape))
+        return out.reshape(lead + self.kshape)
+
+    def adjoint(self, data):
+        """k-space data (..., *k.shape[:-1]) -> image (..., N0, N1, N2)."""
+        lead, n = self._batch(data, self.kshape, "data")
+        out = self._plan(n).adjoint(data.reshape((n, self.n_samples)))
+        return out.reshape(lead + self.shape)
+
+    def normal(self, image):
+        """A^H A applied to an image batch."""
+        return self.adjoint(self.forward(image))
+
+    def __repr__(self) -> str:
+        return (
+            f"NUFFT(backend={self.backend_name!r}, shape={self.shape}, fov_m={self.fov}, "
+            f"samples={self.kshape}, eps={self.eps:g}, dtype={self.dtype.name})"
+        )
+
+
+def gridding(op: NUFFT, data, dcf) -> np.ndarray:
+    """Density-compensated adjoint: x_j = sum_m w_m y_m exp(+i 2 pi k_m . r_j).
+
+    With ``dcf`` in 1/m^3 (the k-space volume per sample) and data in value * m^3 (a physical
+    Fourier transform of the object), a uniform object of value c reconstructs to c.
+    ``data`` may have leading batch axes; ``dcf`` has the shape of one batch item.
+    """
+    w = np.asarray(dcf)
+    if w.shape != op.kshape:
+        raise InputError(f"density weights have shape {w.shape}, data samples {op.kshape}")
+    return op.adjoint(data * w.astype(np.float32 if op.dtype == np.complex64 else np.float64))

@@ -1,0 +1,188 @@
+"""The :class:`Trajectory` container shared by every stage.
+
+Conventions (DESIGN.md): ``k`` has shape (n_projections, n_samples, 3) in cycles/m; ``t`` has
+shape (n_samples,) or (n_projections, n_samples) in s, counted from the first ADC sample,
+which is at the echo time TE. The optional density compensation ``dcf`` (n_projections,
+n_samples) is the k-space volume each sample represents, in 1/m^3 (see
+:mod:`recon.trajectory.dcf` for the unit chain).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from recon.errors import TrajectoryError
+
+GAMMA_BAR_23NA_HZ_PER_T = 11.262e6
+"""Gyromagnetic ratio / 2pi of 23Na in Hz/T."""
+GAMMA_BAR_1H_HZ_PER_T = 42.577478e6
+"""Gyromagnetic ratio / 2pi of 1H in Hz/T."""
+
+
+def _as3(v, name: str, dtype=float) -> tuple:
+    a = np.atleast_1d(np.asarray(v, dtype=dtype))
+    if a.size == 1:
+        a = np.repeat(a, 3)
+    if a.shape != (3,):
+        raise TrajectoryError(f"{name} must be a scalar or 3 values, got shape {a.shape}")
+    return tuple(a.tolist())
+
+
+@dataclasses.dataclass
+class Trajectory:
+    """A 3D non-Cartesian trajectory with its sample times and design parameters.
+
+    Attributes
+    ----------
+    k : (n_proj, n_samp, 3) float64, cycles/m.
+    t : (n_samp,) or (n_proj, n_samp) float64, s from the first ADC sample.
+    fov_m : field of view per axis in m.
+    matrix : nominal image matrix per axis.
+    dwell_s : ADC dwell time in s.
+    gamma_hz_per_t : gyromagnetic ratio / 2pi in Hz/T.
+    dcf : optional density compensation (n_proj, n_samp) in 1/m^3.
+    params : generator name and parameters, and the checks it measured (SI units).
+    solid_angle : optional (n_proj,) solid angle in sr that each projection represents
+        (used by the analytic density compensation).
+    waveforms : optional design gradient waveforms (dict with ``raster_s``, ``g_t_per_m``
+        of shape (n_groups, n_raster, 3) in T/m, ``group`` (n_proj,) and ``rotation_rad``
+        (n_proj,), a rotation about z that maps a group's waveform to each projection).
+    """
+
+    k: np.ndarray
+    t: np.ndarray
+    fov_m: tuple
+    matrix: tuple
+    dwell_s: float
+    gamma_hz_per_t: float = GAMMA_BAR_23NA_HZ_PER_T
+    dcf: np.ndarray | None = None
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    solid_angle: np.ndarray | None = None
+    waveforms: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.k = np.asarray(self.k, dtype=np.float64)
+        self.t = np.asarray(self.t, dtype=np.float64)
+        self.fov_m = _as3(self.fov_m, "fov_m")
+        self.matrix = tuple(int(round(x)) for x in _as3(self.matrix, "matrix"))
+        self.dwell_s = float(self.dwell_s)
+        self.gamma_hz_per_t = float(self.gamma_hz_per_t)
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise :class:`TrajectoryError` if shapes, units or values are inconsistent."""
+        if self.k.ndim != 3 or self.k.shape[-1] != 3:
+            raise TrajectoryError(f"k must have shape (n_projections, n_samples, 3), got {self.k.shape}")
+        n_proj, n_samp, _ = self.k.shape
+        if n_proj < 1 or n_samp < 1:
+            raise TrajectoryError(f"k is empty: shape {self.k.shape}")
+        if not np.all(np.isfinite(self.k)):
+            raise TrajectoryError("k contains NaN or infinite values")
+        if self.t.shape not in ((n_samp,), (n_proj, n_samp)):
+            raise TrajectoryError(
+                f"t must have shape ({n_samp},) or ({n_proj}, {n_samp}) to match k {self.k.shape}, "
+                f"got {self.t.shape}"
+            )
+        if not np.all(np.isfinite(self.t)):
+            raise TrajectoryError("t contains NaN or infinite values")
+        if any(f <= 0 for f in self.fov_m) or any(m <= 0 for m in self.matrix):
+            raise TrajectoryError(f"fov_m {self.fov_m} and matrix {self.matrix} must be positive")
+        if self.dwell_s <= 0:
+            raise TrajectoryError(f"dwell time must be positive, got {self.dwell_s} s")
+        if self.dcf is not None:
+            self.dcf = np.asarray(self.dcf, dtype=np.float64)
+            if self.dcf.shape != (n_proj, n_samp):
+                raise TrajectoryError(f"dcf shape {self.dcf.shape} does not match k {self.k.shape[:2]}")
+            if not np.all(np.isfinite(self.dcf)) or np.any(self.dcf < 0):
+                raise TrajectoryError("dcf must be finite and non-negative")
+        # k beyond the grid's Nyquist limit by more than a few percent means wrong units (1/cm? rad/m?)
+        kn = np.asarray(self.matrix) / (2 * np.asarray(self.fov_m))
+        kabs = np.abs(self.k).max(axis=(0, 1))
+        if np.any(kabs > 1.5 * kn * 2):
+            raise TrajectoryError(
+                f"k reaches {kabs.round(2).tolist()} 1/m, more than 3x the grid's Nyquist limit "
+                f"{kn.round(2).tolist()} 1/m for matrix {self.matrix} and FOV {self.fov_m} m: "
+                "k must be in cycles/m (not 1/cm, rad/m or grid units)"
+            )
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def n_projections(self) -> int:
+        return int(self.k.shape[0])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.k.shape[1])
+
+    @property
+    def readout_s(self) -> float:
+        """Readout duration covered by the samples, in s (last sample time + one dwell)."""
+        return float(np.max(self.t) + self.dwell_s)
+
+    @property
+    def kmax_reached(self) -> float:
+        """Largest |k| of any sample in cycles/m."""
+        return float(np.sqrt((self.k**2).sum(-1)).max())
+
+    def sample_times(self) -> np.ndarray:
+        """Sample times broadcast to (n_proj, n_samp) in s (from the first ADC sample)."""
+        return np.broadcast_to(self.t, self.k.shape[:2])
+
+    def scan_time_s(self, tr_s: float, n_echoes: int = 1, averages: int = 1) -> float:
+        """Acquisition time in s: one projection per TR per echo (echoes in separate TRs)."""
+        return float(self.n_projections * tr_s * n_echoes * averages)
+
+    def gradient_t_per_m(self) -> np.ndarray:
+        """Gradient between consecutive samples, (n_proj, n_samp - 1, 3) in T/m, from k."""
+        return np.diff(self.k, axis=1) / (self.gamma_hz_per_t * self.dwell_s)
+
+    def checks(self) -> dict[str, float]:
+        """Measured properties: max |G| (T/m), max slew (T/m/s), kmax reached (1/m), readout (s).
+
+        Uses the design waveforms on the gradient raster when present, otherwise finite
+        differences of k at the dwell time.
+        """
+        if self.waveforms is not None:
+            g = np.asarray(self.waveforms["g_t_per_m"])
+            dt = float(self.waveforms["raster_s"])
+        else:
+            g = self.gradient_t_per_m()
+            dt = self.dwell_s
+        gmag = np.sqrt((g**2).sum(-1))
+        # slew including the switch-on from 0 at the start of the readout (NaN pads ended waveforms)
+        g0 = np.concatenate([np.zeros_like(g[:, :1]), g], axis=1)
+        slew = np.sqrt((np.diff(g0, axis=1) ** 2).sum(-1)) / dt
+        return {
+            "max_gradient_t_per_m": float(np.nanmax(gmag)),
+            "max_slew_t_per_m_per_s": float(np.nanmax(slew)),
+            "kmax_reached_per_m": self.kmax_reached,
+            "readout_s": self.readout_s,
+            "n_projections": self.n_projections,
+            "n_samples": self.n_samples,
+        }
+
+    def with_dcf(self, dcf: np.ndarray) -> Trajectory:
+        """A copy that carries ``dcf`` (n_proj, n_samp) in 1/m^3."""
+        return dataclasses.replace(self, dcf=np.asarray(dcf, dtype=np.float64))
+
+    def subset(self, projections) -> Trajectory:
+        """A trajectory with only the given projections (index array or slice)."""
+        idx = np.arange(self.n_projections)[projections]
+        t = self.t if self.t.ndim == 1 else self.t[idx]
+        wf = None
+        if self.waveforms is not None:
+            wf = dict(self.waveforms)
+            wf["group"] = np.asarray(wf["group"])[idx]
+            wf["rotation_rad"] = np.asarray(wf["rotation_rad"])[idx]
+        return dataclasses.replace(
+            self,
+            k=self.k[idx],
+            t=t,
+            dcf=None if self.dcf is None else self.dcf[idx],
+            solid_angle=None if self.solid_angle is None else self.solid_angle[idx],
+            waveforms=wf,
+        )

@@ -109,6 +109,12 @@ class Trajectory:
                 "k must be in cycles/m (not 1/cm, rad/m or grid units)"
             )
 
+    def __repr__(self) -> str:
+        gen = self.params.get("generator", "file")
+        return (f"Trajectory({gen}: {self.n_projections} projections x {self.n_samples} samples, "
+                f"fov_m={self.fov_m}, matrix={self.matrix}, dwell_s={self.dwell_s:g}, "
+                f"dcf={'yes' if self.dcf is not None else 'no'})")
+
     # ---------------------------------------------------------------- properties
     @property
     def n_projections(self) -> int:

@@ -35,12 +35,14 @@ def time_optimal(
     gamma_hz_per_t: float,
     smax_t_per_m_per_s: float | None,
     v_start: float = 0.0,
+    v_end: float | None = 0.0,
 ) -> np.ndarray:
     """Times t(s) in s of the fastest traversal of the sampled path.
 
     ``vmax`` is the speed limit gamma_bar * |G|_max (cycles/m/s) at each arc length. Without a
     slew limit the speed is ``vmax`` everywhere (an instant switch-on). With one, the speed
-    starts at ``v_start`` and obeys sqrt(a_t^2 + (v^2 kappa)^2) <= gamma_bar * S_max.
+    starts at ``v_start``, ends at ``v_end`` (0: the gradient ramps down to zero at the end of
+    the path, inside the readout; None: free) and obeys sqrt(a_t^2 + (v^2 kappa)^2) <= gamma_bar * S_max.
     """
     vmax = np.asarray(vmax, dtype=np.float64)
     ds = np.diff(s)
@@ -53,6 +55,8 @@ def time_optimal(
         pos = kap > 1e-12
         vcurv[pos] = np.sqrt(amax / kap[pos])
         lim = np.minimum(vmax, vcurv)
+        if v_end is not None:
+            lim[-1] = min(lim[-1], v_end)
         v = lim.copy()
         v[0] = min(v_start, lim[0])
         for i in range(len(s) - 1):  # forward: accelerate within the slew budget

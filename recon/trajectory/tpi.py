@@ -17,7 +17,8 @@ With a slew limit (``smax_t_per_m_per_s``) the design becomes the flexible TPI: 
 twist is tapered (psi rises with a raised cosine over ``taper`` * k0) and each cone's gradient
 amplitude is reduced wherever the slew rate cannot support it (including the switch-on at the
 start of the readout and the tight turns of the cones near the poles), by a time-optimal speed
-profile along the fixed path. The sample density there rises, which the analytic density
+profile along the fixed path; the gradient also ramps down to zero at kmax within the readout,
+so cones that finish early park at kmax without a slew violation. The sample density there rises, which the analytic density
 compensation (radial speed at each sample) accounts for.
 """
 
@@ -149,7 +150,7 @@ def tpi(
         profiles = design(smax_design)
         waves = [gradient_on_raster(tp, pts, grad_raster_s, gamma_hz_per_t) for tp, pts in profiles.values()]
         n_rast = max(w.shape[0] for w in waves)
-        g = np.full((n_r, n_rast, 3), np.nan)  # NaN after a cone's readout ends
+        g = np.zeros((n_r, n_rast, 3))  # gradient off after a cone's readout ends
         for n, w in enumerate(waves):
             g[n, : w.shape[0]] = w
         if not flexible:

@@ -13,6 +13,26 @@ from __future__ import annotations
 
 import numpy as np
 
+try:  # the two passes are sequential scalar loops: compiled with numba where installed
+    from numba import njit
+except ImportError:  # pragma: no cover - numba is a core dependency; pure Python still works
+    def njit(*a, **k):
+        return (lambda f: f) if not a or not callable(a[0]) else a[0]
+
+
+@njit(cache=True)
+def _passes(v, lim, kap, ds, amax):
+    n = v.shape[0]
+    for i in range(n - 1):  # forward: accelerate within the slew budget
+        at2 = amax * amax - (v[i] * v[i] * kap[i]) ** 2
+        at = np.sqrt(at2) if at2 > 0 else 0.0
+        v[i + 1] = min(lim[i + 1], np.sqrt(v[i] * v[i] + 2 * at * ds[i]))
+    for i in range(n - 2, -1, -1):  # backward: brake before curvature peaks and the end
+        at2 = amax * amax - (v[i + 1] * v[i + 1] * kap[i + 1]) ** 2
+        at = np.sqrt(at2) if at2 > 0 else 0.0
+        v[i] = min(v[i], np.sqrt(v[i + 1] * v[i + 1] + 2 * at * ds[i]))
+    return v
+
 
 def arc_length(points: np.ndarray) -> np.ndarray:
     """Cumulative arc length of a polyline (n, 3) -> (n,), starting at 0."""
@@ -59,14 +79,7 @@ def time_optimal(
             lim[-1] = min(lim[-1], v_end)
         v = lim.copy()
         v[0] = min(v_start, lim[0])
-        for i in range(len(s) - 1):  # forward: accelerate within the slew budget
-            at2 = amax**2 - (v[i] ** 2 * kap[i]) ** 2
-            at = np.sqrt(at2) if at2 > 0 else 0.0
-            v[i + 1] = min(lim[i + 1], np.sqrt(v[i] ** 2 + 2 * at * ds[i]))
-        for i in range(len(s) - 2, -1, -1):  # backward: brake before curvature peaks
-            at2 = amax**2 - (v[i + 1] ** 2 * kap[i + 1]) ** 2
-            at = np.sqrt(at2) if at2 > 0 else 0.0
-            v[i] = min(v[i], np.sqrt(v[i + 1] ** 2 + 2 * at * ds[i]))
+        v = _passes(v, lim, np.ascontiguousarray(kap, dtype=np.float64), ds, float(amax))
         v[0] = min(v[0], v_start) if v_start > 0 else v[0]
     vm = 0.5 * (v[1:] + v[:-1])
     # a zero mean speed happens only when both ends of a segment are at rest

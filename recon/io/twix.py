@@ -1,0 +1,493 @@
+"""Siemens twix (.dat) reader: VB, VD/VE and XA files to an :class:`~recon.io.acquisition.Acquisition`.
+
+twixtools (0.24) does the parsing that is hard to get right: the container detection
+(``helpers.idea_version_check``), the protocol header (``read_twix(..., parse_data=False)``,
+``twixprot``), the measurement data header structs and their flags (``twixtools.mdb.Mdb``,
+``mdh_def``). The loop over the data blocks (mdbs) is our own thin layer, because twixtools'
+loop does not stop at the end of the file (a truncated file yields thousands of empty
+0-channel mdbs up to the length claimed by the raid header) and never advances on a block
+whose computed DMA length is 0 (a VB block with 0 channels, or a corrupt SYNCDATA length),
+which would hang on corrupt files. Our loop:
+
+* walks the blocks of the **last** measurement of a multi-RAID file,
+* stops at ACQEND, at the end of the file (a readout that the file cuts is dropped and the
+  truncation reported with counts) and at the first block whose header is impossible
+  (0 channels, DMA length shorter than its own header),
+* skips SYNCDATA (PMU) blocks, keeps NOISEADJSCAN readouts separately as noise samples,
+  keeps image scans (``mdb.is_image_scan()``, the same rule as twixtools and BART), and drops
+  image readouts whose sample or channel count differs from the most common one (counted,
+  reported in ``header['dropped_adcs']``).
+
+Echo assignment: ``echo_from="eco"`` (default) takes the echo from the Eco counter and the
+projection from the Lin counter; ``echo_from="order"`` takes echo ``k % n_echoes`` of the
+k-th kept readout (for sequences that put several ADCs in one TR without setting Eco; the
+projection is then ``k // n_echoes``). Either way the number of echoes is checked against
+``lContrasts``/``alTE`` of the header. Two or more files (one echo each, e.g. echo1.dat
+echo2.dat) combine into one multi-echo acquisition.
+
+Header values are converted to SI units (see :func:`header_values`).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import io
+import logging
+import math
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recon.errors import InputError, RawDataError
+from recon.io.acquisition import Acquisition
+
+log = logging.getLogger("recon.io.twix")
+
+#: names of the header buffers a twix measurement header may contain
+_BUFFER_NAMES = {b"Config", b"Dicom", b"Meas", b"MeasYaps", b"Phoenix", b"Spice", b"Protocol"}
+
+_VE_SCAN_HDR = 192
+_VE_CHAN_HDR = 32
+_VB_HDR = 128
+
+
+# --------------------------------------------------------------------------- small helpers
+@contextlib.contextmanager
+def _quiet():
+    """Silence twixtools' prints (it reports warnings on stdout)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield buf
+
+
+def _get(d: Any, *keys, default=None):
+    """Nested lookup in twixtools' parsed header; list entries that are ``[]`` count as missing."""
+    for k in keys:
+        try:
+            d = d[k]
+        except (KeyError, IndexError, TypeError):
+            return default
+    if isinstance(d, list) and len(d) == 0:
+        return default
+    if isinstance(d, dict) and len(d) == 0:
+        return default
+    return d
+
+
+def _num(v, default=math.nan) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return default
+    return x
+
+
+def _list_entries(v) -> dict[int, Any]:
+    """twixtools turns sparse ASCCONV arrays into lists with ``[]`` holes: return {index: value}."""
+    if v is None:
+        return {}
+    if not isinstance(v, list):
+        v = [v]
+    return {i: x for i, x in enumerate(v) if not (isinstance(x, (list, dict)) and len(x) == 0)}
+
+
+def _software_format(ve: bool, software: str) -> str:
+    if not ve:
+        return "VB"
+    return "XA" if "XA" in (software or "").upper() else "VD/VE"
+
+
+# --------------------------------------------------------------------------- container checks
+def _check_container(path: Path, size: int) -> tuple[bool, int, int]:
+    """Validate the file container and return (is_ve, measurement offset, measurement end).
+
+    Raises RawDataError for empty, foreign or truncated-header files.
+    """
+    if size == 0:
+        raise RawDataError("empty file (0 bytes): not a Siemens twix raw data file", path)
+    if size < 64:
+        raise RawDataError(f"file of {size} bytes is too short to be a Siemens twix raw data file", path)
+    with open(path, "rb") as f:
+        first, second = struct.unpack("<II", f.read(8))
+        ve = first < 10000 and second <= 64  # twixtools.helpers.idea_version_check
+        if ve:
+            if second < 1:
+                raise RawDataError("VD/VE/XA multi-RAID header lists 0 measurements", path)
+            f.seek(8)
+            entries = []
+            for k in range(second):
+                raw = f.read(152)
+                if len(raw) < 152:
+                    raise RawDataError("file ends inside the multi-RAID header (truncated)", path)
+                _meas_id, _file_id, off, length = struct.unpack("<IIQQ", raw[:24])
+                entries.append((off, length))
+            off, length = entries[-1]
+            if off < 8 or off >= size:
+                if off >= size and off < 1 << 40:
+                    raise RawDataError(
+                        f"last measurement starts at byte {off} but the file has only {size} bytes (truncated)",
+                        path)
+                raise RawDataError("not a Siemens twix file (invalid multi-RAID measurement offset)", path)
+            end = size if length == 0 else min(size, off + length)
+        else:
+            off, end = 0, size
+        # every measurement header starts with: u32 header length, u32 buffer count, "Config\0"...
+        f.seek(off)
+        init = f.read(8 + 16)
+        if len(init) < 24:
+            raise RawDataError("file ends inside the measurement header (truncated)", path)
+        hdr_len, n_buf = struct.unpack("<II", init[:8])
+        name = init[8:].split(b"\0", 1)[0]
+        if name not in _BUFFER_NAMES or not 1 <= n_buf <= 64:
+            raise RawDataError("not a Siemens twix raw data file (no VB or VD/VE/XA measurement header found)", path)
+        if off + hdr_len > size:
+            raise RawDataError(
+                f"measurement header claims {hdr_len} bytes but the file ends at {size} (truncated)", path)
+    return ve, off, end
+
+
+# --------------------------------------------------------------------------- header values
+def header_values(hdr: dict, ve: bool) -> dict[str, Any]:
+    """Typed header values in SI units from twixtools' parsed header (``twix[-1]['hdr']``).
+
+    Keys: ``nucleus``, ``frequency_hz`` (Hz), ``field_t`` (T), ``te_s`` (list, s, the first
+    ``lContrasts`` entries of alTE), ``tr_s`` (s), ``ti_s``, ``flip_deg``, ``dwell_s`` (s,
+    alDwellTime[0]), ``dwell_per_echo_s``, ``n_contrasts``, ``fov_m`` (readout, phase, slice/slab
+    in m), ``matrix``, ``software``, ``format``, ``protocol``, ``sequence``, ``wip_long``,
+    ``wip_double`` ({index: value}), ``geometry`` (see :func:`recon.io.geometry.siemens_geometry`),
+    ``kspace`` (sKSpace dict), ``coil``, ``readout_os``, ``averages``.
+    """
+    from recon.io.geometry import siemens_geometry
+
+    y = hdr.get("MeasYaps", {}) or {}
+    dicom = hdr.get("Dicom", {}) or {}
+    meas = hdr.get("Meas", {}) or {}
+    config = hdr.get("Config", {}) or {}
+    out: dict[str, Any] = {}
+    nuc = _get(y, "sTXSPEC", "asNucleusInfo", 0, "tNucleus") or _get(y, "sRXSPEC", "asNucleusInfo", 0, "tNucleus") \
+        or _get(meas, "ResonantNucleus") or ""
+    out["nucleus"] = str(nuc).strip().strip('"')
+    freq = _get(y, "sTXSPEC", "asNucleusInfo", 0, "lFrequency")
+    if freq is None:
+        freq = _get(dicom, "lFrequency")
+    out["frequency_hz"] = _num(freq)
+    b0 = _get(dicom, "flMagneticFieldStrength")
+    if b0 is None:
+        b0 = _get(y, "sProtConsistencyInfo", "flNominalB0")
+    out["field_t"] = _num(b0)
+    n_con = _get(y, "lContrasts")
+    te = _list_entries(_get(y, "alTE"))
+    n_con = int(n_con) if isinstance(n_con, (int, float)) and n_con >= 1 else (1 if te else 0)
+    out["n_contrasts"] = n_con
+    out["te_s"] = [_num(te.get(i)) * 1e-6 for i in range(n_con)]
+    out["te_all_s"] = [_num(v) * 1e-6 for _, v in sorted(te.items())]
+    out["tr_s"] = _num(_get(y, "alTR", 0)) * 1e-6
+    ti = _get(y, "alTI", 0)
+    out["ti_s"] = None if ti is None else _num(ti) * 1e-6
+    out["flip_deg"] = _num(_get(y, "adFlipAngleDegree", 0))
+    dw = _list_entries(_get(y, "sRXSPEC", "alDwellTime"))
+    out["dwell_s"] = _num(dw.get(0)) * 1e-9
+    out["dwell_per_echo_s"] = [_num(dw.get(i, dw.get(0))) * 1e-9 for i in range(max(n_con, 1))]
+    sl = _get(y, "sSliceArray", "asSlice", 0) or {}
+    fov = tuple(_num(sl.get(k)) * 1e-3 for k in ("dReadoutFOV", "dPhaseFOV", "dThickness"))
+    out["fov_m"] = None if any(math.isnan(v) for v in fov) else fov
+    ks = _get(y, "sKSpace") or {}
+    out["kspace"] = {k: v for k, v in ks.items() if isinstance(v, (int, float, str))}
+    base = ks.get("lBaseResolution")
+    if isinstance(base, (int, float)) and base > 0:
+        dim3 = ks.get("ucDimension") == 4
+        out["matrix"] = (int(base), int(ks.get("lPhaseEncodingLines") or base),
+                         int(ks.get("lPartitions") or 1) if dim3 else 1)
+    else:
+        out["matrix"] = None
+    sw = _get(dicom, "SoftwareVersions") or _get(y, "sProtConsistencyInfo", "tBaselineString") or ""
+    out["software"] = str(sw)
+    out["baseline"] = str(_get(y, "sProtConsistencyInfo", "tBaselineString") or "")
+    out["format"] = _software_format(ve, out["software"])
+    out["protocol"] = str(_get(y, "tProtocolName") or "").strip('"')
+    out["sequence"] = str(_get(y, "tSequenceFileName") or "").strip('"')
+    wip = _get(y, "sWipMemBlock") or _get(y, "sWiPMemBlock") or {}
+    out["wip_long"] = {i: int(v) for i, v in _list_entries(wip.get("alFree")).items()
+                       if isinstance(v, (int, float))}
+    out["wip_double"] = {i: float(v) for i, v in _list_entries(wip.get("adFree")).items()
+                         if isinstance(v, (int, float))}
+    if isinstance(wip.get("tFree"), str):
+        out["wip_string"] = wip["tFree"]
+    ppos = _get(meas, "tPatientPosition") or _get(config, "PatientPosition") or ""
+    out["geometry"] = siemens_geometry(sl, patient_position=str(ppos)) if sl else None
+    coil = _get(y, "sCoilSelectMeas", "aRxCoilSelectData", 0, "asList", 0, "sCoilElementID", "tCoilID") \
+        or _get(y, "asCoilSelectMeas", 0, "asList", 0, "sCoilElementID", "tCoilID")
+    out["coil"] = None if coil is None else str(coil).strip('"')
+    out["readout_os"] = _num(_get(meas, "flReadoutOSFactor"), default=None)
+    out["averages"] = _get(y, "lAverages")
+    return out
+
+
+# --------------------------------------------------------------------------- one file
+def _walk_mdbs(fid, ve: bool, start: int, end: int, size: int, path: Path) -> tuple[list, dict]:
+    """Walk the data blocks from ``start``; return (mdbs, stats). See the module docstring."""
+    import twixtools.mdb
+
+    hsize = _VE_SCAN_HDR if ve else _VB_HDR
+    mdbs: list = []
+    stats = {"n_syncdata": 0, "acqend": False, "truncated": False, "corrupt_at": None, "stop_reason": ""}
+    pos = start
+    while pos + hsize <= end:
+        fid.seek(pos)
+        try:
+            with _quiet():
+                m = twixtools.mdb.Mdb(fid, ve)
+        except Exception as e:  # noqa: BLE001 - any parse failure ends the walk here
+            stats["corrupt_at"], stats["stop_reason"] = pos, f"unreadable block header ({e})"
+            break
+        if m.is_flag_set("ACQEND"):
+            stats["acqend"] = True
+            break
+        dl = int(m.dma_len)
+        if m.is_flag_set("SYNCDATA"):
+            if dl < hsize:
+                stats["corrupt_at"], stats["stop_reason"] = pos, f"SYNCDATA block of impossible length {dl}"
+                break
+            stats["n_syncdata"] += 1
+            pos += dl
+            continue
+        if m.mdh.UsedChannels == 0 or m.mdh.SamplesInScan == 0 or dl < hsize:
+            stats["corrupt_at"] = pos
+            stats["stop_reason"] = (f"block with {m.mdh.UsedChannels} channels x {m.mdh.SamplesInScan} samples "
+                                    f"at byte {pos}")
+            break
+        if pos + dl > size:
+            stats["truncated"] = True
+            stats["stop_reason"] = f"file ends inside the readout at byte {pos} ({pos + dl - size} bytes missing)"
+            break
+        mdbs.append(m)
+        pos += dl
+    else:
+        if not stats["acqend"]:
+            stats["truncated"] = pos < end or end >= size
+            stats["stop_reason"] = "no ACQEND block at the end of the measurement"
+    return mdbs, stats
+
+
+def _read_one(path: Path) -> dict[str, Any]:
+    """Parse one file: header values, image readouts (as arrays) and noise readouts."""
+    import twixtools
+
+    if not path.exists():
+        raise InputError("raw data file not found", path)
+    if path.is_dir():
+        raise InputError("is a directory, expected a raw data file", path)
+    size = path.stat().st_size
+    ve, meas_off, meas_end = _check_container(path, size)
+    try:
+        with _quiet() as msg:
+            tw = twixtools.read_twix(str(path), include_scans=[-1], parse_data=False, parse_pmu=False,
+                                     parse_geometry=False, verbose=False)
+        meas = tw[-1]
+        hdr = meas["hdr"]
+    except Exception as e:  # noqa: BLE001 - twixtools raises anything on corrupt headers
+        raise RawDataError(f"cannot parse the twix protocol header ({type(e).__name__}: {e})", path) from e
+    for line in msg.getvalue().splitlines():
+        if line.strip():
+            log.debug("twixtools: %s", line.strip())
+    if not isinstance(hdr, dict) or not hdr.get("MeasYaps"):
+        raise RawDataError("twix header has no MeasYaps (ASCCONV) protocol: corrupt or foreign file", path)
+    hv = header_values(hdr, ve)
+    hdr_len = int(meas["hdr_str"].size)
+    with open(path, "rb") as fid:
+        mdbs, stats = _walk_mdbs(fid, ve, meas_off + hdr_len, meas_end, size, path)
+        noise_m = [m for m in mdbs if m.is_flag_set("NOISEADJSCAN")]
+        img = [m for m in mdbs if m.is_image_scan()]
+        n_other = len(mdbs) - len(noise_m) - len(img)
+        if not img:
+            why = f"; reading stopped: {stats['stop_reason']}" if stats["stop_reason"] else ""
+            raise RawDataError(f"no imaging readouts found ({len(mdbs)} data blocks{why})", path)
+        shapes = collections.Counter((int(m.mdh.UsedChannels), int(m.mdh.SamplesInScan)) for m in img)
+        (n_cha, n_col), _ = shapes.most_common(1)[0]
+        keep = [m for m in img if (m.mdh.UsedChannels, m.mdh.SamplesInScan) == (n_cha, n_col)]
+        dropped = {f"{c}x{s}": n for (c, s), n in shapes.items() if (c, s) != (n_cha, n_col)}
+        data = np.empty((len(keep), n_cha, n_col), np.complex64)
+        for i, m in enumerate(keep):
+            data[i] = m.data
+        eco = np.array([m.mdh.Counter.Eco for m in keep], dtype=np.int64)
+        lin = np.array([m.mdh.Counter.Lin for m in keep], dtype=np.int64)
+        noise = [np.asarray(m.data) for m in noise_m if m.mdh.UsedChannels == n_cha]
+    noise_arr = np.concatenate(noise, axis=1).astype(np.complex64) if noise else None
+    n_dropped = sum(dropped.values())
+    if n_dropped:
+        log.warning("%s: dropped %d readout(s) whose channels x samples differ from the %d x %d imaging "
+                    "readouts (%s)", path, n_dropped, n_cha, n_col,
+                    ", ".join(f"{n} of {k}" for k, n in sorted(dropped.items())))
+    if stats["truncated"] or stats["corrupt_at"] is not None:
+        log.warning("%s: %s; kept the %d complete imaging readouts before that point",
+                    path, stats["stop_reason"], len(keep))
+    return dict(path=path, ve=ve, hv=hv, data=data, eco=eco, lin=lin, noise=noise_arr,
+                n_noise_scans=len(noise_m), n_other=n_other, dropped=dropped, n_dropped=n_dropped,
+                stats=stats, n_cha=n_cha, n_col=n_col)
+
+
+def _assign_echoes(r: dict, echo_from: str, n_echoes: int | None) -> tuple[np.ndarray, np.ndarray, list]:
+    """Return data (echo, coil, proj, sample), projection index (echo, proj) and notes."""
+    path, data, eco, lin = r["path"], r["data"], r["eco"], r["lin"]
+    n_con = r["hv"]["n_contrasts"]
+    notes: list[str] = []
+    if echo_from == "eco":
+        found = sorted(set(eco.tolist()))
+        n = n_echoes if n_echoes is not None else (max(found) + 1)
+        if n_echoes is None and n_con and n != n_con:
+            raise RawDataError(
+                f"the Eco counter gives {n} echo(es) (values {found[:8]}) but the header lists lContrasts = {n_con}"
+                " echo time(s); read with echo_from='order' and n_echoes (CLI: --echo-from order --echoes N)"
+                " if the sequence does not set the Eco counter", path)
+        extra = eco >= n
+        if extra.any():
+            notes.append(f"dropped {int(extra.sum())} readout(s) with Eco >= {n}")
+            log.warning("%s: dropped %d readout(s) with Eco counter >= %d", path, int(extra.sum()), n)
+        groups = [np.flatnonzero(eco == e) for e in range(n)]
+        proj = lin
+    elif echo_from == "order":
+        n = n_echoes if n_echoes is not None else max(n_con, 1)
+        k = np.arange(len(eco))
+        groups = [k[e::n] for e in range(n)]
+        proj = k // n
+    else:
+        raise InputError(f"echo_from must be 'eco' or 'order', got {echo_from!r}")
+    counts = [len(g) for g in groups]
+    m = min(counts)
+    if m == 0:
+        raise RawDataError(f"echo(es) {[e for e, c in enumerate(counts) if c == 0]} have no readouts "
+                           f"(readouts per echo: {counts})", path)
+    if len(set(counts)) > 1:
+        notes.append(f"unequal readouts per echo {counts}: kept the first {m} of each")
+        log.warning("%s: unequal readouts per echo %s (truncated?): kept the first %d of each", path, counts, m)
+    groups = [g[:m] for g in groups]
+    out = np.stack([data[g] for g in groups])              # (echo, proj, coil, sample)
+    out = np.ascontiguousarray(out.transpose(0, 2, 1, 3))  # (echo, coil, proj, sample)
+    pidx = np.stack([proj[g] for g in groups])
+    return out, pidx, notes
+
+
+def _acquisition_from(r: dict, data: np.ndarray, pidx: np.ndarray, notes: list[str],
+                      te_override: Sequence[float] | None) -> Acquisition:
+    hv = r["hv"]
+    n = data.shape[0]
+    te = list(hv["te_s"])
+    if te_override is not None:
+        te = [float(t) for t in te_override]
+        if len(te) != n:
+            raise InputError(f"{len(te)} echo times given for {n} echoes")
+    elif len(te) != n:
+        src = hv["te_all_s"]
+        if len(src) >= n and n > len(te):
+            # more echoes than lContrasts: alTE may still list them
+            te = src[:n]
+        else:
+            te = (te + [math.nan] * n)[:n]
+        log.warning("%s: the header lists %d echo time(s) (lContrasts) for %d echoes read; using %s s",
+                    r["path"], hv["n_contrasts"], n, te)
+        notes.append("echo times not all from lContrasts")
+    header = {k: hv[k] for k in ("software", "baseline", "format", "protocol", "sequence", "wip_long",
+                                 "wip_double", "kspace", "coil", "readout_os", "averages", "ti_s",
+                                 "dwell_per_echo_s", "n_contrasts")}
+    if "wip_string" in hv:
+        header["wip_string"] = hv["wip_string"]
+    header.update(
+        n_noise_scans=r["n_noise_scans"], dropped_adcs=r["n_dropped"], dropped_shapes=r["dropped"],
+        n_syncdata=r["stats"]["n_syncdata"], n_other_scans=r["n_other"], truncated=bool(r["stats"]["truncated"]),
+        corrupt_at=r["stats"]["corrupt_at"], notes=notes, readouts_per_echo=int(data.shape[2]),
+    )
+    dw = hv["dwell_per_echo_s"]
+    if len(set(dw[:n])) > 1:
+        log.warning("%s: dwell times differ between echoes %s s; using the first", r["path"], dw[:n])
+    return Acquisition(
+        data=data, te_s=tuple(te), tr_s=hv["tr_s"], flip_deg=hv["flip_deg"], dwell_s=hv["dwell_s"],
+        nucleus=hv["nucleus"], frequency_hz=hv["frequency_hz"], field_t=hv["field_t"], projection_index=pidx,
+        noise=r["noise"], fov_m=hv["fov_m"], matrix=hv["matrix"], geometry=hv["geometry"], header=header,
+        sources=(str(r["path"]),),
+    )
+
+
+def read_twix(paths: str | os.PathLike | Sequence[str | os.PathLike], echo_from: str = "eco",
+              n_echoes: int | None = None, te_s: Sequence[float] | None = None) -> Acquisition:
+    """Read one Siemens twix file (or one file per echo) into an :class:`Acquisition`.
+
+    Parameters
+    ----------
+    paths : a .dat file, or a list of files that each hold one echo (or several echoes; the
+        echoes of all files are concatenated in the given order).
+    echo_from : ``"eco"`` (echo from the Eco counter, projection from Lin) or ``"order"`` (echo
+        = position of the ADC within each TR, projection = TR index).
+    n_echoes : echoes per file; default: lContrasts of the header (``"order"``) or the Eco
+        counters found (``"eco"``, which must then agree with lContrasts).
+    te_s : echo times in s to use instead of the header's (e.g. Pulseq files carry dummies).
+
+    Raises
+    ------
+    InputError : the file does not exist.
+    RawDataError : empty, foreign, corrupt file, or no usable imaging readouts; mismatched files.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputError("no raw data file given")
+    parts = []
+    for p in paths:
+        r = _read_one(p)
+        data, pidx, notes = _assign_echoes(r, echo_from, n_echoes)
+        parts.append((r, data, pidx, notes))
+    if len(parts) == 1:
+        r, data, pidx, notes = parts[0]
+        return _acquisition_from(r, data, pidx, notes, te_s)
+    # several files: concatenate echoes
+    accs = [_acquisition_from(r, d, pi, no, None) for r, d, pi, no in parts]
+    first = accs[0]
+    for a in accs[1:]:
+        diffs = []
+        if a.n_coils != first.n_coils:
+            diffs.append(f"channels {first.n_coils} vs {a.n_coils}")
+        if a.n_samples != first.n_samples:
+            diffs.append(f"samples {first.n_samples} vs {a.n_samples}")
+        if a.n_projections != first.n_projections:
+            diffs.append(f"readouts per echo {first.n_projections} vs {a.n_projections}")
+        if a.nucleus != first.nucleus:
+            diffs.append(f"nucleus {first.nucleus} vs {a.nucleus}")
+        if not math.isclose(a.dwell_s, first.dwell_s, rel_tol=1e-9, abs_tol=0) and not (
+                math.isnan(a.dwell_s) and math.isnan(first.dwell_s)):
+            diffs.append(f"dwell {first.dwell_s} vs {a.dwell_s} s")
+        if diffs:
+            raise RawDataError(f"cannot combine with {first.sources[0]} as echoes: " + "; ".join(diffs),
+                               a.sources[0])
+    te = [t for a in accs for t in a.te_s]
+    if te_s is not None:
+        te = [float(t) for t in te_s]
+        if len(te) != sum(a.n_echoes for a in accs):
+            raise InputError(f"{len(te)} echo times given for {sum(a.n_echoes for a in accs)} echoes")
+    header = dict(first.header)
+    header["files"] = [a.sources[0] for a in accs]
+    header["n_noise_scans"] = sum(a.header["n_noise_scans"] for a in accs)
+    header["dropped_adcs"] = sum(a.header["dropped_adcs"] for a in accs)
+    header["truncated"] = any(a.header["truncated"] for a in accs)
+    header["notes"] = [n for a in accs for n in a.header["notes"]]
+    return Acquisition(
+        data=np.concatenate([a.data for a in accs], axis=0), te_s=tuple(te), tr_s=first.tr_s,
+        flip_deg=first.flip_deg, dwell_s=first.dwell_s, nucleus=first.nucleus, frequency_hz=first.frequency_hz,
+        field_t=first.field_t, projection_index=np.concatenate([a.projection_index for a in accs], axis=0),
+        noise=first.noise, fov_m=first.fov_m, matrix=first.matrix, geometry=first.geometry, header=header,
+        sources=tuple(a.sources[0] for a in accs),
+    )
+
+
+def is_twix(path: str | os.PathLike) -> bool:
+    """True if the file looks like a Siemens twix file (container check only)."""
+    p = Path(path)
+    try:
+        _check_container(p, p.stat().st_size)
+    except (OSError, RawDataError):
+        return False
+    return True

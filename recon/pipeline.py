@@ -1,0 +1,377 @@
+"""``narecon run``: raw file(s) -> trajectory -> gridding -> B0 correction -> calibration -> outputs.
+
+The pipeline only orchestrates the stages (io, trajectory, nufft, b0, calibrate); each stage
+lives in its own subpackage. Every option has a default here and can be set in a TOML config
+(``[run]`` table, keys = the :class:`RunOptions` field names) or on the command line (which
+wins). Outputs are written atomically into the output directory: nothing or everything.
+
+Outputs (in DIR):
+
+* ``tsc_mM.nii.gz`` calibrated tissue sodium concentration in mM (float32);
+* ``echo1.nii.gz``, ``echo2.nii.gz`` magnitude images of the (B0-corrected) echoes, in the
+  unit chain's units (signal per unit concentration before calibration);
+* ``b0_hz.nii.gz`` off-resonance field map in Hz at the imaged nucleus (zeros if one echo);
+* ``ratio_csf.nii.gz`` TSC / mean TSC in the ratio region, when one is given;
+* ``calibration.json`` fit, tubes, warnings, relaxation factors;
+* ``recon.h5`` complex echo images, field map, density weights, trajectory parameters,
+  provenance (input sha256, options, versions, device, timings);
+* ``qa.png`` mid slices of echoes, field map and TSC with the tube ROIs and the calibration line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recon.errors import ConfigError, InputError, OutputError, TrajectoryError
+from recon.log import StageTimer
+
+log = logging.getLogger("recon.pipeline")
+
+B0_METHODS = ("none", "tb-cpr", "fs-cpr", "mfi")
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """Every option of ``narecon run`` (units in the names)."""
+
+    traj: str | None = None  # trajectory file (HDF5); default: built from the header by the profile
+    profile: str | None = None  # sequence profile TOML; default: the shipped default profile
+    device: str = "cpu"  # cpu | gpu
+    b0: str = "auto"  # auto (tb-cpr with two echoes, else none) | none | tb-cpr | fs-cpr | mfi
+    b0_segments: int | None = None  # time bins / frequencies (default: the documented rule)
+    fieldmap: str | None = None  # external field map NIfTI in Hz instead of the dual-echo estimate
+    fieldmap_nucleus: str = "23Na"  # nucleus the external map was measured at (1H maps are scaled)
+    calibration: str = "auto"  # auto | internal | path to a tubes CSV
+    tube_mM: tuple = (30.0, 60.0, 90.0, 120.0)  # concentrations for automatic tube detection
+    reference_mM: float = 145.0  # internal reference concentration
+    reference_spheres: tuple = ()  # internal reference: ((x, y, z, r) in mm RAS, ...)
+    ratio_spheres: tuple = ()  # ratio map reference region: ((x, y, z, r) in mm, ...)
+    relaxation: str = "none"  # none | tissue (T1/T2* correction of tissue vs the tube model)
+    signal: str = "auto"  # auto | real | magnitude-nf | magnitude
+    matrix: int | None = None  # reconstruction matrix (default: the protocol's)
+    dcf: str = "auto"  # auto (file's, else analytic for generated, else pipe) | analytic | pipe
+    eps: float = 1e-4  # NUFFT relative accuracy
+    echo_from: str = "eco"  # eco | order
+    nucleus: str | None = None  # for ISMRMRD files without a nucleus field
+    expect_nucleus: str = "23Na"  # refuse other nuclei unless set to "any"
+    force: bool = False  # replace an existing output directory
+    qa: bool = True  # write qa.png
+
+    def validate(self) -> None:
+        if self.device not in ("cpu", "gpu"):
+            raise ConfigError(f"device must be cpu or gpu, got {self.device!r}")
+        if self.b0 not in ("auto",) + B0_METHODS:
+            if self.b0 == "iterative":
+                raise ConfigError("--b0 iterative is not available in this version (issue 10); "
+                                  f"choose one of {('auto',) + B0_METHODS}")
+            raise ConfigError(f"b0 must be one of {('auto',) + B0_METHODS}, got {self.b0!r}")
+        if self.relaxation not in ("none", "tissue"):
+            raise ConfigError(f"relaxation must be none or tissue, got {self.relaxation!r}")
+        if self.dcf not in ("auto", "analytic", "pipe"):
+            raise ConfigError(f"dcf must be auto, analytic or pipe, got {self.dcf!r}")
+        if self.matrix is not None and not (8 <= int(self.matrix) <= 512):
+            raise ConfigError(f"matrix must be between 8 and 512, got {self.matrix}")
+        if not (1e-12 < float(self.eps) < 1e-1):
+            raise ConfigError(f"eps must be in (1e-12, 0.1), got {self.eps}")
+        if self.calibration not in ("auto", "internal") and not os.path.isfile(self.calibration):
+            raise ConfigError("calibration must be auto, internal or an existing tubes CSV file", self.calibration)
+        if self.calibration == "internal" and not self.reference_spheres:
+            raise ConfigError("internal calibration needs reference_spheres (x, y, z, radius in mm)")
+        for name in ("reference_spheres", "ratio_spheres"):
+            for sph in getattr(self, name):
+                if len(sph) != 4 or float(sph[3]) <= 0:
+                    raise ConfigError(f"{name}: each sphere is (x_mm, y_mm, z_mm, radius_mm), got {sph}")
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the ``[run]`` table of a TOML config (every key a :class:`RunOptions` field)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config file not found", p)
+    try:
+        cfg = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"invalid TOML: {e}", p) from e
+    table = cfg.get("run", cfg)
+    fields = {f.name for f in dataclasses.fields(RunOptions)}
+    unknown = sorted(set(table) - fields)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(fields)}", p)
+    return dict(table)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    from recon import __version__
+
+    out = {"narecon": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "scipy", "finufft", "twixtools", "nibabel", "h5py", "cupy"):
+        try:
+            out[pkg] = md.version(pkg if pkg != "cupy" else "cupy-cuda12x")
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def _spheres_mask(spheres, shape, affine):
+    from recon.calibrate.tubes import sphere_mask
+
+    mask = np.zeros(shape, dtype=bool)
+    for x, y, z, r in spheres:
+        mask |= sphere_mask(shape, affine, (x, y, z), float(r))
+    return mask
+
+
+def load_trajectory(acq, opts: RunOptions, timer: StageTimer):
+    """The trajectory of ``acq``: from --traj, or built from the header through the profile."""
+    from recon.io import build_trajectory, check_match, load_profile
+    from recon.trajectory import read_trajectory
+
+    with timer.stage("trajectory"):
+        if opts.traj:
+            traj = read_trajectory(opts.traj)
+            source = f"file {opts.traj}"
+        else:
+            traj = build_trajectory(acq, load_profile(opts.profile))
+            source = f"profile {opts.profile or 'default'} ({traj.params.get('generator')})"
+        try:
+            check_match(acq, traj)
+        except TrajectoryError as e:
+            raise TrajectoryError(f"trajectory ({source}) does not match the data: {e.message}",
+                                  acq.sources[0] if acq.sources else None) from e
+    log.info("trajectory from %s: %d projections x %d samples, readout %.2f ms",
+             source, traj.n_projections, traj.n_samples, traj.readout_s * 1e3)
+    return traj, source
+
+
+def density_weights(traj, opts: RunOptions, timer: StageTimer) -> tuple[np.ndarray, str]:
+    from recon.trajectory import compute_dcf
+
+    method = opts.dcf
+    if method == "auto":
+        if traj.dcf is not None:
+            return traj.dcf, "from trajectory file"
+        method = "analytic" if traj.params.get("generator") in ("tpi", "radial") else "pipe"
+    with timer.stage(f"density compensation ({method})"):
+        return compute_dcf(traj, method), method
+
+
+def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) -> dict[str, Any]:
+    """Run the whole chain and write the outputs atomically into ``out_dir``; returns a summary."""
+    import nibabel as nib
+
+    from recon.atomic import atomic_dir
+    from recon.b0 import correct, estimate_fieldmap, load_fieldmap
+    from recon.calibrate import calibrate, relaxation_factors
+    from recon.calibrate.relax import ReadoutWeighting
+    from recon.io import combine_coils, prewhiten, read_raw
+    from recon.io.geometry import nifti_affine
+    from recon.nufft import NUFFT
+
+    opts.validate()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not opts.force and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise OutputError("output directory exists and is not empty (use --force to overwrite)", out_dir)
+    if not os.access(out_dir.parent if str(out_dir.parent) else ".", os.W_OK) and out_dir.parent.exists():
+        raise OutputError("cannot write into the parent directory", out_dir.parent)
+    timer = StageTimer()
+    t_start = time.perf_counter()
+
+    with timer.stage("read raw data"):
+        acq = read_raw(raw, echo_from=opts.echo_from, nucleus=opts.nucleus)
+    if opts.expect_nucleus != "any" and acq.nucleus != opts.expect_nucleus:
+        raise InputError(f"nucleus is {acq.nucleus!r}, expected {opts.expect_nucleus!r} "
+                         "(set expect_nucleus = \"any\" to reconstruct other nuclei)", raw[0])
+    log.info("%s: %s, %d echo(es) TE %s ms, %d coil(s), %d readouts x %d samples",
+             ", ".join(raw), acq.nucleus, acq.n_echoes, [round(t * 1e3, 3) for t in acq.te_s],
+             acq.n_coils, acq.n_projections, acq.n_samples)
+    if not np.all(np.isfinite(acq.data)):
+        raise InputError("raw data contain NaN or infinite samples", raw[0])
+
+    traj, traj_source = load_trajectory(acq, opts, timer)
+    dcf_full, dcf_method = density_weights(traj, opts, timer)
+    matrix = tuple([int(opts.matrix)] * 3) if opts.matrix else traj.matrix
+    fov = traj.fov_m
+
+    # projections actually acquired, per echo (all echoes must share one ordering to share a plan)
+    pidx = np.asarray(acq.projection_index)
+    if not all(np.array_equal(pidx[0], p) for p in pidx[1:]):
+        order = [np.argsort(p) for p in pidx]
+        data = np.stack([acq.data[e][:, order[e]] for e in range(acq.n_echoes)])
+        pidx_common = np.sort(pidx[0])
+        if not all(np.array_equal(np.sort(p), pidx_common) for p in pidx):
+            raise InputError("echoes contain different sets of projections", raw[0])
+    else:
+        data, pidx_common = acq.data, pidx[0]
+    if pidx_common.max() >= traj.n_projections:
+        raise TrajectoryError(f"projection index {pidx_common.max()} beyond the trajectory's "
+                              f"{traj.n_projections} projections", raw[0])
+    k = traj.k[pidx_common]
+    dcf = dcf_full[pidx_common]
+    if len(pidx_common) < traj.n_projections:
+        log.warning("%d of %d projections acquired: density weights of the full trajectory are used",
+                    len(pidx_common), traj.n_projections)
+
+    with timer.stage("noise prewhitening"):
+        data = prewhiten(data, acq.noise)  # (echo, coil, proj, samp), whitened coil space
+    data = data.astype(np.complex64)
+
+    with timer.stage("NUFFT plan"):
+        op = NUFFT(k, matrix, fov, device=opts.device, eps=opts.eps)
+    affine = nifti_affine(acq.geometry, fov, matrix)
+
+    with timer.stage("gridding (both echoes, all coils)"):
+        plain = correct("none", op, data, dcf, acq.te_s, traj.t, np.zeros(matrix))
+    combined_plain = combine_coils(plain)  # (echo, N0, N1, N2) complex
+
+    # ---- B0
+    method = opts.b0 if opts.b0 != "auto" else ("tb-cpr" if acq.n_echoes >= 2 or opts.fieldmap else "none")
+    fmap = np.zeros(matrix)
+    fmap_info: dict[str, Any] = {"source": "none"}
+    if opts.fieldmap:
+        with timer.stage("external field map"):
+            fmap = load_fieldmap(opts.fieldmap, affine, matrix, nucleus=opts.fieldmap_nucleus,
+                                 target_nucleus=acq.nucleus)
+        fmap_info = {"source": f"file {opts.fieldmap}", "nucleus": opts.fieldmap_nucleus}
+    elif acq.n_echoes >= 2:
+        with timer.stage("field map (dual echo)"):
+            fmap, fm = estimate_fieldmap(combined_plain[0], combined_plain[1], acq.te_s[0], acq.te_s[1])
+        fmap_info = {"source": "dual echo", **fm}
+    elif method != "none":
+        raise InputError(f"--b0 {method} needs two echoes or --fieldmap; the data have one echo", raw[0])
+    if method != "none":
+        with timer.stage(f"B0 correction ({method})"):
+            corr = correct(method, op, data, dcf, acq.te_s, traj.t, fmap, n_segments=opts.b0_segments,
+                           mask=fmap_info.get("mask"))
+        images = combine_coils(corr)
+    else:
+        images = combined_plain
+    fmap_info.pop("mask", None)
+
+    # ---- calibration
+    relax = None
+    if opts.relaxation == "tissue":
+        relax = relaxation_factors(acq.tr_s, acq.flip_deg, acq.te_s[0],
+                                   readout=ReadoutWeighting.from_trajectory(traj.subset(pidx_common), dcf))
+    with timer.stage("calibration"):
+        cal_kw: dict[str, Any] = dict(signal=opts.signal, relaxation=relax)
+        if opts.calibration == "auto":
+            cal_kw.update(method="auto", concentrations_mM=list(opts.tube_mM))
+        elif opts.calibration == "internal":
+            cal_kw.update(method="internal", reference_region=[((x, y, z), r) for x, y, z, r in opts.reference_spheres],
+                          reference_mM=opts.reference_mM)
+        else:
+            cal_kw.update(method="file", tubes_file=opts.calibration)
+        if opts.ratio_spheres:
+            cal_kw["ratio_region"] = [((x, y, z), r) for x, y, z, r in opts.ratio_spheres]
+        cal = calibrate(images[0], affine, **cal_kw)
+
+    # ---- outputs (atomic)
+    summary: dict[str, Any] = {}
+    with atomic_dir(out_dir, overwrite=opts.force) as tmp:
+        with timer.stage("write outputs"):
+            def nii(name, vol, desc):
+                img = nib.Nifti1Image(np.asarray(vol, dtype=np.float32), affine)
+                img.header.set_xyzt_units("mm", "sec")
+                img.header["descrip"] = desc[:79].encode()
+                nib.save(img, str(tmp / name))
+
+            nii("tsc_mM.nii.gz", cal.tsc_mM, "narecon TSC mM")
+            for e in range(acq.n_echoes):
+                nii(f"echo{e + 1}.nii.gz", np.abs(images[e]), f"narecon echo {e + 1} magnitude TE {acq.te_s[e]*1e3:.3f} ms")
+            nii("b0_hz.nii.gz", fmap, f"narecon B0 Hz ({acq.nucleus})")
+            if getattr(cal, "ratio", None) is not None:
+                nii("ratio_csf.nii.gz", cal.ratio, "narecon TSC ratio to reference region")
+            cal_dict = cal.to_dict() if hasattr(cal, "to_dict") else cal.result.to_dict()
+            (tmp / "calibration.json").write_text(json.dumps(cal_dict, indent=2, default=_json_default))
+            provenance = {
+                "inputs": [{"path": os.path.abspath(p), "sha256": _sha256(p), "bytes": os.path.getsize(p)} for p in raw],
+                "options": {k: v for k, v in dataclasses.asdict(opts).items()},
+                "versions": _versions(),
+                "device": opts.device,
+                "nufft_backend": op.backend_name,
+                "command": " ".join(sys.argv),
+                "trajectory_source": traj_source,
+                "dcf_method": dcf_method,
+                "b0_method": method,
+                "fieldmap": fmap_info,
+                "timings_s": dict(timer.timings),
+                "acquisition": {
+                    "nucleus": acq.nucleus, "te_s": list(acq.te_s), "tr_s": acq.tr_s, "flip_deg": acq.flip_deg,
+                    "dwell_s": acq.dwell_s, "frequency_hz": acq.frequency_hz, "field_t": acq.field_t,
+                    "n_coils": acq.n_coils, "n_projections": acq.n_projections, "n_samples": acq.n_samples,
+                    "format": acq.header.get("format"),
+                },
+            }
+            _write_h5(tmp / "recon.h5", images, fmap, dcf, traj, affine, provenance, cal_dict)
+            if opts.qa:
+                from recon.calibrate import qa_figure
+
+                qa_figure(tmp / "qa.png", [np.abs(im) for im in images], tsc=cal.tsc_mM, fieldmap=fmap,
+                          tubes=getattr(cal, "tubes", None), fit=getattr(cal, "fit", None), affine=affine)
+        provenance["timings_s"] = dict(timer.timings)
+        summary = {
+            "out": str(out_dir),
+            "calibration": cal_dict,
+            "b0_method": method,
+            "timings_s": dict(timer.timings),
+            "total_s": time.perf_counter() - t_start,
+        }
+    log.info("wrote %s in %.1f s", out_dir, summary["total_s"])
+    return summary
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def _write_h5(path, images, fmap, dcf, traj, affine, provenance, cal_dict) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "narecon-recon"
+        f.attrs["format_version"] = 1
+        f.create_dataset("echoes", data=np.asarray(images, dtype=np.complex64), compression="gzip")
+        f["echoes"].attrs["axes"] = "echo, x, y, z (image axes follow kx, ky, kz)"
+        f.create_dataset("b0_hz", data=np.asarray(fmap, dtype=np.float32), compression="gzip")
+        f.create_dataset("dcf", data=np.asarray(dcf, dtype=np.float32), compression="gzip")
+        f["dcf"].attrs["units"] = "1/m^3"
+        f.create_dataset("affine", data=affine)
+        g = f.create_group("trajectory")
+        g.attrs["fov_m"] = np.asarray(traj.fov_m)
+        g.attrs["matrix"] = np.asarray(traj.matrix)
+        g.attrs["dwell_s"] = traj.dwell_s
+        g.attrs["gamma_hz_per_t"] = traj.gamma_hz_per_t
+        g.attrs["params"] = json.dumps(traj.params, default=_json_default)
+        f.attrs["provenance"] = json.dumps(provenance, default=_json_default)
+        f.attrs["calibration"] = json.dumps(cal_dict, default=_json_default)

@@ -1,0 +1,387 @@
+"""Analytic digital sodium head phantom: compartments, relaxation, B0 and receive sensitivity.
+
+The phantom is a continuous object defined by smooth-edged ellipsoids, slabs and cylinders, so it
+can be evaluated at any point and therefore on any grid (the simulator samples it on a grid at
+least twice finer than the reconstruction, so tests do not commit the inverse crime).
+
+Coordinates
+-----------
+Points are in metres in the scanner's *patient* coordinate system as Siemens stores it
+(``sSliceArray`` ``dSag, dCor, dTra``): x = sagittal axis pointing to the patient's **left**,
+y = coronal axis pointing **posterior**, z = transverse axis pointing **superior** (head), i.e.
+LPS for a head-first supine patient. RAS millimetres are ``(-x, -y, z) * 1000``. The simulated
+acquisition uses a transverse slab without rotation (readout = +x, phase = +y, slice = +z, rotation
+matrix = identity), so image axis 0 follows kx = +x (towards the left), axis 1 follows
+ky = +y (towards posterior), axis 2 follows kz = +z (towards superior). Voxel index i of an N-point
+axis has its centre at ``position + (i - N // 2) * fov / N`` (DESIGN.md grid). The orientation
+marker (``marker=True``) is a small bright sphere placed right-anterior-superior of the head
+(x < 0, y < 0, z > 0), so a viewer that shows it at the patient's right-front-top confirms the
+NIfTI affine.
+
+Compartments and their values (TSC in mM, T1 and T2* in s)
+-----------------------------------------------------------
+Signal of a compartment at time t after excitation: ``TSC * T1sat * decay(t)`` with
+``decay(t) = f exp(-t / T2s) + (1 - f) exp(-t / T2l)`` (bi-exponential T2*, Hubbard 1970 for the
+spin-3/2 60/40 split) and ``T1sat = sin(a) (1 - E1) / (1 - cos(a) E1)``, ``E1 = exp(-TR / T1)``.
+
+* CSF (sulcal and ventricles): 145 mM, mono-exponential T2* 54 ms (Fleysher et al. 2009, 7T:
+  54 +- 4 ms), T1 60 ms (typical 50-65 ms for free fluid; [unverified]). Extracellular sodium
+  136-145 mM.
+* Vitreous humour: 140 mM, mono-exponential T2* 50 ms, T1 60 ms (fluid; pynamr normalises the
+  eyes to 145 mM; [unverified] for T1).
+* Grey matter: 40 mM (pynamr phantom; Thulborn/Ouwerkerk 35-45 mM), T1 38 ms [unverified],
+  T2* 0.6 x 4.0 ms / 0.4 x 26 ms (Riemer et al. 2018, 3T: 3.9 / 26.3 ms; Niesporek et al. 7T).
+* White matter: 36 mM, T1 36 ms [unverified], T2* 0.6 x 3.5 ms / 0.4 x 23 ms (Riemer 2018:
+  3.4 / 23.5 ms; Niesporek 7T: 3.5 / 23.3 ms).
+* Peritumoral oedema: 70 mM (raised extracellular volume; between tissue and fluid), T1 45 ms,
+  T2* 0.45 x 5 ms / 0.55 x 35 ms [model values].
+* Tumour, enhancing rim (or solid tumour): 65 mM (50-80 mM reported for gliomas and metastases,
+  Ouwerkerk et al., Radiology 2003), T1 42 ms, T2* 0.5 x 4.5 ms / 0.5 x 30 ms [model values].
+* Necrotic core: 120 mM (pynamr models the core as 0.9 x CSF), T1 55 ms, T2* 0.2 x 5 ms /
+  0.8 x 45 ms [model values].
+* Calibration tubes (aqueous NaCl): 30, 60, 90, 120 mM, mono-exponential T2* 50 ms, T1 55 ms
+  (saline 50-60 ms; [unverified]).
+* Orientation marker: 145 mM saline, as the tubes.
+
+B0 (off-resonance, Hz at 23Na): a smooth low-order field (linear and quadratic terms of some
+tens of Hz over the head) plus a susceptibility-like hot spot (a Gaussian, +60 Hz peak) just
+above the frontal sinus, anterior-inferior at the midline; all scaled by ``b0_scale``.
+23Na off-resonance is gamma(23Na)/gamma(1H) = 0.2645 times that of 1H.
+
+Receive sensitivity: one channel is either uniform or a birdcage-like smooth profile (+-10 %);
+several channels are loops on a ring around the head (Gaussian magnitude, a phase ramp each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.special import erfc
+
+from recon.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Compartment:
+    """One tissue class: TSC in mM, T1 in s, bi-exponential T2* in s (``frac_short`` of the
+    signal at t = 0 decays with ``t2s_short_s``, the rest with ``t2s_long_s``)."""
+
+    name: str
+    label: int
+    tsc_mM: float
+    t1_s: float
+    t2s_short_s: float
+    t2s_long_s: float
+    frac_short: float
+    source: str = ""
+
+    def decay(self, t_s) -> np.ndarray:
+        """T2* decay factor at time(s) ``t_s`` after excitation (1 at t = 0)."""
+        t = np.asarray(t_s, dtype=np.float64)
+        return self.frac_short * np.exp(-t / self.t2s_short_s) + (1 - self.frac_short) * np.exp(-t / self.t2s_long_s)
+
+    def t1_factor(self, tr_s: float, flip_deg: float) -> float:
+        """Steady-state (spoiled) T1 saturation factor for ``tr_s`` and ``flip_deg``."""
+        return t1_saturation(tr_s, self.t1_s, flip_deg)
+
+    def pools(self) -> list[tuple[float, float]]:
+        """[(fraction, T2* in s)]: the exponential pools of this compartment."""
+        if self.frac_short <= 0 or self.t2s_short_s == self.t2s_long_s:
+            return [(1.0, self.t2s_long_s)]
+        return [(self.frac_short, self.t2s_short_s), (1 - self.frac_short, self.t2s_long_s)]
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def t1_saturation(tr_s: float, t1_s: float, flip_deg: float) -> float:
+    """Spoiled steady-state signal relative to full relaxation: sin a (1 - E1) / (1 - cos a E1)."""
+    e1 = math.exp(-tr_s / t1_s)
+    a = math.radians(flip_deg)
+    return math.sin(a) * (1 - e1) / (1 - math.cos(a) * e1)
+
+
+def biexp_decay(t_s, frac_short: float, t2s_short_s: float, t2s_long_s: float) -> np.ndarray:
+    """f exp(-t/T2s) + (1 - f) exp(-t/T2l)."""
+    t = np.asarray(t_s, dtype=np.float64)
+    return frac_short * np.exp(-t / t2s_short_s) + (1 - frac_short) * np.exp(-t / t2s_long_s)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tube:
+    """A calibration tube: a cylinder along z (patient superior) in patient (LPS) metres."""
+
+    name: str
+    centre_m: tuple
+    radius_m: float
+    length_m: float
+    concentration_mM: float
+
+    def as_dict(self) -> dict:
+        c = np.asarray(self.centre_m) * 1e3
+        return {
+            "name": self.name,
+            "concentration_mM": self.concentration_mM,
+            "centre_mm_lps": [round(float(v), 4) for v in c],
+            "centre_mm_ras": [round(float(v), 4) for v in (-c[0], -c[1], c[2])],
+            "radius_mm": self.radius_m * 1e3,
+            "length_mm": self.length_m * 1e3,
+            "axis": "z (superior)",
+        }
+
+
+def default_tubes(concentrations: Sequence[float] = (30.0, 60.0, 90.0, 120.0)) -> tuple[Tube, ...]:
+    """Four tubes beside the head (two left, two right), radius 9 mm, 80 mm long."""
+    pos = [(-0.092, -0.030), (-0.092, 0.030), (0.092, -0.030), (0.092, 0.030)]  # right-ant, right-post, left...
+    if len(concentrations) > len(pos):
+        raise InputError(f"at most {len(pos)} default tube positions, got {len(concentrations)} concentrations")
+    return tuple(
+        Tube(f"tube_{c:g}mM", (x, y, 0.0), 0.009, 0.080, float(c)) for (x, y), c in zip(pos, concentrations)
+    )
+
+
+def _fluid(name, label, tsc, t2=0.054, t1=0.060, src=""):
+    return Compartment(name, label, tsc, t1, t2, t2, 0.0, src)
+
+
+DEFAULT_COMPARTMENTS: dict[str, Compartment] = {
+    c.name: c
+    for c in (
+        Compartment("grey_matter", 1, 40.0, 0.038, 0.0040, 0.026, 0.6, "Riemer 2018; Niesporek 7T; pynamr"),
+        Compartment("white_matter", 2, 36.0, 0.036, 0.0035, 0.023, 0.6, "Riemer 2018; Niesporek 7T"),
+        _fluid("csf_sulcal", 3, 145.0, src="Fleysher 2009 (7T T2* 54 ms)"),
+        _fluid("csf_ventricles", 4, 145.0, src="Fleysher 2009 (7T T2* 54 ms)"),
+        _fluid("vitreous", 5, 140.0, t2=0.050, src="pynamr eyes 145 mM; fluid"),
+        Compartment("oedema", 6, 70.0, 0.045, 0.005, 0.035, 0.45, "model: raised extracellular volume"),
+        Compartment("tumour_rim", 7, 65.0, 0.042, 0.0045, 0.030, 0.5, "Ouwerkerk 2003 (50-80 mM)"),
+        Compartment("necrotic_core", 8, 120.0, 0.055, 0.005, 0.045, 0.2, "pynamr core 0.9 x CSF"),
+    )
+}
+TUBE_T1_S = 0.055
+TUBE_T2S_S = 0.050
+FIRST_TUBE_LABEL = 9
+MARKER_NAME = "marker"
+
+
+def _smooth_step(d: np.ndarray, edge: float) -> np.ndarray:
+    """Inside fraction for signed distance d (negative inside): Gaussian-blurred step of width edge."""
+    if edge <= 0:
+        return (d <= 0).astype(np.float32)
+    return (0.5 * erfc(d / (math.sqrt(2) * edge))).astype(np.float32)
+
+
+def _rot_z(deg: float) -> np.ndarray:
+    a = math.radians(deg)
+    return np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1.0]])
+
+
+def _ellipsoid_distance(p: np.ndarray, centre, semi, rot_deg: float = 0.0, wobble=None) -> np.ndarray:
+    """Approximate signed distance (m) to an ellipsoid surface, along the ray from its centre.
+
+    ``wobble`` (amplitude, (l, m)) modulates the radius by 1 + amp * sin(l theta) cos(m phi), a
+    cheap gyral folding of the surface.
+    """
+    u = p - np.asarray(centre)
+    if rot_deg:
+        u = u @ _rot_z(rot_deg)  # into the ellipsoid's own frame
+    semi = np.asarray(semi, dtype=np.float64)
+    q = np.sqrt(((u / semi) ** 2).sum(-1))
+    rad = np.sqrt((u**2).sum(-1))
+    if wobble is not None:
+        amp, (lw, mw) = wobble
+        theta = np.arccos(np.clip(u[..., 2] / np.maximum(rad, 1e-12), -1, 1))
+        phi = np.arctan2(u[..., 1], u[..., 0])
+        q = q / (1 + amp * np.sin(lw * theta) * np.cos(mw * phi))
+    ray = np.where(q > 1e-9, rad / np.maximum(q, 1e-9), semi.min())  # centre-to-surface length on the ray
+    return (q - 1) * ray
+
+
+def _cylinder_distance(p: np.ndarray, centre, radius: float, length: float) -> np.ndarray:
+    """Signed distance (m) to a finite cylinder along z."""
+    u = p - np.asarray(centre)
+    dr = np.sqrt(u[..., 0] ** 2 + u[..., 1] ** 2) - radius
+    dz = np.abs(u[..., 2]) - length / 2
+    outside = np.sqrt(np.maximum(dr, 0) ** 2 + np.maximum(dz, 0) ** 2)
+    return np.where((dr > 0) | (dz > 0), outside, np.maximum(dr, dz))
+
+
+@dataclasses.dataclass
+class HeadPhantom:
+    """The analytic sodium head phantom (patient LPS coordinates, metres; see module docstring).
+
+    Parameters
+    ----------
+    tumour : ``"rim-core"`` (enhancing rim around a necrotic core), ``"solid"`` or ``"none"``.
+    tubes : the calibration tubes (default :func:`default_tubes`: 30/60/90/120 mM).
+    marker : add the right-anterior-superior orientation marker sphere (radius 6 mm, 145 mM).
+    edge_m : width (s.d. of the Gaussian blur) of every compartment boundary in m.
+    b0_scale : multiplies the whole B0 map (0 switches off-resonance off).
+    b0_hotspot_hz : peak of the frontal-sinus hot spot (before ``b0_scale``) in Hz.
+    centre_m : head centre in patient coordinates (m).
+    compartments : tissue table (default :data:`DEFAULT_COMPARTMENTS`).
+    """
+
+    tumour: str = "rim-core"
+    tubes: tuple = dataclasses.field(default_factory=default_tubes)
+    marker: bool = False
+    edge_m: float = 0.8e-3
+    b0_scale: float = 1.0
+    b0_hotspot_hz: float = 60.0
+    centre_m: tuple = (0.0, 0.0, 0.0)
+    compartments: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_COMPARTMENTS))
+
+    # geometry (m, relative to centre_m; LPS: -x right, -y anterior, +z superior)
+    brain_semi = (0.068, 0.084, 0.060)
+    tumour_centre = (-0.032, -0.018, 0.022)  # right frontal-parietal white matter
+    marker_centre = (-0.080, -0.080, 0.060)  # right, anterior, superior
+    marker_radius = 0.006
+
+    def __post_init__(self) -> None:
+        if self.tumour not in ("rim-core", "solid", "none"):
+            raise InputError(f"tumour must be 'rim-core', 'solid' or 'none', got {self.tumour!r}")
+        if self.edge_m < 0:
+            raise InputError(f"edge width must be >= 0 m, got {self.edge_m}")
+        self.tubes = tuple(self.tubes)
+
+    # ------------------------------------------------------------------ table
+    def table(self) -> list[Compartment]:
+        """All compartments present in this phantom, tubes and marker included, by label."""
+        comps = [c for c in self.compartments.values() if self._present(c.name)]
+        for i, t in enumerate(self.tubes):
+            comps.append(Compartment(t.name, FIRST_TUBE_LABEL + i, t.concentration_mM, TUBE_T1_S, TUBE_T2S_S,
+                                     TUBE_T2S_S, 0.0, "aqueous NaCl"))
+        if self.marker:
+            comps.append(Compartment(MARKER_NAME, FIRST_TUBE_LABEL + len(self.tubes), 145.0, TUBE_T1_S,
+                                     TUBE_T2S_S, TUBE_T2S_S, 0.0, "orientation marker (right-anterior-superior)"))
+        return sorted(comps, key=lambda c: c.label)
+
+    def _present(self, name: str) -> bool:
+        if name == "necrotic_core":
+            return self.tumour == "rim-core"
+        if name == "tumour_rim":
+            return self.tumour != "none"
+        if name == "oedema":
+            return self.tumour != "none"
+        return True
+
+    # -------------------------------------------------------------- geometry
+    def _layers(self, p: np.ndarray, edge: float):
+        """Yield (compartment name, inside fraction) in painting order (later ones on top)."""
+        c0 = np.asarray(self.centre_m)
+        b = np.asarray(self.brain_semi)
+        e = edge
+        outer = _smooth_step(_ellipsoid_distance(p, c0, b), e)
+        yield "csf_sulcal", outer
+        yield "grey_matter", _smooth_step(_ellipsoid_distance(p, c0, b * 0.955, wobble=(0.025, (9, 7))), e)
+        yield "white_matter", _smooth_step(
+            _ellipsoid_distance(p, c0 + [0, 0.004, 0.004], b * 0.80, wobble=(0.05, (7, 5))), e)
+        # interhemispheric fissure: a thin CSF slab at the midline, upper part of the brain
+        fiss = _smooth_step(np.abs(p[..., 0] - c0[0]) - 0.0012, e) * _smooth_step(-(p[..., 2] - c0[2] + 0.005), e)
+        yield "csf_sulcal", fiss * outer
+        for sx in (-1, 1):  # lateral ventricles, splayed
+            yield "csf_ventricles", _smooth_step(
+                _ellipsoid_distance(p, c0 + [sx * 0.010, 0.004, 0.010], (0.007, 0.030, 0.011), rot_deg=sx * 12), e)
+        yield "csf_ventricles", _smooth_step(_ellipsoid_distance(p, c0 + [0, 0.006, -0.004], (0.0025, 0.012, 0.008)), e)
+        if self.tumour != "none":
+            tc = c0 + np.asarray(self.tumour_centre)
+            yield "oedema", _smooth_step(_ellipsoid_distance(p, tc, (0.024, 0.028, 0.022), rot_deg=20), e) * outer
+            yield "tumour_rim", _smooth_step(_ellipsoid_distance(p, tc, (0.014, 0.016, 0.013), rot_deg=20), e)
+            if self.tumour == "rim-core":
+                yield "necrotic_core", _smooth_step(_ellipsoid_distance(p, tc, (0.008, 0.009, 0.0075), rot_deg=20), e)
+        for sx in (-1, 1):  # eyes: anterior, inferior
+            yield "vitreous", _smooth_step(_ellipsoid_distance(p, c0 + [sx * 0.032, -0.080, -0.038], (0.011,) * 3), e)
+        for t in self.tubes:
+            yield t.name, _smooth_step(_cylinder_distance(p, np.asarray(t.centre_m), t.radius_m, t.length_m), e)
+        if self.marker:
+            yield MARKER_NAME, _smooth_step(_ellipsoid_distance(p, c0 + np.asarray(self.marker_centre),
+                                                                (self.marker_radius,) * 3), e)
+
+    def fractions(self, points: np.ndarray, edge_m: float | None = None) -> tuple[list[Compartment], np.ndarray]:
+        """Volume fractions of every compartment at ``points`` (..., 3) in m.
+
+        Returns the compartment list (see :meth:`table`) and an array (n_compartments, ...) of
+        float32 fractions in [0, 1]; their sum is the non-background fraction.
+        """
+        p = np.asarray(points, dtype=np.float64)
+        if p.shape[-1] != 3:
+            raise InputError(f"points must have shape (..., 3), got {p.shape}")
+        comps = self.table()
+        index = {c.name: i for i, c in enumerate(comps)}
+        f = np.zeros((len(comps),) + p.shape[:-1], dtype=np.float32)
+        for name, m in self._layers(p, self.edge_m if edge_m is None else edge_m):
+            f *= 1 - m
+            f[index[name]] += m
+        return comps, f
+
+    def tsc_mM(self, points: np.ndarray, edge_m: float | None = None) -> np.ndarray:
+        """True total sodium concentration in mM at ``points`` (..., 3) in m."""
+        comps, f = self.fractions(points, edge_m)
+        return np.tensordot(np.array([c.tsc_mM for c in comps], dtype=np.float32), f, axes=1)
+
+    def labels(self, points: np.ndarray, edge_m: float | None = None) -> np.ndarray:
+        """Label of the dominant compartment (0 = background) at ``points``."""
+        comps, f = self.fractions(points, edge_m)
+        lab = np.array([c.label for c in comps], dtype=np.int16)
+        best = np.argmax(f, axis=0)
+        bg = 1 - f.sum(0)
+        out = lab[best]
+        out[f.max(0) < bg] = 0
+        return out
+
+    def b0_hz(self, points: np.ndarray) -> np.ndarray:
+        """Off-resonance in Hz at 23Na: smooth low-order field plus a frontal-sinus hot spot."""
+        p = np.asarray(points, dtype=np.float64) - np.asarray(self.centre_m)
+        x, y, z = p[..., 0] / 0.1, p[..., 1] / 0.1, p[..., 2] / 0.1  # in units of 10 cm
+        smooth = 6.0 * x - 10.0 * y + 8.0 * z + 12.0 * (x**2 - y**2) - 9.0 * z**2 + 7.0 * x * z
+        hs = np.array([0.0, -0.066, -0.020])  # above the frontal sinus: anterior, inferior, midline
+        d2 = ((p - hs) ** 2 / np.array([0.014, 0.012, 0.012]) ** 2).sum(-1)
+        return (self.b0_scale * (smooth + self.b0_hotspot_hz * np.exp(-0.5 * d2))).astype(np.float64)
+
+    def receive_sensitivity(self, points: np.ndarray, n_coils: int = 1, kind: str = "uniform") -> np.ndarray:
+        """Complex receive sensitivity (n_coils, ...) at ``points``.
+
+        One coil: ``kind="uniform"`` (1 everywhere) or ``"birdcage"`` (smooth magnitude within
+        +-10 % and a small phase variation). Several coils: loops on a ring of radius 0.13 m in
+        the transverse plane, each a Gaussian magnitude of width 0.09 m times a phase ramp.
+        """
+        p = np.asarray(points, dtype=np.float64) - np.asarray(self.centre_m)
+        if n_coils < 1:
+            raise InputError(f"need at least one coil, got {n_coils}")
+        if n_coils == 1:
+            if kind == "uniform":
+                return np.ones((1,) + p.shape[:-1], dtype=np.complex64)
+            if kind != "birdcage":
+                raise InputError(f"receive sensitivity kind must be 'uniform' or 'birdcage', got {kind!r}")
+            r2 = (p[..., 0] ** 2 + p[..., 1] ** 2) / 0.1**2
+            mag = 1.0 + 0.10 * (r2 - 0.5) - 0.05 * (p[..., 2] / 0.1) ** 2
+            return (mag * np.exp(1j * 0.2 * p[..., 1] / 0.1))[None].astype(np.complex64)
+        out = np.empty((n_coils,) + p.shape[:-1], dtype=np.complex64)
+        for c in range(n_coils):
+            ang = 2 * np.pi * c / n_coils
+            centre = np.array([0.13 * math.cos(ang), 0.13 * math.sin(ang), 0.0])
+            d2 = ((p - centre) ** 2).sum(-1)
+            phase = 2 * np.pi * ((p - centre) @ np.array([math.sin(ang), -math.cos(ang), 0.3])) / 0.5
+            out[c] = np.exp(-d2 / (2 * 0.09**2)) * np.exp(1j * (phase + ang))
+        return out
+
+
+def grid_points(matrix: Sequence[int], fov_m: Sequence[float], position_m=(0.0, 0.0, 0.0),
+                supersample: int = 1) -> np.ndarray:
+    """Voxel centre positions (N0, N1, N2, 3) in patient m of the DESIGN.md grid.
+
+    With ``supersample`` s > 1 returns (s^3, N0, N1, N2, 3): s^3 points evenly spread inside each
+    voxel, for partial-volume averages.
+    """
+    n = np.broadcast_to(np.asarray(matrix, dtype=int), (3,))
+    fov = np.broadcast_to(np.asarray(fov_m, dtype=np.float64), (3,))
+    dx = fov / n
+    axes = [(np.arange(n[d]) - n[d] // 2) * dx[d] + position_m[d] for d in range(3)]
+    base = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    if supersample <= 1:
+        return base
+    off = (np.arange(supersample) + 0.5) / supersample - 0.5
+    offs = np.stack(np.meshgrid(off, off, off, indexing="ij"), -1).reshape(-1, 3) * dx
+    return base[None] + offs[:, None, None, None, :]

@@ -313,20 +313,34 @@ def same_grid(shape_a, affine_a, shape_b, affine_b, atol_mm: float = 1e-3) -> bo
 
 
 _mask_cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+_weights_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # same sphere on the same grid: computed once
 
 
 def _load_labels(path: str) -> tuple[np.ndarray, np.ndarray]:
-    if path not in _mask_cache:
+    try:
+        st = os.stat(path)
+        key = f"{os.path.abspath(path)}:{st.st_mtime_ns}:{st.st_size}"
+    except OSError:
+        raise InputError("mask file not found", path) from None
+    if key not in _mask_cache:
         img = load_image(path)
-        _mask_cache[path] = (img.data, img.affine)
-    return _mask_cache[path]
+        if len(_mask_cache) > 64:
+            _mask_cache.clear()
+        _mask_cache[key] = (img.data, img.affine)
+    return _mask_cache[key]
 
 
 def roi_weights(roi: ROI, image: Image, supersample: int = SUPERSAMPLE) -> tuple[np.ndarray, np.ndarray]:
     """(idx (n, 3), weights (n,)) of ``roi`` on ``image``'s grid; see :func:`sphere_weights`."""
     if isinstance(roi, SphereROI):
-        return sphere_weights(image.data.shape, image.affine, roi.center_in_mm(image.affine), roi.radius_mm,
-                              supersample)
+        key = (tuple(image.data.shape), tuple(np.round(image.affine, 9).ravel()),
+               tuple(np.round(roi.center_in_mm(image.affine), 9)), float(roi.radius_mm), int(supersample))
+        if key not in _weights_cache:
+            if len(_weights_cache) > 4096:
+                _weights_cache.clear()
+            _weights_cache[key] = sphere_weights(image.data.shape, image.affine, roi.center_in_mm(image.affine),
+                                                 roi.radius_mm, supersample)
+        return _weights_cache[key]
     labels, laff = _load_labels(roi.path)
     if not same_grid(labels.shape, laff, image.data.shape, image.affine):
         log.info("ROI %s: resampling %s onto the grid of %s (nearest neighbour)", roi.name, roi.path, image.path)

@@ -1,0 +1,122 @@
+// Type-1 spreading: non-uniform samples -> oversampled grid, ES kernel of width ns.
+//
+// Points arrive sorted into bins (recon/nufft/cupy_backend.py) so neighbouring threads touch
+// neighbouring grid cells. Data and grids are interleaved complex (re, im) arrays of T:
+//   c    : (n_t, c_stride) complex, sample m of transform t at c[2 (t c_stride + m)]
+//   grid : (n_t, nf0, nf1, nf2) complex, C order (axis 2 fastest)
+// Batches: each thread evaluates the kernel once and spreads all n_t transforms.
+#include "narecon_nufft.cuh"
+
+// GM-sort: one thread per sorted point, atomicAdd straight into global memory.
+template <typename T>
+__device__ void spread_gm_impl(const T* __restrict__ x0, const T* __restrict__ x1, const T* __restrict__ x2,
+                               const T* __restrict__ c, long long c_stride, int m, T* grid,
+                               int nf0, int nf1, int nf2, int ns, T beta, T cc, int n_t) {
+  T w0[NARECON_MAX_NS], w1[NARECON_MAX_NS], w2[NARECON_MAX_NS];
+  int i0[NARECON_MAX_NS], i1[NARECON_MAX_NS], i2[NARECON_MAX_NS];
+  const long long grid_n = (long long)nf0 * nf1 * nf2;
+  for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < m; p += blockDim.x * gridDim.x) {
+    es_weights_1d(x0[p], ns, nf0, beta, cc, w0, i0);
+    es_weights_1d(x1[p], ns, nf1, beta, cc, w1, i1);
+    es_weights_1d(x2[p], ns, nf2, beta, cc, w2, i2);
+    for (int t = 0; t < n_t; ++t) {
+      const T cr = c[2 * (t * c_stride + p)], ci = c[2 * (t * c_stride + p) + 1];
+      T* g = grid + 2 * t * grid_n;
+      for (int a = 0; a < ns; ++a) {
+        for (int b = 0; b < ns; ++b) {
+          const T wab = w0[a] * w1[b];
+          const long long row = ((long long)i0[a] * nf1 + i1[b]) * nf2;
+          for (int d = 0; d < ns; ++d) {
+            const T v = wab * w2[d];
+            atomicAdd(&g[2 * (row + i2[d])], v * cr);
+            atomicAdd(&g[2 * (row + i2[d]) + 1], v * ci);
+          }
+        }
+      }
+    }
+  }
+}
+
+// SM: one block per non-empty cubic bin of side B; the block spreads its points into a padded
+// (B + 2h)^3 subgrid in shared memory (h = ceil(ns/2)), then adds the subgrid to the global
+// grid with one atomicAdd per cell. Points of bin b are sorted indices
+// [bin_start[b], bin_start[b] + bin_count[b]) clipped to this launch's chunk [m_lo, m_hi);
+// x0, x1, x2 and c point at the chunk (index p - m_lo).
+#define NARECON_SM_BYTES 49152
+template <typename T>
+__device__ void spread_sm_impl(const T* __restrict__ x0, const T* __restrict__ x1, const T* __restrict__ x2,
+                               const T* __restrict__ c, long long c_stride, const int* __restrict__ bin_start,
+                               const int* __restrict__ bin_count, const int* __restrict__ bin_list,
+                               int nb1, int nb2, int B, int m_lo, int m_hi, T* grid,
+                               int nf0, int nf1, int nf2, int ns, T beta, T cc, int n_t) {
+  __shared__ T sub[NARECON_SM_BYTES / sizeof(T)];
+  T w0[NARECON_MAX_NS], w1[NARECON_MAX_NS], w2[NARECON_MAX_NS];
+  int i0[NARECON_MAX_NS], i1[NARECON_MAX_NS], i2[NARECON_MAX_NS];
+  const int bin = bin_list[blockIdx.x];
+  int s = bin_start[bin], e = s + bin_count[bin];
+  s = (s > m_lo ? s : m_lo) - m_lo;
+  e = (e < m_hi ? e : m_hi) - m_lo;
+  if (s >= e) return;  // the whole block leaves together
+  const int h = (ns + 1) / 2, P = B + 2 * h, P3 = P * P * P;
+  const int b0 = bin / (nb1 * nb2), b1 = (bin / nb2) % nb1, b2 = bin % nb2;
+  const int o0 = b0 * B - h, o1 = b1 * B - h, o2 = b2 * B - h;  // subgrid origin (global cells)
+  const long long grid_n = (long long)nf0 * nf1 * nf2;
+  for (int t = 0; t < n_t; ++t) {
+    for (int l = threadIdx.x; l < 2 * P3; l += blockDim.x) sub[l] = T(0);
+    __syncthreads();
+    for (int p = s + threadIdx.x; p < e; p += blockDim.x) {
+      const int j0 = es_weights_1d(x0[p], ns, nf0, beta, cc, w0, i0) - o0;
+      const int j1 = es_weights_1d(x1[p], ns, nf1, beta, cc, w1, i1) - o1;
+      const int j2 = es_weights_1d(x2[p], ns, nf2, beta, cc, w2, i2) - o2;
+      const T cr = c[2 * (t * c_stride + p)], ci = c[2 * (t * c_stride + p) + 1];
+      for (int a = 0; a < ns; ++a) {
+        for (int b = 0; b < ns; ++b) {
+          const T wab = w0[a] * w1[b];
+          const int row = ((j0 + a) * P + (j1 + b)) * P + j2;
+          for (int d = 0; d < ns; ++d) {
+            const T v = wab * w2[d];
+            atomicAdd(&sub[2 * (row + d)], v * cr);
+            atomicAdd(&sub[2 * (row + d) + 1], v * ci);
+          }
+        }
+      }
+    }
+    __syncthreads();
+    T* g = grid + 2 * t * grid_n;
+    for (int l = threadIdx.x; l < P3; l += blockDim.x) {
+      const T vr = sub[2 * l], vi = sub[2 * l + 1];
+      if (vr == T(0) && vi == T(0)) continue;
+      int g0 = (o0 + l / (P * P)) % nf0, g1 = (o1 + (l / P) % P) % nf1, g2 = (o2 + l % P) % nf2;
+      g0 += g0 < 0 ? nf0 : 0;
+      g1 += g1 < 0 ? nf1 : 0;
+      g2 += g2 < 0 ? nf2 : 0;
+      const long long gi = ((long long)g0 * nf1 + g1) * nf2 + g2;
+      atomicAdd(&g[2 * gi], vr);
+      atomicAdd(&g[2 * gi + 1], vi);
+    }
+    __syncthreads();
+  }
+}
+
+#define NARECON_SPREAD_GM(SUFFIX, T)                                                                     \
+  extern "C" __global__ void spread_gm_##SUFFIX(const T* x0, const T* x1, const T* x2, const T* c,      \
+                                                long long c_stride, int m, T* grid, int nf0, int nf1,   \
+                                                int nf2, int ns, T beta, T cc, int n_t) {               \
+    spread_gm_impl<T>(x0, x1, x2, c, c_stride, m, grid, nf0, nf1, nf2, ns, beta, cc, n_t);              \
+  }                                                                                                      \
+  NARECON_EXPORT(spread_gm_##SUFFIX)
+
+#define NARECON_SPREAD_SM(SUFFIX, T)                                                                     \
+  extern "C" __global__ void spread_sm_##SUFFIX(                                                        \
+      const T* x0, const T* x1, const T* x2, const T* c, long long c_stride, const int* bin_start,      \
+      const int* bin_count, const int* bin_list, int nb1, int nb2, int B, int m_lo, int m_hi, T* grid,  \
+      int nf0, int nf1, int nf2, int ns, T beta, T cc, int n_t) {                                       \
+    spread_sm_impl<T>(x0, x1, x2, c, c_stride, bin_start, bin_count, bin_list, nb1, nb2, B, m_lo, m_hi, \
+                      grid, nf0, nf1, nf2, ns, beta, cc, n_t);                                          \
+  }                                                                                                      \
+  NARECON_EXPORT(spread_sm_##SUFFIX)
+
+NARECON_SPREAD_GM(f32, float)
+NARECON_SPREAD_GM(f64, double)
+NARECON_SPREAD_SM(f32, float)
+NARECON_SPREAD_SM(f64, double)

@@ -211,22 +211,32 @@ def encode_params(params: dict[str, Any], profile: dict[str, Any] | None = None
     return wl, wd
 
 
-def build_trajectory(acq, profile: dict[str, Any] | None = None, dcf: str | None = None):
-    """Generate the trajectory that ``profile`` describes for ``acq`` and check that it matches.
-
-    ``dcf``: optional density compensation method ("analytic" or "pipe") to attach.
-    Raises ConfigError (profile), TrajectoryError (generator, or mismatch with the data).
-    """
-    from recon.trajectory import compute_dcf, density_adapted_radial, tpi
+def generate_trajectory(acq, profile: dict[str, Any] | None = None):
+    """Generate the trajectory that ``profile`` describes for ``acq`` (no check against the data)."""
+    from recon.trajectory import density_adapted_radial, tpi
 
     prm = trajectory_params(acq, profile)
     kw = {k: prm[k] for k in _GENERATOR_KW if k in prm}
     if kw.get("gmax_t_per_m") is not None and prm.get("readout_s") is not None:
         kw["gmax_t_per_m"] = None  # an explicit readout duration wins over a default amplitude
     if prm["generator"] == "radial":
-        traj = density_adapted_radial(n_projections=prm.get("n_projections"), **kw)
-    else:
-        traj = tpi(**kw)
+        return density_adapted_radial(n_projections=prm.get("n_projections"), **kw)
+    traj = tpi(**kw)
+    if prm.get("n_projections") is not None and prm["n_projections"] != traj.n_projections:
+        raise TrajectoryError(f"the profile's TPI parameters give {traj.n_projections} projections but the header "
+                              f"says {prm['n_projections']}", profile.get("_source") if profile else None)
+    return traj
+
+
+def build_trajectory(acq, profile: dict[str, Any] | None = None, dcf: str | None = None):
+    """Generate the trajectory that ``profile`` describes for ``acq`` and check that it matches.
+
+    ``dcf``: optional density compensation method ("analytic" or "pipe") to attach.
+    Raises ConfigError (profile), TrajectoryError (generator, or mismatch with the data).
+    """
+    from recon.trajectory import compute_dcf
+
+    traj = generate_trajectory(acq, profile)
     check_match(acq, traj)
     if dcf:
         traj = traj.with_dcf(compute_dcf(traj, dcf))

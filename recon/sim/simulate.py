@@ -284,7 +284,7 @@ def simulate(
     freq = GAMMA_BAR_23NA_HZ_PER_T * field_t
     header = {
         "format": "simulated",
-        "software": "narecon simulator",
+        "software": "syngo MR E11",
         "protocol": "narecon_sim_tpi" if traj.params.get("generator") == "tpi" else "narecon_sim",
         "sequence": "%CustomerSeq%\\narecon_na_tpi",
         "trajectory": dict(traj.params),

@@ -1,0 +1,251 @@
+"""One call from an echo-1 image to a calibrated TSC map: :func:`calibrate`.
+
+Order of operations (each documented in its module):
+
+1. signal image S from echo 1 (:func:`recon.calibrate.tsc.signal_image`: phase-corrected real part,
+   or noise-floor-corrected magnitude);
+2. optional division by a receive-sensitivity map;
+3. calibration: tubes (automatic detection on the echo-1 magnitude, or a tubes file) and a
+   weighted line ``S = a C + b`` over the tube ROI means of S; or an internal reference region
+   (CSF/vitreous at ``reference_mM``, ``b = 0``);
+4. TSC = (S - b) / (a * relative relaxation factor);
+5. optional ratio map TSC / mean TSC in a reference region.
+
+The :class:`CalibrationResult` holds everything calibration.json records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from recon.atomic import atomic_file
+from recon.calibrate.fit import DEVIATION_WARN, R2_WARN, LinearFit, fit_line, reference_scale
+from recon.calibrate.relax import RelaxationFactors
+from recon.calibrate.tsc import divide_sensitivity, ratio_map, region_mean, signal_image, tsc_map
+from recon.calibrate.tubes import (
+    DEFAULT_PSF_FWHM_VOX,
+    Tube,
+    _check_image,
+    detect_tubes,
+    read_tubes_file,
+    tubes_from_specs,
+    voxel_sizes_mm,
+)
+from recon.errors import CalibrationError
+
+log = logging.getLogger("recon.calibrate")
+
+DEFAULT_TUBES_MM = (30.0, 60.0, 90.0, 120.0)
+"""Tube concentrations of the study protocol, mM."""
+DEFAULT_REFERENCE_MM = 145.0
+"""CSF/vitreous sodium concentration used by the internal reference, mM."""
+METHODS = ("auto", "file", "internal")
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+@dataclasses.dataclass
+class CalibrationResult:
+    """What calibration.json records.
+
+    Attributes
+    ----------
+    method : ``tubes-auto``, ``tubes-file`` or ``internal-reference``.
+    signal : how the calibrated image was made (mode, noise SD, phase filter).
+    fit : the calibration line (slope a per mM, intercept b, R^2, residuals, deviations).
+    tubes : tube ROIs with mean, SD, voxel count and centre (empty for the internal reference).
+    warnings : quality warnings (also logged).
+    relaxation : relaxation factors (target, reference, relative) or None.
+    sensitivity_corrected : whether a receive-sensitivity map divided the signal.
+    reference : internal-reference region (label, mM, voxels, mean signal) or None.
+    ratio_reference : ratio-map reference region (label, voxels, mean TSC in mM) or None.
+    settings : PSF FWHM, erosion, tubes file, concentrations and thresholds used.
+    """
+
+    method: str
+    signal: dict
+    fit: LinearFit
+    tubes: list[Tube]
+    warnings: list[str]
+    relaxation: RelaxationFactors | None = None
+    sensitivity_corrected: bool = False
+    reference: dict | None = None
+    ratio_reference: dict | None = None
+    settings: dict = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (NaN/inf become null)."""
+        return _jsonable({
+            "units": {"tsc": "mM", "slope": "signal per mM", "intercept": "signal", "centre_mm": "RAS+ mm"},
+            "method": self.method,
+            "signal": self.signal,
+            "fit": self.fit.to_dict(),
+            "tubes": [t.to_dict() for t in self.tubes],
+            "warnings": list(self.warnings),
+            "relaxation": None if self.relaxation is None else self.relaxation.to_dict(),
+            "sensitivity_corrected": self.sensitivity_corrected,
+            "reference": self.reference,
+            "ratio_reference": self.ratio_reference,
+            "settings": self.settings,
+        })
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    def write_json(self, path: str | os.PathLike) -> None:
+        """Write calibration.json atomically."""
+        with atomic_file(path) as tmp:
+            tmp.write_text(self.to_json() + "\n")
+
+
+@dataclasses.dataclass
+class Calibration:
+    """Calibrated maps and the record of how they were made.
+
+    tsc : TSC map in mM (float32, image grid). signal : the calibrated signal image S.
+    ratio : TSC / mean TSC in the ratio reference region, or None. result : :class:`CalibrationResult`.
+    """
+
+    tsc: np.ndarray
+    signal: np.ndarray
+    ratio: np.ndarray | None
+    result: CalibrationResult
+
+    @property
+    def tubes(self) -> list[Tube]:
+        return self.result.tubes
+
+
+def _as_mask(region, shape, affine, what: str) -> np.ndarray:
+    """A boolean mask from a mask array or a list of (centre_mm, radius_mm) spheres."""
+    from recon.calibrate.tubes import sphere_mask
+
+    if region is None:
+        raise CalibrationError(f"no {what} given")
+    if isinstance(region, np.ndarray) and region.ndim == 3:
+        if region.shape != tuple(shape):
+            raise CalibrationError(f"{what} mask shape {region.shape} differs from the image {tuple(shape)}")
+        return region.astype(bool)
+    mask = np.zeros(shape, dtype=bool)
+    for item in region:
+        centre, radius = item
+        mask |= sphere_mask(shape, affine, centre, float(radius))
+    if not mask.any():
+        raise CalibrationError(f"{what} contains no voxels of the image")
+    return mask
+
+
+def calibrate(echo1: np.ndarray, affine: np.ndarray, *, method: str = "auto",
+              concentrations_mM: Sequence[float] = DEFAULT_TUBES_MM, tubes_file: str | os.PathLike | None = None,
+              signal: str = "auto", noise_sigma: float | None = None, phase_sigma_vox: float = 2.0,
+              psf_fwhm_vox: float = DEFAULT_PSF_FWHM_VOX, head_mask: np.ndarray | None = None,
+              detect_options: dict | None = None, sensitivity: np.ndarray | None = None,
+              relaxation: RelaxationFactors | None = None, reference_region=None,
+              reference_mM: float = DEFAULT_REFERENCE_MM, reference_label: str = "CSF",
+              ratio_region=None, ratio_label: str = "CSF",
+              r2_min: float = R2_WARN, max_rel_dev: float = DEVIATION_WARN) -> Calibration:
+    """Calibrate the echo-1 image into a TSC map in mM.
+
+    Parameters
+    ----------
+    echo1 : 3D echo-1 image, complex (preferred: phase-corrected real signal) or magnitude.
+    affine : 4x4 voxel-to-RAS+ mm affine of the image.
+    method : ``auto`` (detect tubes), ``file`` (``tubes_file``) or ``internal`` (reference region).
+    concentrations_mM : tube concentrations for automatic detection (matched by rank).
+    tubes_file : CSV of tubes (x_mm, y_mm, z_mm, radius_mm, concentration_mM); implies ``file``.
+    signal : ``auto``/``real``/``magnitude-nf``/``magnitude`` (see :mod:`recon.calibrate.tsc`).
+    noise_sigma : noise SD per real channel in image units (estimated when None).
+    phase_sigma_vox : Gaussian low-pass SD (voxels) of the smooth-phase estimate.
+    psf_fwhm_vox : tube ROI erosion in voxels (about one PSF FWHM; 1.6 for TPI).
+    head_mask : optional head mask for detection; ``detect_options`` go to :func:`detect_tubes`.
+    sensitivity : optional receive-sensitivity map; the signal is divided by it before calibration.
+    relaxation : optional :class:`RelaxationFactors`; TSC is divided by its ``relative`` factor.
+        For the internal reference build it with ``reference='csf'``.
+    reference_region : internal reference: a boolean mask or a list of (centre_mm, radius_mm).
+    reference_mM : concentration of the internal reference region (default 145 mM).
+    ratio_region : optional region (mask or spheres) for a ratio map TSC / mean TSC there.
+    r2_min, max_rel_dev : warning thresholds for the fit.
+    """
+    x, aff = _check_image(echo1, affine)
+    if not np.all(np.isfinite(x)):
+        raise CalibrationError("echo-1 image contains NaN or infinite values")
+    if not np.any(x):
+        raise CalibrationError("echo-1 image is all zero: nothing to calibrate")
+    if tubes_file is not None:
+        method = "file"
+    if method not in METHODS:
+        raise CalibrationError(f"calibration method must be one of {METHODS}, got {method!r}")
+    warnings: list[str] = []
+    s, sig_info = signal_image(x, signal, noise_sigma, phase_sigma_vox)
+    if sensitivity is not None:
+        s = divide_sensitivity(s, sensitivity)
+    erode_mm = float(psf_fwhm_vox) * float(voxel_sizes_mm(aff).mean())
+    settings: dict[str, Any] = {"psf_fwhm_vox": float(psf_fwhm_vox), "erosion_mm": erode_mm,
+                                "r2_warn_below": r2_min, "deviation_warn_above": max_rel_dev}
+    reference = None
+    tubes: list[Tube] = []
+    if method == "internal":
+        mask = _as_mask(reference_region, x.shape, aff, "internal reference region")
+        fit = reference_scale(region_mean(s, mask), reference_mM)
+        reference = {"label": reference_label, "concentration_mM": float(reference_mM),
+                     "n_voxels": int(mask.sum()), "mean_signal": fit.signals[0]}
+        label = "internal-reference"
+        if relaxation is not None and len(relaxation.reference.t2star_s) > 1:
+            w = (f"internal reference ({reference_label}) calibrated with a multi-exponential relaxation reference "
+                 f"model ({relaxation.reference.name}); a fluid reference is mono-exponential")
+            log.warning(w)
+            warnings.append(w)
+    else:
+        if method == "auto":
+            conc = [float(c) for c in concentrations_mM]
+            tubes, w = detect_tubes(np.abs(x), aff, conc, psf_fwhm_vox=psf_fwhm_vox, head_mask=head_mask,
+                                    rank_image=s, **(detect_options or {}))
+            settings["concentrations_mM"] = sorted(conc)
+        else:
+            specs = read_tubes_file(tubes_file)
+            tubes, w = tubes_from_specs(x.shape, aff, specs, erode_mm, tubes_file)
+            settings["tubes_file"] = os.fspath(tubes_file)
+        warnings += w
+        for t in tubes:
+            t.measure(s)
+        try:
+            fit = fit_line([t.concentration_mM for t in tubes], [t.mean for t in tubes],
+                           [t.sd for t in tubes], [t.n_voxels for t in tubes])
+        except CalibrationError as e:
+            raise CalibrationError(e.message, tubes_file) from None
+        warnings += fit.check(r2_min, max_rel_dev)
+        label = "tubes-auto" if method == "auto" else "tubes-file"
+    rel = 1.0 if relaxation is None else relaxation.relative
+    tsc = tsc_map(s, fit.slope, fit.intercept, rel)
+    ratio, ratio_ref = None, None
+    if ratio_region is not None:
+        rmask = _as_mask(ratio_region, x.shape, aff, "ratio reference region")
+        ratio, ref_mean = ratio_map(tsc, rmask)
+        ratio_ref = {"label": ratio_label, "n_voxels": int(rmask.sum()), "mean_tsc_mM": ref_mean}
+    result = CalibrationResult(label, sig_info, fit, tubes, warnings, relaxation, sensitivity is not None,
+                               reference, ratio_ref, settings)
+    log.info("calibration (%s): a = %.4g per mM, b = %.4g%s", label, fit.slope, fit.intercept,
+             "" if fit.r2 is None else f", R^2 = {fit.r2:.4f}")
+    return Calibration(tsc, s, ratio, result)

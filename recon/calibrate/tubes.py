@@ -1,0 +1,355 @@
+"""Calibration tubes: automatic detection, a tubes file, and ROI statistics.
+
+Automatic detection (:func:`detect_tubes`) works on the echo-1 magnitude image:
+
+1. smooth with a Gaussian of ``smooth_vox`` voxels (segmentation only, against noise), threshold
+   at ``rel_threshold`` x its robust maximum (99.9th percentile) and label connected
+   components (6-connectivity, :func:`scipy.ndimage.label`);
+2. drop the head: components touching a given head mask, or else the largest component when it
+   is more than 5x larger than the next, or is alone and larger than 250 ml (a tube phantom
+   without a head: nothing is dropped);
+3. per remaining component take the half-maximum object (voxels >= 0.5 x its 95th-percentile
+   signal, which approximates the true edge of a blurred uniform object) and erode it by one
+   PSF width: keep voxels whose centre is at least ``psf_fwhm_vox`` voxels (in mm) inside the
+   half-maximum edge (Euclidean distance transform, anisotropic voxels allowed). Components
+   whose eroded core has fewer than ``min_core_voxels`` voxels are not compact tubes and are
+   rejected (the reason is logged and named in the error if too few tubes remain);
+4. keep the ``len(concentrations)`` largest cores and match them to the concentrations by rank of
+   their mean signal (in ``rank_image`` when given, e.g. the sensitivity-corrected signal).
+
+A tubes file is CSV (``#`` comments allowed) with the columns ``x_mm, y_mm, z_mm, radius_mm,
+concentration_mM``: the centre in scanner RAS+ mm (through the image's 4x4 affine), the tube's
+inner radius in mm and its concentration. An optional header row names the columns (any order).
+The ROI is the sphere of radius ``radius_mm - erode_mm`` about the centre.
+
+Connected components and distance transforms come from scipy.ndimage; only the selection logic
+is written here.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from recon.errors import CalibrationError
+
+log = logging.getLogger("recon.calibrate")
+
+DEFAULT_PSF_FWHM_VOX = 1.6
+"""PSF FWHM of an ideal spherical k-space (TPI) in voxels (1.59 x voxel size)."""
+HEAD_MIN_ML = 250.0
+"""A lone component larger than this (ml) is taken as the head, not a tube."""
+
+
+@dataclasses.dataclass
+class Tube:
+    """One calibration tube and its ROI statistics.
+
+    Attributes
+    ----------
+    concentration_mM : nominal concentration.
+    centre_mm : ROI centre in scanner RAS+ mm.
+    centre_vox : ROI centre in voxel indices (float).
+    mean, sd : ROI mean and standard deviation (ddof 1) of the image it was measured on.
+    n_voxels : voxels in the ROI.
+    radius_mm : tube radius from the tubes file; for detected tubes the radius of a sphere with
+        the half-maximum object's volume (an indication of size only).
+    erosion_mm : how far inside the tube edge the ROI stays.
+    source : ``auto`` or ``file``.
+    mask : boolean ROI mask on the image grid (not serialised).
+    """
+
+    concentration_mM: float
+    centre_mm: tuple
+    centre_vox: tuple
+    radius_mm: float
+    erosion_mm: float
+    source: str
+    mask: np.ndarray = dataclasses.field(repr=False)
+    mean: float = float("nan")
+    sd: float = float("nan")
+    n_voxels: int = 0
+
+    def measure(self, image: np.ndarray) -> Tube:
+        """Fill ``mean``, ``sd`` and ``n_voxels`` from ``image`` (real-valued) over the ROI."""
+        v = np.asarray(image)[self.mask]
+        if np.iscomplexobj(v):
+            raise CalibrationError("tube ROI statistics need a real-valued image (magnitude or phase-corrected real)")
+        self.n_voxels = int(v.size)
+        self.mean = float(v.mean()) if v.size else float("nan")
+        self.sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mask"}
+        d["centre_mm"] = [float(x) for x in self.centre_mm]
+        d["centre_vox"] = [float(x) for x in self.centre_vox]
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class TubeSpec:
+    """A tube as given in a tubes file: centre (RAS+ mm), radius (mm), concentration (mM)."""
+
+    centre_mm: tuple
+    radius_mm: float
+    concentration_mM: float
+
+
+# ------------------------------------------------------------------------------------ geometry
+def voxel_sizes_mm(affine: np.ndarray) -> np.ndarray:
+    """Voxel edge lengths in mm from a 4x4 voxel-to-RAS affine."""
+    return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(0))
+
+
+def vox_to_mm(affine: np.ndarray, ijk) -> np.ndarray:
+    """Voxel indices (..., 3) to RAS+ mm."""
+    a = np.asarray(affine, dtype=np.float64)
+    return np.asarray(ijk, dtype=np.float64) @ a[:3, :3].T + a[:3, 3]
+
+
+def mm_to_vox(affine: np.ndarray, xyz) -> np.ndarray:
+    """RAS+ mm (..., 3) to (fractional) voxel indices."""
+    a = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    return np.asarray(xyz, dtype=np.float64) @ a[:3, :3].T + a[:3, 3]
+
+
+def sphere_mask(shape: Sequence[int], affine: np.ndarray, centre_mm, radius_mm: float) -> np.ndarray:
+    """Boolean mask of voxels whose centres lie within ``radius_mm`` of ``centre_mm`` (RAS+ mm)."""
+    shape = tuple(int(s) for s in shape)
+    c = mm_to_vox(affine, centre_mm)
+    half = radius_mm / voxel_sizes_mm(affine).min() + 1.5
+    lo = np.maximum(np.floor(c - half).astype(int), 0)
+    hi = np.minimum(np.ceil(c + half).astype(int) + 1, shape)
+    mask = np.zeros(shape, dtype=bool)
+    if np.any(hi <= lo):
+        return mask
+    grids = np.meshgrid(*[np.arange(lo[d], hi[d]) for d in range(3)], indexing="ij")
+    ijk = np.stack(grids, axis=-1)
+    d2 = ((vox_to_mm(affine, ijk) - np.asarray(centre_mm, dtype=np.float64)) ** 2).sum(-1)
+    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = d2 <= radius_mm**2
+    return mask
+
+
+# ----------------------------------------------------------------------------------- detection
+def _check_image(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    img = np.asarray(image)
+    if img.ndim != 3:
+        raise CalibrationError(f"calibration needs a 3D image, got shape {img.shape}")
+    aff = np.asarray(affine, dtype=np.float64)
+    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)) or abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+        raise CalibrationError("the image affine must be a finite, invertible 4x4 matrix")
+    return img, aff
+
+
+def detect_tubes(magnitude: np.ndarray, affine: np.ndarray, concentrations_mM: Sequence[float], *,
+                 psf_fwhm_vox: float = DEFAULT_PSF_FWHM_VOX, head_mask: np.ndarray | None = None,
+                 rel_threshold: float = 0.1, threshold: float | None = None, min_core_voxels: int = 3,
+                 exclude_largest: bool | None = None,
+                 rank_image: np.ndarray | None = None, smooth_vox: float = 1.0) -> tuple[list[Tube], list[str]]:
+    """Find the calibration tubes in a magnitude image (see the module docstring).
+
+    Parameters
+    ----------
+    magnitude : 3D echo-1 magnitude image.
+    affine : 4x4 voxel-to-RAS+ mm affine.
+    concentrations_mM : one per expected tube (matched by rank of the tubes' mean signal).
+    psf_fwhm_vox : erosion, in voxels, from the half-maximum edge of each tube.
+    head_mask : optional boolean mask of the head; components touching it are not tubes.
+    rel_threshold : detection threshold as a fraction of the robust maximum (ignored if
+        ``threshold`` is given, an absolute signal level).
+    min_core_voxels : fewest eroded ROI voxels a tube must keep.
+    smooth_vox : Gaussian SD (voxels) of the smoothing applied before segmentation (noise robustness);
+        ROI statistics use the unsmoothed image.
+    exclude_largest : drop the largest component as the head (None: automatic, see above).
+    rank_image : real image whose ROI means rank the tubes (default ``magnitude``); its statistics
+        are the ones returned.
+
+    Returns
+    -------
+    tubes (sorted by concentration, ROI stats measured on ``magnitude``) and warnings.
+    Raises :class:`CalibrationError` when no tubes or fewer tubes than concentrations are found.
+    """
+    mag, aff = _check_image(np.abs(magnitude), affine)
+    conc = sorted(float(c) for c in concentrations_mM)
+    if len(conc) < 1:
+        raise CalibrationError("no tube concentrations given")
+    warnings: list[str] = []
+    finite = np.isfinite(mag)
+    robust_max = float(np.percentile(mag[finite], 99.9)) if finite.any() else 0.0
+    if not robust_max > 0:
+        raise CalibrationError("no tubes found: the image is empty (all zero or not finite)")
+    det = ndimage.gaussian_filter(np.where(finite, mag, 0.0), smooth_vox) if smooth_vox > 0 else np.where(finite, mag, 0)
+    thr = float(threshold) if threshold is not None else rel_threshold * float(np.percentile(det, 99.9))
+    labels, n = ndimage.label(det > thr)
+    if n == 0:
+        raise CalibrationError(f"no tubes found: nothing above the detection threshold {thr:.4g}")
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    ids = list(range(1, n + 1))
+    excluded: set[int] = set()
+    if head_mask is not None:
+        hm = np.asarray(head_mask, dtype=bool)
+        if hm.shape != mag.shape:
+            raise CalibrationError(f"head mask shape {hm.shape} differs from the image {mag.shape}")
+        excluded |= set(np.unique(labels[ndimage.binary_dilation(hm)]).tolist()) - {0}
+    else:
+        order = np.argsort(sizes)[::-1]
+        largest = int(order[0]) + 1
+        second = int(sizes[order[1]]) if n > 1 else 0
+        big = sizes[order[0]] * float(np.prod(voxel_sizes_mm(aff))) > HEAD_MIN_ML * 1e3
+        auto = sizes[order[0]] > 5 * second if n > 1 else big
+        is_head = exclude_largest if exclude_largest is not None else auto
+        if is_head:
+            excluded.add(largest)
+            log.info("largest component (%d voxels) taken as the head", int(sizes[order[0]]))
+
+    vox = voxel_sizes_mm(aff)
+    erode_mm = float(psf_fwhm_vox) * float(vox.mean())
+    slices = ndimage.find_objects(labels)
+    candidates, rejected = [], []
+    for lab in ids:
+        if lab in excluded:
+            continue
+        sl = tuple(slice(max(s.start - 2, 0), min(s.stop + 2, dim)) for s, dim in zip(slices[lab - 1], mag.shape))
+        comp = labels[sl] == lab
+        vals = det[sl]
+        peak = float(np.percentile(vals[comp], 95))
+        obj = comp & (vals >= 0.5 * peak)
+        dist = ndimage.distance_transform_edt(np.pad(obj, 1), sampling=vox)[1:-1, 1:-1, 1:-1]
+        core = dist >= erode_mm + 0.5 * float(vox.min())
+        centre_local = np.array(ndimage.center_of_mass(np.where(obj, vals, 0)))
+        centre_vox = centre_local + np.array([s.start for s in sl])
+        ncore = int(core.sum())
+        if ncore < min_core_voxels:
+            rejected.append((int(obj.sum()), f"object at voxel {np.round(centre_vox, 1).tolist()} ({int(obj.sum())} voxels) keeps "
+                            f"{ncore} voxels after eroding {erode_mm:.1f} mm"))
+            continue
+        mask = np.zeros(mag.shape, dtype=bool)
+        mask[sl] = core
+        vol_mm3 = float(obj.sum() * np.prod(vox))
+        tube = Tube(float("nan"), tuple(vox_to_mm(aff, centre_vox)), tuple(centre_vox),
+                    radius_mm=(3 * vol_mm3 / (4 * math.pi)) ** (1 / 3), erosion_mm=erode_mm, source="auto",
+                    mask=mask).measure(mag)
+        candidates.append(tube)
+    for _, r in rejected:
+        log.debug("tube candidate rejected: %s", r)
+    rejected.sort(key=lambda x: -x[0])
+    why = ""
+    if rejected:
+        why = (f"; {len(rejected)} object(s) too small for a tube ROI, the largest: "
+               + "; ".join(r for _, r in rejected[:3]))
+    if not candidates:
+        raise CalibrationError(f"no tubes found outside the head (threshold {thr:.4g}){why}")
+    if len(candidates) < len(conc):
+        raise CalibrationError(f"found {len(candidates)} tubes but {len(conc)} concentrations were given "
+                               f"({', '.join(f'{c:g}' for c in conc)} mM){why}")
+    if len(candidates) > len(conc):
+        candidates.sort(key=lambda t: t.n_voxels, reverse=True)
+        extra = candidates[len(conc):]
+        candidates = candidates[: len(conc)]
+        w = (f"{len(extra)} further tube-like object(s) ignored (kept the {len(conc)} largest): centres "
+             + ", ".join(str(np.round(t.centre_mm, 1).tolist()) for t in extra) + " mm")
+        log.warning(w)
+        warnings.append(w)
+    if rank_image is not None:
+        ri = np.asarray(rank_image)
+        if ri.shape != mag.shape:
+            raise CalibrationError(f"rank image shape {ri.shape} differs from the image {mag.shape}")
+        for t in candidates:
+            t.measure(ri)
+    candidates.sort(key=lambda t: t.mean)
+    for t, c in zip(candidates, conc):
+        t.concentration_mM = c
+    return candidates, warnings
+
+
+# ---------------------------------------------------------------------------------- tubes file
+_COLUMNS = {
+    "x": ("x", "x_mm"),
+    "y": ("y", "y_mm"),
+    "z": ("z", "z_mm"),
+    "radius": ("r", "radius", "radius_mm", "r_mm"),
+    "conc": ("c", "conc", "concentration", "concentration_mm", "mm", "c_mm"),
+}
+
+
+def read_tubes_file(path: str | os.PathLike) -> list[TubeSpec]:
+    """Read a tubes CSV (``x_mm, y_mm, z_mm, radius_mm, concentration_mM``; see module docstring)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise CalibrationError(f"cannot read tubes file: {e.strerror}", p) from e
+    rows = [(i + 1, r) for i, r in enumerate(csv.reader(text.splitlines()))
+            if r and any(x.strip() for x in r) and not r[0].strip().startswith("#")]
+    if not rows:
+        raise CalibrationError("tubes file has no rows (expected x_mm,y_mm,z_mm,radius_mm,concentration_mM)", p)
+    order = [0, 1, 2, 3, 4]
+    first = [x.strip() for x in rows[0][1]]
+    try:
+        [float(x) for x in first]
+    except ValueError:
+        names = [x.lower() for x in first]
+        order = []
+        for key, aliases in _COLUMNS.items():
+            hit = [i for i, nm in enumerate(names) if nm in aliases]
+            if not hit:
+                raise CalibrationError(f"tubes file header {first} lacks a column for {key} "
+                                       f"(accepted names: {', '.join(aliases)})", p) from None
+            order.append(hit[0])
+        rows = rows[1:]
+    specs = []
+    for line, r in rows:
+        try:
+            v = [float(r[i]) for i in order]
+        except (ValueError, IndexError):
+            raise CalibrationError(f"line {line}: expected 5 numbers x_mm,y_mm,z_mm,radius_mm,concentration_mM, "
+                                   f"got {r}", p) from None
+        if not all(math.isfinite(x) for x in v):
+            raise CalibrationError(f"line {line}: values must be finite, got {v}", p)
+        if v[3] <= 0:
+            raise CalibrationError(f"line {line}: radius must be positive, got {v[3]} mm", p)
+        if v[4] < 0:
+            raise CalibrationError(f"line {line}: concentration must be >= 0, got {v[4]} mM", p)
+        specs.append(TubeSpec((v[0], v[1], v[2]), v[3], v[4]))
+    if not specs:
+        raise CalibrationError("tubes file lists no tubes", p)
+    return specs
+
+
+def tubes_from_specs(shape: Sequence[int], affine: np.ndarray, specs: Sequence[TubeSpec],
+                     erode_mm: float, path: str | os.PathLike | None = None) -> tuple[list[Tube], list[str]]:
+    """Spherical ROIs of radius ``radius_mm - erode_mm`` about each tube centre; warnings for small tubes.
+
+    A tube narrower than the erosion keeps the voxel nearest its centre (with a warning). A centre
+    outside the image is a :class:`CalibrationError` naming ``path``.
+    """
+    shape = tuple(int(s) for s in shape)
+    aff = np.asarray(affine, dtype=np.float64)
+    tubes, warnings = [], []
+    for i, s in enumerate(specs):
+        cv = mm_to_vox(aff, s.centre_mm)
+        if np.any(cv < -0.5) or np.any(cv > np.asarray(shape) - 0.5):
+            raise CalibrationError(f"tube {i + 1} ({s.concentration_mM:g} mM) centre {list(s.centre_mm)} mm lies "
+                                   f"outside the image (voxel {np.round(cv, 1).tolist()} of {list(shape)})", path)
+        r = s.radius_mm - erode_mm
+        mask = sphere_mask(shape, aff, s.centre_mm, r) if r > 0 else np.zeros(shape, dtype=bool)
+        if not mask.any():
+            near = tuple(np.clip(np.round(cv).astype(int), 0, np.asarray(shape) - 1))
+            mask[near] = True
+            w = (f"tube {i + 1} ({s.concentration_mM:g} mM): radius {s.radius_mm:g} mm leaves no ROI after eroding "
+                 f"{erode_mm:.1f} mm; using the voxel nearest its centre")
+            log.warning(w)
+            warnings.append(w)
+        tubes.append(Tube(s.concentration_mM, tuple(float(x) for x in s.centre_mm), tuple(cv.tolist()),
+                          radius_mm=s.radius_mm, erosion_mm=float(erode_mm), source="file", mask=mask))
+    return tubes, warnings

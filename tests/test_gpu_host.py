@@ -1,0 +1,179 @@
+"""GPU backend kernels run on the CPU (host emulation of kernels/*.cu through the same launch code).
+
+Truths: FINUFFT (an independent implementation) at a tighter tolerance, the exact NUDFT of
+recon.nufft.nudft at selected entries, direct numerical integration of the ES kernel, and the
+adjoint identity. Tolerances follow the issue: relative error <= 10 * eps.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from recon.errors import BackendUnavailableError, InputError
+from recon.nufft import NUFFT
+from recon.nufft.nudft import nudft_adjoint_at, nudft_forward_at
+
+cb = pytest.importorskip("recon.nufft.cupy_backend")
+from recon.nufft._hostcuda import compiler  # noqa: E402
+
+pytestmark = pytest.mark.skipif(compiler() is None, reason="no C++ compiler (g++) for the host emulation")
+
+FOV = 0.224
+
+
+def _tpi_k() -> np.ndarray:
+    from recon.trajectory import tpi
+
+    t = tpi(fov_m=FOV, res_m=0.014)  # kmax * fov = 8 cycles/FOV: fits a 15/16-point grid
+    return t.k[::25].reshape(-1, 3)  # 10 projections x 310 samples
+
+
+def _random_k(rng, shape, m=2500) -> np.ndarray:
+    return (rng.random((m, 3)) - 0.5) * np.asarray(shape) / FOV
+
+
+def _rel(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+
+
+def _cplx(rng, shape, dtype):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("traj", ["tpi", "random"])
+@pytest.mark.parametrize("shape", [(16, 16, 16), (15, 17, 13)])
+@pytest.mark.parametrize("eps,dtype", [(1e-4, np.complex64), (1e-6, np.complex128)])
+def test_host_kernels_match_finufft(rng, traj, shape, eps, dtype):
+    k = _tpi_k() if traj == "tpi" else _random_k(rng, shape)
+    ref = NUFFT(k, shape, FOV, backend="finufft", eps=1e-12, dtype=np.complex128)
+    op = NUFFT(k, shape, FOV, backend="cuda-host", eps=eps, dtype=dtype)
+    x = _cplx(rng, (2,) + shape, dtype)
+    y = _cplx(rng, (2, len(k)), dtype)
+    fwd = op.forward(x)
+    adj = op.adjoint(y)
+    assert fwd.dtype == dtype and adj.dtype == dtype and adj.shape == (2,) + shape
+    assert _rel(fwd, ref.forward(x.astype(np.complex128))) <= 10 * eps
+    assert _rel(adj, ref.adjoint(y.astype(np.complex128))) <= 10 * eps
+
+
+def test_host_kernels_match_exact_nudft(rng):
+    shape = (12, 11, 10)
+    k = _random_k(rng, shape, 800)
+    op = NUFFT(k, shape, FOV, backend="cuda-host", eps=1e-6, dtype=np.complex128)
+    x = _cplx(rng, shape, np.complex128)
+    y = _cplx(rng, (len(k),), np.complex128)
+    idx = np.arange(0, 800, 37)
+    ex_f = nudft_forward_at(x, k, FOV, idx)
+    assert _rel(op.forward(x)[idx], ex_f) <= 1e-5
+    vox = np.array([[0, 0, 0], [6, 5, 5], [11, 10, 9], [3, 7, 1]])
+    ex_a = nudft_adjoint_at(y, k, shape, FOV, vox)
+    a = op.adjoint(y)
+    assert _rel(a[tuple(vox.T)], ex_a) <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["gm", "sm"])
+def test_adjoint_identity_and_batch(rng, method):
+    shape = (14, 16, 15)
+    k = _tpi_k()
+    op = NUFFT(k, shape, FOV, backend="cuda-host", eps=1e-6, dtype=np.complex128, method=method)
+    x = _cplx(rng, (3,) + shape, np.complex128)
+    y = _cplx(rng, (3, len(k)), np.complex128)
+    ax, ahy = op.forward(x), op.adjoint(y)
+    lhs, rhs = np.vdot(y, ax), np.vdot(ahy, x)
+    assert abs(lhs - rhs) <= 1e-6 * abs(lhs)
+    # a batch of 3 equals three single transforms
+    for i in range(3):
+        np.testing.assert_allclose(op.forward(x[i]), ax[i], rtol=0, atol=1e-12 * np.abs(ax).max())
+        np.testing.assert_allclose(op.adjoint(y[i]), ahy[i], rtol=0, atol=1e-12 * np.abs(ahy).max())
+
+
+def test_sm_equals_gm(rng):
+    shape = (16, 16, 16)
+    k = _random_k(rng, shape, 3000)
+    y = _cplx(rng, (2, len(k)), np.complex64)
+    gm = NUFFT(k, shape, FOV, backend="cuda-host", eps=1e-4, method="gm").adjoint(y)
+    sm_op = NUFFT(k, shape, FOV, backend="cuda-host", eps=1e-4, method="sm")
+    sm = sm_op.adjoint(y)
+    assert sm_op._plan(2).method == "sm"  # the shared-memory kernel really ran
+    assert _rel(sm, gm) < 1e-5  # float32 accumulation order differs only
+
+
+def test_chunked_memory_path_gives_same_result(rng):
+    """A device budget too small for the batch and the samples: groups of transforms, streamed chunks."""
+    shape = (16, 16, 16)
+    k = _random_k(rng, shape, 3000)
+    x = _cplx(rng, (3,) + shape, np.complex128)
+    y = _cplx(rng, (3, len(k)), np.complex128)
+    full = NUFFT(k, shape, FOV, backend="cuda-host", eps=1e-6, dtype=np.complex128)
+    for method in ("gm", "sm"):
+        small = NUFFT(k, shape, FOV, backend="cuda-host", eps=1e-6, dtype=np.complex128, method=method,
+                      max_device_bytes=1_300_000)
+        plan = small._plan(3)
+        assert plan.group < 3 and not plan.resident and plan.chunk < len(k)
+        assert plan.memory_estimate(plan.group, plan.chunk, False) <= plan.budget
+        np.testing.assert_allclose(small.forward(x), full.forward(x), rtol=0, atol=1e-10 * np.abs(full.forward(x)).max())
+        np.testing.assert_allclose(small.adjoint(y), full.adjoint(y), rtol=0, atol=1e-10 * np.abs(full.adjoint(y)).max())
+
+
+def test_too_little_memory_is_a_clear_error(rng):
+    k = _random_k(rng, (16, 16, 16), 100)
+    op = NUFFT(k, (16, 16, 16), FOV, backend="cuda-host", eps=1e-4, max_device_bytes=10_000)
+    with pytest.raises(BackendUnavailableError, match="GiB of device memory"):
+        op.forward(np.zeros((16, 16, 16), np.complex64))
+
+
+def test_es_params_follow_finufft_rule():
+    assert cb.es_params(1e-4)[:2] == (5, pytest.approx(2.30 * 5))
+    assert cb.es_params(1e-6)[:2] == (7, pytest.approx(2.30 * 7))
+    assert cb.es_params(1e-2)[:2] == (3, pytest.approx(2.26 * 3))
+    assert cb.es_params(1e-3)[:2] == (4, pytest.approx(2.38 * 4))
+    assert cb.es_params(0.5)[0] == 2 and cb.es_params(1e-20)[0] == 16
+    with pytest.raises(InputError):
+        cb.es_params(1e-4, upsampfac=1.25)
+    assert [cb.next235even(n) for n in (1, 31, 32, 33, 98, 110, 254)] == [2, 32, 32, 36, 100, 120, 256]
+
+
+def test_deapodization_factors_against_riemann_sum():
+    ns, beta, c = cb.es_params(1e-6)
+    nf, n = 34, 17
+    z = np.linspace(-ns / 2, ns / 2, 200001)
+    phi = np.exp(beta * (np.sqrt(np.maximum(1 - c * z * z, 0)) - 1))
+    modes = np.arange(n) - n // 2
+    direct = np.array([np.trapezoid(phi * np.cos(2 * np.pi * m * z / nf), z) for m in modes])
+    np.testing.assert_allclose(cb.es_fourier(ns, beta, nf, n), direct, rtol=1e-7)
+
+
+def test_host_backend_rejects_wrong_shapes(rng):
+    k = _random_k(rng, (8, 8, 8), 50)
+    op = NUFFT(k, (8, 8, 8), FOV, backend="cuda-host", eps=1e-4)
+    with pytest.raises(InputError):
+        op._plan(1).forward(np.zeros((1, 8, 8, 7), np.complex64))
+
+
+def test_kernel_sources_found():
+    names = sorted(p.name for p in cb.kernel_sources())
+    assert names == ["deapod.cu", "interp.cu", "spread.cu"]
+    assert (cb.kernel_dir() / "narecon_nufft.cuh").is_file()
+
+
+def test_import_recon_does_not_import_cupy_and_gpu_error_is_clear():
+    code = (
+        "import sys, numpy as np, recon, recon.nufft, recon.device\n"
+        "import recon.nufft.cupy_backend, recon.nufft.cufinufft_backend\n"
+        "assert 'cupy' not in sys.modules, 'cupy imported at import time'\n"
+        "if recon.device.cuda_unavailable_reason() is None: print('HAVE_GPU'); raise SystemExit\n"
+        "from recon.errors import BackendUnavailableError\n"
+        "from recon.nufft import NUFFT\n"
+        "try:\n"
+        "    NUFFT(np.zeros((4, 3)), (8, 8, 8), 0.2, device='gpu')\n"
+        "except BackendUnavailableError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    if "HAVE_GPU" in out:
+        pytest.skip("a CUDA device is present here")
+    assert out.startswith("ERR") and "cupy" in out and ("gpu-cu12" in out or "CUDA" in out)

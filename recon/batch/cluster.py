@@ -1,0 +1,209 @@
+"""Dask clusters for ``narecon batch``: local (default), an existing scheduler, SLURM/PBS.
+
+* ``local``: a :class:`distributed.LocalCluster` of worker *processes* with one task thread each
+  and a memory limit per worker, started and stopped with the batch. CPU cores are split among
+  the workers (each worker's NUFFT threads are pinned to its share of the cores). With
+  ``device="gpu"`` and dask-cuda installed, a :class:`dask_cuda.LocalCUDACluster` runs one
+  worker per visible GPU instead.
+* ``tcp://HOST:PORT`` (or any other scheme Dask knows): the existing scheduler is used as is;
+  its workers and their settings are the cluster owner's.
+* ``slurm`` / ``pbs``: :mod:`dask_jobqueue` submits ``workers`` jobs; queue, account, walltime,
+  cores and memory come from the Dask configuration (``~/.config/dask/jobqueue.yaml``, see
+  docs/batch.md); ``gpus_per_worker`` K adds the GPU request (SLURM ``--gres=gpu:K``, PBS
+  ``ngpus=K``) and, where dask-cuda is installed, runs ``dask cuda worker`` so that each GPU of
+  a job is one worker.
+
+Dask is imported lazily: ``import recon`` never needs it, and asking for a cluster without it
+raises :class:`~recon.errors.BackendUnavailableError` saying what to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+from recon.errors import BackendUnavailableError, ConfigError
+
+log = logging.getLogger("recon.batch")
+
+_HINT = "install it with `pip install 'narecon[dist]'`"
+LOCAL = "local"
+JOBQUEUE = ("slurm", "pbs")
+
+
+def require_distributed():
+    """Return the ``distributed`` module or raise BackendUnavailableError."""
+    try:
+        import distributed
+    except ImportError as e:
+        raise BackendUnavailableError(f"narecon batch needs Dask distributed ({e}); {_HINT}") from e
+    return distributed
+
+
+def has_dask_cuda() -> bool:
+    try:
+        import dask_cuda  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_local_workers() -> int:
+    """Default number of local CPU workers: one per 2 cores (at least 1, at most 8)."""
+    return max(1, min(8, cpu_count() // 2))
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Environment that limits the OpenMP/BLAS threads of one local worker process.
+
+    ``NARECON_PIN_CPUS`` asks the batch task to pin its process to its own share of the cores
+    (worker i gets cores i*t .. i*t+t-1), which is what the NUFFT's thread count follows.
+    """
+    t = str(max(1, int(threads)))
+    return {"OMP_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "MKL_NUM_THREADS": t, "NUMBA_NUM_THREADS": t,
+            "NARECON_PIN_CPUS": t}
+
+
+@dataclasses.dataclass
+class BatchCluster:
+    """A connected client, the resources each scan task asks for, and a description."""
+
+    client: Any
+    resources: dict[str, float] | None
+    description: str
+
+
+def jobqueue_kwargs(kind: str, gpus_per_worker: int = 0, memory: str | None = None,
+                    dask_cuda: bool | None = None) -> dict[str, Any]:
+    """Keyword arguments narecon gives ``SLURMCluster``/``PBSCluster`` (the rest comes from the Dask config).
+
+    One Dask worker process per job with one task thread; with K GPUs per job the GPU request is
+    added and, where dask-cuda is installed (``dask_cuda``), the worker command is
+    ``python -m dask_cuda.cli worker`` (one worker per GPU of the job). Without dask-cuda, K must be 1.
+    """
+    if kind not in JOBQUEUE:
+        raise ConfigError(f"scheduler must be one of {JOBQUEUE}, got {kind!r}")
+    k = int(gpus_per_worker or 0)
+    if k < 0:
+        raise ConfigError(f"--gpus-per-worker must be >= 0, got {k}")
+    dask_cuda = has_dask_cuda() if dask_cuda is None else dask_cuda
+    kw: dict[str, Any] = {"processes": 1}
+    import dask
+
+    cores = dask.config.get(f"jobqueue.{kind}.cores", None)
+    if cores is None:
+        kw["cores"] = max(1, k) * 4  # the Dask config should set it; 4 cores per GPU otherwise
+    mem_cfg = dask.config.get(f"jobqueue.{kind}.memory", None)
+    if memory:
+        kw["memory"] = memory
+    elif mem_cfg is None:
+        kw["memory"] = f"{max(1, k) * 32}GB"
+    # the worker runs one scan at a time (resource "scan" = 1; tasks ask for 1): its threads
+    # go to finufft/NumPy, not to parallel scans
+    kw["worker_extra_args"] = ["--resources", "scan=1"]
+    if k:
+        if kind == "slurm":
+            kw["job_extra_directives"] = [f"--gres=gpu:{k}"]
+        else:
+            ncpus = kw.get("cores") or cores
+            mem = kw.get("memory") or mem_cfg
+            kw["resource_spec"] = f"select=1:ncpus={ncpus}:ngpus={k}:mem={str(mem).replace(' ', '')}"
+        if dask_cuda:
+            kw["worker_command"] = "dask_cuda.cli worker"
+        elif k > 1:
+            raise ConfigError(f"--gpus-per-worker {k} needs dask-cuda (one worker per GPU); install dask-cuda "
+                              "or use --gpus-per-worker 1")
+    return kw
+
+
+@contextlib.contextmanager
+def open_client(scheduler: str = LOCAL, workers: int | None = None, gpus_per_worker: int = 0,
+                memory_limit: str | float | None = "auto", device: str = "cpu",
+                allowed_failures: int = 3, threads_per_worker: int | None = None) -> Iterator[BatchCluster]:
+    """A connected Dask client for the batch (:class:`BatchCluster`); a cluster it started is closed after.
+
+    scheduler : ``local``, a scheduler address (``tcp://HOST:PORT``), ``slurm`` or ``pbs``.
+    workers : local worker processes (default :func:`default_local_workers`, or one per GPU), or
+        jobs submitted to SLURM/PBS (default 1). Ignored for an existing scheduler.
+    gpus_per_worker : GPUs per SLURM/PBS job (0: CPU jobs); locally 0 or 1.
+    memory_limit : per local worker (Dask syntax, e.g. ``"8GB"``; ``"auto"``: RAM / workers); for
+        SLURM/PBS the memory per job.
+    allowed_failures : how often a task may be on a worker that died (killed, out of memory)
+        before it is declared failed (set on clusters this command starts).
+    threads_per_worker : CPU threads of each local worker's NUFFT/NumPy (default: cores / workers).
+    """
+    distributed = require_distributed()
+    import dask
+
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    cfg = {"distributed.scheduler.allowed-failures": int(allowed_failures),
+           "distributed.worker.daemon": False}
+    cluster = None
+    resources = None
+    with dask.config.set(cfg):
+        if scheduler == LOCAL:
+            if gpus_per_worker and int(gpus_per_worker) > 1:
+                raise ConfigError("a local cluster runs one worker per GPU: --gpus-per-worker must be 0 or 1")
+            if device == "gpu" and has_dask_cuda():
+                from dask_cuda import LocalCUDACluster
+
+                cluster = LocalCUDACluster(n_workers=workers, threads_per_worker=1, memory_limit=memory_limit,
+                                           dashboard_address=None)
+                desc = f"local dask-cuda cluster, {len(cluster.workers)} worker(s), one per GPU"
+            else:
+                n = workers or (1 if device == "gpu" else default_local_workers())
+                if device == "gpu":
+                    log.warning("dask-cuda is not installed: %d local worker(s) share the visible GPU(s) "
+                                "(pip install dask-cuda for one worker per GPU)", n)
+                threads = threads_per_worker or max(1, cpu_count() // n)
+                cluster = distributed.LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, memory_limit=memory_limit,
+                    dashboard_address=None, env=thread_env(threads), host="127.0.0.1")
+                desc = f"local Dask cluster, {n} worker process(es), {threads} thread(s) each, memory limit {memory_limit}"
+            client = distributed.Client(cluster)
+        elif scheduler in JOBQUEUE:
+            try:
+                import dask_jobqueue
+            except ImportError as e:
+                raise BackendUnavailableError(f"--scheduler {scheduler} needs dask-jobqueue ({e}); {_HINT}") from e
+            cls = dask_jobqueue.SLURMCluster if scheduler == "slurm" else dask_jobqueue.PBSCluster
+            mem = memory_limit if isinstance(memory_limit, str) and memory_limit != "auto" else None
+            kw = jobqueue_kwargs(scheduler, gpus_per_worker, mem)
+            cluster = cls(**kw)
+            log.info("%s job script:\n%s", scheduler.upper(), cluster.job_script())
+            cluster.scale(jobs=workers or 1)
+            client = distributed.Client(cluster)
+            resources = {"scan": 1}
+            desc = f"{scheduler.upper()} cluster, {workers or 1} job(s), {gpus_per_worker or 0} GPU(s) per job"
+        else:
+            if "://" not in scheduler and ":" not in scheduler:
+                raise ConfigError(f"--scheduler must be local, slurm, pbs or a scheduler address "
+                                  f"(tcp://HOST:PORT), got {scheduler!r}")
+            if workers is not None:
+                log.warning("--workers is ignored with an existing scheduler (%s)", scheduler)
+            try:
+                client = distributed.Client(scheduler, timeout="30s")
+            except OSError as e:
+                raise BackendUnavailableError(f"cannot connect to the Dask scheduler {scheduler}: {e}") from e
+            desc = f"Dask scheduler {scheduler}"
+    log.info("%s", desc)
+    try:
+        yield BatchCluster(client, resources, desc)
+    finally:
+        try:
+            client.close()
+        finally:
+            if cluster is not None:
+                cluster.close()

@@ -202,6 +202,15 @@ class _CupyPlatform:
         self.xp.cuda.get_current_stream().synchronize()
 
 
+def rawmodule_code(sources) -> str:
+    """The single translation unit CuPy's RawModule (NVRTC) compiles: one #include per .cu source."""
+    return "\n".join(f'#include "{Path(s).name}"' for s in sources) + "\n"
+
+
+NVRTC_OPTIONS = ("-std=c++17",)
+"""NVRTC options besides the include path (also used by the nvcc compile test)."""
+
+
 class CupyLauncher:
     """Launch kernels of kernels/*.cu compiled by NVRTC: same interface as HostLauncher."""
 
@@ -210,8 +219,7 @@ class CupyLauncher:
     def __init__(self, sources, include_dir: Path):
         import cupy
 
-        code = "\n".join(f'#include "{Path(s).name}"' for s in sources)
-        self.module = cupy.RawModule(code=code, options=("-std=c++17", f"-I{include_dir}"))
+        self.module = cupy.RawModule(code=rawmodule_code(sources), options=(*NVRTC_OPTIONS, f"-I{include_dir}"))
         self._fns: dict[str, object] = {}
 
     def launch(self, name: str, grid, block, args, sync: bool = False) -> None:

@@ -1,0 +1,94 @@
+"""Per-process plan cache: reuse only for identical protocols, results equal to uncached builds."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+import recon.nufft as nufft_mod
+import recon.pipeline as pl
+from recon.batch.cache import PlanCache, activate, nufft_key
+from recon.errors import TrajectoryError
+from recon.log import StageTimer
+from recon.nufft.nudft import nudft_forward_at
+from recon.trajectory import density_adapted_radial, write_trajectory
+
+
+def test_lru_and_counters():
+    c = PlanCache(max_entries=2)
+    built = []
+    for key in ("a", "b", "a", "c", "b"):
+        c.get_or_build("x", key, lambda k=key: built.append(k) or k.upper())
+    assert built == ["a", "b", "c", "b"]  # "b" was evicted by "c" (LRU, "a" used more recently)
+    assert c.stats() == {"x": {"hits": 1, "misses": 4}}
+    with pytest.raises(ValueError):
+        c.get_or_build("x", "d", lambda: (_ for _ in ()).throw(ValueError("boom")))
+    assert c.peek("x", "d") is None  # failures are not cached
+
+
+def test_nufft_key_depends_on_every_sample():
+    k = np.random.default_rng(0).uniform(-50, 50, (10, 20, 3))
+    k2 = k.copy()
+    k2[7, 13, 2] += 1e-9
+    assert nufft_key(k, (16,) * 3, 0.2, eps=1e-4) == nufft_key(k.copy(), [16] * 3, (0.2,) * 3, eps=1e-4)
+    assert nufft_key(k, (16,) * 3, 0.2, eps=1e-4) != nufft_key(k2, (16,) * 3, 0.2, eps=1e-4)
+    assert nufft_key(k, (16,) * 3, 0.2, eps=1e-4) != nufft_key(k, (16,) * 3, 0.2, eps=1e-6)
+
+
+@pytest.fixture
+def traj_file(tmp_path):
+    traj = density_adapted_radial(fov_m=0.2, res_m=0.025, p=0.3, gmax_t_per_m=4e-3, dwell_s=10e-6)
+    path = tmp_path / "t.h5"
+    write_trajectory(traj, path)
+    return path, traj
+
+
+def fake_acq(traj, n_samples=None):
+    return types.SimpleNamespace(n_samples=n_samples or traj.n_samples, n_projections=traj.n_projections,
+                                 projection_index=np.arange(traj.n_projections)[None], dwell_s=traj.dwell_s,
+                                 sources=("scan.dat",))
+
+
+def test_activate_reuses_and_restores(traj_file, rng):
+    path, traj = traj_file
+    opts = pl.RunOptions(traj=str(path), dcf="analytic", eps=1e-6)
+    orig = (pl.load_trajectory, pl.density_weights, nufft_mod.NUFFT)
+    cache = PlanCache()
+    with activate(cache):
+        t1, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
+        t2, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
+        w1, _ = pl.density_weights(t1, opts, StageTimer())
+        w2, _ = pl.density_weights(t2, opts, StageTimer())
+        op1 = nufft_mod.NUFFT(t1.k, (8, 8, 8), 0.2, eps=1e-6)
+        op2 = nufft_mod.NUFFT(t2.k.copy(), (8, 8, 8), 0.2, eps=1e-6)
+        with pytest.raises(TrajectoryError, match="samples per readout"):  # cached, still checked per scan
+            pl.load_trajectory(fake_acq(traj, n_samples=traj.n_samples + 1), opts, StageTimer())
+    assert (pl.load_trajectory, pl.density_weights, nufft_mod.NUFFT) == orig
+    assert t1 is t2 and w1 is w2 and op1 is op2
+    assert cache.stats() == {"dcf": {"hits": 1, "misses": 1}, "nufft": {"hits": 1, "misses": 1},
+                             "trajectory": {"hits": 2, "misses": 1}}
+    # independent truth: the cached objects equal fresh builds, the operator an exact DFT
+    fresh, _ = orig[0](fake_acq(traj), opts, StageTimer())
+    np.testing.assert_array_equal(t1.k, fresh.k)
+    np.testing.assert_array_equal(w1, orig[1](fresh, opts, StageTimer())[0])
+    x = (rng.standard_normal((8, 8, 8)) + 1j * rng.standard_normal((8, 8, 8))).astype(np.complex64)
+    sel = rng.choice(t1.k.reshape(-1, 3).shape[0], 200, replace=False)
+    exact = nudft_forward_at(x, t1.k, (0.2,) * 3, sel)
+    got = op2.forward(x).reshape(-1)[sel]
+    assert np.linalg.norm(got - exact) / np.linalg.norm(exact) < 1e-4
+
+
+def test_changed_trajectory_file_is_rebuilt(traj_file):
+    path, traj = traj_file
+    opts = pl.RunOptions(traj=str(path))
+    cache = PlanCache()
+    with activate(cache):
+        t1, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
+        write_trajectory(traj, path)  # rewritten: new mtime
+        import os
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        t2, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
+    assert t1 is not t2 and cache.stats()["trajectory"] == {"hits": 0, "misses": 2}

@@ -205,8 +205,9 @@ def write_ismrmrd(acq: Acquisition, path: str | os.PathLike, traj=None, overwrit
                              np.asarray(acq.projection_index).max() >= traj.n_projections):
         raise InputError(f"trajectory {traj.k.shape[:2]} does not fit the data "
                          f"({acq.n_projections} readouts x {acq.n_samples} samples)")
-    fov_m = acq.fov_m or (traj.fov_m if traj is not None else (0.224,) * 3)
-    matrix = acq.matrix or (traj.matrix if traj is not None else (64,) * 3)
+    # the encoded space is the trajectory's grid when a trajectory is stored (its k is in cycles per FOV)
+    fov_m = traj.fov_m if traj is not None else (acq.fov_m or (0.224,) * 3)
+    matrix = traj.matrix if traj is not None else (acq.matrix or (64,) * 3)
     fov_mm = X.fieldOfViewMm(x=fov_m[0] * 1e3, y=fov_m[1] * 1e3, z=fov_m[2] * 1e3)
     space = X.encodingSpaceType(matrixSize=X.matrixSizeType(x=int(matrix[0]), y=int(matrix[1]), z=int(matrix[2])),
                                 fieldOfView_mm=fov_mm)

@@ -232,12 +232,22 @@ def header_values(hdr: dict, ve: bool) -> dict[str, Any]:
 def _walk_mdbs(fid, ve: bool, start: int, end: int, size: int, path: Path) -> tuple[list, dict]:
     """Walk the data blocks from ``start``; return (mdbs, stats). See the module docstring."""
     import twixtools.mdb
+    from twixtools import mdh_def
 
     hsize = _VE_SCAN_HDR if ve else _VB_HDR
     mdbs: list = []
     stats = {"n_syncdata": 0, "acqend": False, "truncated": False, "corrupt_at": None, "stop_reason": ""}
     pos = start
     while pos + hsize <= end:
+        fid.seek(pos)
+        # the block's own length from its header, checked against the file size before twixtools reads it
+        h = (mdh_def.Scan_header if ve else mdh_def.VB17_header).from_buffer_copy(fid.read(hsize))
+        special = mdh_def.is_flag_set(h, "ACQEND") or mdh_def.is_flag_set(h, "SYNCDATA")
+        need = int(h.UsedChannels) * ((_VE_CHAN_HDR if ve else _VB_HDR) + 8 * int(h.SamplesInScan)) + (hsize if ve else 0)
+        if not special and pos + need > size:
+            stats["truncated"] = True
+            stats["stop_reason"] = f"file ends inside the readout at byte {pos} ({pos + need - size} bytes missing)"
+            break
         fid.seek(pos)
         try:
             with _quiet():
@@ -297,7 +307,10 @@ def _read_one(path: Path) -> dict[str, Any]:
             log.debug("twixtools: %s", line.strip())
     if not isinstance(hdr, dict) or not hdr.get("MeasYaps"):
         raise RawDataError("twix header has no MeasYaps (ASCCONV) protocol: corrupt or foreign file", path)
-    hv = header_values(hdr, ve)
+    try:
+        hv = header_values(hdr, ve)
+    except Exception as e:  # noqa: BLE001 - a corrupt header can hold values of any type
+        raise RawDataError(f"corrupt twix protocol header ({type(e).__name__}: {e})", path) from e
     hdr_len = int(meas["hdr_str"].size)
     with open(path, "rb") as fid:
         mdbs, stats = _walk_mdbs(fid, ve, meas_off + hdr_len, meas_end, size, path)
@@ -312,11 +325,14 @@ def _read_one(path: Path) -> dict[str, Any]:
         keep = [m for m in img if (m.mdh.UsedChannels, m.mdh.SamplesInScan) == (n_cha, n_col)]
         dropped = {f"{c}x{s}": n for (c, s), n in shapes.items() if (c, s) != (n_cha, n_col)}
         data = np.empty((len(keep), n_cha, n_col), np.complex64)
-        for i, m in enumerate(keep):
-            data[i] = m.data
+        try:
+            for i, m in enumerate(keep):
+                data[i] = m.data
+            noise = [np.asarray(m.data) for m in noise_m if m.mdh.UsedChannels == n_cha]
+        except Exception as e:  # noqa: BLE001 - the walk validated sizes; anything else is corruption
+            raise RawDataError(f"cannot read readout data ({type(e).__name__}: {e})", path) from e
         eco = np.array([m.mdh.Counter.Eco for m in keep], dtype=np.int64)
         lin = np.array([m.mdh.Counter.Lin for m in keep], dtype=np.int64)
-        noise = [np.asarray(m.data) for m in noise_m if m.mdh.UsedChannels == n_cha]
     noise_arr = np.concatenate(noise, axis=1).astype(np.complex64) if noise else None
     n_dropped = sum(dropped.values())
     if n_dropped:

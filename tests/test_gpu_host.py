@@ -110,13 +110,25 @@ def test_chunked_memory_path_gives_same_result(rng):
     y = _cplx(rng, (3, len(k)), np.complex128)
     full = NUFFT(k, shape, FOV, backend="cuda-host", eps=1e-6, dtype=np.complex128)
     for method in ("gm", "sm"):
-        small = NUFFT(k, shape, FOV, backend="cuda-host", eps=1e-6, dtype=np.complex128, method=method,
-                      max_device_bytes=1_300_000)
+        small = NUFFT(
+            k,
+            shape,
+            FOV,
+            backend="cuda-host",
+            eps=1e-6,
+            dtype=np.complex128,
+            method=method,
+            max_device_bytes=1_300_000,
+        )
         plan = small._plan(3)
         assert plan.group < 3 and not plan.resident and plan.chunk < len(k)
         assert plan.memory_estimate(plan.group, plan.chunk, False) <= plan.budget
-        np.testing.assert_allclose(small.forward(x), full.forward(x), rtol=0, atol=1e-10 * np.abs(full.forward(x)).max())
-        np.testing.assert_allclose(small.adjoint(y), full.adjoint(y), rtol=0, atol=1e-10 * np.abs(full.adjoint(y)).max())
+        np.testing.assert_allclose(
+            small.forward(x), full.forward(x), rtol=0, atol=1e-10 * np.abs(full.forward(x)).max()
+        )
+        np.testing.assert_allclose(
+            small.adjoint(y), full.adjoint(y), rtol=0, atol=1e-10 * np.abs(full.adjoint(y)).max()
+        )
 
 
 def test_too_little_memory_is_a_clear_error(rng):

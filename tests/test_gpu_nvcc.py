@@ -17,9 +17,20 @@ SOURCES = sorted(kernel_dir().glob("*.cu"))
 @pytest.mark.parametrize("src", SOURCES, ids=[p.name for p in SOURCES])
 def test_cu_compiles_for_sm80_and_sm90(src, tmp_path):
     out = tmp_path / (src.stem + ".fatbin")
-    cmd = [NVCC, "-std=c++17", "-fatbin", "-I", str(kernel_dir()),
-           "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
-           str(src), "-o", str(out)]
+    cmd = [
+        NVCC,
+        "-std=c++17",
+        "-fatbin",
+        "-I",
+        str(kernel_dir()),
+        "-gencode",
+        "arch=compute_80,code=sm_80",
+        "-gencode",
+        "arch=compute_90,code=sm_90",
+        str(src),
+        "-o",
+        str(out),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr}"
     assert out.stat().st_size > 0
@@ -40,7 +51,17 @@ def test_rawmodule_translation_unit_compiles(tmp_path):
     src = tmp_path / "narecon_all.cu"
     src.write_text(rawmodule_code(kernel_sources()))
     out = tmp_path / "all.ptx"
-    cmd = [NVCC, *NVRTC_OPTIONS, "-ptx", "-arch=compute_80", "-I", str(kernel_dir()), str(src), "-o", str(out)]
+    cmd = [
+        NVCC,
+        *NVRTC_OPTIONS,
+        "-ptx",
+        "-arch=compute_80",
+        "-I",
+        str(kernel_dir()),
+        str(src),
+        "-o",
+        str(out),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"{' '.join(cmd)}\n{r.stderr}"
     ptx = out.read_text()

@@ -62,12 +62,25 @@ def build_library(sources: Sequence[Path], include_dir: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=out.parent)
     os.close(fd)
-    cmd = [cxx, *CXX_FLAGS, "-I", str(include_dir), "-include", str(HEADER), "-x", "c++",
-           *map(str, sources), "-o", tmp]
+    cmd = [
+        cxx,
+        *CXX_FLAGS,
+        "-I",
+        str(include_dir),
+        "-include",
+        str(HEADER),
+        "-x",
+        "c++",
+        *map(str, sources),
+        "-o",
+        tmp,
+    ]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            raise BackendUnavailableError(f"host build of the CUDA kernels failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}")
+            raise BackendUnavailableError(
+                f"host build of the CUDA kernels failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}"
+            )
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -100,14 +113,24 @@ class HostLauncher:
                 f = getattr(self._lib, f"narecon_host_launch_{name}")
             except AttributeError as e:
                 raise BackendUnavailableError(f"{self.path}: kernel {name!r} not found") from e
-            f.argtypes = [ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_uint),
-                          ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
+            f.argtypes = [
+                ctypes.POINTER(ctypes.c_uint),
+                ctypes.POINTER(ctypes.c_uint),
+                ctypes.POINTER(ctypes.c_void_p),
+                ctypes.c_int,
+            ]
             f.restype = ctypes.c_int
             self._fns[name] = f
         return f
 
-    def launch(self, name: str, grid: tuple[int, int, int], block: tuple[int, int, int], args: Sequence,
-               sync: bool = False) -> None:
+    def launch(
+        self,
+        name: str,
+        grid: tuple[int, int, int],
+        block: tuple[int, int, int],
+        args: Sequence,
+        sync: bool = False,
+    ) -> None:
         holders = []
         for a in args:
             if isinstance(a, np.ndarray):
@@ -117,7 +140,9 @@ class HostLauncher:
             elif isinstance(a, np.generic):
                 holders.append(np.array([a]))
             else:
-                raise TypeError(f"kernel {name}: argument of type {type(a).__name__} (numpy array or scalar expected)")
+                raise TypeError(
+                    f"kernel {name}: argument of type {type(a).__name__} (numpy array or scalar expected)"
+                )
         ptrs = (ctypes.c_void_p * max(1, len(holders)))(*[h.ctypes.data for h in holders])
         g = (ctypes.c_uint * 3)(*grid)
         b = (ctypes.c_uint * 3)(*block)

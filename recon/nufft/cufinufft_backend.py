@@ -53,11 +53,13 @@ class CufinufftBackend:
             kw["upsampfac"] = float(upsampfac)
         kw.update(opts)
         eps_eff = max(eps, 1e-6 if self.dtype == np.complex64 else 1e-14)
-        self._fwd = cufinufft.Plan(2, self.shape, n_trans=self.n_trans, eps=eps_eff, isign=-1,
-                                   dtype=self.dtype.name, **kw)
+        self._fwd = cufinufft.Plan(
+            2, self.shape, n_trans=self.n_trans, eps=eps_eff, isign=-1, dtype=self.dtype.name, **kw
+        )
         self._fwd.setpts(*pts)
-        self._adj = cufinufft.Plan(1, self.shape, n_trans=self.n_trans, eps=eps_eff, isign=+1,
-                                   dtype=self.dtype.name, **kw)
+        self._adj = cufinufft.Plan(
+            1, self.shape, n_trans=self.n_trans, eps=eps_eff, isign=+1, dtype=self.dtype.name, **kw
+        )
         self._adj.setpts(*pts)
 
     def _in(self, a, shape):

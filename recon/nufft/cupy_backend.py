@@ -154,8 +154,13 @@ class _HostPlatform:
         import scipy.fft
 
         f = scipy.fft.fftn if forward else scipy.fft.ifftn
-        return f(a, axes=(1, 2, 3), norm="backward" if forward else "forward", overwrite_x=True,
-                 workers=self.workers)
+        return f(
+            a,
+            axes=(1, 2, 3),
+            norm="backward" if forward else "forward",
+            overwrite_x=True,
+            workers=self.workers,
+        )
 
     def synchronize(self) -> None:
         pass
@@ -219,7 +224,9 @@ class CupyLauncher:
     def __init__(self, sources, include_dir: Path):
         import cupy
 
-        self.module = cupy.RawModule(code=rawmodule_code(sources), options=(*NVRTC_OPTIONS, f"-I{include_dir}"))
+        self.module = cupy.RawModule(
+            code=rawmodule_code(sources), options=(*NVRTC_OPTIONS, f"-I{include_dir}")
+        )
         self._fns: dict[str, object] = {}
 
     def launch(self, name: str, grid, block, args, sync: bool = False) -> None:
@@ -249,8 +256,19 @@ class CudaNufftPlan:
     def available(cls) -> str | None:
         return cuda_unavailable_reason()
 
-    def __init__(self, k_grid, shape, n_trans, eps, dtype, method: str = "gm", max_device_bytes: int | None = None,
-                 upsampfac: float = 2.0, n_threads: int | None = None, **unused):
+    def __init__(
+        self,
+        k_grid,
+        shape,
+        n_trans,
+        eps,
+        dtype,
+        method: str = "gm",
+        max_device_bytes: int | None = None,
+        upsampfac: float = 2.0,
+        n_threads: int | None = None,
+        **unused,
+    ):
         if unused:
             log.debug("cupy backend ignores options %s", sorted(unused))
         self.platform = self._platform_cls(n_threads)
@@ -283,8 +301,11 @@ class CudaNufftPlan:
             side = int(round((SM_BYTES / (2 * self.real.itemsize)) ** (1 / 3) + 1e-9))
             self.sm_bin = min(8, side - 2 * h)
             if self.sm_bin < 2:
-                log.info("kernel width %d too wide for shared-memory subproblems in %s: using gm", self.ns,
-                         self.real.name)
+                log.info(
+                    "kernel width %d too wide for shared-memory subproblems in %s: using gm",
+                    self.ns,
+                    self.real.name,
+                )
                 self.method = "sm_unavailable"
         bins = (self.sm_bin,) * 3 if self.method == "sm" else GM_BIN
         if self.method == "sm_unavailable":
@@ -304,8 +325,9 @@ class CudaNufftPlan:
             self._bin_list_host = np.flatnonzero(counts).astype(np.int32)
 
         # deapodization factors 1/phihat per axis
-        self._fk_host = [(1.0 / es_fourier(self.ns, beta, self.nf[d], self.shape[d])).astype(self.real)
-                         for d in range(3)]
+        self._fk_host = [
+            (1.0 / es_fourier(self.ns, beta, self.nf[d], self.shape[d])).astype(self.real) for d in range(3)
+        ]
 
         # memory: decide transforms per group and whether samples stay resident
         self._decide_memory(max_device_bytes)
@@ -315,7 +337,11 @@ class CudaNufftPlan:
             self._pts = [p.asarray(x) for x in self._pts_host]
             self._perm = p.asarray(self._perm_host)
         if self.method == "sm":
-            self._bins_dev = (p.asarray(self._bin_start), p.asarray(self._bin_count), p.asarray(self._bin_list_host))
+            self._bins_dev = (
+                p.asarray(self._bin_start),
+                p.asarray(self._bin_count),
+                p.asarray(self._bin_list_host),
+            )
         self._fine = xp.zeros((self.group,) + self.nf, dtype=self.dtype)
         self._fft_plans: dict[int, object] = {}
         log.debug("cupy NUFFT plan: %s", self)
@@ -355,19 +381,26 @@ class CudaNufftPlan:
                 f"only {budget / 2**30:.2f} GiB available"
             )
         self.group, self.chunk, self.resident = g, int(min(self.M, room // per)), False
-        log.info("cupy NUFFT: %d transform(s) per group, samples streamed in chunks of %d (%.2f GiB budget)",
-                 self.group, self.chunk, budget / 2**30)
+        log.info(
+            "cupy NUFFT: %d transform(s) per group, samples streamed in chunks of %d (%.2f GiB budget)",
+            self.group,
+            self.chunk,
+            budget / 2**30,
+        )
 
     # -- launch helpers -----------------------------------------------------------------------
-    def _launch(self, kernel: str, n_items: int, args, threads: int | None = None, blocks: int | None = None) -> None:
+    def _launch(
+        self, kernel: str, n_items: int, args, threads: int | None = None, blocks: int | None = None
+    ) -> None:
         """Launch ``kernel`` (dtype suffix added): grid-stride kernels get enough blocks for
         ``n_items`` (capped); kernels indexed by block (spread_sm) pass ``blocks`` exactly."""
         p = self.platform
         threads = threads or p.threads
         if blocks is None:
             blocks = max(1, min(-(-n_items // threads), p.max_blocks))
-        p.launcher.launch(f"{kernel}_{self.suffix}", (blocks, 1, 1), (threads, 1, 1), args,
-                          sync=kernel in SYNC_KERNELS)
+        p.launcher.launch(
+            f"{kernel}_{self.suffix}", (blocks, 1, 1), (threads, 1, 1), args, sync=kernel in SYNC_KERNELS
+        )
 
     def _fft_plan(self, g: int):
         if g not in self._fft_plans:
@@ -386,8 +419,16 @@ class CudaNufftPlan:
 
     def _img_args(self, g: int):
         i32 = np.int32
-        return [*self._fk, i32(self.shape[0]), i32(self.shape[1]), i32(self.shape[2]),
-                i32(self.nf[0]), i32(self.nf[1]), i32(self.nf[2]), i32(g)]
+        return [
+            *self._fk,
+            i32(self.shape[0]),
+            i32(self.shape[1]),
+            i32(self.shape[2]),
+            i32(self.nf[0]),
+            i32(self.nf[1]),
+            i32(self.nf[2]),
+            i32(g),
+        ]
 
     # -- transforms ---------------------------------------------------------------------------
     def _wrap_in(self, a, shape):
@@ -414,8 +455,11 @@ class CudaNufftPlan:
                 e = min(self.M, s + self.chunk)
                 pts, perm = self._chunk_points(s, e)
                 tmp = xp.empty((g, e - s), dtype=self.dtype)
-                self._launch("interp", e - s, [*pts, fine, tmp, np.int64(e - s), np.int32(e - s), *self._grid_args(),
-                                               np.int32(g)])
+                self._launch(
+                    "interp",
+                    e - s,
+                    [*pts, fine, tmp, np.int64(e - s), np.int32(e - s), *self._grid_args(), np.int32(g)],
+                )
                 out[t0 : t0 + g, perm] = tmp
         if p.name != "host" and not on_dev:
             return p.to_host(out)
@@ -442,23 +486,48 @@ class CudaNufftPlan:
                     cs = p.asarray(np.asarray(y[t0 : t0 + g])[:, self._perm_host[s:e]], dtype=self.dtype)
                 if self.method == "sm":
                     bs, bc, bl = self._bins_dev
-                    self._launch("spread_sm", 0, blocks=len(self._bin_list_host), threads=p.sm_threads, args=
-                                 [*pts, cs, np.int64(e - s), bs, bc, bl, np.int32(self.nb[1]), np.int32(self.nb[2]),
-                                  np.int32(self.sm_bin), np.int32(s), np.int32(e), fine, *self._grid_args(),
-                                  np.int32(g)])
+                    self._launch(
+                        "spread_sm",
+                        0,
+                        blocks=len(self._bin_list_host),
+                        threads=p.sm_threads,
+                        args=[
+                            *pts,
+                            cs,
+                            np.int64(e - s),
+                            bs,
+                            bc,
+                            bl,
+                            np.int32(self.nb[1]),
+                            np.int32(self.nb[2]),
+                            np.int32(self.sm_bin),
+                            np.int32(s),
+                            np.int32(e),
+                            fine,
+                            *self._grid_args(),
+                            np.int32(g),
+                        ],
+                    )
                 else:
-                    self._launch("spread_gm", e - s, [*pts, cs, np.int64(e - s), np.int32(e - s), fine,
-                                                      *self._grid_args(), np.int32(g)])
+                    self._launch(
+                        "spread_gm",
+                        e - s,
+                        [*pts, cs, np.int64(e - s), np.int32(e - s), fine, *self._grid_args(), np.int32(g)],
+                    )
             fine = p.fftn(fine, self._fft_plan(g), forward=False)
-            self._launch("crop_deapod", g * int(np.prod(self.shape)), [fine, out[t0 : t0 + g], *self._img_args(g)])
+            self._launch(
+                "crop_deapod", g * int(np.prod(self.shape)), [fine, out[t0 : t0 + g], *self._img_args(g)]
+            )
         if p.name != "host" and not on_dev:
             return p.to_host(out)
         return out
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(platform={self.platform.name}, shape={self.shape}, fine={self.nf}, "
-                f"M={self.M}, n_trans={self.n_trans}, ns={self.ns}, beta={float(self.beta):.3f}, "
-                f"method={self.method}, group={self.group}, chunk={self.chunk}, resident={self.resident})")
+        return (
+            f"{type(self).__name__}(platform={self.platform.name}, shape={self.shape}, fine={self.nf}, "
+            f"M={self.M}, n_trans={self.n_trans}, ns={self.ns}, beta={float(self.beta):.3f}, "
+            f"method={self.method}, group={self.group}, chunk={self.chunk}, resident={self.resident})"
+        )
 
 
 @register_backend("cupy")
@@ -479,4 +548,3 @@ class HostCudaBackend(CudaNufftPlan):
         from recon.nufft._hostcuda import compiler
 
         return None if compiler() else "no C++ compiler (g++ or $CXX) to build the host emulation"
-

@@ -110,6 +110,8 @@ def test_paired_tests_and_missing_pairs(study_out):
     assert float(r["t"]) == pytest.approx(ref.statistic) and float(r["p"]) == pytest.approx(ref.pvalue)
     d = np.array([TUMOUR[k][2] - TUMOUR[k][0] for k in keys])
     assert float(r["cohen_dz"]) == pytest.approx(d.mean() / d.std(ddof=1))
+    r = tt[("tumour vs contralateral", "tsc_mM", "1w")]
+    assert (int(r["n_pairs"]), int(r["n_missing"])) == (3, 1)  # the missing session counts as missing
     # tumour vs contralateral at baseline, per lesion (n = 4)
     r = tt[("tumour vs contralateral", "tsc_mM", "pre")]
     ref = stats.ttest_rel([TUMOUR[k][0] for k in LESIONS], [CONTRA[k] for k in LESIONS])

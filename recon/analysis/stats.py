@@ -36,22 +36,24 @@ class PairedTest:
         return asdict(self)
 
 
-def paired_ttest(a: dict, b: dict) -> PairedTest:
+def paired_ttest(a: dict, b: dict, universe=None) -> PairedTest:
     """Paired t-test over the keys present (and finite) in both ``a`` and ``b``.
 
     Parameters
     ----------
     a, b : mappings from a pairing key (e.g. (subject, lesion)) to a value.
+    universe : optional iterable of all keys the study expects (e.g. every lesion); keys in it
+        that are not complete pairs count as missing too.
 
     Returns
     -------
-    PairedTest with n_pairs, n_missing (keys present in only one side or non-finite), the
+    PairedTest with n_pairs, n_missing (keys of a, b or universe without a finite pair), the
     means, t, df = n - 1, two-sided p and Cohen's d_z. With fewer than 2 pairs, or zero
     variance of the differences, t, p and d_z are NaN.
     """
     from scipy import stats
 
-    keys_all = set(a) | set(b)
+    keys_all = set(a) | set(b) | (set(universe) if universe is not None else set())
     keys = sorted((k for k in keys_all if k in a and k in b
                    and np.isfinite(a[k]) and np.isfinite(b[k])), key=str)
     x = np.array([a[k] for k in keys], float)

@@ -214,7 +214,8 @@ def measure_study(sessions_path: str | os.PathLike, ref: str = "CSF", baseline: 
             data.roi_rows.append({"subject": s.subject, "lesion": s.lesion, "timepoint": s.timepoint,
                                   "roi": r.roi, "tissue": t, "mean_mM": r.mean, "sd_mM": r.sd, "min_mM": r.min,
                                   "max_mM": r.max, "volume_mm3": r.volume_mm3, "n_voxels": r.n_voxels,
-                                  "weight_sum": r.weight_sum, "image": s.image, "rois": s.rois})
+                                  "weight_sum": r.weight_sum, "image": _rel(s.image, sessions_path),
+                                  "rois": _rel(s.rois, sessions_path)})
             if t not in tissues_seen:
                 tissues_seen.append(t)
         tsc = {t: float(np.mean(v)) for t, v in by_t.items()}
@@ -229,6 +230,14 @@ def measure_study(sessions_path: str | os.PathLike, ref: str = "CSF", baseline: 
         raise InputError("no session has an image: nothing to measure", sessions_path)
     data.tissues = [t for t in TISSUE_ORDER if t in tissues_seen] + [t for t in tissues_seen if t not in TISSUE_ORDER]
     return data
+
+
+def _rel(path: str, sessions_path) -> str:
+    """``path`` relative to the sessions table's folder (as the user wrote it), else absolute."""
+    try:
+        return os.path.relpath(path, Path(sessions_path).resolve().parent)
+    except ValueError:
+        return path
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,6 +272,8 @@ def summary_table(data: StudyData, tp: str | None = None) -> list[dict]:
     rows = []
     for t in data.tissues:
         for measure in ("tsc_mM", "ratio"):
+            if measure == "ratio" and t == data.ref:
+                continue
             vals = unit_values(data, t, tp, "tsc" if measure == "tsc_mM" else "ratio")
             rows.append({"timepoint": tp, "tissue": t, "measure": measure if measure == "tsc_mM" else f"ratio_{data.ref}",
                          **_desc(vals.values())})
@@ -303,7 +314,10 @@ def ttest_table(data: StudyData) -> list[dict]:
                 if (a in LESION_TISSUES) != (b in LESION_TISSUES):  # pair per subject if the units differ
                     va = _per_subject(va)
                     vb = _per_subject(vb)
-                r = paired_ttest(va, vb)
+                uni = _units(data, a) | _units(data, b)
+                if (a in LESION_TISSUES) != (b in LESION_TISSUES):
+                    uni = {(k[0],) for k in uni}
+                r = paired_ttest(va, vb, universe=uni)
                 rows.append({"test": f"{a} vs {b}", "measure": mname, "timepoint": tp, "a": a, "b": b, **r.as_dict()})
         for t in data.tissues:
             if measure == "ratio" and t == data.ref:
@@ -312,10 +326,17 @@ def ttest_table(data: StudyData) -> list[dict]:
             for tp in data.timepoints:
                 if tp == data.baseline:
                     continue
-                r = paired_ttest(unit_values(data, t, tp, measure), base)
+                r = paired_ttest(unit_values(data, t, tp, measure), base, universe=_units(data, t))
                 rows.append({"test": f"{t}: {tp} vs {data.baseline}", "measure": mname, "timepoint": tp,
                              "a": f"{t}@{tp}", "b": f"{t}@{data.baseline}", **r.as_dict()})
     return rows
+
+
+def _units(data: StudyData, tissue: str) -> set:
+    """All analysis units of ``tissue`` in the study: every lesion (or subject) of the sessions table."""
+    if tissue in LESION_TISSUES or tissue not in TISSUE_ORDER:
+        return {(s.subject, s.lesion) for s in data.sessions}
+    return {(s.subject,) for s in data.sessions}
 
 
 def _per_subject(vals: dict) -> dict:

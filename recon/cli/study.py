@@ -41,5 +41,6 @@ def run(args: argparse.Namespace) -> int:
         data = measure_study(args.sessions, ref=args.ref, baseline=args.baseline, supersample=ss)
     with stage("tables, figures, report"), atomic_dir(out, overwrite=args.force) as tmp:
         written = write_study_outputs(data, tmp, args.rise_threshold_mm, sessions_path=args.sessions)
-    print(f"wrote {out}/ ({len(written)} files; report: {out / 'report.md'})")
+    n_files = sum(1 for f in out.iterdir() if f.is_file())
+    print(f"wrote {out}/ ({n_files} files: {len(written) - 1} CSV tables, figures, report.md)")
     return 0

@@ -25,12 +25,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SAMPLE = {
-    "fov_mm": 224.0, "matrix": 40, "p": 0.3, "gmax_mt_m": 4.0, "undersampling": 2.0, "dwell_us": 10.0,
-    "te_ms": (0.30, 2.32), "tr_ms": 174.0, "flip_deg": 90.0, "field_t": 7.0, "snr": 150.0, "seed": 0,
-    "oversampling": 2.0, "coils": 1, "tumour": "rim-core", "marker": False, "b0_scale": 1.0,
+    "fov_mm": 224.0,
+    "matrix": 40,
+    "p": 0.3,
+    "gmax_mt_m": 4.0,
+    "undersampling": 2.0,
+    "dwell_us": 10.0,
+    "te_ms": (0.30, 2.32),
+    "tr_ms": 174.0,
+    "flip_deg": 90.0,
+    "field_t": 7.0,
+    "snr": 150.0,
+    "seed": 0,
+    "oversampling": 2.0,
+    "coils": 1,
+    "tumour": "rim-core",
+    "marker": False,
+    "b0_scale": 1.0,
 }
-CLI_EQUIVALENT = ("narecon simulate --out data_samples --matrix 40 --traj-undersampling 2 --snr 150 --seed 0 "
-                  "--threads 1")
+CLI_EQUIVALENT = (
+    "narecon simulate --out data_samples --matrix 40 --traj-undersampling 2 --snr 150 --seed 0 --threads 1"
+)
 MANIFEST = "SHA256SUMS"
 DATA_FILES = ("raw.dat", "truth.json", "truth_b0_hz.nii.gz", "truth_labels.nii.gz", "truth_tsc_mM.nii.gz")
 
@@ -41,15 +56,41 @@ def generate(out: Path) -> None:
     from recon.trajectory import tpi
 
     s = SAMPLE
-    traj = tpi(fov_m=s["fov_mm"] * 1e-3, res_m=s["fov_mm"] * 1e-3 / s["matrix"], p=s["p"],
-               gmax_t_per_m=s["gmax_mt_m"] * 1e-3, undersampling=s["undersampling"], dwell_s=s["dwell_us"] * 1e-6)
+    traj = tpi(
+        fov_m=s["fov_mm"] * 1e-3,
+        res_m=s["fov_mm"] * 1e-3 / s["matrix"],
+        p=s["p"],
+        gmax_t_per_m=s["gmax_mt_m"] * 1e-3,
+        undersampling=s["undersampling"],
+        dwell_s=s["dwell_us"] * 1e-6,
+    )
     phantom = HeadPhantom(tumour=s["tumour"], marker=s["marker"], b0_scale=s["b0_scale"])
-    res = simulate(phantom, traj, te_s=[t * 1e-3 for t in s["te_ms"]], tr_s=s["tr_ms"] * 1e-3,
-                   flip_deg=s["flip_deg"], field_t=s["field_t"], snr=s["snr"], n_coils=s["coils"],
-                   oversampling=s["oversampling"], seed=s["seed"], n_threads=1)
-    write_simulation(res, traj, out, overwrite=True,
-                     extra_info={"sample": {"made_by": "scripts/make_sample.py", "cli_equivalent": CLI_EQUIVALENT,
-                                            "parameters": dict(s)}})
+    res = simulate(
+        phantom,
+        traj,
+        te_s=[t * 1e-3 for t in s["te_ms"]],
+        tr_s=s["tr_ms"] * 1e-3,
+        flip_deg=s["flip_deg"],
+        field_t=s["field_t"],
+        snr=s["snr"],
+        n_coils=s["coils"],
+        oversampling=s["oversampling"],
+        seed=s["seed"],
+        n_threads=1,
+    )
+    write_simulation(
+        res,
+        traj,
+        out,
+        overwrite=True,
+        extra_info={
+            "sample": {
+                "made_by": "scripts/make_sample.py",
+                "cli_equivalent": CLI_EQUIVALENT,
+                "parameters": dict(s),
+            }
+        },
+    )
     write_manifest(out)
 
 
@@ -111,7 +152,9 @@ def main(argv=None) -> int:
         generate(out)
         if keep is not None:
             readme.write_text(keep)
-        print(f"wrote {out}: " + ", ".join(f"{n} ({(out / n).stat().st_size / 1e6:.2f} MB)" for n in DATA_FILES))
+        print(
+            f"wrote {out}: " + ", ".join(f"{n} ({(out / n).stat().st_size / 1e6:.2f} MB)" for n in DATA_FILES)
+        )
         return 0
     manifest = read_manifest(out)
     bad = [n for n in DATA_FILES if sha256(out / n) != manifest.get(n)]

@@ -45,8 +45,10 @@ def dense_model(phantom, traj, n_sim, n_coils, receive="uniform", tr_s=TR, flip_
         enc = nudft_matrix(k[sl], n_sim, fov)  # (m, voxels)
         for e, te_e in enumerate(te):
             tau = te_e + t[sl]  # (m,)
-            dec = np.stack([comp.decay(tau) * comp.tsc_mM * t1_saturation(tr_s, comp.t1_s, flip_deg)
-                            for comp in comps], axis=1)  # (m, compartments)
+            dec = np.stack(
+                [comp.decay(tau) * comp.tsc_mM * t1_saturation(tr_s, comp.t1_s, flip_deg) for comp in comps],
+                axis=1,
+            )  # (m, compartments)
             x = dec @ frac  # (m, voxels)
             xph = x * np.exp(-2j * np.pi * np.outer(tau, df))
             for c in range(n_coils):
@@ -66,8 +68,10 @@ def test_forward_model_matches_dense_evaluation(small_traj):
     ref = dense_model(ph, small_traj, (16, 16, 16), 2)
     sim = clean.acquisition.data.reshape(ref.shape)
     err = np.abs(sim - ref).max()
-    print(f"max |sim - dense| = {err:.3g} = {err / sigma:.4f} sigma; bound {info['bin_error_bound']:.3g}; "
-          f"|s(0)| = {info['dc_signal']:.3g}")
+    print(
+        f"max |sim - dense| = {err:.3g} = {err / sigma:.4f} sigma; bound {info['bin_error_bound']:.3g}; "
+        f"|s(0)| = {info['dc_signal']:.3g}"
+    )
     assert err <= 0.1 * sigma  # the bin rule's promise: model error an order below the noise
     assert err <= info["bin_error_bound"] * 1.01 + 1e-6 * info["dc_signal"]  # the bound holds (+ NUFFT eps)
     # coarse bins: larger error, still within their (looser) bound -- the test is sensitive
@@ -105,14 +109,18 @@ def test_t1_saturation_matches_bloch_steady_state():
 def test_decay_and_t1_factors_at_k0(small_traj):
     """k = 0 at t = 0: s_e = dV sum_r TSC(r) * T1sat * decay(TE_e) for a phantom of one relaxation class."""
     base = HeadPhantom(tumour="solid", tubes=(), b0_scale=0.0)
-    same = {name: dataclasses.replace(c, t1_s=0.040, t2s_short_s=0.004, t2s_long_s=0.026, frac_short=0.6)
-            for name, c in base.compartments.items()}
+    same = {
+        name: dataclasses.replace(c, t1_s=0.040, t2s_short_s=0.004, t2s_long_s=0.026, frac_short=0.6)
+        for name, c in base.compartments.items()
+    }
     ph = dataclasses.replace(base, compartments=same)
     res = simulate(ph, small_traj, te_s=TE, tr_s=TR, snr=None, n_threads=1)
     info = res.truth.info["simulation"]
     n_sim = info["grid"]
     edge = info["voxel_volume_m3"] ** (1 / 3) / 2
-    tsc_sum = float(ph.tsc_mM(grid_points(n_sim, small_traj.fov_m), max(ph.edge_m, edge)).astype(np.float64).sum())
+    tsc_sum = float(
+        ph.tsc_mM(grid_points(n_sim, small_traj.fov_m), max(ph.edge_m, edge)).astype(np.float64).sum()
+    )
     k0 = np.linalg.norm(small_traj.k[:, 0], axis=-1)
     assert np.all(k0 < 1e-9)
     s0 = res.acquisition.data[:, 0, :, 0].mean(axis=1)  # (echo,)

@@ -57,7 +57,9 @@ def test_our_reader_reads_identical_acquisition_and_rebuilds_the_trajectory(writ
     assert np.array_equal(a.projection_index, b.projection_index)
     assert b.te_s == pytest.approx(a.te_s, abs=1e-12) and b.tr_s == pytest.approx(a.tr_s, abs=1e-12)
     assert (b.flip_deg, b.nucleus, b.field_t) == (a.flip_deg, a.nucleus, a.field_t)
-    assert b.dwell_s == pytest.approx(a.dwell_s, rel=1e-12) and b.frequency_hz == pytest.approx(a.frequency_hz)
+    assert b.dwell_s == pytest.approx(a.dwell_s, rel=1e-12) and b.frequency_hz == pytest.approx(
+        a.frequency_hz
+    )
     assert np.allclose(b.fov_m, a.fov_m) and np.allclose(b.geometry["rotation"], np.eye(3))
     rebuilt = build_trajectory(b)  # default profile, header only: no flags
     assert rebuilt.k.shape == traj.k.shape and np.allclose(rebuilt.k, traj.k, atol=1e-9)
@@ -126,11 +128,29 @@ def test_cli_simulate_and_refusal(tmp_path, capsys):
     from recon.cli import main
 
     out = tmp_path / "cli"
-    args = ["simulate", "--out", str(out), "--matrix", "12", "--snr", "0", "--b0-scale", "0", "--threads", "1",
-            "--tumour", "solid"]
+    args = [
+        "simulate",
+        "--out",
+        str(out),
+        "--matrix",
+        "12",
+        "--snr",
+        "0",
+        "--b0-scale",
+        "0",
+        "--threads",
+        "1",
+        "--tumour",
+        "solid",
+    ]
     assert main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["raw.dat", "truth.json", "truth_b0_hz.nii.gz",
-                                                     "truth_labels.nii.gz", "truth_tsc_mM.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "raw.dat",
+        "truth.json",
+        "truth_b0_hz.nii.gz",
+        "truth_labels.nii.gz",
+        "truth_tsc_mM.nii.gz",
+    ]
     info = json.loads((out / "truth.json").read_text())
     assert info["simulation"]["snr"] is None and info["phantom"]["tumour"] == "solid"
     before = _sha(out / "raw.dat")

@@ -34,8 +34,14 @@ def test_points_inside_compartments_have_their_values():
         "white_matter": (0.035, 0.020, 0.0),
         "marker": ph.marker_centre,
     }
-    expect = {"tube_30mM": 30, "tube_120mM": 120, "necrotic_core": 120, "vitreous": 140, "white_matter": 36,
-              "marker": 145}
+    expect = {
+        "tube_30mM": 30,
+        "tube_120mM": 120,
+        "necrotic_core": 120,
+        "vitreous": 140,
+        "white_matter": 36,
+        "marker": 145,
+    }
     tsc = ph.tsc_mM(np.array(list(pts.values())))
     assert np.allclose(tsc, [expect[k] for k in pts], atol=1e-3)
     assert ph.tsc_mM(np.array([[0.105, 0.105, 0.105]]))[0] == 0  # background

@@ -21,23 +21,31 @@ def _floats(text: str) -> list[float]:
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "simulate", help="simulate a sodium acquisition of the digital head phantom (raw.dat + truth)",
+        "simulate",
+        help="simulate a sodium acquisition of the digital head phantom (raw.dat + truth)",
         description="Simulate a 23Na acquisition of the analytic head phantom (GM, WM, CSF, eyes, tumour, "
-                    "oedema, four tubes 30/60/90/120 mM) with T1 saturation, bi-exponential T2* decay and B0 "
-                    "during the readout, on a grid finer than the reconstruction, and write DIR/raw.dat, "
-                    "DIR/truth_tsc_mM.nii.gz, DIR/truth_b0_hz.nii.gz, DIR/truth_labels.nii.gz and DIR/truth.json.")
+        "oedema, four tubes 30/60/90/120 mM) with T1 saturation, bi-exponential T2* decay and B0 "
+        "during the readout, on a grid finer than the reconstruction, and write DIR/raw.dat, "
+        "DIR/truth_tsc_mM.nii.gz, DIR/truth_b0_hz.nii.gz, DIR/truth_labels.nii.gz and DIR/truth.json.",
+    )
     p.add_argument("--out", required=True, help="output directory (created atomically)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     g = p.add_argument_group("grid and trajectory")
     g.add_argument("--matrix", type=int, default=64, help="reconstruction matrix N (N^3; default 64)")
-    g.add_argument("--fov-mm", type=float, default=224.0, help="isotropic FOV in mm (224); resolution = FOV / N")
+    g.add_argument(
+        "--fov-mm", type=float, default=224.0, help="isotropic FOV in mm (224); resolution = FOV / N"
+    )
     g.add_argument("--traj", choices=["tpi", "radial"], default="tpi", help="trajectory generator (tpi)")
     g.add_argument("--traj-file", default=None, help="use this trajectory file (.h5) instead of a generator")
     g.add_argument("--traj-p", type=float, default=0.3, help="twist / density-adaptation fraction p (0.3)")
     gg = g.add_mutually_exclusive_group()
-    gg.add_argument("--traj-gmax-mt-m", type=float, default=None, help="gradient amplitude in mT/m (default 4)")
+    gg.add_argument(
+        "--traj-gmax-mt-m", type=float, default=None, help="gradient amplitude in mT/m (default 4)"
+    )
     gg.add_argument("--traj-readout-ms", type=float, default=None, help="readout duration in ms (sets Gmax)")
-    g.add_argument("--traj-smax-t-m-s", type=float, default=None, help="slew limit in T/m/s (flexible design)")
+    g.add_argument(
+        "--traj-smax-t-m-s", type=float, default=None, help="slew limit in T/m/s (flexible design)"
+    )
     g.add_argument("--traj-undersampling", type=float, default=1.0, help="angular undersampling factor (1)")
     g.add_argument("--traj-projections", type=int, default=None, help="projections (radial only)")
     g.add_argument("--dwell-us", type=float, default=10.0, help="ADC dwell time in us (10)")
@@ -48,15 +56,27 @@ def register(sub) -> None:
     q.add_argument("--field-t", type=float, default=7.0, help="B0 in T (7; Larmor 78.8 MHz)")
     s = p.add_argument_group("phantom and noise")
     s.add_argument("--seed", type=int, default=0, help="noise seed (0)")
-    s.add_argument("--snr", type=float, default=200.0,
-                   help="raw-data SNR: |s(k=0)| of echo 1 / per-sample complex noise SD (200; 0 = noise-free)")
-    s.add_argument("--b0-scale", type=float, default=1.0, help="scale of the B0 map (1; 0 = no off-resonance)")
+    s.add_argument(
+        "--snr",
+        type=float,
+        default=200.0,
+        help="raw-data SNR: |s(k=0)| of echo 1 / per-sample complex noise SD (200; 0 = noise-free)",
+    )
+    s.add_argument(
+        "--b0-scale", type=float, default=1.0, help="scale of the B0 map (1; 0 = no off-resonance)"
+    )
     s.add_argument("--tumour", choices=["rim-core", "solid", "none"], default="rim-core", help="tumour model")
     s.add_argument("--marker", action="store_true", help="add the right-anterior-superior orientation marker")
     s.add_argument("--coils", type=int, default=1, help="receive channels (1)")
-    s.add_argument("--receive", choices=["uniform", "birdcage"], default="uniform",
-                   help="single-channel receive profile (uniform)")
-    s.add_argument("--oversampling", type=float, default=2.0, help="simulation grid / reconstruction grid (>= 2)")
+    s.add_argument(
+        "--receive",
+        choices=["uniform", "birdcage"],
+        default="uniform",
+        help="single-channel receive profile (uniform)",
+    )
+    s.add_argument(
+        "--oversampling", type=float, default=2.0, help="simulation grid / reconstruction grid (>= 2)"
+    )
     s.add_argument("--threads", type=int, default=None, help="NUFFT threads (1 gives bit-reproducible files)")
     p.add_argument("--ismrmrd", action="store_true", help="also write DIR/raw.h5 (ISMRMRD with trajectory)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -73,10 +93,16 @@ def make_trajectory(args: argparse.Namespace):
     if args.matrix < 4:
         raise ConfigError(f"--matrix must be >= 4, got {args.matrix}")
     gmax = None if args.traj_readout_ms is not None else (args.traj_gmax_mt_m or 4.0) * 1e-3
-    kw = dict(fov_m=args.fov_mm * 1e-3, res_m=args.fov_mm * 1e-3 / args.matrix, p=args.traj_p, gmax_t_per_m=gmax,
-              readout_s=None if args.traj_readout_ms is None else args.traj_readout_ms * 1e-3,
-              smax_t_per_m_per_s=args.traj_smax_t_m_s, dwell_s=args.dwell_us * 1e-6,
-              undersampling=args.traj_undersampling)
+    kw = dict(
+        fov_m=args.fov_mm * 1e-3,
+        res_m=args.fov_mm * 1e-3 / args.matrix,
+        p=args.traj_p,
+        gmax_t_per_m=gmax,
+        readout_s=None if args.traj_readout_ms is None else args.traj_readout_ms * 1e-3,
+        smax_t_per_m_per_s=args.traj_smax_t_m_s,
+        dwell_s=args.dwell_us * 1e-6,
+        undersampling=args.traj_undersampling,
+    )
     if args.traj == "radial":
         return density_adapted_radial(n_projections=args.traj_projections, **kw)
     if args.traj_projections is not None:
@@ -98,10 +124,20 @@ def run(args: argparse.Namespace) -> int:
     with stage("trajectory"):
         traj = make_trajectory(args)
     phantom = HeadPhantom(tumour=args.tumour, marker=args.marker, b0_scale=args.b0_scale)
-    res = simulate(phantom, traj, te_s=[t * 1e-3 for t in args.te_ms], tr_s=args.tr_ms * 1e-3,
-                   flip_deg=args.flip_deg, field_t=args.field_t, snr=None if args.snr == 0 else args.snr,
-                   n_coils=args.coils, receive=args.receive, oversampling=args.oversampling, seed=args.seed,
-                   n_threads=args.threads)
+    res = simulate(
+        phantom,
+        traj,
+        te_s=[t * 1e-3 for t in args.te_ms],
+        tr_s=args.tr_ms * 1e-3,
+        flip_deg=args.flip_deg,
+        field_t=args.field_t,
+        snr=None if args.snr == 0 else args.snr,
+        n_coils=args.coils,
+        receive=args.receive,
+        oversampling=args.oversampling,
+        seed=args.seed,
+        n_threads=args.threads,
+    )
     with stage("write outputs"):
         write_simulation(res, traj, args.out, ismrmrd=args.ismrmrd, overwrite=args.force)
     sim = res.truth.info["simulation"]
@@ -125,14 +161,21 @@ def run(args: argparse.Namespace) -> int:
         json.dump(summary, sys.stdout, indent=2)
         print()
     else:
-        print(f"wrote {args.out}/raw.dat and truth ({traj.params.get('generator', 'file')}, "
-              f"{traj.n_projections} projections x {traj.n_samples} samples, {len(args.te_ms)} echoes, "
-              f"{args.coils} coil(s))")
-        print(f"  simulation grid {sim['grid'][0]}^3 for a {traj.matrix[0]}^3 reconstruction, "
-              f"{sim['n_bins']} time bins of {sim['bin_width_s'] * 1e6:.0f} us")
+        print(
+            f"wrote {args.out}/raw.dat and truth ({traj.params.get('generator', 'file')}, "
+            f"{traj.n_projections} projections x {traj.n_samples} samples, {len(args.te_ms)} echoes, "
+            f"{args.coils} coil(s))"
+        )
+        print(
+            f"  simulation grid {sim['grid'][0]}^3 for a {traj.matrix[0]}^3 reconstruction, "
+            f"{sim['n_bins']} time bins of {sim['bin_width_s'] * 1e6:.0f} us"
+        )
         if sim["snr"]:
-            print(f"  SNR {sim['snr']:g} (raw DC), bin model error <= {sim['bin_error_bound_over_sigma']:.2f} sigma, "
-                  f"gridding image noise ~ {sim['image_noise_mM_gridding_analytic_dcf']:.2f} mM")
+            print(
+                f"  SNR {sim['snr']:g} (raw DC), "
+                f"bin model error <= {sim['bin_error_bound_over_sigma']:.2f} sigma, "
+                f"gridding image noise ~ {sim['image_noise_mM_gridding_analytic_dcf']:.2f} mM"
+            )
         else:
             print("  noise-free")
     return 0

@@ -20,7 +20,18 @@ from recon.sim.phantom import (
 from recon.sim.simulate import SimResult, SimTruth, choose_bin_width, simulate
 
 __all__ = [
-    "HeadPhantom", "Compartment", "Tube", "DEFAULT_COMPARTMENTS", "default_tubes", "grid_points",
-    "t1_saturation", "biexp_decay", "simulate", "SimResult", "SimTruth", "choose_bin_width",
-    "write_simulation", "design_params",
+    "HeadPhantom",
+    "Compartment",
+    "Tube",
+    "DEFAULT_COMPARTMENTS",
+    "default_tubes",
+    "grid_points",
+    "t1_saturation",
+    "biexp_decay",
+    "simulate",
+    "SimResult",
+    "SimTruth",
+    "choose_bin_width",
+    "write_simulation",
+    "design_params",
 ]

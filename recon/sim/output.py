@@ -32,8 +32,17 @@ from recon.sim.simulate import SimResult, _jsonable
 from recon.trajectory.base import Trajectory
 
 #: trajectory parameters the default profile stores in sWipMemBlock
-_ENCODED = ("generator", "p", "gmax_t_per_m", "smax_t_per_m_per_s", "undersampling", "fov_m", "res_m",
-            "grad_raster_s", "n_projections")
+_ENCODED = (
+    "generator",
+    "p",
+    "gmax_t_per_m",
+    "smax_t_per_m_per_s",
+    "undersampling",
+    "fov_m",
+    "res_m",
+    "grad_raster_s",
+    "n_projections",
+)
 
 
 def design_params(traj: Trajectory) -> dict:
@@ -83,8 +92,15 @@ def _nifti_bytes(arr: np.ndarray, affine: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_simulation(result: SimResult, traj: Trajectory, out_dir: str | os.PathLike, *,
-                     ismrmrd: bool = False, overwrite: bool = False, extra_info: dict | None = None) -> Path:
+def write_simulation(
+    result: SimResult,
+    traj: Trajectory,
+    out_dir: str | os.PathLike,
+    *,
+    ismrmrd: bool = False,
+    overwrite: bool = False,
+    extra_info: dict | None = None,
+) -> Path:
     """Write ``result`` into ``out_dir`` (see the module docstring); returns the directory."""
     from recon.io import nifti_affine, write_twix
 
@@ -101,8 +117,9 @@ def write_simulation(result: SimResult, traj: Trajectory, out_dir: str | os.Path
     }
     if ismrmrd:
         info["files"]["raw.h5"] = "ISMRMRD with the trajectory (cycles per FOV)"
-    info["sequence_profile"] = ({"wip_long": acq.header["wip_long"], "wip_double": acq.header["wip_double"]}
-                                if encoded else None)
+    info["sequence_profile"] = (
+        {"wip_long": acq.header["wip_long"], "wip_double": acq.header["wip_double"]} if encoded else None
+    )
     info["nifti_affine_ras_mm"] = np.round(affine, 9).tolist()
     if extra_info:
         info.update(extra_info)
@@ -112,9 +129,11 @@ def write_simulation(result: SimResult, traj: Trajectory, out_dir: str | os.Path
             from recon.io import write_ismrmrd
 
             write_ismrmrd(acq, tmp / "raw.h5", traj=traj)
-        for name, arr in (("truth_tsc_mM", truth.tsc_mM.astype(np.float32)),
-                          ("truth_b0_hz", truth.b0_hz.astype(np.float32)),
-                          ("truth_labels", truth.labels.astype(np.int16))):
+        for name, arr in (
+            ("truth_tsc_mM", truth.tsc_mM.astype(np.float32)),
+            ("truth_b0_hz", truth.b0_hz.astype(np.float32)),
+            ("truth_labels", truth.labels.astype(np.int16)),
+        ):
             (tmp / f"{name}.nii.gz").write_bytes(_nifti_bytes(arr, affine))
         (tmp / "truth.json").write_text(json.dumps(_jsonable(info), indent=1, sort_keys=True) + "\n")
     return Path(out_dir)

@@ -81,7 +81,9 @@ class Compartment:
     def decay(self, t_s) -> np.ndarray:
         """T2* decay factor at time(s) ``t_s`` after excitation (1 at t = 0)."""
         t = np.asarray(t_s, dtype=np.float64)
-        return self.frac_short * np.exp(-t / self.t2s_short_s) + (1 - self.frac_short) * np.exp(-t / self.t2s_long_s)
+        return self.frac_short * np.exp(-t / self.t2s_short_s) + (1 - self.frac_short) * np.exp(
+            -t / self.t2s_long_s
+        )
 
     def t1_factor(self, tr_s: float, flip_deg: float) -> float:
         """Steady-state (spoiled) T1 saturation factor for ``tr_s`` and ``flip_deg``."""
@@ -135,9 +137,16 @@ class Tube:
 
 def default_tubes(concentrations: Sequence[float] = (30.0, 60.0, 90.0, 120.0)) -> tuple[Tube, ...]:
     """Four tubes beside the head (two left, two right), radius 9 mm, 80 mm long."""
-    pos = [(-0.092, -0.030), (-0.092, 0.030), (0.092, -0.030), (0.092, 0.030)]  # right-ant, right-post, left...
+    pos = [
+        (-0.092, -0.030),
+        (-0.092, 0.030),
+        (0.092, -0.030),
+        (0.092, 0.030),
+    ]  # right-ant, right-post, left...
     if len(concentrations) > len(pos):
-        raise InputError(f"at most {len(pos)} default tube positions, got {len(concentrations)} concentrations")
+        raise InputError(
+            f"at most {len(pos)} default tube positions, got {len(concentrations)} concentrations"
+        )
     return tuple(
         Tube(f"tube_{c:g}mM", (x, y, 0.0), 0.009, 0.080, float(c)) for (x, y), c in zip(pos, concentrations)
     )
@@ -251,11 +260,31 @@ class HeadPhantom:
         """All compartments present in this phantom, tubes and marker included, by label."""
         comps = [c for c in self.compartments.values() if self._present(c.name)]
         for i, t in enumerate(self.tubes):
-            comps.append(Compartment(t.name, FIRST_TUBE_LABEL + i, t.concentration_mM, TUBE_T1_S, TUBE_T2S_S,
-                                     TUBE_T2S_S, 0.0, "aqueous NaCl"))
+            comps.append(
+                Compartment(
+                    t.name,
+                    FIRST_TUBE_LABEL + i,
+                    t.concentration_mM,
+                    TUBE_T1_S,
+                    TUBE_T2S_S,
+                    TUBE_T2S_S,
+                    0.0,
+                    "aqueous NaCl",
+                )
+            )
         if self.marker:
-            comps.append(Compartment(MARKER_NAME, FIRST_TUBE_LABEL + len(self.tubes), 145.0, TUBE_T1_S,
-                                     TUBE_T2S_S, TUBE_T2S_S, 0.0, "orientation marker (right-anterior-superior)"))
+            comps.append(
+                Compartment(
+                    MARKER_NAME,
+                    FIRST_TUBE_LABEL + len(self.tubes),
+                    145.0,
+                    TUBE_T1_S,
+                    TUBE_T2S_S,
+                    TUBE_T2S_S,
+                    0.0,
+                    "orientation marker (right-anterior-superior)",
+                )
+            )
         return sorted(comps, key=lambda c: c.label)
 
     def _present(self, name: str) -> bool:
@@ -276,30 +305,62 @@ class HeadPhantom:
         outer = _smooth_step(_ellipsoid_distance(p, c0, b), e)
         yield "csf_sulcal", outer
         yield "grey_matter", _smooth_step(_ellipsoid_distance(p, c0, b * 0.955, wobble=(0.025, (9, 7))), e)
-        yield "white_matter", _smooth_step(
-            _ellipsoid_distance(p, c0 + [0, 0.004, 0.004], b * 0.80, wobble=(0.05, (7, 5))), e)
+        yield (
+            "white_matter",
+            _smooth_step(_ellipsoid_distance(p, c0 + [0, 0.004, 0.004], b * 0.80, wobble=(0.05, (7, 5))), e),
+        )
         # interhemispheric fissure: a thin CSF slab at the midline, upper part of the brain
-        fiss = _smooth_step(np.abs(p[..., 0] - c0[0]) - 0.0012, e) * _smooth_step(-(p[..., 2] - c0[2] + 0.005), e)
+        fiss = _smooth_step(np.abs(p[..., 0] - c0[0]) - 0.0012, e) * _smooth_step(
+            -(p[..., 2] - c0[2] + 0.005), e
+        )
         yield "csf_sulcal", fiss * outer
         for sx in (-1, 1):  # lateral ventricles, splayed
-            yield "csf_ventricles", _smooth_step(
-                _ellipsoid_distance(p, c0 + [sx * 0.010, 0.004, 0.010], (0.007, 0.030, 0.011), rot_deg=sx * 12), e)
-        yield "csf_ventricles", _smooth_step(_ellipsoid_distance(p, c0 + [0, 0.006, -0.004], (0.0025, 0.012, 0.008)), e)
+            yield (
+                "csf_ventricles",
+                _smooth_step(
+                    _ellipsoid_distance(
+                        p, c0 + [sx * 0.010, 0.004, 0.010], (0.007, 0.030, 0.011), rot_deg=sx * 12
+                    ),
+                    e,
+                ),
+            )
+        yield (
+            "csf_ventricles",
+            _smooth_step(_ellipsoid_distance(p, c0 + [0, 0.006, -0.004], (0.0025, 0.012, 0.008)), e),
+        )
         if self.tumour != "none":
             tc = c0 + np.asarray(self.tumour_centre)
-            yield "oedema", _smooth_step(_ellipsoid_distance(p, tc, (0.024, 0.028, 0.022), rot_deg=20), e) * outer
+            yield (
+                "oedema",
+                _smooth_step(_ellipsoid_distance(p, tc, (0.024, 0.028, 0.022), rot_deg=20), e) * outer,
+            )
             yield "tumour_rim", _smooth_step(_ellipsoid_distance(p, tc, (0.014, 0.016, 0.013), rot_deg=20), e)
             if self.tumour == "rim-core":
-                yield "necrotic_core", _smooth_step(_ellipsoid_distance(p, tc, (0.008, 0.009, 0.0075), rot_deg=20), e)
+                yield (
+                    "necrotic_core",
+                    _smooth_step(_ellipsoid_distance(p, tc, (0.008, 0.009, 0.0075), rot_deg=20), e),
+                )
         for sx in (-1, 1):  # eyes: anterior, inferior
-            yield "vitreous", _smooth_step(_ellipsoid_distance(p, c0 + [sx * 0.032, -0.080, -0.038], (0.011,) * 3), e)
+            yield (
+                "vitreous",
+                _smooth_step(_ellipsoid_distance(p, c0 + [sx * 0.032, -0.080, -0.038], (0.011,) * 3), e),
+            )
         for t in self.tubes:
-            yield t.name, _smooth_step(_cylinder_distance(p, np.asarray(t.centre_m), t.radius_m, t.length_m), e)
+            yield (
+                t.name,
+                _smooth_step(_cylinder_distance(p, np.asarray(t.centre_m), t.radius_m, t.length_m), e),
+            )
         if self.marker:
-            yield MARKER_NAME, _smooth_step(_ellipsoid_distance(p, c0 + np.asarray(self.marker_centre),
-                                                                (self.marker_radius,) * 3), e)
+            yield (
+                MARKER_NAME,
+                _smooth_step(
+                    _ellipsoid_distance(p, c0 + np.asarray(self.marker_centre), (self.marker_radius,) * 3), e
+                ),
+            )
 
-    def fractions(self, points: np.ndarray, edge_m: float | None = None) -> tuple[list[Compartment], np.ndarray]:
+    def fractions(
+        self, points: np.ndarray, edge_m: float | None = None
+    ) -> tuple[list[Compartment], np.ndarray]:
         """Volume fractions of every compartment at ``points`` (..., 3) in m.
 
         Returns the compartment list (see :meth:`table`) and an array (n_compartments, ...) of
@@ -368,8 +429,9 @@ class HeadPhantom:
         return out
 
 
-def grid_points(matrix: Sequence[int], fov_m: Sequence[float], position_m=(0.0, 0.0, 0.0),
-                supersample: int = 1) -> np.ndarray:
+def grid_points(
+    matrix: Sequence[int], fov_m: Sequence[float], position_m=(0.0, 0.0, 0.0), supersample: int = 1
+) -> np.ndarray:
     """Voxel centre positions (N0, N1, N2, 3) in patient m of the DESIGN.md grid.
 
     With ``supersample`` s > 1 returns (s^3, N0, N1, N2, 3): s^3 points evenly spread inside each

@@ -2,7 +2,8 @@
 
 Forward model (per echo e, coil c, sample m at time tau = TE_e + t_m after excitation)::
 
-    s_ec(m) = dV * sum_r S_c(r) * sum_j A_j(r) exp(-tau / T2_j) * exp(-i 2 pi df(r) tau) * exp(-i 2 pi k_m . r)
+    s_ec(m) = dV * sum_r S_c(r) * sum_j A_j(r) exp(-tau / T2_j)
+              * exp(-i 2 pi df(r) tau) * exp(-i 2 pi k_m . r)
 
 with A_j(r) = fraction * TSC * T1sat * pool fraction for every exponential pool j of every
 compartment (the bi-exponential T2* of each tissue gives two pools), df the B0 map in Hz, S_c
@@ -97,7 +98,9 @@ def bin_error_bound(b2: float, a_max: float, width_s: float) -> float:
     return b2 * h * h / 2 * math.exp(a_max * h)
 
 
-def choose_bin_width(readout_s: float, b2: float, a_max: float, target: float, max_bins: int = 4096) -> tuple[float, int]:
+def choose_bin_width(
+    readout_s: float, b2: float, a_max: float, target: float, max_bins: int = 4096
+) -> tuple[float, int]:
     """The bin rule: the widest D = readout / n with ``bin_error_bound`` <= ``target``."""
     readout_s = max(readout_s, 1e-12)
     if b2 <= 0:
@@ -160,7 +163,9 @@ def simulate(
     if tr_s <= 0 or not 0 < flip_deg <= 180:
         raise InputError(f"need TR > 0 and 0 < flip <= 180 deg, got TR {tr_s} s, flip {flip_deg}")
     if oversampling < 2:
-        raise InputError(f"the simulation grid must be at least 2x finer than the reconstruction, got {oversampling}")
+        raise InputError(
+            f"the simulation grid must be at least 2x finer than the reconstruction, got {oversampling}"
+        )
     if snr is not None and not (snr > 0):
         raise InputError(f"SNR must be positive (or None for noise-free data), got {snr}")
     noiseless = snr is None or math.isinf(snr)
@@ -212,7 +217,7 @@ def simulate(
     s0 = float(dc.max())
     sigma = 0.0 if noiseless else s0 / float(snr)
     abs_sens = np.abs(sens).reshape(n_coils, -1)
-    a2 = (1.0 / t2s[:, None] ** 2 + (w2pi.reshape(1, -1)) ** 2)  # |a_j(r)|^2
+    a2 = 1.0 / t2s[:, None] ** 2 + (w2pi.reshape(1, -1)) ** 2  # |a_j(r)|^2
     b2 = float((abs_sens @ (amps.reshape(len(t2s), -1) * a2).sum(0)).max() * dv)
     a_max = float(np.sqrt((1.0 / t2s.min()) ** 2 + np.abs(w2pi).max() ** 2))
     del a2, x0
@@ -227,8 +232,13 @@ def simulate(
         n_bins = max(1, math.ceil(readout / bin_s - 1e-9))
         width = bin_s
     bound = bin_error_bound(b2, a_max, width)
-    log.info("time segmentation: %d bins of %.1f us (error bound %.3g = %.3g sigma)", n_bins, width * 1e6,
-             bound, bound / sigma if sigma else float("nan"))
+    log.info(
+        "time segmentation: %d bins of %.1f us (error bound %.3g = %.3g sigma)",
+        n_bins,
+        width * 1e6,
+        bound,
+        bound / sigma if sigma else float("nan"),
+    )
 
     # --- time-segmented forward model
     n_e = len(te)
@@ -259,8 +269,11 @@ def simulate(
     chol = np.linalg.cholesky(noise_correlation(n_coils))
     noise_scan = None
     if not noiseless:
+
         def cn(shape):
-            z = (rng.standard_normal((n_coils,) + shape) + 1j * rng.standard_normal((n_coils,) + shape)) / math.sqrt(2)
+            z = (
+                rng.standard_normal((n_coils,) + shape) + 1j * rng.standard_normal((n_coils,) + shape)
+            ) / math.sqrt(2)
             return sigma * np.tensordot(chol, z, axes=1)
 
         data = data + np.moveaxis(cn((n_e, kflat.shape[0])), 0, 1)
@@ -292,28 +305,43 @@ def simulate(
     }
     geometry = {"position_m": np.asarray(pos), "rotation": np.eye(3), "patient_position": "HFS"}
     acq = Acquisition(
-        data=acq_data, te_s=te, tr_s=float(tr_s), flip_deg=float(flip_deg), dwell_s=traj.dwell_s,
-        nucleus="23Na", frequency_hz=freq, field_t=float(field_t), projection_index=None,
-        noise=noise_scan, fov_m=tuple(float(f) for f in fov), matrix=tuple(int(m) for m in matrix),
-        geometry=geometry, header=header, sources=("simulated",),
+        data=acq_data,
+        te_s=te,
+        tr_s=float(tr_s),
+        flip_deg=float(flip_deg),
+        dwell_s=traj.dwell_s,
+        nucleus="23Na",
+        frequency_hz=freq,
+        field_t=float(field_t),
+        projection_index=None,
+        noise=noise_scan,
+        fov_m=tuple(float(f) for f in fov),
+        matrix=tuple(int(m) for m in matrix),
+        geometry=geometry,
+        header=header,
+        sources=("simulated",),
     )
 
     table = []
     for c in comps:
         t1f = c.t1_factor(tr_s, flip_deg)
         d = c.as_dict()
-        d.update(t1_factor=t1f, t2s_factor_te=[float(c.decay(t)) for t in te],
-                 expected_signal_te_mM=[float(c.tsc_mM * t1f * c.decay(t)) for t in te],
-                 voxels_in_label_map=int((labels == c.label).sum()))
+        d.update(
+            t1_factor=t1f,
+            t2s_factor_te=[float(c.decay(t)) for t in te],
+            expected_signal_te_mM=[float(c.tsc_mM * t1f * c.decay(t)) for t in te],
+            voxels_in_label_map=int((labels == c.label).sum()),
+        )
         table.append(d)
     info = {
         "phantom": {
             "coordinates": "patient LPS (Siemens dSag, dCor, dTra), metres in the API, mm here; "
-                           "RAS = (-x, -y, z); image axes 0, 1, 2 = +x (left), +y (posterior), +z (superior)",
+            "RAS = (-x, -y, z); image axes 0, 1, 2 = +x (left), +y (posterior), +z (superior)",
             "tumour": phantom.tumour,
             "marker": phantom.marker,
             "marker_centre_mm_lps": (np.add(phantom.centre_m, phantom.marker_centre) * 1e3).round(4).tolist()
-            if phantom.marker else None,
+            if phantom.marker
+            else None,
             "marker_radius_mm": phantom.marker_radius * 1e3 if phantom.marker else None,
             "edge_mm": edge * 1e3,
             "b0_scale": phantom.b0_scale,
@@ -322,20 +350,42 @@ def simulate(
         "compartments": table,
         "tubes": [t.as_dict() for t in phantom.tubes],
         "protocol": {
-            "nucleus": "23Na", "field_t": float(field_t), "frequency_hz": freq, "te_s": list(te), "tr_s": float(tr_s),
-            "flip_deg": float(flip_deg), "dwell_s": traj.dwell_s, "fov_m": fov.tolist(), "matrix": matrix.tolist(),
-            "position_m": list(pos), "n_projections": traj.n_projections, "n_samples": n_samp,
-            "n_echoes": n_e, "n_coils": n_coils, "receive": receive if n_coils == 1 else "ring",
+            "nucleus": "23Na",
+            "field_t": float(field_t),
+            "frequency_hz": freq,
+            "te_s": list(te),
+            "tr_s": float(tr_s),
+            "flip_deg": float(flip_deg),
+            "dwell_s": traj.dwell_s,
+            "fov_m": fov.tolist(),
+            "matrix": matrix.tolist(),
+            "position_m": list(pos),
+            "n_projections": traj.n_projections,
+            "n_samples": n_samp,
+            "n_echoes": n_e,
+            "n_coils": n_coils,
+            "receive": receive if n_coils == 1 else "ring",
             "trajectory": _jsonable(traj.params),
         },
         "simulation": {
-            "seed": int(seed), "snr": None if noiseless else float(snr),
-            "snr_definition": "|s(k=0, t=0)| of echo 1 on the strongest coil / sigma, E|n|^2 = sigma^2 per coil",
-            "sigma": sigma, "dc_signal": s0, "image_noise_mM_gridding_analytic_dcf": image_noise,
-            "grid": list(n_sim), "oversampling": float(oversampling), "voxel_volume_m3": dv,
-            "bin_width_s": width, "n_bins": n_bins, "bin_tolerance": bin_tolerance,
-            "bin_error_bound": bound, "bin_error_bound_over_sigma": bound / sigma if sigma else None,
-            "nufft_eps": eps, "noise_correlation": 0.1, "noise_readouts": noise_readouts if not noiseless else 0,
+            "seed": int(seed),
+            "snr": None if noiseless else float(snr),
+            "snr_definition": "|s(k=0, t=0)| of echo 1 on the strongest coil / sigma, "
+            "E|n|^2 = sigma^2 per coil",
+            "sigma": sigma,
+            "dc_signal": s0,
+            "image_noise_mM_gridding_analytic_dcf": image_noise,
+            "grid": list(n_sim),
+            "oversampling": float(oversampling),
+            "voxel_volume_m3": dv,
+            "bin_width_s": width,
+            "n_bins": n_bins,
+            "bin_tolerance": bin_tolerance,
+            "bin_error_bound": bound,
+            "bin_error_bound_over_sigma": bound / sigma if sigma else None,
+            "nufft_eps": eps,
+            "noise_correlation": 0.1,
+            "noise_readouts": noise_readouts if not noiseless else 0,
         },
     }
     return SimResult(acq, SimTruth(tsc.astype(np.float32), b0, labels.astype(np.int16), info))

@@ -27,9 +27,10 @@ def sphere_volume_est(affine, center, r, s=R.SUPERSAMPLE, shape=(16, 16, 16)):
 
 def test_sphere_weights_sum_to_sphere_volume_at_subvoxel_offsets(rng):
     A = iso_affine()
-    v_true = 4.0 / 3.0 * math.pi * 2.0 ** 3  # 33.51 mm^3, r = 2 mm on 3.5 mm voxels
-    offsets = [(0, 0, 0), (1.75, 1.75, 1.75), (1.75, 0, 0), (0.9, -0.4, 1.3)] + [tuple(rng.uniform(0, DX, 3))
-                                                                                 for _ in range(8)]
+    v_true = 4.0 / 3.0 * math.pi * 2.0**3  # 33.51 mm^3, r = 2 mm on 3.5 mm voxels
+    offsets = [(0, 0, 0), (1.75, 1.75, 1.75), (1.75, 0, 0), (0.9, -0.4, 1.3)] + [
+        tuple(rng.uniform(0, DX, 3)) for _ in range(8)
+    ]
     for off in offsets:
         v, _, w = sphere_volume_est(A, off, 2.0)
         assert abs(v / v_true - 1) < 0.01, off
@@ -52,7 +53,7 @@ def test_sphere_inside_one_voxel_gets_volume_fraction():
     r = 1.0  # fits inside the central voxel: the only weight is V_sphere / V_voxel
     _, idx, w = sphere_volume_est(A, (0.2, -0.3, 0.1), r)
     assert idx.tolist() == [[8, 8, 8]]
-    assert w[0] == pytest.approx(4 / 3 * math.pi / DX ** 3, rel=5e-3)
+    assert w[0] == pytest.approx(4 / 3 * math.pi / DX**3, rel=5e-3)
 
 
 def test_sphere_weights_on_oblique_anisotropic_grid():
@@ -63,7 +64,7 @@ def test_sphere_weights_on_oblique_anisotropic_grid():
     A[:3, 3] = [-20, -15, -30]
     r = 5.0
     v, _, _ = sphere_volume_est(A, (1.3, 2.1, -0.7), r, shape=(20, 20, 20))
-    assert v == pytest.approx(4 / 3 * math.pi * r ** 3, rel=5e-3)
+    assert v == pytest.approx(4 / 3 * math.pi * r**3, rel=5e-3)
 
 
 def test_fully_inside_voxels_have_weight_one():
@@ -81,7 +82,7 @@ def test_weighted_stats_against_formulas(rng):
     w = rng.uniform(0.1, 1, 50)
     st = R.weighted_stats(x, w)
     m = (w * x).sum() / w.sum()
-    var = (w * (x - m) ** 2).sum() / (w.sum() - (w ** 2).sum() / w.sum())
+    var = (w * (x - m) ** 2).sum() / (w.sum() - (w**2).sum() / w.sum())
     assert st["mean"] == pytest.approx(m)
     assert st["sd"] == pytest.approx(math.sqrt(var))
     assert st["min"] == x.min() and st["max"] == x.max() and st["n_voxels"] == 50
@@ -90,7 +91,7 @@ def test_weighted_stats_against_formulas(rng):
 def _constant_volume(n=16):
     vol = np.zeros((n, n, n))
     vol[: n // 2] = 30.0
-    vol[n // 2:] = 120.0
+    vol[n // 2 :] = 120.0
     return vol
 
 
@@ -148,18 +149,24 @@ def test_mask_resampled_between_grids_matches_box_in_mm(tmp_path):
     # through measure(): the mask on a constant-value image with a known value inside the box
     vol = np.full((12, 12, 12), 5.0)
     vol[expect] = 42.0
-    r = R.measure([R.Image(vol, A, "img")], [R.MaskROI("box", str(tmp_path / "labels.nii.gz"), 3)], ref=None)[0]
+    r = R.measure([R.Image(vol, A, "img")], [R.MaskROI("box", str(tmp_path / "labels.nii.gz"), 3)], ref=None)[
+        0
+    ]
     assert r.mean == 42.0 and r.sd == 0.0 and r.n_voxels == expect.sum()
-    assert r.volume_mm3 == pytest.approx(expect.sum() * DX ** 3)
+    assert r.volume_mm3 == pytest.approx(expect.sum() * DX**3)
 
 
 def test_read_roi_table_forms_and_errors(tmp_path):
     p = tmp_path / "rois.csv"
-    p.write_text("name,x,y,z,i,j,k,radius_mm,mask,label\n# comment\nCSF,1,2,3,,,,2,,\ntumour,,,,4,5,6,2,,\n"
-                 "box,,,,,,,,lab.nii.gz,3\n")
+    p.write_text(
+        "name,x,y,z,i,j,k,radius_mm,mask,label\n# comment\nCSF,1,2,3,,,,2,,\ntumour,,,,4,5,6,2,,\n"
+        "box,,,,,,,,lab.nii.gz,3\n"
+    )
     rois = R.read_roi_table(p)
     assert rois[0].center_mm == (1, 2, 3) and rois[1].center_vox == (4, 5, 6)
-    assert isinstance(rois[2], R.MaskROI) and rois[2].label == 3 and rois[2].path == str(tmp_path / "lab.nii.gz")
+    assert (
+        isinstance(rois[2], R.MaskROI) and rois[2].label == 3 and rois[2].path == str(tmp_path / "lab.nii.gz")
+    )
     bad = tmp_path / "bad.csv"
     bad.write_text("name,x,y,radius\nCSF,1,2,3\n")
     with pytest.raises(InputError, match="bad.csv.*x,y,z"):
@@ -178,3 +185,21 @@ def test_roi_outside_image_is_an_error():
     img = R.Image(np.ones((8, 8, 8)), iso_affine(8), "img.nii.gz")
     with pytest.raises(InputError, match="no voxel inside"):
         R.measure([img], [R.SphereROI("far", 2.0, center_mm=(500, 0, 0))], source="rois.csv")
+
+
+def test_mricron_voi_and_bad_files(tmp_path):
+    import gzip
+
+    lab = np.zeros((6, 6, 6), np.uint8)
+    lab[2:4, 2:4, 2:4] = 1
+    A = iso_affine(6)
+    (tmp_path / "lesion.voi").write_bytes(gzip.compress(nib.Nifti1Image(lab, A).to_bytes()))
+    vol = np.arange(216, dtype=float).reshape(6, 6, 6)
+    r = R.measure([R.Image(vol, A, "img")], [R.MaskROI("les", str(tmp_path / "lesion.voi"))], ref=None)[0]
+    assert r.n_voxels == 8 and r.mean == pytest.approx(vol[2:4, 2:4, 2:4].mean())
+    (tmp_path / "junk.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(InputError, match="junk.nii.gz: cannot read as NIfTI"):
+        R.load_image(tmp_path / "junk.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), A), tmp_path / "four_d.nii.gz")
+    with pytest.raises(InputError, match="3-D volume"):
+        R.load_image(tmp_path / "four_d.nii.gz")

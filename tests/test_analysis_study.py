@@ -20,13 +20,23 @@ from recon.cli import main
 N, DX = 20, 3.5
 AFF = np.diag([DX, DX, DX, 1.0])
 AFF[:3, 3] = [-35.0, -33.0, -36.5]
-CENTRES = {"tumour": (5, 10, 10), "contralateral": (15, 10, 10), "oedema": (5, 5, 10), "CSF": (10, 15, 10),
-           "WM": (10, 10, 15), "GM": (10, 10, 5)}
+CENTRES = {
+    "tumour": (5, 10, 10),
+    "contralateral": (15, 10, 10),
+    "oedema": (5, 5, 10),
+    "CSF": (10, 15, 10),
+    "WM": (10, 10, 15),
+    "GM": (10, 10, 5),
+}
 TPS = ["pre", "48h", "1w", "1m"]
 LESIONS = [("s1", "l1"), ("s1", "l2"), ("s2", "l1"), ("s3", "l1")]
 # tumour TSC per lesion over pre, 48h, 1w, 1m (s3/l1 misses 1w); the baseline values
-TUMOUR = {("s1", "l1"): [22.85, 27.0, 20.0, 24.0], ("s1", "l2"): [24.19, 28.5, 23.0, 21.0],
-          ("s2", "l1"): [22.28, 25.0, 21.0, 20.5], ("s3", "l1"): [36.08, 40.0, None, 38.0]}
+TUMOUR = {
+    ("s1", "l1"): [22.85, 27.0, 20.0, 24.0],
+    ("s1", "l2"): [24.19, 28.5, 23.0, 21.0],
+    ("s2", "l1"): [22.28, 25.0, 21.0, 20.5],
+    ("s3", "l1"): [36.08, 40.0, None, 38.0],
+}
 CSF = {("s1", "l1"): 23.23, ("s1", "l2"): 24.43, ("s2", "l1"): 27.53, ("s3", "l1"): 25.92}
 CONTRA = {("s1", "l1"): 20.0, ("s1", "l2"): 21.0, ("s2", "l1"): 19.5, ("s3", "l1"): 22.5}
 OEDEMA = {("s1", "l1"): 30.0, ("s1", "l2"): 31.5, ("s2", "l1"): 28.0, ("s3", "l1"): 33.0}
@@ -41,7 +51,7 @@ def _mm(v):
 
 def make_study(root, drop_rois_col=False):
     rows = []
-    for (subj, les) in LESIONS:
+    for subj, les in LESIONS:
         for ti, tp in enumerate(TPS):
             tum = TUMOUR[(subj, les)][ti]
             a, b, m, c = DIMS
@@ -50,12 +60,18 @@ def make_study(root, drop_rois_col=False):
                 rows.append([subj, les, tp, "", "", a * scale, b, m, c])
                 continue
             vol = np.full((N, N, N), 5.0, np.float64)
-            vals = {"tumour": tum, "contralateral": CONTRA[(subj, les)], "oedema": OEDEMA[(subj, les)],
-                    "CSF": CSF[(subj, les)] + ti, "WM": WM[subj] + 0.1 * ti, "GM": GM[subj]}
+            vals = {
+                "tumour": tum,
+                "contralateral": CONTRA[(subj, les)],
+                "oedema": OEDEMA[(subj, les)],
+                "CSF": CSF[(subj, les)] + ti,
+                "WM": WM[subj] + 0.1 * ti,
+                "GM": GM[subj],
+            }
             if tp == "pre":
                 vals["CSF"] = CSF[(subj, les)]
             for t, (i, j, k) in CENTRES.items():
-                vol[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2] = vals[t]
+                vol[i - 1 : i + 2, j - 1 : j + 2, k - 1 : k + 2] = vals[t]
             d = root / f"{subj}_{les}_{tp}"
             d.mkdir()
             nib.save(nib.Nifti1Image(vol, AFF), d / "tsc_mM.nii.gz")
@@ -68,8 +84,11 @@ def make_study(root, drop_rois_col=False):
     sess = root / "sessions.csv"
     with open(sess, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["subject", "lesion", "timepoint", "path"] + ([] if drop_rois_col else ["rois"])
-                   + ["a_mm", "b_mm", "m_mm", "c"])
+        w.writerow(
+            ["subject", "lesion", "timepoint", "path"]
+            + ([] if drop_rois_col else ["rois"])
+            + ["a_mm", "b_mm", "m_mm", "c"]
+        )
         for r in rows:
             w.writerow(r[:4] + ([] if drop_rois_col else [r[4]]) + r[5:])
     return sess
@@ -130,8 +149,11 @@ def test_baseline_summary(study_out):
     summ = {(r["tissue"], r["measure"]): r for r in read(study_out / "baseline_summary.csv")}
     r = summ[("tumour", "tsc_mM")]
     v = np.array([TUMOUR[k][0] for k in LESIONS])
-    assert int(r["n"]) == 4 and float(r["mean"]) == pytest.approx(v.mean()) and float(r["sd"]) == pytest.approx(
-        v.std(ddof=1))
+    assert (
+        int(r["n"]) == 4
+        and float(r["mean"]) == pytest.approx(v.mean())
+        and float(r["sd"]) == pytest.approx(v.std(ddof=1))
+    )
     assert float(r["min"]) == pytest.approx(22.28) and float(r["max"]) == pytest.approx(36.08)
     r = summ[("CSF", "tsc_mM")]  # per subject: s1 = mean of its two lesion rows
     per_subj = [(23.23 + 24.43) / 2, 27.53, 25.92]
@@ -157,7 +179,9 @@ def test_timecourse_rebound_and_volumes(study_out):
     v3 = math.pi / 6 * (a * 1.3) * b * m * c
     r = vols[("s2", "l1", "1m")]
     assert float(r["volume_mm3"]) == pytest.approx(v3) and float(r["volume_mL"]) == pytest.approx(v3 / 1000)
-    assert float(r["change_mL"]) == pytest.approx((v3 - v0) / 1000) and float(r["change_pct"]) == pytest.approx(30.0)
+    assert float(r["change_mL"]) == pytest.approx((v3 - v0) / 1000) and float(
+        r["change_pct"]
+    ) == pytest.approx(30.0)
     assert ("s3", "l1", "1w") in vols  # a volume without an image is still reported
     counts = {x["timepoint"]: x for x in read(study_out / "sessions_per_timepoint.csv")}
     assert counts["1w"]["sessions_measured"] == "3" and counts["1w"]["missing"] == "s3/l1"
@@ -198,8 +222,23 @@ def test_roi_cli_table_and_errors(tmp_path, capsys):
     d = tmp_path / "s1_l1_pre"
     out = tmp_path / "table.csv"
     wts = tmp_path / "weights.csv"
-    assert main(["-q", "roi", str(d / "tsc_mM.nii.gz"), str(d / "tsc_mM.nii.gz"), "--rois", str(d / "rois.csv"),
-                 "--out", str(out), "--weights", str(wts)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "roi",
+                str(d / "tsc_mM.nii.gz"),
+                str(d / "tsc_mM.nii.gz"),
+                "--rois",
+                str(d / "rois.csv"),
+                "--out",
+                str(out),
+                "--weights",
+                str(wts),
+            ]
+        )
+        == 0
+    )
     rows = read(out)
     assert len(rows) == 12
     t = [r for r in rows if r["roi"] == "tumour"][0]
@@ -209,7 +248,9 @@ def test_roi_cli_table_and_errors(tmp_path, capsys):
     assert sum(float(r["weight"]) for r in w) == pytest.approx(float(t["weight_sum"]) * 2, rel=1e-5)
     capsys.readouterr()
     out2 = tmp_path / "t2.csv"
-    assert main(["roi", str(tmp_path / "nope.nii.gz"), "--rois", str(d / "rois.csv"), "--out", str(out2)]) == 2
+    assert (
+        main(["roi", str(tmp_path / "nope.nii.gz"), "--rois", str(d / "rois.csv"), "--out", str(out2)]) == 2
+    )
     assert "nope.nii.gz: image file not found" in capsys.readouterr().err
     assert not out2.exists()
     assert main(["roi", str(d / "tsc_mM.nii.gz"), "--rois", str(d / "rois.csv"), "--ref", "Vitreous"]) == 2

@@ -42,10 +42,10 @@ import numpy as np
 TIMEPOINTS = ["pre", "48h", "1w", "1m", "3m"]
 # tumour TSC (mM) per patient over the time points; None = session missing
 TUMOUR_MM = {
-    "P1": [62.0, 71.0, 58.0, 52.0, 60.0],   # second rise at 3m
+    "P1": [62.0, 71.0, 58.0, 52.0, 60.0],  # second rise at 3m
     "P2": [55.0, 63.0, 54.0, 49.0, 47.0],
-    "P3": [70.0, 78.0, 66.0, 60.0, 67.0],   # second rise at 3m
-    "P4": [58.0, 64.5, None, 51.0, 49.5],   # 1w session missing
+    "P3": [70.0, 78.0, 66.0, 60.0, 67.0],  # second rise at 3m
+    "P4": [58.0, 64.5, None, 51.0, 49.5],  # 1w session missing
     "P5": [66.0, 72.0, 61.0, 57.0, 55.0],
 }
 # per-patient scaling of normal tissue (inter-subject variability)
@@ -140,8 +140,20 @@ def pipeline_mode(work: Path) -> None:
                 write_simulation(res, traj, sim_dir, overwrite=True)
             run_dir = work / f"{patient}_{tp}"
             if not (run_dir / "tsc_mM.nii.gz").exists():
-                subprocess.run([sys.executable, "-m", "recon", "-q", "run", str(sim_dir / "raw.dat"), "--out",
-                                str(run_dir), "--force"], check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "recon",
+                        "-q",
+                        "run",
+                        str(sim_dir / "raw.dat"),
+                        "--out",
+                        str(run_dir),
+                        "--force",
+                    ],
+                    check=True,
+                )
 
 
 def write_sessions(work: Path) -> Path:

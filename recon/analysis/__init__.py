@@ -24,7 +24,19 @@ from recon.analysis.roi import (
 from recon.analysis.stats import PairedTest, ellipsoid_volume_mm3, paired_ttest, timepoint_hours
 
 __all__ = [
-    "SUPERSAMPLE", "Image", "MaskROI", "RoiResult", "SphereROI", "load_image", "measure", "read_roi_table",
-    "resample_labels_nearest", "sphere_weights", "weighted_stats", "PairedTest", "ellipsoid_volume_mm3",
-    "paired_ttest", "timepoint_hours",
+    "SUPERSAMPLE",
+    "Image",
+    "MaskROI",
+    "RoiResult",
+    "SphereROI",
+    "load_image",
+    "measure",
+    "read_roi_table",
+    "resample_labels_nearest",
+    "sphere_weights",
+    "weighted_stats",
+    "PairedTest",
+    "ellipsoid_volume_mm3",
+    "paired_ttest",
+    "timepoint_hours",
 ]

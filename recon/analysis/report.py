@@ -91,7 +91,9 @@ def _figures(data: st.StudyData, tc: list[dict], vols: list[dict], out: Path) ->
         fig, ax = plt.subplots(figsize=(6, 4.2))
         for subj, les in sorted({(r["subject"], r["lesion"]) for r in vols}):
             rr = [r for r in vols if (r["subject"], r["lesion"]) == (subj, les)]
-            ax.plot([xpos[r["timepoint"]] for r in rr], [r["volume_mL"] for r in rr], "o-", label=f"{subj}/{les}")
+            ax.plot(
+                [xpos[r["timepoint"]] for r in rr], [r["volume_mL"] for r in rr], "o-", label=f"{subj}/{les}"
+            )
         ax.set_xticks(range(len(data.timepoints)), data.timepoints)
         ax.set_xlabel("time point")
         ax.set_ylabel("tumour volume (mL)")
@@ -117,7 +119,9 @@ def _figures(data: st.StudyData, tc: list[dict], vols: list[dict], out: Path) ->
                     positions.append(ti + (k - (ntp - 1) / 2) * width)
                     labels.append(k)
         if groups:
-            bp = ax.boxplot(groups, positions=positions, widths=width * 0.85, patch_artist=True, showfliers=True)
+            bp = ax.boxplot(
+                groups, positions=positions, widths=width * 0.85, patch_artist=True, showfliers=True
+            )
             for patch, k in zip(bp["boxes"], labels):
                 patch.set_facecolor(colors[k % len(colors)])
                 patch.set_alpha(0.6)
@@ -134,8 +138,9 @@ def _figures(data: st.StudyData, tc: list[dict], vols: list[dict], out: Path) ->
     return figs
 
 
-def write_study_outputs(data: st.StudyData, out: str | os.PathLike, rise_threshold_mM: float = 0.0,
-                        sessions_path: str = "") -> dict[str, str]:
+def write_study_outputs(
+    data: st.StudyData, out: str | os.PathLike, rise_threshold_mM: float = 0.0, sessions_path: str = ""
+) -> dict[str, str]:
     """Write all tables, figures and ``report.md`` into the (already created, empty) folder ``out``."""
     out = Path(out)
     tables = {
@@ -164,45 +169,123 @@ def _markdown(data, tables, written, figs, thr, sessions_path) -> str:
     L.append("# Sodium MRI study report\n")
     n_les = len({(s.subject, s.lesion) for s in data.sessions})
     n_sub = len({s.subject for s in data.sessions})
-    L.append(f"Sessions table: `{sessions_path}`. {n_sub} subject(s), {n_les} lesion(s), time points "
-             f"{', '.join(data.timepoints)} (baseline **{data.baseline}**). {len(data.tsc)} session(s) measured. "
-             f"TSC in mM (ROI weighted means); ratios are TSC / {data.ref} in the same session, computed from "
-             "unrounded values and shown with two decimals.\n")
+    L.append(
+        f"Sessions table: `{sessions_path}`. {n_sub} subject(s), {n_les} lesion(s), time points "
+        f"{', '.join(data.timepoints)} (baseline **{data.baseline}**). {len(data.tsc)} session(s) measured. "
+        f"TSC in mM (ROI weighted means); ratios are TSC / {data.ref} in the same session, computed from "
+        "unrounded values and shown with two decimals.\n"
+    )
     L.append("Files: " + ", ".join(f"[{v}]({v})" for k, v in written.items() if k != "report") + ".\n")
     L.append("## Sessions per time point\n")
     L.append(md_table(tables["counts"], ["timepoint", "lesions_expected", "sessions_measured", "missing"]))
     L.append(f"\n## Baseline ({data.baseline}): per-tissue summary\n")
-    L.append("Lesion tissues (tumour, contralateral, oedema) are counted per lesion; CSF, WM and GM per subject.\n")
+    L.append(
+        "Lesion tissues (tumour, contralateral, oedema) are counted per lesion; CSF, WM and GM per subject.\n"
+    )
     L.append(md_table(tables["summary"], ["tissue", "measure", "n", "mean", "sd", "min", "max"]))
     L.append("\n## Per-session values (the study's table)\n")
-    cols = ["subject", "lesion", "timepoint"] + [f"{t}_mM" for t in data.tissues] + \
-        [f"{t}_ratio" for t in data.tissues if t != data.ref]
+    cols = (
+        ["subject", "lesion", "timepoint"]
+        + [f"{t}_mM" for t in data.tissues]
+        + [f"{t}_ratio" for t in data.tissues if t != data.ref]
+    )
     L.append(md_table(tables["lesions"], cols))
     L.append("\n## Paired t-tests\n")
-    L.append("Two-sided paired t-tests (scipy.stats.ttest_rel) on complete pairs only; n = pairs used, "
-             "missing = units with only one side. Effect size Cohen's d_z = mean(diff) / SD(diff).\n")
-    L.append(md_table(tables["ttests"], ["test", "measure", "timepoint", "n_pairs", "n_missing", "mean_a", "mean_b",
-                                         "mean_diff", "t", "df", "p", "cohen_dz"],
-                      {"p": fmt_p, "t": lambda v: fmt(v, 3), "cohen_dz": lambda v: fmt(v, 3)}))
+    L.append(
+        "Two-sided paired t-tests (scipy.stats.ttest_rel) on complete pairs only; n = pairs used, "
+        "missing = units with only one side. Effect size Cohen's d_z = mean(diff) / SD(diff).\n"
+    )
+    L.append(
+        md_table(
+            tables["ttests"],
+            [
+                "test",
+                "measure",
+                "timepoint",
+                "n_pairs",
+                "n_missing",
+                "mean_a",
+                "mean_b",
+                "mean_diff",
+                "t",
+                "df",
+                "p",
+                "cohen_dz",
+            ],
+            {"p": fmt_p, "t": lambda v: fmt(v, 3), "cohen_dz": lambda v: fmt(v, 3)},
+        )
+    )
     if tables["timecourse"]:
         L.append("\n## Tumour time courses (change from each lesion's baseline)\n")
-        L.append(md_table(tables["timecourse"], ["subject", "lesion", "timepoint", "tsc_mM", "change_mM", "change_pct",
-                                                 "ratio", "ratio_change"], {"change_pct": lambda v: fmt(v, 1)}))
+        L.append(
+            md_table(
+                tables["timecourse"],
+                [
+                    "subject",
+                    "lesion",
+                    "timepoint",
+                    "tsc_mM",
+                    "change_mM",
+                    "change_pct",
+                    "ratio",
+                    "ratio_change",
+                ],
+                {"change_pct": lambda v: fmt(v, 1)},
+            )
+        )
         L.append(f"\n## Rise at the last time point ({data.timepoints[-1]})\n")
         flagged = [f"{r['subject']}/{r['lesion']}" for r in tables["rebound"] if r["rises_at_last"] == "yes"]
-        L.append(f"Flagged (TSC at {data.timepoints[-1]} exceeds the previous measured time point by more than "
-                 f"{thr:g} mM): **{', '.join(flagged) if flagged else 'none'}**.\n")
-        L.append(md_table(tables["rebound"], ["subject", "lesion", "n_timepoints", "missing", "baseline_mM",
-                                              "previous_timepoint", "last_mM", "rise_mM", "rises_at_last",
-                                              "fell_before"]))
+        L.append(
+            f"Flagged (TSC at {data.timepoints[-1]} exceeds the previous measured time point by more than "
+            f"{thr:g} mM): **{', '.join(flagged) if flagged else 'none'}**.\n"
+        )
+        L.append(
+            md_table(
+                tables["rebound"],
+                [
+                    "subject",
+                    "lesion",
+                    "n_timepoints",
+                    "missing",
+                    "baseline_mM",
+                    "previous_timepoint",
+                    "last_mM",
+                    "rise_mM",
+                    "rises_at_last",
+                    "fell_before",
+                ],
+            )
+        )
     if tables["volumes"]:
         L.append("\n## Tumour volumes\n")
-        L.append("V = pi/6 * a * b * m * c with a, b the largest perpendicular diameters (mm), m the slice thickness "
-                 "(mm) and c the number of slices: mm^3; mL = mm^3 / 1000. Change from each lesion's baseline.\n")
-        L.append(md_table(tables["volumes"], ["subject", "lesion", "timepoint", "a_mm", "b_mm", "m_mm", "c",
-                                              "volume_mL", "change_mL", "change_pct"],
-                          {"volume_mL": lambda v: fmt(v, 3), "change_mL": lambda v: fmt(v, 3),
-                           "change_pct": lambda v: fmt(v, 1), "c": lambda v: fmt(v, 0)}))
+        L.append(
+            "V = pi/6 * a * b * m * c with a, b the largest perpendicular diameters (mm), m the slice "
+            "thickness (mm) and c the number of slices: mm^3; mL = mm^3 / 1000. "
+            "Change from each lesion's baseline.\n"
+        )
+        L.append(
+            md_table(
+                tables["volumes"],
+                [
+                    "subject",
+                    "lesion",
+                    "timepoint",
+                    "a_mm",
+                    "b_mm",
+                    "m_mm",
+                    "c",
+                    "volume_mL",
+                    "change_mL",
+                    "change_pct",
+                ],
+                {
+                    "volume_mL": lambda v: fmt(v, 3),
+                    "change_mL": lambda v: fmt(v, 3),
+                    "change_pct": lambda v: fmt(v, 1),
+                    "c": lambda v: fmt(v, 0),
+                },
+            )
+        )
     L.append("\n## Figures\n")
     for title, fn in figs:
         L.append(f"**{title}**\n\n![{title}]({fn})\n")

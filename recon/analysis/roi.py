@@ -6,7 +6,8 @@ ROIs
   may be fractional) and a radius in mm. Each voxel gets the fraction of its volume that lies
   inside the sphere, in [0, 1]. The study's 2 mm spheres (33.5 mm^3) are smaller than one
   3.5 mm voxel (42.9 mm^3), so these weights, not a binary mask, define the ROI.
-* **Mask**: a NIfTI label file (as drawn in MRIcron, ITK-SNAP, FSLeyes) and a label value
+* **Mask**: a NIfTI label file (.nii, .nii.gz, or an MRIcron .voi, which is a gzipped NIfTI; as
+  drawn in MRIcron, ITK-SNAP saved as NIfTI, FSLeyes) and a label value
   (default: every non-zero voxel). When the label file's grid differs from the image's (shape
   or affine), each image voxel centre is mapped through the two affines into the label grid
   and takes the nearest label voxel's value (weights 0 or 1).
@@ -38,6 +39,7 @@ w_v > 0 and a finite value:
 from __future__ import annotations
 
 import csv
+import gzip
 import logging
 import math
 import os
@@ -70,7 +72,9 @@ class SphereROI:
         if (self.center_mm is None) == (self.center_vox is None):
             raise ConfigError(f"ROI {self.name!r}: give exactly one of a centre in mm or in voxels")
         if not (self.radius_mm > 0 and math.isfinite(self.radius_mm)):
-            raise ConfigError(f"ROI {self.name!r}: radius must be a positive number of mm, got {self.radius_mm}")
+            raise ConfigError(
+                f"ROI {self.name!r}: radius must be a positive number of mm, got {self.radius_mm}"
+            )
 
     def center_in_mm(self, affine: np.ndarray) -> np.ndarray:
         """The centre in scanner mm, converting voxel indices through ``affine`` if needed."""
@@ -132,14 +136,18 @@ class RoiResult:
 
 
 def load_image(path: str | os.PathLike, name: str | None = None) -> Image:
-    """Read a 3-D NIfTI volume (trailing singleton dimensions are dropped)."""
+    """Read a 3-D NIfTI volume (.nii, .nii.gz, MRIcron .voi); trailing singleton dimensions are dropped."""
     import nibabel as nib
 
     p = Path(path)
     if not p.exists():
         raise InputError("image file not found", p)
     try:
-        img = nib.load(str(p))
+        if p.suffix.lower() == ".voi":  # MRIcron VOI: a (gzipped) NIfTI file under another extension
+            raw = p.read_bytes()
+            img = nib.Nifti1Image.from_bytes(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+        else:
+            img = nib.load(str(p))
         data = np.asarray(img.dataobj, dtype=np.float64)
     except Exception as e:  # nibabel raises several types for foreign/corrupt files
         raise InputError(f"cannot read as NIfTI: {e}", p) from e
@@ -184,7 +192,9 @@ def read_roi_table(path: str | os.PathLike) -> list[ROI]:
     if not (((has_mm or has_vox) and "radius_mm" in cols) or has_mask):
         raise InputError(
             "ROI table needs columns x,y,z (mm) or i,j,k (voxels) with radius_mm, or mask [label]; "
-            f"found {sorted(cols)}", p)
+            f"found {sorted(cols)}",
+            p,
+        )
     rois: list[ROI] = []
     names: set[str] = set()
     for n, raw in enumerate(reader, start=2):
@@ -209,7 +219,9 @@ def read_roi_table(path: str | os.PathLike) -> list[ROI]:
                 try:
                     label = float(row["label"])
                 except ValueError:
-                    raise InputError(f"line {n} (ROI {name!r}): label {row['label']!r} is not a number", p) from None
+                    raise InputError(
+                        f"line {n} (ROI {name!r}): label {row['label']!r} is not a number", p
+                    ) from None
             rois.append(MaskROI(name, str(mpath), label, tissue))
             continue
         if "radius_mm" not in num:
@@ -221,7 +233,9 @@ def read_roi_table(path: str | os.PathLike) -> list[ROI]:
         elif all(v is not None for v in vox) and not any(v is not None for v in mm):
             kw = {"center_vox": tuple(vox)}
         else:
-            raise InputError(f"line {n} (ROI {name!r}): give x,y,z (mm) or i,j,k (voxels), completely and not both", p)
+            raise InputError(
+                f"line {n} (ROI {name!r}): give x,y,z (mm) or i,j,k (voxels), completely and not both", p
+            )
         try:
             rois.append(SphereROI(name, num["radius_mm"], tissue=tissue, **kw))
         except ConfigError as e:
@@ -235,8 +249,13 @@ def read_roi_table(path: str | os.PathLike) -> list[ROI]:
 # weights
 
 
-def sphere_weights(shape: tuple[int, int, int], affine: np.ndarray, center_mm: np.ndarray, radius_mm: float,
-                   supersample: int = SUPERSAMPLE) -> tuple[np.ndarray, np.ndarray]:
+def sphere_weights(
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    center_mm: np.ndarray,
+    radius_mm: float,
+    supersample: int = SUPERSAMPLE,
+) -> tuple[np.ndarray, np.ndarray]:
     """Fractional overlap of each voxel with a sphere.
 
     Parameters
@@ -281,15 +300,16 @@ def sphere_weights(shape: tuple[int, int, int], affine: np.ndarray, center_mm: n
         bi = np.flatnonzero(boundary)
         chunk = max(1, 2_000_000 // len(sub))
         for k0 in range(0, len(bi), chunk):
-            sel = bi[k0:k0 + chunk]
+            sel = bi[k0 : k0 + chunk]
             rel = (centres[sel] - c)[:, None, :] + sub[None]
             w[sel] = np.mean(np.einsum("nmk,nmk->nm", rel, rel) <= r2, axis=1)
     keep = w > 0
     return idx[keep], w[keep]
 
 
-def resample_labels_nearest(labels: np.ndarray, label_affine: np.ndarray, shape: tuple[int, int, int],
-                            affine: np.ndarray) -> np.ndarray:
+def resample_labels_nearest(
+    labels: np.ndarray, label_affine: np.ndarray, shape: tuple[int, int, int], affine: np.ndarray
+) -> np.ndarray:
     """Label volume resampled onto another grid by nearest neighbour through the two affines.
 
     Each target voxel centre (index -> mm by ``affine``) is mapped to label-grid indices by
@@ -333,17 +353,25 @@ def _load_labels(path: str) -> tuple[np.ndarray, np.ndarray]:
 def roi_weights(roi: ROI, image: Image, supersample: int = SUPERSAMPLE) -> tuple[np.ndarray, np.ndarray]:
     """(idx (n, 3), weights (n,)) of ``roi`` on ``image``'s grid; see :func:`sphere_weights`."""
     if isinstance(roi, SphereROI):
-        key = (tuple(image.data.shape), tuple(np.round(image.affine, 9).ravel()),
-               tuple(np.round(roi.center_in_mm(image.affine), 9)), float(roi.radius_mm), int(supersample))
+        key = (
+            tuple(image.data.shape),
+            tuple(np.round(image.affine, 9).ravel()),
+            tuple(np.round(roi.center_in_mm(image.affine), 9)),
+            float(roi.radius_mm),
+            int(supersample),
+        )
         if key not in _weights_cache:
             if len(_weights_cache) > 4096:
                 _weights_cache.clear()
-            _weights_cache[key] = sphere_weights(image.data.shape, image.affine, roi.center_in_mm(image.affine),
-                                                 roi.radius_mm, supersample)
+            _weights_cache[key] = sphere_weights(
+                image.data.shape, image.affine, roi.center_in_mm(image.affine), roi.radius_mm, supersample
+            )
         return _weights_cache[key]
     labels, laff = _load_labels(roi.path)
     if not same_grid(labels.shape, laff, image.data.shape, image.affine):
-        log.info("ROI %s: resampling %s onto the grid of %s (nearest neighbour)", roi.name, roi.path, image.path)
+        log.info(
+            "ROI %s: resampling %s onto the grid of %s (nearest neighbour)", roi.name, roi.path, image.path
+        )
         labels = resample_labels_nearest(labels, laff, image.data.shape, image.affine)
     sel = (labels != 0) if roi.label is None else np.isclose(labels, roi.label)
     idx = np.argwhere(sel)
@@ -368,12 +396,29 @@ def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict:
     v2 = float((w * w).sum())
     mean = float((w * v).sum() / v1)
     denom = v1 - v2 / v1
-    sd = float(math.sqrt(max((w * (v - mean) ** 2).sum() / denom, 0.0))) if n > 1 and denom > 0 else float("nan")
-    return {"mean": mean, "sd": sd, "min": float(v.min()), "max": float(v.max()), "n_voxels": n, "weight_sum": v1}
+    sd = (
+        float(math.sqrt(max((w * (v - mean) ** 2).sum() / denom, 0.0)))
+        if n > 1 and denom > 0
+        else float("nan")
+    )
+    return {
+        "mean": mean,
+        "sd": sd,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n_voxels": n,
+        "weight_sum": v1,
+    }
 
 
-def measure(images: list[Image], rois: list[ROI], ref: str | None = "CSF", supersample: int = SUPERSAMPLE,
-            keep_weights: bool = False, source: str = "") -> list[RoiResult]:
+def measure(
+    images: list[Image],
+    rois: list[ROI],
+    ref: str | None = "CSF",
+    supersample: int = SUPERSAMPLE,
+    keep_weights: bool = False,
+    source: str = "",
+) -> list[RoiResult]:
     """Statistics of every ROI on every image, with the ratio to ROI ``ref`` (None: no ratio).
 
     An ROI that does not overlap an image is an :class:`InputError` naming ``source`` (the ROI
@@ -385,18 +430,31 @@ def measure(images: list[Image], rois: list[ROI], ref: str | None = "CSF", super
         for roi in rois:
             idx, w = roi_weights(roi, img, supersample)
             if len(idx) == 0:
-                where = roi.center_in_mm(img.affine).round(2).tolist() if isinstance(roi, SphereROI) else roi.path
-                raise InputError(f"ROI {roi.name!r} ({where}) has no voxel inside image {img.path}", source or None)
+                where = (
+                    roi.center_in_mm(img.affine).round(2).tolist() if isinstance(roi, SphereROI) else roi.path
+                )
+                raise InputError(
+                    f"ROI {roi.name!r} ({where}) has no voxel inside image {img.path}", source or None
+                )
             vals = img.data[idx[:, 0], idx[:, 1], idx[:, 2]]
             st = weighted_stats(vals, w)
             if isinstance(roi, SphereROI):
                 covered = st["weight_sum"] * img.voxel_volume_mm3
-                full = 4.0 / 3.0 * math.pi * roi.radius_mm ** 3
+                full = 4.0 / 3.0 * math.pi * roi.radius_mm**3
                 if covered < 0.99 * full and np.all(np.isfinite(vals)):
-                    log.warning("ROI %s: only %.0f%% of the sphere lies inside %s", roi.name, 100 * covered / full,
-                                img.path)
-            res = RoiResult(image=img.name, roi=roi.name, volume_mm3=st["weight_sum"] * img.voxel_volume_mm3,
-                            tissue=roi.tissue, **st)
+                    log.warning(
+                        "ROI %s: only %.0f%% of the sphere lies inside %s",
+                        roi.name,
+                        100 * covered / full,
+                        img.path,
+                    )
+            res = RoiResult(
+                image=img.name,
+                roi=roi.name,
+                volume_mm3=st["weight_sum"] * img.voxel_volume_mm3,
+                tissue=roi.tissue,
+                **st,
+            )
             if keep_weights:
                 res.weights = [(int(a), int(b), int(c), float(x)) for (a, b, c), x in zip(idx, w)]
             per_img.append(res)

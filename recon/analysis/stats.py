@@ -54,8 +54,9 @@ def paired_ttest(a: dict, b: dict, universe=None) -> PairedTest:
     from scipy import stats
 
     keys_all = set(a) | set(b) | (set(universe) if universe is not None else set())
-    keys = sorted((k for k in keys_all if k in a and k in b
-                   and np.isfinite(a[k]) and np.isfinite(b[k])), key=str)
+    keys = sorted(
+        (k for k in keys_all if k in a and k in b and np.isfinite(a[k]) and np.isfinite(b[k])), key=str
+    )
     x = np.array([a[k] for k in keys], float)
     y = np.array([b[k] for k in keys], float)
     n = len(keys)
@@ -70,8 +71,9 @@ def paired_ttest(a: dict, b: dict, universe=None) -> PairedTest:
         res = stats.ttest_rel(x, y)
         t, p = float(res.statistic), float(res.pvalue)
         dz = float(d.mean() / sd)
-    return PairedTest(n, len(keys_all) - n, float(x.mean()), float(y.mean()), float(d.mean()), sd, t,
-                      max(n - 1, 0), p, dz)
+    return PairedTest(
+        n, len(keys_all) - n, float(x.mean()), float(y.mean()), float(d.mean()), sd, t, max(n - 1, 0), p, dz
+    )
 
 
 def ellipsoid_volume_mm3(a_mm: float, b_mm: float, m_mm: float, c: float) -> float:
@@ -84,12 +86,31 @@ def ellipsoid_volume_mm3(a_mm: float, b_mm: float, m_mm: float, c: float) -> flo
     return math.pi / 6.0 * a_mm * b_mm * m_mm * c
 
 
-_UNITS_H = {"h": 1.0, "hr": 1.0, "hrs": 1.0, "hour": 1.0, "hours": 1.0,
-            "d": 24.0, "day": 24.0, "days": 24.0,
-            "w": 168.0, "wk": 168.0, "wks": 168.0, "week": 168.0, "weeks": 168.0,
-            "m": 730.5, "mo": 730.5, "mon": 730.5, "month": 730.5, "months": 730.5,
-            "y": 8766.0, "yr": 8766.0, "year": 8766.0, "years": 8766.0,
-            "min": 1.0 / 60.0}
+_UNITS_H = {
+    "h": 1.0,
+    "hr": 1.0,
+    "hrs": 1.0,
+    "hour": 1.0,
+    "hours": 1.0,
+    "d": 24.0,
+    "day": 24.0,
+    "days": 24.0,
+    "w": 168.0,
+    "wk": 168.0,
+    "wks": 168.0,
+    "week": 168.0,
+    "weeks": 168.0,
+    "m": 730.5,
+    "mo": 730.5,
+    "mon": 730.5,
+    "month": 730.5,
+    "months": 730.5,
+    "y": 8766.0,
+    "yr": 8766.0,
+    "year": 8766.0,
+    "years": 8766.0,
+    "min": 1.0 / 60.0,
+}
 _BASELINE = {"pre", "baseline", "base", "bl", "before", "t0", "0"}
 
 

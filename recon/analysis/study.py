@@ -105,8 +105,8 @@ class StudyData:
     baseline: str
     ref: str
     tissues: list[str]
-    tsc: dict = field(default_factory=dict)     # (subject, lesion, tp) -> {tissue: mM}
-    ratio: dict = field(default_factory=dict)   # (subject, lesion, tp) -> {tissue: ratio}
+    tsc: dict = field(default_factory=dict)  # (subject, lesion, tp) -> {tissue: mM}
+    ratio: dict = field(default_factory=dict)  # (subject, lesion, tp) -> {tissue: ratio}
     roi_rows: list[dict] = field(default_factory=list)
 
 
@@ -117,7 +117,9 @@ def read_sessions(path: str | os.PathLike) -> list[Session]:
         raise InputError("sessions table not found", p)
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
-            lines = [(n, ln) for n, ln in enumerate(f, start=1) if ln.strip() and not ln.lstrip().startswith("#")]
+            lines = [
+                (n, ln) for n, ln in enumerate(f, start=1) if ln.strip() and not ln.lstrip().startswith("#")
+            ]
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read sessions table: {e}", p) from e
     if len(lines) < 2:
@@ -132,16 +134,24 @@ def read_sessions(path: str | os.PathLike) -> list[Session]:
                 break
     missing = [c for c in REQUIRED if c not in colmap]
     if missing:
-        raise InputError(f"sessions table lacks column(s) {', '.join(missing)}; found {', '.join(cols)} "
-                         f"(needs {', '.join(REQUIRED)}; optional a_mm, b_mm, m_mm, c)", p)
+        raise InputError(
+            f"sessions table lacks column(s) {', '.join(missing)}; found {', '.join(cols)} "
+            f"(needs {', '.join(REQUIRED)}; optional a_mm, b_mm, m_mm, c)",
+            p,
+        )
     dim_cols = [c for c in ("a_mm", "b_mm", "m_mm", "c") if c in colmap]
     if dim_cols and len(dim_cols) != 4:
-        raise InputError(f"volume columns need all of a_mm, b_mm, m_mm, c; found only {', '.join(dim_cols)}", p)
+        raise InputError(
+            f"volume columns need all of a_mm, b_mm, m_mm, c; found only {', '.join(dim_cols)}", p
+        )
     out: list[Session] = []
     seen: set[tuple[str, str, str]] = set()
     for n, ln in lines[1:]:
         vals = next(csv.reader([ln]))
-        get = lambda c: (vals[colmap[c]].strip() if colmap[c] < len(vals) else "")  # noqa: E731
+
+        def get(c: str, vals: list[str] = vals) -> str:
+            return vals[colmap[c]].strip() if colmap[c] < len(vals) else ""
+
         subj, les, tp = get("subject"), get("lesion"), get("timepoint")
         if not subj or not les or not tp:
             raise InputError(f"line {n}: subject, lesion and timepoint must not be empty", p)
@@ -181,8 +191,12 @@ def read_sessions(path: str | os.PathLike) -> list[Session]:
     return out
 
 
-def measure_study(sessions_path: str | os.PathLike, ref: str = "CSF", baseline: str | None = None,
-                  supersample: int = roimod.SUPERSAMPLE) -> StudyData:
+def measure_study(
+    sessions_path: str | os.PathLike,
+    ref: str = "CSF",
+    baseline: str | None = None,
+    supersample: int = roimod.SUPERSAMPLE,
+) -> StudyData:
     """Measure every present session's ROIs; returns the per-session tissue values."""
     sessions = read_sessions(sessions_path)
     tps = order_timepoints([s.timepoint for s in sessions])
@@ -194,7 +208,9 @@ def measure_study(sessions_path: str | os.PathLike, ref: str = "CSF", baseline: 
         tps = [baseline] + [t for t in tps if t != baseline]
     for t in tps:
         if timepoint_hours(t) is None:
-            log.warning("time point %r is not a recognised label (pre, 48h, 1w, 1m, ...): ordered as it appears", t)
+            log.warning(
+                "time point %r is not a recognised label (pre, 48h, 1w, 1m, ...): ordered as it appears", t
+            )
     ref_t = tissue_of(ref)
     data = StudyData(sessions, tps, baseline, ref_t, [])
     images: dict[str, roimod.Image] = {}
@@ -211,24 +227,41 @@ def measure_study(sessions_path: str | os.PathLike, ref: str = "CSF", baseline: 
         for r, spec in zip(res, rois):
             t = tissue_of(spec.name, spec.tissue)
             by_t[t].append(r.mean)
-            data.roi_rows.append({"subject": s.subject, "lesion": s.lesion, "timepoint": s.timepoint,
-                                  "roi": r.roi, "tissue": t, "mean_mM": r.mean, "sd_mM": r.sd, "min_mM": r.min,
-                                  "max_mM": r.max, "volume_mm3": r.volume_mm3, "n_voxels": r.n_voxels,
-                                  "weight_sum": r.weight_sum, "image": _rel(s.image, sessions_path),
-                                  "rois": _rel(s.rois, sessions_path)})
+            data.roi_rows.append(
+                {
+                    "subject": s.subject,
+                    "lesion": s.lesion,
+                    "timepoint": s.timepoint,
+                    "roi": r.roi,
+                    "tissue": t,
+                    "mean_mM": r.mean,
+                    "sd_mM": r.sd,
+                    "min_mM": r.min,
+                    "max_mM": r.max,
+                    "volume_mm3": r.volume_mm3,
+                    "n_voxels": r.n_voxels,
+                    "weight_sum": r.weight_sum,
+                    "image": _rel(s.image, sessions_path),
+                    "rois": _rel(s.rois, sessions_path),
+                }
+            )
             if t not in tissues_seen:
                 tissues_seen.append(t)
         tsc = {t: float(np.mean(v)) for t, v in by_t.items()}
         data.tsc[key] = tsc
         refv = tsc.get(ref_t)
-        data.ratio[key] = {t: (v / refv if refv else float("nan")) for t, v in tsc.items()} if refv is not None else {}
+        data.ratio[key] = (
+            {t: (v / refv if refv else float("nan")) for t, v in tsc.items()} if refv is not None else {}
+        )
         if refv is None:
             log.warning("%s line %d: no %s ROI, so no ratios for this session", sessions_path, s.line, ref_t)
-        for row in data.roi_rows[-len(res):]:
+        for row in data.roi_rows[-len(res) :]:
             row["ratio_ref"] = data.ratio[key].get(row["tissue"], float("nan"))
     if not data.tsc:
         raise InputError("no session has an image: nothing to measure", sessions_path)
-    data.tissues = [t for t in TISSUE_ORDER if t in tissues_seen] + [t for t in tissues_seen if t not in TISSUE_ORDER]
+    data.tissues = [t for t in TISSUE_ORDER if t in tissues_seen] + [
+        t for t in tissues_seen if t not in TISSUE_ORDER
+    ]
     return data
 
 
@@ -262,8 +295,13 @@ def _desc(vals) -> dict:
     nan = float("nan")
     if v.size == 0:
         return {"n": 0, "mean": nan, "sd": nan, "min": nan, "max": nan}
-    return {"n": int(v.size), "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else nan,
-            "min": float(v.min()), "max": float(v.max())}
+    return {
+        "n": int(v.size),
+        "mean": float(v.mean()),
+        "sd": float(v.std(ddof=1)) if v.size > 1 else nan,
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
 
 
 def summary_table(data: StudyData, tp: str | None = None) -> list[dict]:
@@ -275,8 +313,14 @@ def summary_table(data: StudyData, tp: str | None = None) -> list[dict]:
             if measure == "ratio" and t == data.ref:
                 continue
             vals = unit_values(data, t, tp, "tsc" if measure == "tsc_mM" else "ratio")
-            rows.append({"timepoint": tp, "tissue": t, "measure": measure if measure == "tsc_mM" else f"ratio_{data.ref}",
-                         **_desc(vals.values())})
+            rows.append(
+                {
+                    "timepoint": tp,
+                    "tissue": t,
+                    "measure": measure if measure == "tsc_mM" else f"ratio_{data.ref}",
+                    **_desc(vals.values()),
+                }
+            )
     return rows
 
 
@@ -318,7 +362,9 @@ def ttest_table(data: StudyData) -> list[dict]:
                 if (a in LESION_TISSUES) != (b in LESION_TISSUES):
                     uni = {(k[0],) for k in uni}
                 r = paired_ttest(va, vb, universe=uni)
-                rows.append({"test": f"{a} vs {b}", "measure": mname, "timepoint": tp, "a": a, "b": b, **r.as_dict()})
+                rows.append(
+                    {"test": f"{a} vs {b}", "measure": mname, "timepoint": tp, "a": a, "b": b, **r.as_dict()}
+                )
         for t in data.tissues:
             if measure == "ratio" and t == data.ref:
                 continue
@@ -327,8 +373,16 @@ def ttest_table(data: StudyData) -> list[dict]:
                 if tp == data.baseline:
                     continue
                 r = paired_ttest(unit_values(data, t, tp, measure), base, universe=_units(data, t))
-                rows.append({"test": f"{t}: {tp} vs {data.baseline}", "measure": mname, "timepoint": tp,
-                             "a": f"{t}@{tp}", "b": f"{t}@{data.baseline}", **r.as_dict()})
+                rows.append(
+                    {
+                        "test": f"{t}: {tp} vs {data.baseline}",
+                        "measure": mname,
+                        "timepoint": tp,
+                        "a": f"{t}@{tp}",
+                        "b": f"{t}@{data.baseline}",
+                        **r.as_dict(),
+                    }
+                )
     return rows
 
 
@@ -357,8 +411,19 @@ def volume_table(data: StudyData) -> list[dict]:
         v = ellipsoid_volume_mm3(*s.dims)
         if s.timepoint == data.baseline:
             base[(s.subject, s.lesion)] = v
-        rows.append({"subject": s.subject, "lesion": s.lesion, "timepoint": s.timepoint, "a_mm": s.dims[0],
-                     "b_mm": s.dims[1], "m_mm": s.dims[2], "c": s.dims[3], "volume_mm3": v, "volume_mL": v / 1000.0})
+        rows.append(
+            {
+                "subject": s.subject,
+                "lesion": s.lesion,
+                "timepoint": s.timepoint,
+                "a_mm": s.dims[0],
+                "b_mm": s.dims[1],
+                "m_mm": s.dims[2],
+                "c": s.dims[3],
+                "volume_mm3": v,
+                "volume_mL": v / 1000.0,
+            }
+        )
     for r in rows:
         b = base.get((r["subject"], r["lesion"]))
         r["change_mL"] = (r["volume_mm3"] - b) / 1000.0 if b is not None else float("nan")
@@ -380,12 +445,19 @@ def timecourse_table(data: StudyData, tissue: str = "tumour") -> list[dict]:
                 continue
             r = data.ratio.get(key, {}).get(tissue, float("nan"))
             nan = float("nan")
-            rows.append({"subject": subj, "lesion": les, "timepoint": tp,
-                         "hours": timepoint_hours(tp) if timepoint_hours(tp) is not None else nan,
-                         "tsc_mM": v, "ratio": r,
-                         "change_mM": v - b if b is not None else nan,
-                         "change_pct": 100.0 * (v - b) / b if b else nan,
-                         "ratio_change": r - br if br is not None else nan})
+            rows.append(
+                {
+                    "subject": subj,
+                    "lesion": les,
+                    "timepoint": tp,
+                    "hours": timepoint_hours(tp) if timepoint_hours(tp) is not None else nan,
+                    "tsc_mM": v,
+                    "ratio": r,
+                    "change_mM": v - b if b is not None else nan,
+                    "change_pct": 100.0 * (v - b) / b if b else nan,
+                    "ratio_change": r - br if br is not None else nan,
+                }
+            )
     return rows
 
 
@@ -401,20 +473,36 @@ def rebound_table(data: StudyData, tissue: str = "tumour", threshold_mM: float =
     last = data.timepoints[-1]
     rows = []
     for subj, les in sorted({(s.subject, s.lesion) for s in data.sessions}):
-        series = [(tp, data.tsc[(subj, les, tp)][tissue]) for tp in data.timepoints
-                  if tissue in data.tsc.get((subj, les, tp), {})]
+        series = [
+            (tp, data.tsc[(subj, les, tp)][tissue])
+            for tp in data.timepoints
+            if tissue in data.tsc.get((subj, les, tp), {})
+        ]
         present = [tp for tp, _ in series]
         missing = [tp for tp in data.timepoints if tp not in present]
-        row = {"subject": subj, "lesion": les, "n_timepoints": len(series), "missing": " ".join(missing),
-               "baseline_mM": data.tsc.get((subj, les, data.baseline), {}).get(tissue, float("nan")),
-               "last_mM": float("nan"), "previous_timepoint": "", "rise_mM": float("nan"),
-               "rises_at_last": "n/a", "fell_before": "n/a"}
+        row = {
+            "subject": subj,
+            "lesion": les,
+            "n_timepoints": len(series),
+            "missing": " ".join(missing),
+            "baseline_mM": data.tsc.get((subj, les, data.baseline), {}).get(tissue, float("nan")),
+            "last_mM": float("nan"),
+            "previous_timepoint": "",
+            "rise_mM": float("nan"),
+            "rises_at_last": "n/a",
+            "fell_before": "n/a",
+        }
         if len(series) >= 2 and series[-1][0] == last:
             prev_tp, prev = series[-2]
             rise = series[-1][1] - prev
             falls = any(series[i + 1][1] < series[i][1] for i in range(len(series) - 2))
-            row.update(last_mM=series[-1][1], previous_timepoint=prev_tp, rise_mM=rise,
-                       rises_at_last="yes" if rise > threshold_mM else "no", fell_before="yes" if falls else "no")
+            row.update(
+                last_mM=series[-1][1],
+                previous_timepoint=prev_tp,
+                rise_mM=rise,
+                rises_at_last="yes" if rise > threshold_mM else "no",
+                fell_before="yes" if falls else "no",
+            )
         rows.append(row)
     return rows
 
@@ -425,6 +513,12 @@ def counts_table(data: StudyData) -> list[dict]:
     rows = []
     for tp in data.timepoints:
         have = [lk for lk in lesions if (*lk, tp) in data.tsc]
-        rows.append({"timepoint": tp, "lesions_expected": len(lesions), "sessions_measured": len(have),
-                     "missing": " ".join(f"{s}/{le}" for s, le in lesions if (s, le) not in have)})
+        rows.append(
+            {
+                "timepoint": tp,
+                "lesions_expected": len(lesions),
+                "sessions_measured": len(have),
+                "missing": " ".join(f"{s}/{le}" for s, le in lesions if (s, le) not in have),
+            }
+        )
     return rows

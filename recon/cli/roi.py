@@ -9,16 +9,29 @@ import sys
 
 
 def register(sub) -> None:
-    p = sub.add_parser("roi", help="ROI statistics (mean, SD, min, max, volume, ratio to CSF) on NIfTI volumes",
-                       description="Measure ROIs from a CSV (columns name, x,y,z in mm or i,j,k in voxels, "
-                                   "radius_mm; or mask, label) on one or more NIfTI images.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="NIfTI volume(s): TSC map, echo images, field map")
+    p = sub.add_parser(
+        "roi",
+        help="ROI statistics (mean, SD, min, max, volume, ratio to CSF) on NIfTI volumes",
+        description="Measure ROIs from a CSV (columns name, x,y,z in mm or i,j,k in voxels, "
+        "radius_mm; or mask, label) on one or more NIfTI images.",
+    )
+    p.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="NIfTI volume(s): TSC map, echo images, field map"
+    )
     p.add_argument("--rois", required=True, help="ROI table (CSV)")
     p.add_argument("--ref", default="CSF", help="reference ROI name for ratio_ref (CSF); 'none' for no ratio")
     p.add_argument("--out", default=None, help="output CSV (default: print the table)")
-    p.add_argument("--weights", default=None, help="also write the per-voxel ROI weights (CSV: image, roi, i, j, k, weight)")
-    p.add_argument("--supersample", type=int, default=None,
-                   help="sub-voxel points per axis for sphere boundary voxels (32)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="also write the per-voxel ROI weights (CSV: image, roi, i, j, k, weight)",
+    )
+    p.add_argument(
+        "--supersample",
+        type=int,
+        default=None,
+        help="sub-voxel points per axis for sphere boundary voxels (32)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
     p.set_defaults(func=run)
 
@@ -42,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
         ref = None
     images = [R.load_image(p, name=p) for p in args.images]
     with stage("ROI statistics"):
-        res = R.measure(images, rois, ref=ref, supersample=ss, keep_weights=bool(args.weights), source=args.rois)
+        res = R.measure(
+            images, rois, ref=ref, supersample=ss, keep_weights=bool(args.weights), source=args.rois
+        )
     if args.out:
         R.write_table(res, args.out)
         print(f"wrote {args.out} ({len(res)} rows)")
@@ -52,10 +67,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         w = max(len(os.path.basename(r.image)) for r in res)
         nw = max(len(r.roi) for r in res)
-        print(f"{'image':<{w}}  {'roi':<{nw}}  {'mean':>9} {'sd':>9} {'min':>9} {'max':>9} {'vol_mm3':>9} "
-              f"{'voxels':>6} {'ratio':>6}")
+        print(
+            f"{'image':<{w}}  {'roi':<{nw}}  {'mean':>9} {'sd':>9} {'min':>9} {'max':>9} {'vol_mm3':>9} "
+            f"{'voxels':>6} {'ratio':>6}"
+        )
         for r in res:
             f = lambda v, n=2: "" if isinstance(v, float) and math.isnan(v) else f"{v:.{n}f}"  # noqa: E731
-            print(f"{os.path.basename(r.image):<{w}}  {r.roi:<{nw}}  {f(r.mean):>9} {f(r.sd):>9} {f(r.min):>9} "
-                  f"{f(r.max):>9} {f(r.volume_mm3, 1):>9} {r.n_voxels:>6} {f(r.ratio_ref):>6}", file=sys.stdout)
+            print(
+                f"{os.path.basename(r.image):<{w}}  {r.roi:<{nw}}  {f(r.mean):>9} {f(r.sd):>9} {f(r.min):>9} "
+                f"{f(r.max):>9} {f(r.volume_mm3, 1):>9} {r.n_voxels:>6} {f(r.ratio_ref):>6}",
+                file=sys.stdout,
+            )
     return 0

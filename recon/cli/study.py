@@ -1,4 +1,4 @@
-"""``narecon study``: longitudinal analysis of a sessions table (ROI values, paired tests, volumes, report)."""
+"""``narecon study``: longitudinal analysis of a sessions table (ROIs, paired tests, volumes, report)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,28 @@ import argparse
 
 
 def register(sub) -> None:
-    p = sub.add_parser("study", help="longitudinal study analysis: tables, paired t-tests, volumes, figures, report",
-                       description="Measure the ROIs of every session in SESSIONS.csv (columns subject, lesion, "
-                                   "timepoint, path, rois; optional a_mm, b_mm, m_mm, c) and write CSV tables, "
-                                   "PNG figures and report.md into --out.")
+    p = sub.add_parser(
+        "study",
+        help="longitudinal study analysis: tables, paired t-tests, volumes, figures, report",
+        description="Measure the ROIs of every session in SESSIONS.csv (columns subject, lesion, "
+        "timepoint, path, rois; optional a_mm, b_mm, m_mm, c) and write CSV tables, "
+        "PNG figures and report.md into --out.",
+    )
     p.add_argument("sessions", help="sessions table (CSV)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--ref", default="CSF", help="reference tissue for ratios (CSF)")
-    p.add_argument("--baseline", default=None, help="baseline time point label (default: the earliest, e.g. pre)")
-    p.add_argument("--rise-threshold-mm", type=float, default=0.0,
-                   help="flag a lesion when TSC at the last time point exceeds the previous one by more than this (mM; 0)")
-    p.add_argument("--supersample", type=int, default=None, help="sub-voxel points per axis for sphere ROIs (32)")
+    p.add_argument(
+        "--baseline", default=None, help="baseline time point label (default: the earliest, e.g. pre)"
+    )
+    p.add_argument(
+        "--rise-threshold-mm",
+        type=float,
+        default=0.0,
+        help="flag a lesion when TSC at the last time point exceeds the previous one by > this (mM; 0)",
+    )
+    p.add_argument(
+        "--supersample", type=int, default=None, help="sub-voxel points per axis for sphere ROIs (32)"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=run)
 

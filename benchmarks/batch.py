@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""Batch throughput: ``narecon batch`` on 1 and 2 local workers versus one process per scan.
+
+Measured on this machine, in one run, for N copies of simulated scans (``narecon simulate``,
+not timed):
+
+* ``loop``: one fresh process per scan, one after the other, as a shell loop over
+  ``narecon run`` does (interpreter start, imports, trajectory design, density weights and NUFFT
+  plans every time);
+* ``batch-1w``, ``batch-2w``: ``narecon batch`` engine on a local cluster of 1 / 2 worker
+  processes (cores split among them), with the per-worker plan cache;
+* ``batch-1w-nocache``: 1 worker without the plan cache: the difference to ``batch-1w`` is the
+  time saved by plan reuse.
+
+Scans per minute are counted over the whole command (cluster start-up included) and over the
+scans alone (``run_batch``). Job: ``--job full`` is ``recon.pipeline.reconstruct`` (``narecon
+run``); ``--job gridding`` (automatic fallback while the pipeline does not run end to end) is
+the front half of that pipeline with the same stage functions (read raw, trajectory, density
+weights, NUFFT plan, gridding of all echoes/coils, coil combination, NIfTI out), so plan reuse
+and scaling are measured on the real stages.
+
+Usage::
+
+    python benchmarks/batch.py [--scans 8] [--matrix 32] [--job auto|full|gridding] [--out FILE.json]
+
+Why by hand: no tool times a Dask batch against a process-per-scan loop with the same job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def gridding_job(raw, out_dir, opts):
+    """reconstruct()'s front half through the same stage functions (so the plan cache applies)."""
+    import nibabel as nib
+    import numpy as np
+
+    import recon.nufft as nufft_mod
+    import recon.pipeline as pl
+    from recon.atomic import atomic_dir
+    from recon.io import read_raw
+    from recon.io.coils import combine_coils, prewhiten
+    from recon.log import StageTimer
+    from recon.nufft import gridding
+
+    timer = StageTimer()
+    acq = read_raw(raw)
+    traj, _ = pl.load_trajectory(acq, opts, timer)
+    dcf, _ = pl.density_weights(traj, opts, timer)
+    pidx = np.asarray(acq.projection_index)[0]
+    op = nufft_mod.NUFFT(traj.k[pidx], traj.matrix, traj.fov_m, device=opts.device, eps=opts.eps)
+    data = prewhiten(acq.data, acq.noise).astype(np.complex64)
+    images = combine_coils(gridding(op, data, dcf[pidx]))
+    with atomic_dir(out_dir, overwrite=opts.force) as tmp:
+        for e in range(images.shape[0]):
+            nib.save(nib.Nifti1Image(np.abs(images[e]).astype(np.float32), np.eye(4)), str(tmp / f"echo{e + 1}.nii.gz"))
+    return {"out": str(out_dir)}
+
+
+def full_pipeline_works() -> str | None:
+    try:
+        from recon.b0 import correct, estimate_fieldmap, load_fieldmap  # noqa: F401
+        from recon.calibrate import calibrate, relaxation_factors  # noqa: F401
+        from recon.io import combine_coils, prewhiten, read_raw  # noqa: F401
+    except ImportError as e:
+        return str(e)
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scans", type=int, default=8)
+    ap.add_argument("--matrix", type=int, default=32)
+    ap.add_argument("--distinct", type=int, default=2, help="distinct simulated scans (copied to --scans)")
+    ap.add_argument("--job", choices=["auto", "full", "gridding"], default="auto")
+    ap.add_argument("--configs", nargs="+", default=["loop", "batch-1w", "batch-2w", "batch-1w-nocache"])
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "batch_results.json"))
+    ap.add_argument("--work", help="work folder (default: a temporary one)")
+    args = ap.parse_args()
+
+    why = full_pipeline_works()
+    job = args.job if args.job != "auto" else ("full" if why is None else "gridding")
+    if job == "full" and why:
+        sys.exit(f"--job full: the pipeline does not run end to end yet: {why}")
+    work = Path(args.work or tempfile.mkdtemp(prefix="narecon-bench-batch-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"job: {job}{' (pipeline: ' + why + ')' if why and job == 'gridding' else ''}; work folder {work}")
+
+    from recon.cli import main as cli
+
+    for i in range(args.distinct):
+        d = work / f"sim{i}"
+        if not (d / "raw.dat").exists():
+            t = time.perf_counter()
+            cli(["-q", "simulate", "--out", str(d), "--matrix", str(args.matrix), "--seed", str(i + 1), "--snr", "80",
+                 "--force"])
+            print(f"simulated {d / 'raw.dat'} in {time.perf_counter() - t:.1f} s")
+    raws = []
+    for s in range(args.scans):
+        p = work / f"scan{s:03d}.dat"
+        if not p.exists():
+            shutil.copyfile(work / f"sim{s % args.distinct}" / "raw.dat", p)
+        raws.append(p)
+    manifest = work / "manifest.csv"
+    manifest.write_text("id,raw\n" + "".join(f"S{s:03d},{p.name}\n" for s, p in enumerate(raws)))
+
+    from recon.batch.cluster import open_client
+    from recon.batch.engine import run_batch
+    from recon.batch.manifest import read_manifest
+
+    results = {}
+    for cfg in args.configs:
+        out = work / f"out-{cfg}"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        if cfg == "loop":
+            out.mkdir()
+            for s, p in enumerate(raws):
+                if job == "full":
+                    cmd = [sys.executable, "-m", "recon", "-q", "run", str(p), "--out", str(out / f"S{s:03d}")]
+                else:
+                    cmd = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import batch as b; "
+                           "from recon.pipeline import RunOptions; b.gridding_job([sys.argv[2]], sys.argv[3], RunOptions())",
+                           str(REPO / "benchmarks"), str(p), str(out / f"S{s:03d}")]
+                subprocess.run(cmd, check=True)
+            total = time.perf_counter() - t0
+            results[cfg] = {"total_s": total, "scans_per_min": 60 * len(raws) / total}
+        else:
+            workers = 2 if "2w" in cfg else 1
+            with open_client("local", workers=workers) as bc:
+                bc.client.wait_for_workers(workers)
+                t1 = time.perf_counter()
+                rep = run_batch(read_manifest(manifest), out, bc.client, progress=False,
+                                recon_fn=None if job == "full" else gridding_job, plan_cache="nocache" not in cfg)
+                t2 = time.perf_counter()
+            assert rep.ok, rep.failed
+            total = time.perf_counter() - t0
+            per_scan = sorted(r["seconds"] for r in rep.rows)
+            results[cfg] = {"total_s": total, "scans_s": t2 - t1, "scans_per_min": 60 * len(raws) / total,
+                            "scans_per_min_excl_startup": 60 * len(raws) / (t2 - t1),
+                            "first_scan_s": max(per_scan), "median_scan_s": per_scan[len(per_scan) // 2]}
+        print(f"{cfg:18s} {json.dumps({k: round(v, 2) for k, v in results[cfg].items()})}")
+
+    meta = {"job": job, "scans": len(raws), "matrix": args.matrix, "cpus": len(os.sched_getaffinity(0)),
+            "load_avg_at_end": os.getloadavg(), "python": platform.python_version(), "host": platform.node(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+    if "batch-1w" in results and "batch-1w-nocache" in results:
+        a, b = results["batch-1w"], results["batch-1w-nocache"]
+        meta["plan_reuse_saving_s_per_scan"] = (b["scans_s"] - a["scans_s"]) / len(raws)
+        meta["plan_reuse_saving_fraction"] = 1 - a["scans_s"] / b["scans_s"]
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    print(json.dumps(meta, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

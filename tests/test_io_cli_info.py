@@ -12,16 +12,31 @@ import pytest
 
 from recon.cli import main
 
-KEYS = {"format", "nucleus", "frequency_hz", "field_t", "te_s", "tr_s", "flip_deg", "dwell_s", "n_echoes",
-        "readouts_per_echo", "n_samples", "n_channels", "n_noise_scans", "software", "wip_long", "wip_double",
-        "trajectory"}
+KEYS = {
+    "format",
+    "nucleus",
+    "frequency_hz",
+    "field_t",
+    "te_s",
+    "tr_s",
+    "flip_deg",
+    "dwell_s",
+    "n_echoes",
+    "readouts_per_echo",
+    "n_samples",
+    "n_channels",
+    "n_noise_scans",
+    "software",
+    "wip_long",
+    "wip_double",
+    "trajectory",
+}
 
 
 @pytest.fixture
 def na_file(tmp_path, rng):
-    from tests.test_io_twix_synth import make_acq
-
     from recon.io import write_twix
+    from tests.test_io_twix_synth import make_acq
 
     acq = make_acq(rng)
     p = tmp_path / "na.dat"
@@ -54,7 +69,12 @@ def test_info_text_real_file(shared_twix, capsys):
     p = shared_twix / "xe129_radial_dixon_meas_MID00075_FID28630.dat"
     assert main(["info", str(p), "--no-trajectory"]) == 0
     out = capsys.readouterr().out
-    assert "XA" in out and "129Xe" in out and "readouts per echo   1200" in out and "echoes              2" in out
+    assert (
+        "XA" in out
+        and "129Xe" in out
+        and "readouts per echo   1200" in out
+        and "echoes              2" in out
+    )
 
 
 def test_info_two_files(na_file, capsys):
@@ -66,7 +86,9 @@ def test_info_two_files(na_file, capsys):
 def test_info_bad_input_exit_2_no_traceback(tmp_path):
     p = tmp_path / "bad.dat"
     p.write_bytes(b"not twix" * 100)
-    r = subprocess.run([sys.executable, "-m", "recon", "info", str(p)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "recon", "info", str(p)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "bad.dat" in r.stderr
 

@@ -6,18 +6,43 @@ import numpy as np
 import pytest
 
 from recon.errors import ConfigError, RawDataError, TrajectoryError
-from recon.io import (Acquisition, build_trajectory, check_match, encode_params, load_profile, nifti_affine,
-                      read_raw, trajectory_params, write_ismrmrd, write_twix)
+from recon.io import (
+    Acquisition,
+    build_trajectory,
+    check_match,
+    encode_params,
+    load_profile,
+    nifti_affine,
+    read_raw,
+    trajectory_params,
+    write_ismrmrd,
+    write_twix,
+)
 from recon.io.geometry import inplane_rotation, prs_from_normal
 
 
 def _acq(rng, n_echo=2, n_coils=2, n_proj=6, n_samp=20, header=None, dwell=10e-6):
     shape = (n_echo, n_coils, n_proj, n_samp)
     d = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
-    return Acquisition(d, (0.3e-3, 2.32e-3)[:n_echo], 0.174, 90.0, dwell, "23Na", 78.6e6, 7.0,
-                       noise=d[0, :, 0].copy(), fov_m=(0.224,) * 3, matrix=(16,) * 3, header=header or {},
-                       geometry={"position_m": np.array([0.01, -0.02, 0.03]),
-                                 "rotation": prs_from_normal([0.2, 0.1, 0.97], -0.4), "patient_position": "HFS"})
+    return Acquisition(
+        d,
+        (0.3e-3, 2.32e-3)[:n_echo],
+        0.174,
+        90.0,
+        dwell,
+        "23Na",
+        78.6e6,
+        7.0,
+        noise=d[0, :, 0].copy(),
+        fov_m=(0.224,) * 3,
+        matrix=(16,) * 3,
+        header=header or {},
+        geometry={
+            "position_m": np.array([0.01, -0.02, 0.03]),
+            "rotation": prs_from_normal([0.2, 0.1, 0.97], -0.4),
+            "patient_position": "HFS",
+        },
+    )
 
 
 # ---------------------------------------------------------------- ISMRMRD
@@ -43,7 +68,7 @@ def test_ismrmrd_round_trip_with_trajectory(rng, tmp_path):
     assert back.tr_s == pytest.approx(acq.tr_s) and back.flip_deg == acq.flip_deg
     assert back.frequency_hz == acq.frequency_hz and back.field_t == acq.field_t
     assert back.header["wip_long"] == {0: 1}
-    np.testing.assert_allclose(back.header["trajectory"].k, traj.k, atol=1e-4)   # float32 in the file
+    np.testing.assert_allclose(back.header["trajectory"].k, traj.k, atol=1e-4)  # float32 in the file
     np.testing.assert_allclose(back.geometry["rotation"], acq.geometry["rotation"], atol=1e-6)
     np.testing.assert_allclose(back.geometry["position_m"], acq.geometry["position_m"], atol=1e-9)
 
@@ -66,8 +91,18 @@ def test_ismrmrd_nucleus_from_argument(rng, tmp_path):
 
 
 # ---------------------------------------------------------------- profiles
-PARAMS = dict(generator="tpi", p=0.3, gmax_t_per_m=4e-3, smax_t_per_m_per_s=None, readout_s=None,
-              undersampling=2.0, fov_m=0.224, res_m=0.014, grad_raster_s=10e-6, n_projections=None)
+PARAMS = dict(
+    generator="tpi",
+    p=0.3,
+    gmax_t_per_m=4e-3,
+    smax_t_per_m_per_s=None,
+    readout_s=None,
+    undersampling=2.0,
+    fov_m=0.224,
+    res_m=0.014,
+    grad_raster_s=10e-6,
+    n_projections=None,
+)
 
 
 def test_profile_encode_decode_and_build(rng, tmp_path):
@@ -75,8 +110,13 @@ def test_profile_encode_decode_and_build(rng, tmp_path):
 
     wl, wd = encode_params(PARAMS)
     ref = tpi(fov_m=0.224, res_m=0.014, p=0.3, gmax_t_per_m=4e-3, undersampling=2.0, dwell_s=10e-6)
-    acq = _acq(rng, n_echo=2, n_proj=ref.n_projections, n_samp=ref.n_samples,
-               header={"wip_long": wl, "wip_double": wd})
+    acq = _acq(
+        rng,
+        n_echo=2,
+        n_proj=ref.n_projections,
+        n_samp=ref.n_samples,
+        header={"wip_long": wl, "wip_double": wd},
+    )
     # through a twix file, as a real scan would arrive
     write_twix(acq, tmp_path / "a.dat")
     back = read_raw(tmp_path / "a.dat")
@@ -101,7 +141,7 @@ def test_check_match_says_what_differs(rng):
 
 def test_profile_errors(tmp_path, rng):
     bad = tmp_path / "bad.toml"
-    bad.write_text('[params]\nwobble = 3\n')
+    bad.write_text("[params]\nwobble = 3\n")
     with pytest.raises(ConfigError, match="bad.toml.*wobble"):
         load_profile(bad)
     with pytest.raises(ConfigError, match="not found"):
@@ -125,7 +165,9 @@ def test_affine_oblique_matches_explicit_formula():
     g = {"position_m": np.array([0.01, 0.02, -0.03]), "rotation": rot}
     a = nifti_affine(g, (0.224, 0.2, 0.18), (64, 50, 45))
     idx = np.array([5, 17, 40])
-    r_lps = g["position_m"] * 1e3 + rot @ ((idx - np.array([32, 25, 22])) * np.array([224 / 64, 200 / 50, 180 / 45]))
+    r_lps = g["position_m"] * 1e3 + rot @ (
+        (idx - np.array([32, 25, 22])) * np.array([224 / 64, 200 / 50, 180 / 45])
+    )
     np.testing.assert_allclose((a @ np.r_[idx, 1])[:3], r_lps * [-1, -1, 1], atol=1e-9)
 
 
@@ -157,8 +199,12 @@ def test_adaptive_combine_recovers_object(rng):
     n = 24
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n),) * 3, indexing="ij")
     rho = ((x**2 + y**2 + z**2) < 0.6).astype(float) * np.exp(1j * 0.5 * x)
-    sens = np.stack([np.exp(-((x - cx) ** 2 + y**2) / 2) * np.exp(1j * (cx * y + 0.3 * c))
-                     for c, cx in enumerate((-1.0, 0.0, 1.0, 0.5))])
+    sens = np.stack(
+        [
+            np.exp(-((x - cx) ** 2 + y**2) / 2) * np.exp(1j * (cx * y + 0.3 * c))
+            for c, cx in enumerate((-1.0, 0.0, 1.0, 0.5))
+        ]
+    )
     imgs = sens * rho
     comb = adaptive_combine(imgs, kernel=5)
     mask = np.abs(rho) > 0

@@ -10,7 +10,7 @@ import pytest
 from recon.errors import InputError, NareconError, RawDataError
 from recon.io import read_raw, read_twix
 
-FUZZ_FILE = "pulseq_xa61_2024-02-06-164120.dat"   # XA61, 2 channels, 128 readouts, raid len 0
+FUZZ_FILE = "pulseq_xa61_2024-02-06-164120.dat"  # XA61, 2 channels, 128 readouts, raid len 0
 
 
 def test_missing_file_names_it(tmp_path):
@@ -26,9 +26,16 @@ def test_empty_file_names_it(tmp_path):
         read_raw(p)
 
 
-@pytest.mark.parametrize("content", [b"hello world, this is text and not twix data\n" * 50,
-                                     b"\x89PNG\r\n\x1a\n" + bytes(5000), bytes(20000), b"\xff" * 30000],
-                         ids=["text", "png", "zeros", "ff"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"hello world, this is text and not twix data\n" * 50,
+        b"\x89PNG\r\n\x1a\n" + bytes(5000),
+        bytes(20000),
+        b"\xff" * 30000,
+    ],
+    ids=["text", "png", "zeros", "ff"],
+)
 def test_foreign_file_names_it(tmp_path, content):
     p = tmp_path / "foreign.dat"
     p.write_bytes(content)
@@ -64,8 +71,10 @@ def _truncations(fuzz_source, tmp_path, n_random):
     size = len(blob)
     rng = np.random.default_rng(7)
     hdr_end = 10240 + int.from_bytes(blob[10240:10244], "little")
-    offsets = sorted(set([1, 8, 100, 9000, 10240, 10300, 20000, size - 1, size - 100, size - 192])
-                     | set(rng.integers(hdr_end, size, n_random).tolist()))
+    offsets = sorted(
+        set([1, 8, 100, 9000, 10240, 10300, 20000, size - 1, size - 100, size - 192])
+        | set(rng.integers(hdr_end, size, n_random).tolist())
+    )
     outcomes = {"error": 0, "shorter": 0}
     for off in offsets:
         p = tmp_path / "cut.dat"
@@ -135,9 +144,8 @@ def test_random_corruptions_many(fuzz_source, tmp_path):
 @pytest.mark.timeout(60)
 def test_zero_channel_vb_block_does_not_hang(tmp_path, rng):
     """A VB block with 0 channels makes twixtools' loop spin forever; our reader stops there."""
-    from tests.test_io_twix_synth import make_acq
-
     from recon.io import write_twix
+    from tests.test_io_twix_synth import make_acq
 
     acq = make_acq(rng, geometry=False)
     p = tmp_path / "vb.dat"
@@ -145,12 +153,12 @@ def test_zero_channel_vb_block_does_not_hang(tmp_path, rng):
     b = bytearray(p.read_bytes())
     hdr_len = int.from_bytes(b[0:4], "little")
     # third noise/image block header: UsedChannels (uint16 at offset 50 in the VB17 mdh) -> 0
-    block = 2 * (128 + 8 * 4096) + 2 * (128 + 8 * (5000 - 4096))   # the two noise ADCs
-    off = hdr_len + block + 4 * (128 + 8 * 40) * 2                    # 4 image ADCs later
+    block = 2 * (128 + 8 * 4096) + 2 * (128 + 8 * (5000 - 4096))  # the two noise ADCs
+    off = hdr_len + block + 4 * (128 + 8 * 40) * 2  # 4 image ADCs later
     from twixtools import mdh_def
 
     uc = mdh_def.VB17_header.UsedChannels.offset
-    b[off + uc:off + uc + 2] = b"\0\0"
+    b[off + uc : off + uc + 2] = b"\0\0"
     p.write_bytes(bytes(b))
     back = read_twix(p)
     assert back.header["corrupt_at"] == off

@@ -13,17 +13,53 @@ from recon.io import read_twix
 
 # file: (format, n_echoes, readouts/echo, channels, samples, nucleus, f0 Hz, TE list [s], dwell [s], dropped)
 EXPECTED = {
-    "xe129_radial_dixon_meas_MID00075_FID28630.dat": ("XA", 2, 1200, 1, 64, "129Xe", 34088613, [500e-6, 500e-6], 10e-6, 87),
-    "xe129_calibration_meas_MID00073_FID28628.dat": ("XA", 1, 520, 1, 512, "129Xe", 34088619, [450e-6], 19.5e-6, 0),
+    "xe129_radial_dixon_meas_MID00075_FID28630.dat": (
+        "XA",
+        2,
+        1200,
+        1,
+        64,
+        "129Xe",
+        34088613,
+        [500e-6, 500e-6],
+        10e-6,
+        87,
+    ),
+    "xe129_calibration_meas_MID00073_FID28628.dat": (
+        "XA",
+        1,
+        520,
+        1,
+        512,
+        "129Xe",
+        34088619,
+        [450e-6],
+        19.5e-6,
+        0,
+    ),
     "pulseq_02_GRE_3echoes.dat": ("VD/VE", 1, 768, 1, 256, "1H", 123252770, [20e-3], 10e-6, 0),
     "pulseq_06_EPI_singleTraj.dat": ("VB", 1, 71, 4, 300, "1H", 123252980, [20e-3], 10e-6, 0),
     "pulseq_01_FID.dat": ("VB", 1, 1, 1, 8192, "1H", 123252320, [20e-3], 10e-6, 0),
     "pulseq_xa61_2024-02-06-164120.dat": ("XA", 1, 128, 2, 128, "1H", 123206010, [10e-3], 20e-6, 0),
     "twixtools_gre.dat": ("VD/VE", 1, 160, 2, 320, "1H", 123263034, [3e-3], 11.6e-6, 0),
-    "pymapvbvd_meas_MID311_STEAM_wref1_FID115674.dat": ("VB", 1, 2, 32, 4096, "1H", 297219948, [11e-3], 83.3e-6, 0),
+    "pymapvbvd_meas_MID311_STEAM_wref1_FID115674.dat": (
+        "VB",
+        1,
+        2,
+        32,
+        4096,
+        "1H",
+        297219948,
+        [11e-3],
+        83.3e-6,
+        0,
+    ),
 }
-TR = {"xe129_radial_dixon_meas_MID00075_FID28630.dat": 4.2e-3, "twixtools_gre.dat": 10e-3,
-      "pymapvbvd_meas_MID311_STEAM_wref1_FID115674.dat": 5.0}
+TR = {
+    "xe129_radial_dixon_meas_MID00075_FID28630.dat": 4.2e-3,
+    "twixtools_gre.dat": 10e-3,
+    "pymapvbvd_meas_MID311_STEAM_wref1_FID115674.dat": 5.0,
+}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -119,17 +155,19 @@ def _bart_read(dat, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("bart") is None, reason="bart (Debian package) not installed")
-@pytest.mark.parametrize("name", ["xe129_radial_dixon_meas_MID00075_FID28630.dat", "twixtools_gre.dat",
-                                  "pulseq_06_EPI_singleTraj.dat"])
+@pytest.mark.parametrize(
+    "name",
+    ["xe129_radial_dixon_meas_MID00075_FID28630.dat", "twixtools_gre.dat", "pulseq_06_EPI_singleTraj.dat"],
+)
 def test_bit_exact_with_bart(shared_twix, tmp_path, name):
     acq = read_twix(shared_twix / name)
     k = _bart_read(shared_twix / name, tmp_path)
     # BART dims: [col, Lin, Par, cha, ., Eco, ..., Rep(10), Set(11)]
     if name.startswith("pulseq_06"):
-        ref = k.reshape(k.shape[0], k.shape[3], -1)      # (col, cha, Set): one ADC per Set value
+        ref = k.reshape(k.shape[0], k.shape[3], -1)  # (col, cha, Set): one ADC per Set value
         np.testing.assert_array_equal(acq.data[0], ref.transpose(1, 2, 0))
         return
     for e in range(acq.n_echoes):
         for c in range(acq.n_coils):
-            ref = k[:, :, 0, c, 0, e].reshape(k.shape[0], k.shape[1]).T   # (Lin, col)
+            ref = k[:, :, 0, c, 0, e].reshape(k.shape[0], k.shape[1]).T  # (Lin, col)
             np.testing.assert_array_equal(acq.data[e, c], ref[acq.projection_index[e]])

@@ -16,18 +16,38 @@ from recon.io.geometry import prs_from_normal
 def make_acq(rng, n_coils=2, n_proj=12, n_samp=40, geometry=True) -> Acquisition:
     shape = (2, n_coils, n_proj, n_samp)
     data = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
-    noise = (rng.standard_normal((n_coils, 5000)) + 1j * rng.standard_normal((n_coils, 5000))).astype(np.complex64)
+    noise = (rng.standard_normal((n_coils, 5000)) + 1j * rng.standard_normal((n_coils, 5000))).astype(
+        np.complex64
+    )
     geo = None
     if geometry:
-        geo = {"position_m": np.array([0.0125, -0.02, 0.031]), "rotation": prs_from_normal([0.1, 0.25, 0.96], 0.3),
-               "patient_position": "HFS"}
+        geo = {
+            "position_m": np.array([0.0125, -0.02, 0.031]),
+            "rotation": prs_from_normal([0.1, 0.25, 0.96], 0.3),
+            "patient_position": "HFS",
+        }
     pidx = np.tile(rng.permutation(n_proj), (2, 1))
     return Acquisition(
-        data=data, te_s=(0.3e-3, 2.32e-3), tr_s=0.174, flip_deg=90.0, dwell_s=10e-6, nucleus="23Na",
-        frequency_hz=78_597_824.0, field_t=6.98, projection_index=pidx, noise=noise, fov_m=(0.224, 0.224, 0.224),
-        matrix=(64, 64, 64), geometry=geo,
-        header={"wip_long": {0: 1, 1: 3920, 2: 10}, "wip_double": {0: 0.3, 1: 4.0, 4: 1.0, 5: 224.0, 6: 3.5},
-                "protocol": "na_tpi_dual", "sequence": "%CustomerSeq%\\na_tpi"})
+        data=data,
+        te_s=(0.3e-3, 2.32e-3),
+        tr_s=0.174,
+        flip_deg=90.0,
+        dwell_s=10e-6,
+        nucleus="23Na",
+        frequency_hz=78_597_824.0,
+        field_t=6.98,
+        projection_index=pidx,
+        noise=noise,
+        fov_m=(0.224, 0.224, 0.224),
+        matrix=(64, 64, 64),
+        geometry=geo,
+        header={
+            "wip_long": {0: 1, 1: 3920, 2: 10},
+            "wip_double": {0: 0.3, 1: 4.0, 4: 1.0, 5: 224.0, 6: 3.5},
+            "protocol": "na_tpi_dual",
+            "sequence": "%CustomerSeq%\\na_tpi",
+        },
+    )
 
 
 @pytest.mark.parametrize("layout", ["VE", "VB"])

@@ -25,8 +25,12 @@ def register(sub) -> None:
     p.add_argument("raw", nargs="+", metavar="RAW", help="raw data file(s); two twix files = two echoes")
     p.add_argument("--json", action="store_true", help="print one JSON object (documented keys)")
     p.add_argument("--profile", default=None, help="sequence profile TOML (default: the shipped default)")
-    p.add_argument("--echo-from", choices=["eco", "order"], default="eco",
-                   help="echo from the Eco counter (default) or from the ADC order within each TR")
+    p.add_argument(
+        "--echo-from",
+        choices=["eco", "order"],
+        default="eco",
+        help="echo from the Eco counter (default) or from the ADC order within each TR",
+    )
     p.add_argument("--echoes", type=int, default=None, help="echoes per file (default: from the header)")
     p.add_argument("--nucleus", default=None, help="nucleus, e.g. 23Na (ISMRMRD files carry none)")
     p.add_argument("--no-trajectory", action="store_true", help="do not generate the profile's trajectory")
@@ -53,16 +57,31 @@ def summarize(acq, profile_path: str | None = None, trajectory: bool = True) -> 
     g = acq.geometry or {}
     out = {
         "files": list(acq.sources),
-        "format": h.get("format"), "software": h.get("software"), "protocol": h.get("protocol"),
-        "sequence": h.get("sequence"), "nucleus": acq.nucleus, "frequency_hz": acq.frequency_hz,
-        "field_t": acq.field_t, "n_echoes": acq.n_echoes, "te_s": list(acq.te_s), "tr_s": acq.tr_s,
-        "flip_deg": acq.flip_deg, "dwell_s": acq.dwell_s, "readouts_per_echo": acq.n_projections,
-        "n_samples": acq.n_samples, "n_channels": acq.n_coils, "n_noise_scans": h.get("n_noise_scans", 0),
+        "format": h.get("format"),
+        "software": h.get("software"),
+        "protocol": h.get("protocol"),
+        "sequence": h.get("sequence"),
+        "nucleus": acq.nucleus,
+        "frequency_hz": acq.frequency_hz,
+        "field_t": acq.field_t,
+        "n_echoes": acq.n_echoes,
+        "te_s": list(acq.te_s),
+        "tr_s": acq.tr_s,
+        "flip_deg": acq.flip_deg,
+        "dwell_s": acq.dwell_s,
+        "readouts_per_echo": acq.n_projections,
+        "n_samples": acq.n_samples,
+        "n_channels": acq.n_coils,
+        "n_noise_scans": h.get("n_noise_scans", 0),
         "n_noise_samples": 0 if acq.noise is None else int(acq.noise.shape[1]),
-        "dropped_adcs": h.get("dropped_adcs", 0), "truncated": h.get("truncated", False),
-        "fov_m": acq.fov_m, "matrix": acq.matrix, "position_m": g.get("position_m"),
+        "dropped_adcs": h.get("dropped_adcs", 0),
+        "truncated": h.get("truncated", False),
+        "fov_m": acq.fov_m,
+        "matrix": acq.matrix,
+        "position_m": g.get("position_m"),
         "patient_position": g.get("patient_position"),
-        "wip_long": h.get("wip_long", {}), "wip_double": h.get("wip_double", {}),
+        "wip_long": h.get("wip_long", {}),
+        "wip_double": h.get("wip_double", {}),
     }
     if trajectory:
         from recon.io.profile import check_match, generate_trajectory, load_profile, trajectory_params
@@ -105,11 +124,15 @@ def run(args: argparse.Namespace) -> int:
     w(f"file(s)             {', '.join(s['files'])}\n")
     w(f"format              {s['format']}  (software {s['software'] or '?'})\n")
     w(f"protocol / sequence {s['protocol'] or '?'} / {s['sequence'] or '?'}\n")
-    w(f"nucleus             {s['nucleus'] or '?'}  at {_fmt_t(s['frequency_hz'], 1e-6, 'MHz', 9)}, "
-      f"B0 {_fmt_t(s['field_t'], 1, 'T')}\n")
+    w(
+        f"nucleus             {s['nucleus'] or '?'}  at {_fmt_t(s['frequency_hz'], 1e-6, 'MHz', 9)}, "
+        f"B0 {_fmt_t(s['field_t'], 1, 'T')}\n"
+    )
     tes = ", ".join(_fmt_t(t, 1e3, "ms") for t in s["te_s"])
     w(f"echoes              {s['n_echoes']}  (TE {tes})\n")
-    w(f"TR / flip           {_fmt_t(s['tr_s'], 1e3, 'ms')} / {s['flip_deg'] if s['flip_deg'] is not None else '?'} deg\n")
+    w(
+        f"TR / flip           {_fmt_t(s['tr_s'], 1e3, 'ms')} / {_fmt_t(s['flip_deg'], 1, 'deg')}\n"
+    )
     w(f"dwell               {_fmt_t(s['dwell_s'], 1e6, 'us')}\n")
     w(f"readouts per echo   {s['readouts_per_echo']}\n")
     w(f"samples per readout {s['n_samples']}\n")
@@ -120,8 +143,10 @@ def run(args: argparse.Namespace) -> int:
     if s["truncated"]:
         w("truncated           yes: only the complete readouts were read\n")
     if s["fov_m"]:
-        w(f"FOV                 {' x '.join(f'{f * 1e3:g}' for f in s['fov_m'])} mm, matrix "
-          f"{' x '.join(str(m) for m in s['matrix'] or [])}\n")
+        w(
+            f"FOV                 {' x '.join(f'{f * 1e3:g}' for f in s['fov_m'])} mm, matrix "
+            f"{' x '.join(str(m) for m in s['matrix'] or [])}\n"
+        )
     if s["wip_long"] or s["wip_double"]:
         w(f"free parameters     alFree {s['wip_long']}\n                    adFree {s['wip_double']}\n")
     t = s.get("trajectory")
@@ -130,9 +155,17 @@ def run(args: argparse.Namespace) -> int:
             w(f"trajectory          profile {t['profile']}: {t['error']}\n")
         else:
             p = t["params"]
-            desc = (f"{t['generator']} p={p.get('p')}, FOV {p.get('fov_m', 0) * 1e3:g} mm, res "
-                    f"{p.get('res_m', 0) * 1e3:g} mm")
-            w(f"trajectory          profile {t['profile']}: {desc}: {t['n_projections']} projections x "
-              f"{t['n_samples']} samples\n")
-            w(f"                    {'matches the data' if t['matches'] else 'DOES NOT MATCH: ' + t['mismatch']}\n")
+            desc = (
+                f"{t['generator']} p={p.get('p')}, FOV {p.get('fov_m', 0) * 1e3:g} mm, res "
+                f"{p.get('res_m', 0) * 1e3:g} mm"
+            )
+            w(
+                f"trajectory          profile {t['profile']}: {desc}: {t['n_projections']} projections x "
+                f"{t['n_samples']} samples\n"
+            )
+            w(
+                "                    "
+                + ("matches the data" if t["matches"] else "DOES NOT MATCH: " + t["mismatch"])
+                + "\n"
+            )
     return 0

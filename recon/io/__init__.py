@@ -28,7 +28,7 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def raw_format(path: str | os.PathLike) -> str:
-    """"ismrmrd" for HDF5 files, "twix" otherwise (the twix reader validates the container)."""
+    """ "ismrmrd" for HDF5 files, "twix" otherwise (the twix reader validates the container)."""
     p = Path(path)
     if not p.exists():
         raise InputError("raw data file not found", p)
@@ -40,9 +40,13 @@ def raw_format(path: str | os.PathLike) -> str:
     return "ismrmrd" if head == _HDF5_MAGIC else "twix"
 
 
-def read_raw(paths: str | os.PathLike | Sequence[str | os.PathLike], echo_from: str = "eco",
-             n_echoes: int | None = None, te_s: Sequence[float] | None = None,
-             nucleus: str | None = None) -> Acquisition:
+def read_raw(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    echo_from: str = "eco",
+    n_echoes: int | None = None,
+    te_s: Sequence[float] | None = None,
+    nucleus: str | None = None,
+) -> Acquisition:
     """Read raw data: a twix .dat, several twix files (one per echo), or an ISMRMRD .h5 file.
 
     For ISMRMRD the trajectory, when the file carries one, is in ``acq.header['trajectory']``.
@@ -84,7 +88,18 @@ def write_ismrmrd(acq, path, traj=None, overwrite: bool = True):
 
 
 __all__ = [
-    "Acquisition", "read_raw", "raw_format", "read_twix", "write_twix", "read_ismrmrd", "write_ismrmrd",
-    "load_profile", "trajectory_params", "encode_params", "build_trajectory", "check_match",
-    "nifti_affine", "default_geometry",
+    "Acquisition",
+    "read_raw",
+    "raw_format",
+    "read_twix",
+    "write_twix",
+    "read_ismrmrd",
+    "write_ismrmrd",
+    "load_profile",
+    "trajectory_params",
+    "encode_params",
+    "build_trajectory",
+    "check_match",
+    "nifti_affine",
+    "default_geometry",
 ]

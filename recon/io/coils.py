@@ -42,8 +42,9 @@ def whitening_matrix(cov: np.ndarray) -> np.ndarray:
     return np.linalg.inv(L)
 
 
-def prewhiten(data: np.ndarray, noise: np.ndarray | None = None, coil_axis: int = 1,
-              cov: np.ndarray | None = None) -> np.ndarray:
+def prewhiten(
+    data: np.ndarray, noise: np.ndarray | None = None, coil_axis: int = 1, cov: np.ndarray | None = None
+) -> np.ndarray:
     """Whiten ``data`` along ``coil_axis`` with the covariance of ``noise`` (C, N) or ``cov``.
 
     Example: ``acq.data = prewhiten(acq.data, acq.noise)`` (data (echo, coil, proj, sample)).
@@ -75,12 +76,13 @@ def coil_sensitivities(images: np.ndarray, kernel: int = 5) -> np.ndarray:
     for i in range(c):
         for j in range(i, c):
             p = x[i] * np.conj(x[j])
-            sm = ndimage.uniform_filter(p.real, kernel, mode="nearest") + \
-                1j * ndimage.uniform_filter(p.imag, kernel, mode="nearest")
+            sm = ndimage.uniform_filter(p.real, kernel, mode="nearest") + 1j * ndimage.uniform_filter(
+                p.imag, kernel, mode="nearest"
+            )
             r[..., i, j] = sm
             r[..., j, i] = np.conj(sm)
     _, v = np.linalg.eigh(r)
-    s = v[..., :, -1]                                            # dominant eigenvector (..., C)
+    s = v[..., :, -1]  # dominant eigenvector (..., C)
     ref = int(np.argmax((np.abs(x) ** 2).reshape(c, -1).sum(1)))
     ph = s[..., ref]
     s = s * (np.conj(ph) / np.maximum(np.abs(ph), 1e-30))[..., None]
@@ -105,8 +107,9 @@ def adaptive_combine(images: np.ndarray, kernel: int = 5, noise_cov: np.ndarray 
     return (np.conj(s) * x).sum(axis=0).astype(np.complex64)
 
 
-def combine_coils(images: np.ndarray, method: str = "adaptive", kernel: int = 5,
-                  noise_cov: np.ndarray | None = None) -> np.ndarray:
+def combine_coils(
+    images: np.ndarray, method: str = "adaptive", kernel: int = 5, noise_cov: np.ndarray | None = None
+) -> np.ndarray:
     """Combine coil images (C, ...): ``"adaptive"`` (complex) or ``"sos"`` (magnitude)."""
     if method == "adaptive":
         return adaptive_combine(images, kernel, noise_cov)

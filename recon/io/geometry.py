@@ -108,8 +108,13 @@ def siemens_geometry(aslice: dict[str, Any], patient_position: str = "") -> dict
 
 def default_geometry() -> dict[str, Any]:
     """No geometry known: identity orientation (image axes = L, P, S), slab centred at the origin."""
-    return {"position_m": np.zeros(3), "rotation": np.eye(3), "normal": np.array([0.0, 0.0, 1.0]),
-            "inplane_rot_rad": 0.0, "patient_position": None}
+    return {
+        "position_m": np.zeros(3),
+        "rotation": np.eye(3),
+        "normal": np.array([0.0, 0.0, 1.0]),
+        "inplane_rot_rad": 0.0,
+        "patient_position": None,
+    }
 
 
 def nifti_affine(geometry: dict[str, Any] | None, fov_m, matrix) -> np.ndarray:

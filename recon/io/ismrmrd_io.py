@@ -35,8 +35,14 @@ from recon.io.acquisition import Acquisition
 
 log = logging.getLogger("recon.io.ismrmrd")
 
-_SKIP_FLAGS = ("ACQ_IS_PARALLEL_CALIBRATION", "ACQ_IS_NAVIGATION_DATA", "ACQ_IS_PHASECORR_DATA",
-               "ACQ_IS_HPFEEDBACK_DATA", "ACQ_IS_RTFEEDBACK_DATA", "ACQ_IS_DUMMYSCAN_DATA")
+_SKIP_FLAGS = (
+    "ACQ_IS_PARALLEL_CALIBRATION",
+    "ACQ_IS_NAVIGATION_DATA",
+    "ACQ_IS_PHASECORR_DATA",
+    "ACQ_IS_HPFEEDBACK_DATA",
+    "ACQ_IS_RTFEEDBACK_DATA",
+    "ACQ_IS_DUMMYSCAN_DATA",
+)
 
 
 def _user_strings(hdr) -> dict[str, str]:
@@ -98,15 +104,21 @@ def read_ismrmrd(path: str | os.PathLike, nucleus: str | None = None) -> Acquisi
         common = Counter((a.active_channels, a.number_of_samples) for a in img).most_common(1)[0][0]
         n0 = len(img)
         img = [a for a in img if (a.active_channels, a.number_of_samples) == common]
-        log.warning("%s: dropped %d acquisition(s) whose channels x samples differ from %s", path, n0 - len(img),
-                    common)
+        log.warning(
+            "%s: dropped %d acquisition(s) whose channels x samples differ from %s",
+            path,
+            n0 - len(img),
+            common,
+        )
     contrast = np.array([a.idx.contrast for a in img])
     lin = np.array([a.idx.kspace_encode_step_1 for a in img])
     n_echo = int(contrast.max()) + 1
     groups = [np.flatnonzero(contrast == e) for e in range(n_echo)]
     counts = [len(g) for g in groups]
     if min(counts) == 0:
-        raise RawDataError(f"contrasts {[e for e, c in enumerate(counts) if c == 0]} have no acquisitions", path)
+        raise RawDataError(
+            f"contrasts {[e for e, c in enumerate(counts) if c == 0]} have no acquisitions", path
+        )
     m = min(counts)
     if len(set(counts)) > 1:
         log.warning("%s: unequal acquisitions per contrast %s: kept the first %d of each", path, counts, m)
@@ -124,8 +136,11 @@ def read_ismrmrd(path: str | os.PathLike, nucleus: str | None = None) -> Acquisi
     users = _user_strings(hdr)
     nuc = nucleus or users.get("nucleus")
     if not nuc:
-        raise RawDataError("ISMRMRD file names no nucleus (userParameterString 'nucleus'): give it on the "
-                           "command line (--nucleus 23Na)", path)
+        raise RawDataError(
+            "ISMRMRD file names no nucleus (userParameterString 'nucleus'): give it on the "
+            "command line (--nucleus 23Na)",
+            path,
+        )
     asi = hdr.acquisitionSystemInformation
     field = float(asi.systemFieldStrength_T) if asi and asi.systemFieldStrength_T is not None else math.nan
     enc = hdr.encoding[0] if hdr.encoding else None
@@ -135,15 +150,24 @@ def read_ismrmrd(path: str | os.PathLike, nucleus: str | None = None) -> Acquisi
         fov_m = (fv.x / 1e3, fv.y / 1e3, fv.z / 1e3)
         matrix = (int(ms.x), int(ms.y), int(ms.z))
     a0 = img[0]
-    rot = np.stack([np.asarray(a0.read_dir, float), np.asarray(a0.phase_dir, float),
-                    np.asarray(a0.slice_dir, float)], axis=1)
+    rot = np.stack(
+        [np.asarray(a0.read_dir, float), np.asarray(a0.phase_dir, float), np.asarray(a0.slice_dir, float)],
+        axis=1,
+    )
     geometry = None
     if np.all(np.isfinite(rot)) and abs(abs(np.linalg.det(rot)) - 1) < 1e-3:
         ppos = None
         if hdr.measurementInformation is not None and hdr.measurementInformation.patientPosition is not None:
-            ppos = getattr(hdr.measurementInformation.patientPosition, "value", str(hdr.measurementInformation.
-                                                                                     patientPosition))
-        geometry = {"position_m": np.asarray(a0.position, float) / 1e3, "rotation": rot, "patient_position": ppos}
+            ppos = getattr(
+                hdr.measurementInformation.patientPosition,
+                "value",
+                str(hdr.measurementInformation.patientPosition),
+            )
+        geometry = {
+            "position_m": np.asarray(a0.position, float) / 1e3,
+            "rotation": rot,
+            "patient_position": ppos,
+        }
     dwell = float(a0.sample_time_us) / 1e6
     traj = None
     if a0.trajectory_dimensions >= 3 and fov_m is not None:
@@ -154,17 +178,30 @@ def read_ismrmrd(path: str | os.PathLike, nucleus: str | None = None) -> Acquisi
         if users.get("narecon_traj_units", "cycles_per_fov") != "cycles_per_m":
             k = k / np.asarray(fov_m)
         try:
-            traj = Trajectory(k=k[proj_order], t=np.arange(data.shape[-1]) * dwell, fov_m=fov_m, matrix=matrix,
-                              dwell_s=dwell)
+            traj = Trajectory(
+                k=k[proj_order],
+                t=np.arange(data.shape[-1]) * dwell,
+                fov_m=fov_m,
+                matrix=matrix,
+                dwell_s=dwell,
+            )
         except Exception as e:  # noqa: BLE001
             log.warning("%s: ignoring the file's trajectory: %s", path, e)
             traj = None
     header = {
-        "format": "ISMRMRD", "software": (asi.systemModel or "") if asi else "",
+        "format": "ISMRMRD",
+        "software": (asi.systemModel or "") if asi else "",
         "protocol": hdr.measurementInformation.protocolName if hdr.measurementInformation else "",
-        "sequence": (sp.sequence_type or "") if sp else "", "wip_long": {}, "wip_double": {},
-        "n_noise_scans": len(noise), "dropped_adcs": 0, "n_other_scans": skipped, "truncated": False,
-        "trajectory": traj, "readouts_per_echo": int(data.shape[2]), "notes": [],
+        "sequence": (sp.sequence_type or "") if sp else "",
+        "wip_long": {},
+        "wip_double": {},
+        "n_noise_scans": len(noise),
+        "dropped_adcs": 0,
+        "n_other_scans": skipped,
+        "truncated": False,
+        "trajectory": traj,
+        "readouts_per_echo": int(data.shape[2]),
+        "notes": [],
     }
     if hdr.userParameters is not None:
         for p in hdr.userParameters.userParameterLong:
@@ -174,10 +211,21 @@ def read_ismrmrd(path: str | os.PathLike, nucleus: str | None = None) -> Acquisi
             if p.name.startswith("wip_double_"):
                 header["wip_double"][int(p.name[11:])] = float(p.value)
     return Acquisition(
-        data=data, te_s=tuple(te), tr_s=tr, flip_deg=flip, dwell_s=dwell, nucleus=str(nuc),
-        frequency_hz=float(hdr.experimentalConditions.H1resonanceFrequency_Hz), field_t=field,
-        projection_index=pidx, noise=np.concatenate(noise, axis=1).astype(np.complex64) if noise else None,
-        fov_m=fov_m, matrix=matrix, geometry=geometry, header=header, sources=(str(path),),
+        data=data,
+        te_s=tuple(te),
+        tr_s=tr,
+        flip_deg=flip,
+        dwell_s=dwell,
+        nucleus=str(nuc),
+        frequency_hz=float(hdr.experimentalConditions.H1resonanceFrequency_Hz),
+        field_t=field,
+        projection_index=pidx,
+        noise=np.concatenate(noise, axis=1).astype(np.complex64) if noise else None,
+        fov_m=fov_m,
+        matrix=matrix,
+        geometry=geometry,
+        header=header,
+        sources=(str(path),),
     )
 
 
@@ -201,39 +249,59 @@ def write_ismrmrd(acq: Acquisition, path: str | os.PathLike, traj=None, overwrit
     import ismrmrd
     import ismrmrd.xsd as X
 
-    if traj is not None and (traj.n_samples != acq.n_samples or
-                             np.asarray(acq.projection_index).max() >= traj.n_projections):
-        raise InputError(f"trajectory {traj.k.shape[:2]} does not fit the data "
-                         f"({acq.n_projections} readouts x {acq.n_samples} samples)")
+    if traj is not None and (
+        traj.n_samples != acq.n_samples or np.asarray(acq.projection_index).max() >= traj.n_projections
+    ):
+        raise InputError(
+            f"trajectory {traj.k.shape[:2]} does not fit the data "
+            f"({acq.n_projections} readouts x {acq.n_samples} samples)"
+        )
     # the encoded space is the trajectory's grid when a trajectory is stored (its k is in cycles per FOV)
     fov_m = traj.fov_m if traj is not None else (acq.fov_m or (0.224,) * 3)
     matrix = traj.matrix if traj is not None else (acq.matrix or (64,) * 3)
     fov_mm = X.fieldOfViewMm(x=fov_m[0] * 1e3, y=fov_m[1] * 1e3, z=fov_m[2] * 1e3)
-    space = X.encodingSpaceType(matrixSize=X.matrixSizeType(x=int(matrix[0]), y=int(matrix[1]), z=int(matrix[2])),
-                                fieldOfView_mm=fov_mm)
+    space = X.encodingSpaceType(
+        matrixSize=X.matrixSizeType(x=int(matrix[0]), y=int(matrix[1]), z=int(matrix[2])),
+        fieldOfView_mm=fov_mm,
+    )
     pidx = np.asarray(acq.projection_index)
     limits = X.encodingLimitsType(
         kspace_encoding_step_1=X.limitType(minimum=0, maximum=int(pidx.max()), center=0),
-        contrast=X.limitType(minimum=0, maximum=acq.n_echoes - 1, center=0))
-    enc = X.encodingType(encodedSpace=space, reconSpace=space, encodingLimits=limits,
-                         trajectory=X.trajectoryType.OTHER)
+        contrast=X.limitType(minimum=0, maximum=acq.n_echoes - 1, center=0),
+    )
+    enc = X.encodingType(
+        encodedSpace=space, reconSpace=space, encodingLimits=limits, trajectory=X.trajectoryType.OTHER
+    )
     ups = X.userParametersType(
-        userParameterString=[X.userParameterStringType(name="nucleus", value=acq.nucleus),
-                             X.userParameterStringType(name="narecon_traj_units", value="cycles_per_fov")],
-        userParameterLong=[X.userParameterLongType(name=f"wip_long_{i}", value=int(v))
-                           for i, v in sorted((acq.header.get("wip_long") or {}).items())],
-        userParameterDouble=[X.userParameterDoubleType(name=f"wip_double_{i}", value=float(v))
-                             for i, v in sorted((acq.header.get("wip_double") or {}).items())])
+        userParameterString=[
+            X.userParameterStringType(name="nucleus", value=acq.nucleus),
+            X.userParameterStringType(name="narecon_traj_units", value="cycles_per_fov"),
+        ],
+        userParameterLong=[
+            X.userParameterLongType(name=f"wip_long_{i}", value=int(v))
+            for i, v in sorted((acq.header.get("wip_long") or {}).items())
+        ],
+        userParameterDouble=[
+            X.userParameterDoubleType(name=f"wip_double_{i}", value=float(v))
+            for i, v in sorted((acq.header.get("wip_double") or {}).items())
+        ],
+    )
     hdr = X.ismrmrdHeader(
-        experimentalConditions=X.experimentalConditionsType(H1resonanceFrequency_Hz=int(round(acq.frequency_hz))),
+        experimentalConditions=X.experimentalConditionsType(
+            H1resonanceFrequency_Hz=int(round(acq.frequency_hz))
+        ),
         acquisitionSystemInformation=X.acquisitionSystemInformationType(
-            systemFieldStrength_T=float(acq.field_t), receiverChannels=acq.n_coils,
-            systemModel=str(acq.header.get("software") or "narecon")),
+            systemFieldStrength_T=float(acq.field_t),
+            receiverChannels=acq.n_coils,
+            systemModel=str(acq.header.get("software") or "narecon"),
+        ),
         measurementInformation=X.measurementInformationType(
-            protocolName=str(acq.header.get("protocol") or "narecon"), patientPosition=_ppos(acq)),
+            protocolName=str(acq.header.get("protocol") or "narecon"), patientPosition=_ppos(acq)
+        ),
         encoding=[enc],
-        sequenceParameters=X.sequenceParametersType(TE=[t * 1e3 for t in acq.te_s], TR=[acq.tr_s * 1e3],
-                                                    flipAngle_deg=[float(acq.flip_deg)]),
+        sequenceParameters=X.sequenceParametersType(
+            TE=[t * 1e3 for t in acq.te_s], TR=[acq.tr_s * 1e3], flipAngle_deg=[float(acq.flip_deg)]
+        ),
         userParameters=ups,
     )
     g = acq.geometry
@@ -260,7 +328,7 @@ def write_ismrmrd(acq: Acquisition, path: str | os.PathLike, traj=None, overwrit
             if acq.noise is not None and np.size(acq.noise):
                 nz = np.asarray(acq.noise, np.complex64)
                 for s in range(0, nz.shape[1], 4096):
-                    a = ismrmrd.Acquisition.from_array(np.ascontiguousarray(nz[:, s:s + 4096]))
+                    a = ismrmrd.Acquisition.from_array(np.ascontiguousarray(nz[:, s : s + 4096]))
                     _set_common(a)
                     a.set_flag(ismrmrd.ACQ_IS_NOISE_MEASUREMENT)
                     a.scan_counter = scan

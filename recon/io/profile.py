@@ -30,17 +30,45 @@ from recon.errors import ConfigError, TrajectoryError
 
 #: parameters a profile may define, with the type after scaling
 PARAMS = {
-    "generator": str, "fov_m": float, "res_m": float, "p": float, "gmax_t_per_m": float,
-    "readout_s": float, "smax_t_per_m_per_s": float, "undersampling": float, "dwell_s": float,
-    "grad_raster_s": float, "n_projections": int, "gamma_hz_per_t": float,
+    "generator": str,
+    "fov_m": float,
+    "res_m": float,
+    "p": float,
+    "gmax_t_per_m": float,
+    "readout_s": float,
+    "smax_t_per_m_per_s": float,
+    "undersampling": float,
+    "dwell_s": float,
+    "grad_raster_s": float,
+    "n_projections": int,
+    "gamma_hz_per_t": float,
 }
-_GENERATOR_KW = ("fov_m", "res_m", "p", "gmax_t_per_m", "readout_s", "smax_t_per_m_per_s", "dwell_s",
-                 "gamma_hz_per_t", "undersampling", "grad_raster_s")
+_GENERATOR_KW = (
+    "fov_m",
+    "res_m",
+    "p",
+    "gmax_t_per_m",
+    "readout_s",
+    "smax_t_per_m_per_s",
+    "dwell_s",
+    "gamma_hz_per_t",
+    "undersampling",
+    "grad_raster_s",
+)
 
 #: gyromagnetic ratio / 2 pi in Hz/T by nucleus (magnitudes)
 GAMMA_BAR_HZ_PER_T = {
-    "1H": 42.577478e6, "23Na": 11.262e6, "129Xe": 11.777e6, "31P": 17.235e6, "19F": 40.078e6,
-    "7Li": 16.548e6, "13C": 10.7084e6, "17O": 5.772e6, "39K": 1.989e6, "3He": 32.434e6, "2H": 6.536e6,
+    "1H": 42.577478e6,
+    "23Na": 11.262e6,
+    "129Xe": 11.777e6,
+    "31P": 17.235e6,
+    "19F": 40.078e6,
+    "7Li": 16.548e6,
+    "13C": 10.7084e6,
+    "17O": 5.772e6,
+    "39K": 1.989e6,
+    "3He": 32.434e6,
+    "2H": 6.536e6,
 }
 
 _REF = re.compile(r"^(wip_long|wip_double)\[(\d+)\]$")
@@ -78,8 +106,11 @@ def load_profile(path: str | os.PathLike | None = None) -> dict[str, Any]:
         if isinstance(spec, dict):
             ref = spec.get("from")
             if not isinstance(ref, str) or not (_REF.match(ref) or ref.startswith(("acq.", "header."))):
-                raise ConfigError(f"parameter {name!r}: 'from' must be wip_long[i], wip_double[i], acq.<name> "
-                                  f"or header.<key>, got {ref!r}", src)
+                raise ConfigError(
+                    f"parameter {name!r}: 'from' must be wip_long[i], wip_double[i], acq.<name> "
+                    f"or header.<key>, got {ref!r}",
+                    src,
+                )
             unknown = set(spec) - {"from", "scale", "default", "zero_is_none", "map"}
             if unknown:
                 raise ConfigError(f"parameter {name!r}: unknown keys {sorted(unknown)}", src)
@@ -145,8 +176,11 @@ def trajectory_params(acq, profile: dict[str, Any] | None = None) -> dict[str, A
             v = _lookup(acq, spec["from"])
         except (KeyError, IndexError, TypeError):
             if "default" not in spec:
-                raise ConfigError(f"parameter {name!r}: header field {spec['from']} is absent and the profile "
-                                  "gives no default", src) from None
+                raise ConfigError(
+                    f"parameter {name!r}: header field {spec['from']} is absent and the profile "
+                    "gives no default",
+                    src,
+                ) from None
             out[name] = _none(spec["default"])
             continue
         if spec.get("zero_is_none") and v == 0:
@@ -155,8 +189,10 @@ def trajectory_params(acq, profile: dict[str, Any] | None = None) -> dict[str, A
         if "map" in spec:
             key = str(int(v)) if isinstance(v, (int, float)) and float(v).is_integer() else str(v)
             if key not in spec["map"]:
-                raise ConfigError(f"parameter {name!r}: value {v} of {spec['from']} is not one of "
-                                  f"{sorted(spec['map'])}", src)
+                raise ConfigError(
+                    f"parameter {name!r}: value {v} of {spec['from']} is not one of {sorted(spec['map'])}",
+                    src,
+                )
             out[name] = spec["map"][key]
             continue
         v = _apply_scale(float(v), float(spec.get("scale", 1.0)))
@@ -173,8 +209,9 @@ def trajectory_params(acq, profile: dict[str, Any] | None = None) -> dict[str, A
     return out
 
 
-def encode_params(params: dict[str, Any], profile: dict[str, Any] | None = None
-                  ) -> tuple[dict[int, int], dict[int, float]]:
+def encode_params(
+    params: dict[str, Any], profile: dict[str, Any] | None = None
+) -> tuple[dict[int, int], dict[int, float]]:
     """Inverse of :func:`trajectory_params` for writers: (wip_long, wip_double) for ``params``.
 
     Only parameters that the profile reads from ``wip_long[i]``/``wip_double[i]`` are encoded;
@@ -223,8 +260,11 @@ def generate_trajectory(acq, profile: dict[str, Any] | None = None):
         return density_adapted_radial(n_projections=prm.get("n_projections"), **kw)
     traj = tpi(**kw)
     if prm.get("n_projections") is not None and prm["n_projections"] != traj.n_projections:
-        raise TrajectoryError(f"the profile's TPI parameters give {traj.n_projections} projections but the header "
-                              f"says {prm['n_projections']}", profile.get("_source") if profile else None)
+        raise TrajectoryError(
+            f"the profile's TPI parameters give {traj.n_projections} projections but the header "
+            f"says {prm['n_projections']}",
+            profile.get("_source") if profile else None,
+        )
     return traj
 
 
@@ -256,10 +296,14 @@ def check_match(acq, traj) -> None:
         diffs.append(f"samples per readout: data {acq.n_samples}, trajectory {traj.n_samples}")
     pidx = np.asarray(acq.projection_index)
     if acq.n_projections != traj.n_projections:
-        diffs.append(f"projections: data {acq.n_projections} readouts per echo, trajectory {traj.n_projections}")
+        diffs.append(
+            f"projections: data {acq.n_projections} readouts per echo, trajectory {traj.n_projections}"
+        )
     if pidx.size and (pidx.max() >= traj.n_projections or pidx.min() < 0):
-        diffs.append(f"projection index of the data reaches {int(pidx.max())}, trajectory has "
-                     f"0..{traj.n_projections - 1}")
+        diffs.append(
+            f"projection index of the data reaches {int(pidx.max())}, trajectory has "
+            f"0..{traj.n_projections - 1}"
+        )
     if not (math.isfinite(acq.dwell_s) and math.isclose(acq.dwell_s, traj.dwell_s, rel_tol=1e-6)):
         diffs.append(f"dwell time: data {acq.dwell_s * 1e6:.6g} us, trajectory {traj.dwell_s * 1e6:.6g} us")
     if diffs:

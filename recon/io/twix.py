@@ -120,7 +120,7 @@ def _check_container(path: Path, size: int) -> tuple[bool, int, int]:
                 raise RawDataError("VD/VE/XA multi-RAID header lists 0 measurements", path)
             f.seek(8)
             entries = []
-            for k in range(second):
+            for _ in range(second):
                 raw = f.read(152)
                 if len(raw) < 152:
                     raise RawDataError("file ends inside the multi-RAID header (truncated)", path)
@@ -130,8 +130,10 @@ def _check_container(path: Path, size: int) -> tuple[bool, int, int]:
             if off < 8 or off >= size:
                 if off >= size and off < 1 << 40:
                     raise RawDataError(
-                        f"last measurement starts at byte {off} but the file has only {size} bytes (truncated)",
-                        path)
+                        f"last measurement starts at byte {off} but the file has only {size} bytes "
+                        "(truncated)",
+                        path,
+                    )
                 raise RawDataError("not a Siemens twix file (invalid multi-RAID measurement offset)", path)
             end = size if length == 0 else min(size, off + length)
         else:
@@ -144,10 +146,13 @@ def _check_container(path: Path, size: int) -> tuple[bool, int, int]:
         hdr_len, n_buf = struct.unpack("<II", init[:8])
         name = init[8:].split(b"\0", 1)[0]
         if name not in _BUFFER_NAMES or not 1 <= n_buf <= 64:
-            raise RawDataError("not a Siemens twix raw data file (no VB or VD/VE/XA measurement header found)", path)
+            raise RawDataError(
+                "not a Siemens twix raw data file (no VB or VD/VE/XA measurement header found)", path
+            )
         if off + hdr_len > size:
             raise RawDataError(
-                f"measurement header claims {hdr_len} bytes but the file ends at {size} (truncated)", path)
+                f"measurement header claims {hdr_len} bytes but the file ends at {size} (truncated)", path
+            )
     return ve, off, end
 
 
@@ -169,8 +174,12 @@ def header_values(hdr: dict, ve: bool) -> dict[str, Any]:
     meas = hdr.get("Meas", {}) or {}
     config = hdr.get("Config", {}) or {}
     out: dict[str, Any] = {}
-    nuc = _get(y, "sTXSPEC", "asNucleusInfo", 0, "tNucleus") or _get(y, "sRXSPEC", "asNucleusInfo", 0, "tNucleus") \
-        or _get(meas, "ResonantNucleus") or ""
+    nuc = (
+        _get(y, "sTXSPEC", "asNucleusInfo", 0, "tNucleus")
+        or _get(y, "sRXSPEC", "asNucleusInfo", 0, "tNucleus")
+        or _get(meas, "ResonantNucleus")
+        or ""
+    )
     out["nucleus"] = str(nuc).strip().strip('"')
     freq = _get(y, "sTXSPEC", "asNucleusInfo", 0, "lFrequency")
     if freq is None:
@@ -201,8 +210,11 @@ def header_values(hdr: dict, ve: bool) -> dict[str, Any]:
     base = ks.get("lBaseResolution")
     if isinstance(base, (int, float)) and base > 0:
         dim3 = ks.get("ucDimension") == 4
-        out["matrix"] = (int(base), int(ks.get("lPhaseEncodingLines") or base),
-                         int(ks.get("lPartitions") or 1) if dim3 else 1)
+        out["matrix"] = (
+            int(base),
+            int(ks.get("lPhaseEncodingLines") or base),
+            int(ks.get("lPartitions") or 1) if dim3 else 1,
+        )
     else:
         out["matrix"] = None
     sw = _get(dicom, "SoftwareVersions") or _get(y, "sProtConsistencyInfo", "tBaselineString") or ""
@@ -212,16 +224,19 @@ def header_values(hdr: dict, ve: bool) -> dict[str, Any]:
     out["protocol"] = str(_get(y, "tProtocolName") or "").strip('"')
     out["sequence"] = str(_get(y, "tSequenceFileName") or "").strip('"')
     wip = _get(y, "sWipMemBlock") or _get(y, "sWiPMemBlock") or {}
-    out["wip_long"] = {i: int(v) for i, v in _list_entries(wip.get("alFree")).items()
-                       if isinstance(v, (int, float))}
-    out["wip_double"] = {i: float(v) for i, v in _list_entries(wip.get("adFree")).items()
-                         if isinstance(v, (int, float))}
+    out["wip_long"] = {
+        i: int(v) for i, v in _list_entries(wip.get("alFree")).items() if isinstance(v, (int, float))
+    }
+    out["wip_double"] = {
+        i: float(v) for i, v in _list_entries(wip.get("adFree")).items() if isinstance(v, (int, float))
+    }
     if isinstance(wip.get("tFree"), str):
         out["wip_string"] = wip["tFree"]
     ppos = _get(meas, "tPatientPosition") or _get(config, "PatientPosition") or ""
     out["geometry"] = siemens_geometry(sl, patient_position=str(ppos)) if sl else None
-    coil = _get(y, "sCoilSelectMeas", "aRxCoilSelectData", 0, "asList", 0, "sCoilElementID", "tCoilID") \
-        or _get(y, "asCoilSelectMeas", 0, "asList", 0, "sCoilElementID", "tCoilID")
+    coil = _get(
+        y, "sCoilSelectMeas", "aRxCoilSelectData", 0, "asList", 0, "sCoilElementID", "tCoilID"
+    ) or _get(y, "asCoilSelectMeas", 0, "asList", 0, "sCoilElementID", "tCoilID")
     out["coil"] = None if coil is None else str(coil).strip('"')
     out["readout_os"] = _num(_get(meas, "flReadoutOSFactor"), default=None)
     out["averages"] = _get(y, "lAverages")
@@ -243,10 +258,14 @@ def _walk_mdbs(fid, ve: bool, start: int, end: int, size: int, path: Path) -> tu
         # the block's own length from its header, checked against the file size before twixtools reads it
         h = (mdh_def.Scan_header if ve else mdh_def.VB17_header).from_buffer_copy(fid.read(hsize))
         special = mdh_def.is_flag_set(h, "ACQEND") or mdh_def.is_flag_set(h, "SYNCDATA")
-        need = int(h.UsedChannels) * ((_VE_CHAN_HDR if ve else _VB_HDR) + 8 * int(h.SamplesInScan)) + (hsize if ve else 0)
+        need = int(h.UsedChannels) * ((_VE_CHAN_HDR if ve else _VB_HDR) + 8 * int(h.SamplesInScan)) + (
+            hsize if ve else 0
+        )
         if not special and pos + need > size:
             stats["truncated"] = True
-            stats["stop_reason"] = f"file ends inside the readout at byte {pos} ({pos + need - size} bytes missing)"
+            stats["stop_reason"] = (
+                f"file ends inside the readout at byte {pos} ({pos + need - size} bytes missing)"
+            )
             break
         fid.seek(pos)
         try:
@@ -268,12 +287,15 @@ def _walk_mdbs(fid, ve: bool, start: int, end: int, size: int, path: Path) -> tu
             continue
         if m.mdh.UsedChannels == 0 or m.mdh.SamplesInScan == 0 or dl < hsize:
             stats["corrupt_at"] = pos
-            stats["stop_reason"] = (f"block with {m.mdh.UsedChannels} channels x {m.mdh.SamplesInScan} samples "
-                                    f"at byte {pos}")
+            stats["stop_reason"] = (
+                f"block with {m.mdh.UsedChannels} channels x {m.mdh.SamplesInScan} samples at byte {pos}"
+            )
             break
         if pos + dl > size:
             stats["truncated"] = True
-            stats["stop_reason"] = f"file ends inside the readout at byte {pos} ({pos + dl - size} bytes missing)"
+            stats["stop_reason"] = (
+                f"file ends inside the readout at byte {pos} ({pos + dl - size} bytes missing)"
+            )
             break
         mdbs.append(m)
         pos += dl
@@ -296,8 +318,14 @@ def _read_one(path: Path) -> dict[str, Any]:
     ve, meas_off, meas_end = _check_container(path, size)
     try:
         with _quiet() as msg:
-            tw = twixtools.read_twix(str(path), include_scans=[-1], parse_data=False, parse_pmu=False,
-                                     parse_geometry=False, verbose=False)
+            tw = twixtools.read_twix(
+                str(path),
+                include_scans=[-1],
+                parse_data=False,
+                parse_pmu=False,
+                parse_geometry=False,
+                verbose=False,
+            )
         meas = tw[-1]
         hdr = meas["hdr"]
     except Exception as e:  # noqa: BLE001 - twixtools raises anything on corrupt headers
@@ -336,15 +364,38 @@ def _read_one(path: Path) -> dict[str, Any]:
     noise_arr = np.concatenate(noise, axis=1).astype(np.complex64) if noise else None
     n_dropped = sum(dropped.values())
     if n_dropped:
-        log.warning("%s: dropped %d readout(s) whose channels x samples differ from the %d x %d imaging "
-                    "readouts (%s)", path, n_dropped, n_cha, n_col,
-                    ", ".join(f"{n} of {k}" for k, n in sorted(dropped.items())))
+        log.warning(
+            "%s: dropped %d readout(s) whose channels x samples differ from the %d x %d imaging "
+            "readouts (%s)",
+            path,
+            n_dropped,
+            n_cha,
+            n_col,
+            ", ".join(f"{n} of {k}" for k, n in sorted(dropped.items())),
+        )
     if stats["truncated"] or stats["corrupt_at"] is not None:
-        log.warning("%s: %s; kept the %d complete imaging readouts before that point",
-                    path, stats["stop_reason"], len(keep))
-    return dict(path=path, ve=ve, hv=hv, data=data, eco=eco, lin=lin, noise=noise_arr,
-                n_noise_scans=len(noise_m), n_other=n_other, dropped=dropped, n_dropped=n_dropped,
-                stats=stats, n_cha=n_cha, n_col=n_col)
+        log.warning(
+            "%s: %s; kept the %d complete imaging readouts before that point",
+            path,
+            stats["stop_reason"],
+            len(keep),
+        )
+    return dict(
+        path=path,
+        ve=ve,
+        hv=hv,
+        data=data,
+        eco=eco,
+        lin=lin,
+        noise=noise_arr,
+        n_noise_scans=len(noise_m),
+        n_other=n_other,
+        dropped=dropped,
+        n_dropped=n_dropped,
+        stats=stats,
+        n_cha=n_cha,
+        n_col=n_col,
+    )
 
 
 def _assign_echoes(r: dict, echo_from: str, n_echoes: int | None) -> tuple[np.ndarray, np.ndarray, list]:
@@ -357,9 +408,12 @@ def _assign_echoes(r: dict, echo_from: str, n_echoes: int | None) -> tuple[np.nd
         n = n_echoes if n_echoes is not None else (max(found) + 1)
         if n_echoes is None and n_con and n != n_con:
             raise RawDataError(
-                f"the Eco counter gives {n} echo(es) (values {found[:8]}) but the header lists lContrasts = {n_con}"
+                f"the Eco counter gives {n} echo(es) (values {found[:8]}) but the header lists "
+                f"lContrasts = {n_con}"
                 " echo time(s); read with echo_from='order' and n_echoes (CLI: --echo-from order --echoes N)"
-                " if the sequence does not set the Eco counter", path)
+                " if the sequence does not set the Eco counter",
+                path,
+            )
         extra = eco >= n
         if extra.any():
             notes.append(f"dropped {int(extra.sum())} readout(s) with Eco >= {n}")
@@ -376,20 +430,26 @@ def _assign_echoes(r: dict, echo_from: str, n_echoes: int | None) -> tuple[np.nd
     counts = [len(g) for g in groups]
     m = min(counts)
     if m == 0:
-        raise RawDataError(f"echo(es) {[e for e, c in enumerate(counts) if c == 0]} have no readouts "
-                           f"(readouts per echo: {counts})", path)
+        raise RawDataError(
+            f"echo(es) {[e for e, c in enumerate(counts) if c == 0]} have no readouts "
+            f"(readouts per echo: {counts})",
+            path,
+        )
     if len(set(counts)) > 1:
         notes.append(f"unequal readouts per echo {counts}: kept the first {m} of each")
-        log.warning("%s: unequal readouts per echo %s (truncated?): kept the first %d of each", path, counts, m)
+        log.warning(
+            "%s: unequal readouts per echo %s (truncated?): kept the first %d of each", path, counts, m
+        )
     groups = [g[:m] for g in groups]
-    out = np.stack([data[g] for g in groups])              # (echo, proj, coil, sample)
+    out = np.stack([data[g] for g in groups])  # (echo, proj, coil, sample)
     out = np.ascontiguousarray(out.transpose(0, 2, 1, 3))  # (echo, coil, proj, sample)
     pidx = np.stack([proj[g] for g in groups])
     return out, pidx, notes
 
 
-def _acquisition_from(r: dict, data: np.ndarray, pidx: np.ndarray, notes: list[str],
-                      te_override: Sequence[float] | None) -> Acquisition:
+def _acquisition_from(
+    r: dict, data: np.ndarray, pidx: np.ndarray, notes: list[str], te_override: Sequence[float] | None
+) -> Acquisition:
     hv = r["hv"]
     n = data.shape[0]
     te = list(hv["te_s"])
@@ -404,32 +464,74 @@ def _acquisition_from(r: dict, data: np.ndarray, pidx: np.ndarray, notes: list[s
             te = src[:n]
         else:
             te = (te + [math.nan] * n)[:n]
-        log.warning("%s: the header lists %d echo time(s) (lContrasts) for %d echoes read; using %s s",
-                    r["path"], hv["n_contrasts"], n, te)
+        log.warning(
+            "%s: the header lists %d echo time(s) (lContrasts) for %d echoes read; using %s s",
+            r["path"],
+            hv["n_contrasts"],
+            n,
+            te,
+        )
         notes.append("echo times not all from lContrasts")
-    header = {k: hv[k] for k in ("software", "baseline", "format", "protocol", "sequence", "wip_long",
-                                 "wip_double", "kspace", "coil", "readout_os", "averages", "ti_s",
-                                 "dwell_per_echo_s", "n_contrasts")}
+    header = {
+        k: hv[k]
+        for k in (
+            "software",
+            "baseline",
+            "format",
+            "protocol",
+            "sequence",
+            "wip_long",
+            "wip_double",
+            "kspace",
+            "coil",
+            "readout_os",
+            "averages",
+            "ti_s",
+            "dwell_per_echo_s",
+            "n_contrasts",
+        )
+    }
     if "wip_string" in hv:
         header["wip_string"] = hv["wip_string"]
     header.update(
-        n_noise_scans=r["n_noise_scans"], dropped_adcs=r["n_dropped"], dropped_shapes=r["dropped"],
-        n_syncdata=r["stats"]["n_syncdata"], n_other_scans=r["n_other"], truncated=bool(r["stats"]["truncated"]),
-        corrupt_at=r["stats"]["corrupt_at"], notes=notes, readouts_per_echo=int(data.shape[2]),
+        n_noise_scans=r["n_noise_scans"],
+        dropped_adcs=r["n_dropped"],
+        dropped_shapes=r["dropped"],
+        n_syncdata=r["stats"]["n_syncdata"],
+        n_other_scans=r["n_other"],
+        truncated=bool(r["stats"]["truncated"]),
+        corrupt_at=r["stats"]["corrupt_at"],
+        notes=notes,
+        readouts_per_echo=int(data.shape[2]),
     )
     dw = hv["dwell_per_echo_s"]
     if len(set(dw[:n])) > 1:
         log.warning("%s: dwell times differ between echoes %s s; using the first", r["path"], dw[:n])
     return Acquisition(
-        data=data, te_s=tuple(te), tr_s=hv["tr_s"], flip_deg=hv["flip_deg"], dwell_s=hv["dwell_s"],
-        nucleus=hv["nucleus"], frequency_hz=hv["frequency_hz"], field_t=hv["field_t"], projection_index=pidx,
-        noise=r["noise"], fov_m=hv["fov_m"], matrix=hv["matrix"], geometry=hv["geometry"], header=header,
+        data=data,
+        te_s=tuple(te),
+        tr_s=hv["tr_s"],
+        flip_deg=hv["flip_deg"],
+        dwell_s=hv["dwell_s"],
+        nucleus=hv["nucleus"],
+        frequency_hz=hv["frequency_hz"],
+        field_t=hv["field_t"],
+        projection_index=pidx,
+        noise=r["noise"],
+        fov_m=hv["fov_m"],
+        matrix=hv["matrix"],
+        geometry=hv["geometry"],
+        header=header,
         sources=(str(r["path"]),),
     )
 
 
-def read_twix(paths: str | os.PathLike | Sequence[str | os.PathLike], echo_from: str = "eco",
-              n_echoes: int | None = None, te_s: Sequence[float] | None = None) -> Acquisition:
+def read_twix(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    echo_from: str = "eco",
+    n_echoes: int | None = None,
+    te_s: Sequence[float] | None = None,
+) -> Acquisition:
     """Read one Siemens twix file (or one file per echo) into an :class:`Acquisition`.
 
     Parameters
@@ -474,11 +576,13 @@ def read_twix(paths: str | os.PathLike | Sequence[str | os.PathLike], echo_from:
         if a.nucleus != first.nucleus:
             diffs.append(f"nucleus {first.nucleus} vs {a.nucleus}")
         if not math.isclose(a.dwell_s, first.dwell_s, rel_tol=1e-9, abs_tol=0) and not (
-                math.isnan(a.dwell_s) and math.isnan(first.dwell_s)):
+            math.isnan(a.dwell_s) and math.isnan(first.dwell_s)
+        ):
             diffs.append(f"dwell {first.dwell_s} vs {a.dwell_s} s")
         if diffs:
-            raise RawDataError(f"cannot combine with {first.sources[0]} as echoes: " + "; ".join(diffs),
-                               a.sources[0])
+            raise RawDataError(
+                f"cannot combine with {first.sources[0]} as echoes: " + "; ".join(diffs), a.sources[0]
+            )
     te = [t for a in accs for t in a.te_s]
     if te_s is not None:
         te = [float(t) for t in te_s]
@@ -491,10 +595,20 @@ def read_twix(paths: str | os.PathLike | Sequence[str | os.PathLike], echo_from:
     header["truncated"] = any(a.header["truncated"] for a in accs)
     header["notes"] = [n for a in accs for n in a.header["notes"]]
     return Acquisition(
-        data=np.concatenate([a.data for a in accs], axis=0), te_s=tuple(te), tr_s=first.tr_s,
-        flip_deg=first.flip_deg, dwell_s=first.dwell_s, nucleus=first.nucleus, frequency_hz=first.frequency_hz,
-        field_t=first.field_t, projection_index=np.concatenate([a.projection_index for a in accs], axis=0),
-        noise=first.noise, fov_m=first.fov_m, matrix=first.matrix, geometry=first.geometry, header=header,
+        data=np.concatenate([a.data for a in accs], axis=0),
+        te_s=tuple(te),
+        tr_s=first.tr_s,
+        flip_deg=first.flip_deg,
+        dwell_s=first.dwell_s,
+        nucleus=first.nucleus,
+        frequency_hz=first.frequency_hz,
+        field_t=first.field_t,
+        projection_index=np.concatenate([a.projection_index for a in accs], axis=0),
+        noise=first.noise,
+        fov_m=first.fov_m,
+        matrix=first.matrix,
+        geometry=first.geometry,
+        header=header,
         sources=tuple(a.sources[0] for a in accs),
     )
 

@@ -107,7 +107,7 @@ def protocol_yaps(acq: Acquisition, layout: str = "VE", extra_yaps: dict | None 
         if v != 0:
             y[f"sSliceArray.asSlice[0].sNormal.{k}"] = float(v)
     if rot != 0:
-        y[f"sSliceArray.asSlice[0].dInPlaneRot"] = float(rot)
+        y["sSliceArray.asSlice[0].dInPlaneRot"] = float(rot)
     wip = "sWiPMemBlock" if layout.upper() == "VB" else "sWipMemBlock"
     for i, v in sorted((h.get("wip_long") or {}).items()):
         y[f"{wip}.alFree[{int(i)}]"] = int(v)
@@ -118,22 +118,37 @@ def protocol_yaps(acq: Acquisition, layout: str = "VE", extra_yaps: dict | None 
 
 
 def _hdr_str(yaps: dict, software: str, acq: Acquisition, patient_position: str, min_len: int) -> np.ndarray:
-    asc = "\n".join(["### ASCCONV BEGIN object=MrProtDataImpl@MrProtocolData version=51130001 ###"]
-                    + [f"{k}\t = \t{_fmt(v)}" for k, v in yaps.items()] + ["### ASCCONV END ###", ""])
-    dicom = ("<XProtocol> \n{\n"
-             f'  <ParamString."SoftwareVersions">  {{ "{software}"  }}\n'
-             f'  <ParamLong."lFrequency">  {{ {int(round(acq.frequency_hz))}  }}\n'
-             f'  <ParamDouble."flMagneticFieldStrength">  {{ <Precision> 6  {acq.field_t!r}  }}\n'
-             "}\n")
-    meas = ("<XProtocol> \n{\n"
-            f'  <ParamString."tPatientPosition">  {{ "{patient_position}"  }}\n'
-            f'  <ParamString."ResonantNucleus">  {{ "{acq.nucleus}"  }}\n'
-            "}\n" + asc)
+    asc = "\n".join(
+        ["### ASCCONV BEGIN object=MrProtDataImpl@MrProtocolData version=51130001 ###"]
+        + [f"{k}\t = \t{_fmt(v)}" for k, v in yaps.items()]
+        + ["### ASCCONV END ###", ""]
+    )
+    dicom = (
+        "<XProtocol> \n{\n"
+        f'  <ParamString."SoftwareVersions">  {{ "{software}"  }}\n'
+        f'  <ParamLong."lFrequency">  {{ {int(round(acq.frequency_hz))}  }}\n'
+        f'  <ParamDouble."flMagneticFieldStrength">  {{ <Precision> 6  {acq.field_t!r}  }}\n'
+        "}\n"
+    )
+    meas = (
+        "<XProtocol> \n{\n"
+        f'  <ParamString."tPatientPosition">  {{ "{patient_position}"  }}\n'
+        f'  <ParamString."ResonantNucleus">  {{ "{acq.nucleus}"  }}\n'
+        "}\n" + asc
+    )
     config = '<XProtocol> \n{\n  <ParamString."chronSliceIndices">  { "0 -1"  }\n}\n'
-    bufs = {"Config": config, "Dicom": dicom, "Meas": meas, "MeasYaps": asc, "Phoenix": asc,
-            "Spice": "<XProtocol> \n{\n}\n"}
-    body = b"".join(n.encode() + b"\0" + struct.pack("<I", len(t.encode("latin1")) + 1) + t.encode("latin1") + b"\0"
-                    for n, t in bufs.items())
+    bufs = {
+        "Config": config,
+        "Dicom": dicom,
+        "Meas": meas,
+        "MeasYaps": asc,
+        "Phoenix": asc,
+        "Spice": "<XProtocol> \n{\n}\n",
+    }
+    body = b"".join(
+        n.encode() + b"\0" + struct.pack("<I", len(t.encode("latin1")) + 1) + t.encode("latin1") + b"\0"
+        for n, t in bufs.items()
+    )
     hdr_len = max(min_len, (8 + len(body) + 31) // 32 * 32)
     blob = struct.pack("<II", hdr_len, len(bufs)) + body
     return np.frombuffer(blob + b"\0" * (hdr_len - len(blob)), dtype="S1").copy()
@@ -147,7 +162,7 @@ def _adc_list(acq: Acquisition):
         if noise.ndim != 2 or noise.shape[0] != acq.n_coils:
             raise InputError(f"noise must be (n_coils={acq.n_coils}, n_samples), got {noise.shape}")
         for s in range(0, noise.shape[1], _NOISE_CHUNK):
-            out.append((noise[:, s:s + _NOISE_CHUNK], {}, ("NOISEADJSCAN",)))
+            out.append((noise[:, s : s + _NOISE_CHUNK], {}, ("NOISEADJSCAN",)))
     pidx = np.asarray(acq.projection_index)
     if pidx.size and (pidx.min() < 0 or pidx.max() > 65535):
         raise InputError("projection indices must lie in 0..65535 to fit the Lin counter")
@@ -164,8 +179,13 @@ def _adc_list(acq: Acquisition):
     return out
 
 
-def write_twix(acq: Acquisition, path: str | os.PathLike, layout: str = "VE",
-               extra_yaps: dict | None = None, overwrite: bool = True) -> None:
+def write_twix(
+    acq: Acquisition,
+    path: str | os.PathLike,
+    layout: str = "VE",
+    extra_yaps: dict | None = None,
+    overwrite: bool = True,
+) -> None:
     """Write ``acq`` as a twix file.
 
     Parameters

@@ -28,8 +28,8 @@ process. SigPy has no plan (it grids with numba, one thread).
 
 Usage::
 
-    python benchmarks/nufft_cpu.py [--quick] [--repeats 7] [--slow-repeats 3] [--eps 1e-4] [--out results.json]
-        [--impl narecon finufft-default ...] [--no-memory] [--threads N]
+    python benchmarks/nufft_cpu.py [--quick] [--repeats 7] [--slow-repeats 3] [--eps 1e-4]
+        [--out results.json] [--impl narecon finufft-default ...] [--no-memory] [--threads N]
 
 Why by hand: no library benchmarks NUFFT peers against each other with a common convention;
 the .cfl reader/writer is 10 lines (BART's python helper is not packaged in Debian's bart).
@@ -124,7 +124,9 @@ class FinufftDirect(Impl):
         import finufft
 
         n = np.asarray(self.shape, dtype=np.float64)
-        pts = [np.ascontiguousarray((2 * np.pi * self.kgrid[:, d] / n[d]).astype(np.float32)) for d in range(3)]
+        pts = [
+            np.ascontiguousarray((2 * np.pi * self.kgrid[:, d] / n[d]).astype(np.float32)) for d in range(3)
+        ]
         kw = dict(nthreads=self.threads, modeord=0)
         if self.upsampfac is not None:
             kw["upsampfac"] = self.upsampfac
@@ -175,7 +177,9 @@ class MriNufft(Impl):
 
 class Sigpy(Impl):
     name = "sigpy"
-    convention = "forward exp(-i 2 pi k.r) / sqrt(N^3) (orthonormal): ours = sigpy * sqrt(N^3), both directions"
+    convention = (
+        "forward exp(-i 2 pi k.r) / sqrt(N^3) (orthonormal): ours = sigpy * sqrt(N^3), both directions"
+    )
     threads_used = "1 (numba, not parallel)"
 
     def setup(self):
@@ -244,7 +248,9 @@ class Bart(Impl):
         self.dir = Path(tempfile.mkdtemp(prefix="narecon_bench_bart_", dir=root))
         self.nproj, self.nsamp = self.kshape
         # traj dims (3, samples, projections): C order (proj, samp, 3) is that layout
-        write_cfl(self.dir / "traj", self.kgrid.reshape(self.nproj, self.nsamp, 3), (3, self.nsamp, self.nproj))
+        write_cfl(
+            self.dir / "traj", self.kgrid.reshape(self.nproj, self.nsamp, 3), (3, self.nsamp, self.nproj)
+        )
         self.scale = np.sqrt(self.n_vox)
         self.env = dict(os.environ, OMP_NUM_THREADS=str(self.threads))
         self.threads_used = f"{self.threads} (OpenMP)"
@@ -253,7 +259,9 @@ class Bart(Impl):
         self.version = subprocess.run([BART, "version"], capture_output=True, text=True).stdout.strip()
 
     def _run(self, args, inputs):
-        proc = subprocess.Popen([BART, *args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [BART, *args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         _, status, ru = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
@@ -272,13 +280,18 @@ class Bart(Impl):
 
     def forward(self, x):
         d = self.dir
-        self._run(["nufft", *self.flags, str(d / "traj"), str(d / "img"), str(d / "ksp_out")], ["traj", "img"])
+        self._run(
+            ["nufft", *self.flags, str(d / "traj"), str(d / "img"), str(d / "ksp_out")], ["traj", "img"]
+        )
         return d / "ksp_out"
 
     def adjoint(self, y):
         d = self.dir
         dims = ":".join(str(n) for n in self.shape)
-        self._run(["nufft", "-a", *self.flags, "-d", dims, str(d / "traj"), str(d / "ksp"), str(d / "img_out")], ["traj", "ksp"])
+        self._run(
+            ["nufft", "-a", *self.flags, "-d", dims, str(d / "traj"), str(d / "ksp"), str(d / "img_out")],
+            ["traj", "ksp"],
+        )
         return d / "img_out"
 
     def fwd_ours(self, raw):
@@ -341,9 +354,16 @@ def make_problem(quick: bool, seed: int = 0):
     m = traj.k.shape[0] * traj.k.shape[1]
     y = (rng.standard_normal(m) + 1j * rng.standard_normal(m)).astype(np.complex64)
     k = np.ascontiguousarray(traj.k.reshape(-1, 3), dtype=np.float64)
-    return dict(k=k, kshape=traj.k.shape[:2], shape=shape, fov=float(traj.fov_m[0]), x=x, y=y,
-                desc=f"TPI fov 224 mm, res {res * 1e3:g} mm, p 0.3, Gmax 4 mT/m, dwell 10 us: "
-                f"{traj.k.shape[0]} x {traj.k.shape[1]} = {m / 1e6:.2f} M samples onto {shape}")
+    return dict(
+        k=k,
+        kshape=traj.k.shape[:2],
+        shape=shape,
+        fov=float(traj.fov_m[0]),
+        x=x,
+        y=y,
+        desc=f"TPI fov 224 mm, res {res * 1e3:g} mm, p 0.3, Gmax 4 mT/m, dwell 10 us: "
+        f"{traj.k.shape[0]} x {traj.k.shape[1]} = {m / 1e6:.2f} M samples onto {shape}",
+    )
 
 
 def exact_reference(prob, n_samples=64, n_voxels=6, seed=1):
@@ -410,17 +430,34 @@ def memory_child(name, workdir, eps, threads) -> dict:
 
 def measure_memory(names, prob, eps, threads) -> dict:
     out = {}
-    with tempfile.TemporaryDirectory(prefix="narecon_bench_mem_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as td:
+    with tempfile.TemporaryDirectory(
+        prefix="narecon_bench_mem_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    ) as td:
         d = Path(td)
         np.save(d / "k.npy", prob["k"])
         np.save(d / "x.npy", prob["x"])
         np.save(d / "y.npy", prob["y"])
-        (d / "meta.json").write_text(json.dumps({"kshape": list(prob["kshape"]), "shape": list(prob["shape"]), "fov": prob["fov"]}))
+        (d / "meta.json").write_text(
+            json.dumps({"kshape": list(prob["kshape"]), "shape": list(prob["shape"]), "fov": prob["fov"]})
+        )
         for name in names:
-            cmd = [sys.executable, __file__, "--_memory-child", name, "--_workdir", td, "--eps", repr(eps), "--threads", str(threads)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--_memory-child",
+                name,
+                "--_workdir",
+                td,
+                "--eps",
+                repr(eps),
+                "--threads",
+                str(threads),
+            ]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
-                out[name] = {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"rc {r.returncode}"}
+                out[name] = {
+                    "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"rc {r.returncode}"
+                }
             else:
                 out[name] = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"  memory {name:16s} {out[name]}", flush=True)
@@ -453,9 +490,15 @@ def machine_description(threads) -> dict:
         vers["mri-nufft"] = version("mri-nufft")
     except Exception:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "load_avg_start": os.getloadavg(),
-            "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "platform": platform.platform(), "versions": vers}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "load_avg_start": os.getloadavg(),
+        "mem_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "platform": platform.platform(),
+        "versions": vers,
+    }
 
 
 def run(args) -> dict:
@@ -475,11 +518,16 @@ def run(args) -> dict:
     prob = make_problem(args.quick)
     print(prob["desc"], f"(trajectory {time.perf_counter() - t0:.1f} s)", flush=True)
     machine = machine_description(threads)
-    print("machine:", machine["cpu"], f"{machine['cores']} cores, load {machine['load_avg_start']}", flush=True)
+    print(
+        "machine:", machine["cpu"], f"{machine['cores']} cores, load {machine['load_avg_start']}", flush=True
+    )
 
     t0 = time.perf_counter()
     idx, vox, ref_f, ref_a = exact_reference(prob)
-    print(f"exact NUDFT reference at {len(idx)} samples / {len(vox)} voxels: {time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+        f"exact NUDFT reference at {len(idx)} samples / {len(vox)} voxels: {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
 
     impls, res = {}, {}
     for n in names:
@@ -495,12 +543,23 @@ def run(args) -> dict:
         out_a = impl.adj_ours(impl.adjoint(prob["y"]))
         ea, aa = compare(out_a[tuple(vox.T)], ref_a)
         impls[n] = impl
-        res[n] = {"setup_s": setup_s, "err_forward": ef, "err_adjoint": ea,
-                  "alpha_forward": [abs(af), float(np.angle(af))], "alpha_adjoint": [abs(aa), float(np.angle(aa))],
-                  "convention": impl.convention, "threads": impl.threads_used, "info": impl.info(),
-                  "forward_s": [], "adjoint_s": []}
-        print(f"  {n:16s} set-up {setup_s:6.2f} s  err fwd {ef:.2e} adj {ea:.2e}  "
-              f"|alpha| {abs(af):.4f}/{abs(aa):.4f}  {impl.info()}", flush=True)
+        res[n] = {
+            "setup_s": setup_s,
+            "err_forward": ef,
+            "err_adjoint": ea,
+            "alpha_forward": [abs(af), float(np.angle(af))],
+            "alpha_adjoint": [abs(aa), float(np.angle(aa))],
+            "convention": impl.convention,
+            "threads": impl.threads_used,
+            "info": impl.info(),
+            "forward_s": [],
+            "adjoint_s": [],
+        }
+        print(
+            f"  {n:16s} set-up {setup_s:6.2f} s  err fwd {ef:.2e} adj {ea:.2e}  "
+            f"|alpha| {abs(af):.4f}/{abs(aa):.4f}  {impl.info()}",
+            flush=True,
+        )
 
     rng = np.random.default_rng(2)
     for r in range(args.repeats):
@@ -513,8 +572,11 @@ def run(args) -> dict:
                 t = time.perf_counter()
                 getattr(impl, op)(arg)
                 res[n][f"{op}_s"].append(time.perf_counter() - t)
-        print(f"  round {r + 1}/{args.repeats}: " + ", ".join(
-            f"{n} {res[n]['forward_s'][-1]:.2f}/{res[n]['adjoint_s'][-1]:.2f}" for n in order), flush=True)
+        print(
+            f"  round {r + 1}/{args.repeats}: "
+            + ", ".join(f"{n} {res[n]['forward_s'][-1]:.2f}/{res[n]['adjoint_s'][-1]:.2f}" for n in order),
+            flush=True,
+        )
     for impl in impls.values():
         if isinstance(impl, Bart):
             res[impl.name]["bart_maxrss_kb_in_timing"] = impl.maxrss_kb
@@ -543,18 +605,28 @@ def run(args) -> dict:
             if ref and "peak_kb" in mem[n]:
                 res[n]["memory_ratio"] = mem[n]["peak_kb"] / ref
     machine["load_avg_end"] = os.getloadavg()
-    return {"problem": prob["desc"], "eps": args.eps, "dtype": "complex64", "repeats": args.repeats,
-            "slow_repeats": min(args.slow_repeats, args.repeats),
-            "machine": machine, "finufft_best": best, "skipped": skipped, "results": res,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {
+        "problem": prob["desc"],
+        "eps": args.eps,
+        "dtype": "complex64",
+        "repeats": args.repeats,
+        "slow_repeats": min(args.slow_repeats, args.repeats),
+        "machine": machine,
+        "finufft_best": best,
+        "skipped": skipped,
+        "results": res,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def table(out: dict) -> str:
     """Markdown table of the results."""
     res = out["results"]
-    rows = ["| implementation | forward s (median, min-max) | ratio | adjoint s (median, min-max) | ratio "
-            "| set-up s | rel. err fwd / adj vs exact DFT | peak MB | mem ratio | threads |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| implementation | forward s (median, min-max) | ratio | adjoint s (median, min-max) | ratio "
+        "| set-up s | rel. err fwd / adj vs exact DFT | peak MB | mem ratio | threads |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for n, r in res.items():
         mem = r.get("memory", {})
         mb = f"{mem['peak_kb'] / 1024:.0f}" if "peak_kb" in mem else mem.get("error", "-")
@@ -564,7 +636,8 @@ def table(out: dict) -> str:
             f"| {r['adjoint_median_s']:.3f} ({r['adjoint_min_s']:.3f}-{r['adjoint_max_s']:.3f}) "
             f"| {r.get('adjoint_ratio', float('nan')):.2f} | {r['setup_s']:.2f} "
             f"| {r['err_forward']:.1e} / {r['err_adjoint']:.1e} | {mb} "
-            f"| {r.get('memory_ratio', float('nan')):.2f} | {r['threads']} |")
+            f"| {r.get('memory_ratio', float('nan')):.2f} | {r['threads']} |"
+        )
     return "\n".join(rows)
 
 
@@ -574,16 +647,33 @@ def write_outputs(out: dict, path: Path) -> None:
     js = path if path.suffix == ".json" else path.with_suffix(".json")
     with atomic_file(js) as tmp:
         tmp.write_text(json.dumps(out, indent=1))
-    cols = ["implementation", "forward_median_s", "forward_min_s", "forward_max_s", "forward_ratio",
-            "adjoint_median_s", "adjoint_min_s", "adjoint_max_s", "adjoint_ratio", "setup_s",
-            "err_forward", "err_adjoint", "peak_mb", "memory_ratio", "threads"]
+    cols = [
+        "implementation",
+        "forward_median_s",
+        "forward_min_s",
+        "forward_max_s",
+        "forward_ratio",
+        "adjoint_median_s",
+        "adjoint_min_s",
+        "adjoint_max_s",
+        "adjoint_ratio",
+        "setup_s",
+        "err_forward",
+        "err_adjoint",
+        "peak_mb",
+        "memory_ratio",
+        "threads",
+    ]
     with atomic_file(js.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(cols)
         for n, r in out["results"].items():
             mem = r.get("memory", {})
-            w.writerow([n] + [r.get(c, "") for c in cols[1:12]]
-                       + [mem["peak_kb"] / 1024 if "peak_kb" in mem else "", r.get("memory_ratio", ""), r["threads"]])
+            w.writerow(
+                [n]
+                + [r.get(c, "") for c in cols[1:12]]
+                + [mem["peak_kb"] / 1024 if "peak_kb" in mem else "", r.get("memory_ratio", ""), r["threads"]]
+            )
     print(f"wrote {js} and {js.with_suffix('.csv')}")
 
 
@@ -591,11 +681,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="32^3 TPI (7 mm) instead of 64^3")
     ap.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (default 7)")
-    ap.add_argument("--slow-repeats", type=int, default=3,
-                    help="rounds that include the slow peers (SigPy, BART; default 3)")
+    ap.add_argument(
+        "--slow-repeats",
+        type=int,
+        default=3,
+        help="rounds that include the slow peers (SigPy, BART; default 3)",
+    )
     ap.add_argument("--eps", type=float, default=1e-4, help="requested accuracy (default 1e-4)")
-    ap.add_argument("--threads", type=int, default=0, help="threads (default: all cores this process may use)")
-    ap.add_argument("--impl", nargs="+", default=ALL_IMPLS, help=f"implementations (default: {' '.join(ALL_IMPLS)}; also {' '.join(OTHER_IMPLS)})")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="threads (default: all cores this process may use)"
+    )
+    ap.add_argument(
+        "--impl",
+        nargs="+",
+        default=ALL_IMPLS,
+        help=f"implementations (default: {' '.join(ALL_IMPLS)}; also {' '.join(OTHER_IMPLS)})",
+    )
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--out", type=Path, help="results file (.json; a .csv with the same stem is written too)")
     ap.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
@@ -604,12 +705,19 @@ def main(argv=None) -> int:
     if args.memory_child:
         from recon.nufft.operator import default_threads
 
-        print(json.dumps(memory_child(args.memory_child, args.workdir, args.eps, args.threads or default_threads())))
+        print(
+            json.dumps(
+                memory_child(args.memory_child, args.workdir, args.eps, args.threads or default_threads())
+            )
+        )
         return 0
     out = run(args)
     print()
-    print(out["problem"], f"eps {out['eps']:g}, complex64, {out['repeats']} interleaved rounds;",
-          f"ratios vs finufft best {out['finufft_best']}")
+    print(
+        out["problem"],
+        f"eps {out['eps']:g}, complex64, {out['repeats']} interleaved rounds;",
+        f"ratios vs finufft best {out['finufft_best']}",
+    )
     print(table(out))
     if args.out:
         write_outputs(out, args.out)

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""finufft upsampling-factor and thread sweep on the TPI problem: the evidence for
+recon.nufft.finufft_backend.choose_upsampfac.
+
+For each requested accuracy, times finufft's type 2 (forward) and type 1 (adjoint) in complex64
+with its default choice and with fixed upsampling factors, interleaved over rounds (random order
+per round), and prints the median seconds and the ratio to the fastest configuration, next to
+what choose_upsampfac picks.
+
+    python benchmarks/finufft_upsampfac.py [--quick] [--eps 1e-3 1e-4 1e-6] [--upsampfac 1.25 1.5 2]
+        [--threads 1 2] [--repeats 5] [--out sweep.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import finufft
+    from nufft_cpu import make_problem  # sibling module
+
+    from recon.nufft.finufft_backend import choose_upsampfac
+    from recon.nufft.operator import default_threads
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--eps", type=float, nargs="+", default=[1e-3, 1e-4, 1e-6])
+    ap.add_argument("--upsampfac", type=float, nargs="+", default=[1.25, 1.5, 1.75, 2.0])
+    ap.add_argument("--threads", type=int, nargs="+", default=[default_threads()])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+
+    prob = make_problem(args.quick)
+    print(prob["desc"], flush=True)
+    shape = prob["shape"]
+    n = np.asarray(shape, dtype=np.float64)
+    kg = prob["k"] * prob["fov"]
+    pts = [np.ascontiguousarray((2 * np.pi * kg[:, d] / n[d]).astype(np.float32)) for d in range(3)]
+    x, y = prob["x"], prob["y"]
+    configs = []
+    for eps in args.eps:
+        for th in args.threads:
+            for uf in [None, *args.upsampfac]:
+                kw = dict(nthreads=th, modeord=0)
+                if uf is not None:
+                    kw["upsampfac"] = uf
+                p2 = finufft.Plan(2, shape, 1, eps, -1, dtype="complex64", **kw)
+                p2.setpts(*pts)
+                p1 = finufft.Plan(1, shape, 1, eps, +1, dtype="complex64", **kw)
+                p1.setpts(*pts)
+                configs.append(dict(eps=eps, threads=th, upsampfac=uf, p2=p2, p1=p1, fwd=[], adj=[]))
+    rng = np.random.default_rng(0)
+    for r in range(args.repeats):
+        for i in rng.permutation(len(configs)):
+            c = configs[i]
+            t = time.perf_counter()
+            c["p2"].execute(x)
+            c["fwd"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            c["p1"].execute(y)
+            c["adj"].append(time.perf_counter() - t)
+        print(f"round {r + 1}/{args.repeats}", flush=True)
+    rows = []
+    for eps in args.eps:
+        group = [c for c in configs if c["eps"] == eps]
+        best = {op: min(np.median(c[op]) for c in group) for op in ("fwd", "adj")}
+        pick = choose_upsampfac(len(kg), shape)
+        print(f"\neps {eps:g}: choose_upsampfac picks {pick or 'finufft default'}")
+        print("| threads | upsampfac | forward s (min-max) | ratio | adjoint s (min-max) | ratio |")
+        print("|---|---|---|---|---|---|")
+        for c in group:
+            f, a = np.median(c["fwd"]), np.median(c["adj"])
+            fr = f"{min(c['fwd']):.3f}-{max(c['fwd']):.3f}"
+            ar = f"{min(c['adj']):.3f}-{max(c['adj']):.3f}"
+            print(
+                f"| {c['threads']} | {c['upsampfac'] or 'default'} | {f:.3f} ({fr}) | {f / best['fwd']:.2f} "
+                f"| {a:.3f} ({ar}) | {a / best['adj']:.2f} |"
+            )
+            rows.append({k: c[k] for k in ("eps", "threads", "upsampfac", "fwd", "adj")})
+    if args.out:
+        args.out.write_text(json.dumps({"problem": prob["desc"], "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -203,3 +203,18 @@ def test_mricron_voi_and_bad_files(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), A), tmp_path / "four_d.nii.gz")
     with pytest.raises(InputError, match="3-D volume"):
         R.load_image(tmp_path / "four_d.nii.gz")
+
+
+def test_reference_tissue_from_several_rois():
+    vol = np.full((16, 16, 16), 40.0)
+    vol[12:, :, :] = 100.0
+    vol[:4, :, :] = 140.0
+    img = R.Image(vol, iso_affine(), "img")
+    rois = [
+        R.SphereROI("CSF1", 2.0, center_vox=(14, 8, 8)),
+        R.SphereROI("csf-2", 2.0, center_vox=(1, 8, 8)),
+        R.SphereROI("White matter", 2.0, center_vox=(8, 8, 8)),
+    ]
+    res = {r.roi: r for r in R.measure([img], rois, ref="CSF")}
+    assert res["White matter"].ratio_ref == pytest.approx(40.0 / 120.0)
+    assert R.tissue_of("White matter") == "WM" and R.tissue_of("csf-2") == "CSF" and R.tissue_of("x") == "x"

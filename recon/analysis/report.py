@@ -25,6 +25,28 @@ FILES = {
     "counts": "sessions_per_timepoint.csv",
 }
 
+EMPTY_COLUMNS = {
+    "ttests": [
+        "test",
+        "measure",
+        "timepoint",
+        "a",
+        "b",
+        "n_pairs",
+        "n_missing",
+        "mean_a",
+        "mean_b",
+        "mean_diff",
+        "sd_diff",
+        "t",
+        "df",
+        "p",
+        "cohen_dz",
+    ],
+    "summary": ["timepoint", "tissue", "measure", "n", "mean", "sd", "min", "max"],
+    "counts": ["timepoint", "lesions_expected", "sessions_measured", "missing"],
+}
+
 
 def fmt(v, nd: int = 2) -> str:
     """Two decimals (or ``nd``) for floats, '' for NaN/None, str otherwise."""
@@ -156,7 +178,8 @@ def write_study_outputs(
     written = {}
     for key, rows in tables.items():
         if rows or key in ("ttests", "summary", "counts"):
-            write_csv(rows, out / FILES[key])
+            cols = None if rows else EMPTY_COLUMNS.get(key)
+            write_csv(rows, out / FILES[key], cols)
             written[key] = FILES[key]
     figs = _figures(data, tables["timecourse"], tables["volumes"], out)
     (out / "report.md").write_text(_markdown(data, tables, written, figs, rise_threshold_mM, sessions_path))

@@ -33,7 +33,8 @@ w_v > 0 and a finite value:
 * ``min``, ``max`` over the contributing voxels (unweighted)
 * ``volume_mm3`` = sum(w) * |det(affine[:3, :3])|; ``n_voxels`` = number of contributing voxels;
   ``weight_sum`` = sum(w)
-* ``ratio_ref`` = mean / mean of the reference ROI (CSF by default) in the same image.
+* ``ratio_ref`` = mean / mean of the reference ROI (CSF by default) in the same image; with
+  several ROIs of the reference tissue (CSF1, CSF2, ...), the mean of their means.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import gzip
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +56,30 @@ log = logging.getLogger("recon.analysis.roi")
 
 SUPERSAMPLE = 32
 """Default sub-voxel grid per axis for boundary voxels of sphere ROIs (s^3 points per voxel)."""
+
+TISSUE_ALIASES = {
+    "tumour": ("tumour", "tumor", "tum"),
+    "contralateral": ("contralateral", "contra", "contralateral_tissue", "contralateral_tumour"),
+    "oedema": ("oedema", "edema", "peritumoral", "peritumoural", "perilesional"),
+    "CSF": ("csf",),
+    "WM": ("wm", "white", "white_matter", "frontal_wm"),
+    "GM": ("gm", "grey", "gray", "grey_matter", "gray_matter", "frontal_gm"),
+}
+
+
+def tissue_of(name: str, explicit: str | None = None) -> str:
+    """Canonical tissue of an ROI: ``explicit`` (the ``tissue`` column) or ``name``, matched with case,
+    spaces/hyphens and a trailing number ignored against :data:`TISSUE_ALIASES` (tumour/tumor,
+    contralateral/contra, oedema/edema/peritumoral, CSF, WM/white matter, GM/grey/gray matter);
+    unknown names map to themselves. ``CSF2`` -> ``CSF``, ``White matter`` -> ``WM``."""
+    raw = (explicit or name).strip()
+    key = re.sub(r"[\s\-]+", "_", raw.lower())
+    key = re.sub(r"_?\d+$", "", key)
+    for tissue, aliases in TISSUE_ALIASES.items():
+        if key in aliases:
+            return tissue
+    return raw
+
 
 STAT_COLUMNS = ("mean", "sd", "min", "max", "volume_mm3", "n_voxels", "weight_sum", "ratio_ref")
 
@@ -421,6 +447,9 @@ def measure(
 ) -> list[RoiResult]:
     """Statistics of every ROI on every image, with the ratio to ROI ``ref`` (None: no ratio).
 
+    The reference is the ROI named ``ref`` (case ignored) or, if there is none, every ROI of
+    that tissue (e.g. CSF1 and CSF2 for CSF; see :func:`tissue_of`), whose means are averaged.
+
     An ROI that does not overlap an image is an :class:`InputError` naming ``source`` (the ROI
     table). A ``ref`` that is not among the ROIs leaves ``ratio_ref`` NaN.
     """
@@ -460,9 +489,12 @@ def measure(
             per_img.append(res)
         if ref is not None:
             refs = [r for r in per_img if r.roi.lower() == ref.lower()]
+            if not refs:
+                refs = [r for r in per_img if tissue_of(r.roi, r.tissue) == tissue_of(ref)]
             if refs:
+                ref_mean = float(np.mean([r.mean for r in refs]))
                 for r in per_img:
-                    r.ratio_ref = r.mean / refs[0].mean if refs[0].mean != 0 else float("nan")
+                    r.ratio_ref = r.mean / ref_mean if ref_mean != 0 else float("nan")
         results.extend(per_img)
     return results
 

@@ -35,7 +35,6 @@ import csv
 import logging
 import math
 import os
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,19 +42,12 @@ from pathlib import Path
 import numpy as np
 
 from recon.analysis import roi as roimod
+from recon.analysis.roi import TISSUE_ALIASES, tissue_of  # noqa: F401  (re-exported)
 from recon.analysis.stats import ellipsoid_volume_mm3, order_timepoints, paired_ttest, timepoint_hours
 from recon.errors import ConfigError, InputError
 
 log = logging.getLogger("recon.analysis.study")
 
-TISSUE_ALIASES = {
-    "tumour": ("tumour", "tumor", "tum"),
-    "contralateral": ("contralateral", "contra", "contralateral_tissue", "contralateral_tumour"),
-    "oedema": ("oedema", "edema", "peritumoral", "peritumoural", "perilesional"),
-    "CSF": ("csf",),
-    "WM": ("wm", "white", "white_matter", "frontal_wm"),
-    "GM": ("gm", "grey", "gray", "grey_matter", "gray_matter", "frontal_gm"),
-}
 LESION_TISSUES = ("tumour", "contralateral", "oedema")
 TISSUE_ORDER = ("tumour", "contralateral", "oedema", "CSF", "WM", "GM")
 COMPARISONS = (("tumour", "contralateral"), ("WM", "GM"), ("tumour", "oedema"))
@@ -72,17 +64,6 @@ _COLUMN_ALIASES = {
     "c": ("c", "slices", "slice_count"),
 }
 REQUIRED = ("subject", "lesion", "timepoint", "path", "rois")
-
-
-def tissue_of(name: str, explicit: str | None = None) -> str:
-    """Canonical tissue for an ROI name (see module docstring); unknown names map to themselves."""
-    raw = (explicit or name).strip()
-    key = re.sub(r"[\s\-]+", "_", raw.lower())
-    key = re.sub(r"_?\d+$", "", key)
-    for tissue, aliases in TISSUE_ALIASES.items():
-        if key in aliases:
-            return tissue
-    return raw
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -49,9 +50,12 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--supersample must be >= 1, got {ss}")
     rois = R.read_roi_table(args.rois)
     ref = None if args.ref.lower() == "none" else args.ref
-    if ref is not None and ref.lower() not in {r.name.lower() for r in rois}:
+    if ref is not None and not any(
+        r.name.lower() == ref.lower() or R.tissue_of(r.name, r.tissue) == R.tissue_of(ref) for r in rois
+    ):
         if args.ref != "CSF":
             raise ConfigError(f"reference ROI {args.ref!r} is not in the ROI table {args.rois}")
+        logging.getLogger("recon.cli").warning("no CSF ROI in %s: the ratio column stays empty", args.rois)
         ref = None
     images = [R.load_image(p, name=p) for p in args.images]
     with stage("ROI statistics"):

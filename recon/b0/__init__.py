@@ -1,0 +1,53 @@
+"""B0 stage: dual-echo field mapping and off-resonance correction.
+
+Sign convention (DESIGN.md): a spin at off-resonance df (Hz) contributes exp(-i 2 pi df (TE + t))
+to the signal, so df = -angle(x2 conj(x1)) / (2 pi (TE2 - TE1)).
+
+Typical use by the pipeline::
+
+    from recon.b0 import estimate_fieldmap, correct
+    plain = gridding(op, data, dcf)                          # (echo, ..., N0, N1, N2)
+    df = estimate_fieldmap(plain[0], plain[1], te[0], te[1])  # Hz, 0 outside support + margin
+    images = correct("tb-cpr", op, data, dcf, te, traj.t, df) # (echo, ..., N0, N1, N2)
+
+Public API
+
+* :func:`estimate_fieldmap` (``smooth`` or ``poly`` regularisation, unwrapping, extrapolation),
+  :func:`support_mask`, :func:`load_fieldmap_nifti` (proton or sodium Hz through both affines),
+  :data:`GAMMA_RATIO_NA_H`.
+* :func:`correct` with the registry :data:`CORRECTIONS`: ``tb-cpr`` (time-binned conjugate
+  phase, default, fast), ``fs-cpr`` (frequency-segmented conjugate phase), ``mfi``
+  (multi-frequency interpolation), ``none``; :func:`register_correction` adds methods.
+* :class:`TimeSegmentedOperator`: forward/adjoint with B0 and optional R2* for iterative
+  reconstruction (Sutton et al. 2003).
+* Segment-count rules: :func:`n_time_bins`, :func:`n_frequency_segments` (see
+  :mod:`recon.b0.segments`).
+"""
+
+from recon.b0.correct import CORRECTIONS, TimeBinnedGridder, correct, mfi_coefficients, register_correction
+from recon.b0.fieldmap import (
+    GAMMA_RATIO_NA_H,
+    estimate_fieldmap,
+    load_fieldmap_nifti,
+    support_mask,
+    unaliased_range_hz,
+)
+from recon.b0.operator import TimeSegmentedOperator
+from recon.b0.segments import DEFAULT_TOL_RAD, n_frequency_segments, n_time_bins
+
+__all__ = [
+    "estimate_fieldmap",
+    "support_mask",
+    "load_fieldmap_nifti",
+    "unaliased_range_hz",
+    "GAMMA_RATIO_NA_H",
+    "correct",
+    "CORRECTIONS",
+    "register_correction",
+    "TimeBinnedGridder",
+    "mfi_coefficients",
+    "TimeSegmentedOperator",
+    "n_time_bins",
+    "n_frequency_segments",
+    "DEFAULT_TOL_RAD",
+]

@@ -1,0 +1,355 @@
+"""Off-resonance correction of gridding reconstructions: one registry of methods, selected by name.
+
+Conjugate-phase target (DESIGN.md sign), per echo e with echo time TE_e::
+
+    x(r) = sum_m w_m y_m exp(+i 2 pi k_m . r) exp(+i 2 pi df(r) (TE_e + t_m))
+
+Methods (:data:`CORRECTIONS`):
+
+* ``none``: plain gridding (the reference for cost and bias).
+* ``tb-cpr`` (default, fast): time-binned conjugate phase. The data are demodulated at the
+  centre frequency f_c of the field map, the samples are binned by readout time into L bins of
+  equal duration, and each bin is gridded once with its own NUFFT plan over only that bin's
+  samples (all bins together are one spreading pass over all samples plus one FFT per bin).
+  Every voxel then forms its own conjugate phase from the bin images::
+
+      x(r) = sum_b exp(+i 2 pi (df(r) - f_c) (TE + tau_b)) X_b(r)
+
+  with tau_b the density-weighted mean time of bin b. No interpolation between frequencies is
+  involved; the only error is the residual phase inside a bin (the rule of
+  :mod:`recon.b0.segments`). Plans are built once and shared by all echoes and coils.
+* ``fs-cpr``: frequency-segmented conjugate phase (Noll et al. 1992; Lu et al. 2010): the data
+  are demodulated at L frequencies f_l, each is gridded (one batched NUFFT call through one
+  plan, in chunks bounded by ``max_batch``), and every voxel interpolates linearly between the
+  two images whose frequencies bracket its df.
+* ``mfi``: multi-frequency interpolation (Man, Pauly & Macovski 1997): the same L images,
+  combined with least-squares coefficients c_l(df) that fit exp(+i 2 pi df t) by
+  sum_l c_l exp(+i 2 pi f_l t) over the echo's sample times t (tabulated on a fine frequency
+  grid and interpolated linearly per voxel).
+
+All methods take the same arguments; ``correct`` is the single entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from recon.b0.operator import sample_times
+from recon.b0.segments import (
+    DEFAULT_TOL_RAD,
+    FREQ_OVERSAMPLING,
+    field_range,
+    n_frequency_segments,
+    n_time_bins,
+)
+from recon.errors import InputError
+from recon.nufft import NUFFT, gridding
+
+log = logging.getLogger(__name__)
+
+CORRECTIONS: dict[str, Callable[..., np.ndarray]] = {}
+"""Registered off-resonance correction methods by name."""
+
+
+def register_correction(name: str):
+    """Register ``f(op, data, dcf, te_s, t_s, fieldmap_hz, n_segments=None, mask=None, **opts)``.
+
+    ``data`` is (n_echo, ..., *op.kshape); the function returns (n_echo, ..., *op.shape).
+    """
+
+    def deco(f):
+        CORRECTIONS[name] = f
+        f.correction_name = name
+        return f
+
+    return deco
+
+
+def correct(
+    method: str,
+    op: NUFFT,
+    data: np.ndarray,
+    dcf: np.ndarray,
+    te_s: Sequence[float],
+    t_s: np.ndarray,
+    fieldmap_hz: np.ndarray,
+    *,
+    n_segments: int | None = None,
+    mask: np.ndarray | None = None,
+    **options,
+) -> np.ndarray:
+    """B0-corrected gridding reconstruction of every echo.
+
+    Parameters
+    ----------
+    method : a name in :data:`CORRECTIONS` (``tb-cpr``, ``fs-cpr``, ``mfi``, ``none``).
+    op : the plain NUFFT of the trajectory.
+    data : k-space data (n_echo, ..., *op.kshape) in value * m^3 (leading axes e.g. coils).
+    dcf : density weights (op.kshape) in 1/m^3.
+    te_s : echo times in s, one per echo.
+    t_s : readout sample times in s from the first ADC sample, (n_samp,) or op.kshape.
+    fieldmap_hz : off-resonance df (N0, N1, N2) in Hz (DESIGN.md sign).
+    n_segments : time bins (tb-cpr) or frequencies (fs-cpr, mfi); default by the documented rule.
+    mask : voxels whose field values set the segment rule (default: all voxels).
+    options : method options (``tol_rad`` for tb-cpr, ``oversampling`` and ``max_batch`` for
+        fs-cpr/mfi).
+
+    Returns
+    -------
+    Complex images (n_echo, ..., N0, N1, N2) in the object's units (DESIGN.md unit chain).
+    """
+    if method not in CORRECTIONS:
+        raise InputError(f"unknown B0 correction {method!r}; choose one of {sorted(CORRECTIONS)}")
+    data = np.asarray(data)
+    te = np.atleast_1d(np.asarray(te_s, dtype=np.float64))
+    nk = len(op.kshape)
+    if data.ndim < nk + 1 or tuple(data.shape[data.ndim - nk :]) != tuple(op.kshape):
+        raise InputError(
+            f"data must have shape (n_echo, ..., {', '.join(map(str, op.kshape))}), got {data.shape}"
+        )
+    if len(te) != data.shape[0]:
+        raise InputError(f"{len(te)} echo times for {data.shape[0]} echoes in the data")
+    f = np.asarray(fieldmap_hz, dtype=np.float64)
+    if f.shape != op.shape:
+        raise InputError(f"field map shape {f.shape} does not match the image grid {op.shape}")
+    if np.shape(dcf) != tuple(op.kshape):
+        raise InputError(f"density weights have shape {np.shape(dcf)}, data samples {op.kshape}")
+    if mask is not None and np.shape(mask) != op.shape:
+        raise InputError(f"mask shape {np.shape(mask)} does not match the image grid {op.shape}")
+    return CORRECTIONS[method](op, data, dcf, te, t_s, f, n_segments=n_segments, mask=mask, **options)
+
+
+# ---------------------------------------------------------------------------------------- none
+@register_correction("none")
+def correct_none(op, data, dcf, te_s, t_s, fieldmap_hz, n_segments=None, mask=None) -> np.ndarray:
+    """Plain gridding of every echo (no B0 correction)."""
+    return gridding(op, data, dcf)
+
+
+# -------------------------------------------------------------------------------------- tb-cpr
+def _op_k(op: NUFFT) -> np.ndarray:
+    """Sample positions (M, 3) in cycles/m of a NUFFT (it keeps them as cycles per FOV)."""
+    return op._kgrid / np.asarray(op.fov)[None, :]
+
+
+class TimeBinnedGridder:
+    """Grid the samples of each readout-time bin separately, one NUFFT plan per bin.
+
+    Parameters
+    ----------
+    op : the plain NUFFT (its trajectory, grid, backend, eps and dtype are reused).
+    t_s : readout times (s) broadcastable to op.kshape.
+    n_bins : number of bins of equal duration over the readout.
+    dcf : density weights (op.kshape) in 1/m^3 (used for the bin centre times).
+    """
+
+    def __init__(self, op: NUFFT, t_s: np.ndarray, n_bins: int, dcf: np.ndarray):
+        t = sample_times(op, t_s).ravel()
+        n_bins = int(n_bins)
+        if n_bins < 1:
+            raise InputError(f"number of time bins must be >= 1, got {n_bins}")
+        t0, t1 = float(t.min()), float(t.max())
+        edges = np.linspace(t0, t1, n_bins + 1)
+        idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_bins - 1)
+        order = np.argsort(idx, kind="stable")
+        counts = np.bincount(idx, minlength=n_bins)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        k = _op_k(op)
+        w = np.asarray(dcf, dtype=np.float64).ravel()
+        opts = dict(op.options)
+        if op.backend_name == "finufft" and "upsampfac" not in opts:
+            # same spreading kernel as the full plan (the per-bin sample counts would pick another)
+            from recon.nufft.finufft_backend import choose_upsampfac
+
+            opts["upsampfac"] = choose_upsampfac(op.n_samples, op.shape) or "auto"
+        self.op = op
+        self.bins: list[tuple[np.ndarray, NUFFT]] = []
+        tau = []
+        for b in range(n_bins):
+            sel = order[starts[b] : starts[b + 1]]
+            if sel.size == 0:
+                continue
+            wb = w[sel]
+            tau.append(float(np.sum(wb * t[sel]) / wb.sum()) if wb.sum() > 0 else float(t[sel].mean()))
+            nb = NUFFT(
+                k[sel],
+                op.shape,
+                op.fov,
+                backend=op.backend_name,
+                device=op.device,
+                eps=op.eps,
+                dtype=op.dtype,
+                **opts,
+            )
+            self.bins.append((sel, nb))
+        self.tau_s = np.asarray(tau)
+        self.t_flat = t
+
+    @property
+    def n_bins(self) -> int:
+        return len(self.bins)
+
+    def grid(self, weighted: np.ndarray) -> np.ndarray:
+        """Density-weighted data (B, M) -> bin images (B, n_bins, N0, N1, N2)."""
+        out = np.empty((weighted.shape[0], self.n_bins) + self.op.shape, dtype=self.op.dtype)
+        for i, (sel, nb) in enumerate(self.bins):
+            out[:, i] = nb.adjoint(np.ascontiguousarray(weighted[:, sel]))
+        return out
+
+
+def _centre(f, mask):
+    lo, hi = field_range(f, mask)
+    return 0.5 * (lo + hi), 0.5 * (hi - lo), hi - lo
+
+
+@register_correction("tb-cpr")
+def correct_tb_cpr(
+    op, data, dcf, te_s, t_s, fieldmap_hz, n_segments=None, mask=None, tol_rad: float = DEFAULT_TOL_RAD
+) -> np.ndarray:
+    """Time-binned conjugate phase (see the module docstring)."""
+    fc, half, _ = _centre(fieldmap_hz, mask)
+    t = sample_times(op, t_s)
+    if n_segments is None:
+        n_segments = n_time_bins(half, float(t.max() - t.min()), tol_rad)
+    gr = TimeBinnedGridder(op, t, n_segments, dcf)
+    log.debug("tb-cpr: %d time bins, centre %.1f Hz, half span %.1f Hz", gr.n_bins, fc, half)
+    n_echo = data.shape[0]
+    lead = data.shape[1 : data.ndim - len(op.kshape)]
+    rdt = np.float32 if op.dtype == np.complex64 else np.float64
+    w = np.asarray(dcf, dtype=np.float64).ravel()
+    delta = (fieldmap_hz - fc).astype(rdt)
+    out = np.empty((n_echo,) + lead + op.shape, dtype=op.dtype)
+    for e in range(n_echo):
+        demod = (w * np.exp(2j * np.pi * fc * (te_s[e] + gr.t_flat))).astype(op.dtype)
+        y = data[e].reshape((-1, gr.t_flat.size)) * demod
+        bins = gr.grid(y)  # (B, n_bins, *shape)
+        acc = np.zeros((y.shape[0],) + op.shape, dtype=op.dtype)
+        for b in range(gr.n_bins):
+            ph = np.exp((2j * np.pi * (te_s[e] + gr.tau_s[b])) * delta).astype(op.dtype)
+            acc += bins[:, b] * ph
+        out[e] = acc.reshape(lead + op.shape)
+    return out
+
+
+# ------------------------------------------------------------------------------ fs-cpr and mfi
+def _frequency_images(op, data_e, w, t_abs, freqs, max_batch):
+    """Gridded images at each demodulation frequency: (B, L, *shape)."""
+    y = data_e.reshape((-1, t_abs.size))
+    out = np.empty((y.shape[0], len(freqs)) + op.shape, dtype=op.dtype)
+    step = max(1, int(max_batch))
+    for s in range(0, len(freqs), step):
+        fs = np.asarray(freqs[s : s + step])
+        demod = (w[None, :] * np.exp(2j * np.pi * fs[:, None] * t_abs[None, :])).astype(op.dtype)  # (l, M)
+        batch = y[:, None, :] * demod[None]  # (B, l, M)
+        out[:, s : s + len(fs)] = op.adjoint(batch.reshape((y.shape[0], len(fs)) + op.kshape))
+    return out
+
+
+def _frequencies(fieldmap_hz, mask, t_end, n_segments, oversampling):
+    lo, hi = field_range(fieldmap_hz, mask)
+    if n_segments is None:
+        n_segments = n_frequency_segments(hi - lo, t_end, oversampling)
+    n_segments = int(n_segments)
+    if n_segments < 1:
+        raise InputError(f"number of frequency segments must be >= 1, got {n_segments}")
+    if n_segments == 1:
+        return np.array([0.5 * (lo + hi)])
+    return np.linspace(lo, hi, n_segments)
+
+
+def _default_batch(op, lead_size):
+    # keep the demodulated batch (B * l * M complex values) near 512 MiB
+    per = lead_size * op.n_samples * op.dtype.itemsize
+    return max(1, int(2**29 // max(per, 1)))
+
+
+@register_correction("fs-cpr")
+def correct_fs_cpr(
+    op,
+    data,
+    dcf,
+    te_s,
+    t_s,
+    fieldmap_hz,
+    n_segments=None,
+    mask=None,
+    oversampling: float | None = None,
+    max_batch: int | None = None,
+) -> np.ndarray:
+    """Frequency-segmented conjugate phase with linear interpolation between frequencies."""
+    t = sample_times(op, t_s).ravel()
+    w = np.asarray(dcf, dtype=np.float64).ravel()
+    lead = data.shape[1 : data.ndim - len(op.kshape)]
+    nlead = int(np.prod(lead)) if lead else 1
+    out = np.empty((data.shape[0],) + lead + op.shape, dtype=op.dtype)
+    for e in range(data.shape[0]):
+        t_abs = te_s[e] + t
+        freqs = _frequencies(
+            fieldmap_hz, mask, float(t_abs.max()), n_segments, oversampling or FREQ_OVERSAMPLING["fs-cpr"]
+        )
+        imgs = _frequency_images(op, data[e], w, t_abs, freqs, max_batch or _default_batch(op, nlead))
+        if len(freqs) == 1:
+            out[e] = imgs[:, 0].reshape(lead + op.shape)
+            continue
+        pos = np.clip((fieldmap_hz - freqs[0]) / (freqs[1] - freqs[0]), 0, len(freqs) - 1)
+        i0 = np.minimum(np.floor(pos).astype(np.intp), len(freqs) - 2)
+        a = (pos - i0).astype(np.float32)
+        g0 = np.take_along_axis(imgs, i0[None, None], axis=1)[:, 0]
+        g1 = np.take_along_axis(imgs, (i0 + 1)[None, None], axis=1)[:, 0]
+        out[e] = ((1 - a) * g0 + a * g1).reshape(lead + op.shape)
+        log.debug("fs-cpr echo %d: %d frequencies %.1f..%.1f Hz", e, len(freqs), freqs[0], freqs[-1])
+    return out
+
+
+def mfi_coefficients(freqs_hz: np.ndarray, t_abs_s: np.ndarray, f_table_hz: np.ndarray) -> np.ndarray:
+    """Least-squares MFI coefficients c (len(f_table), L): exp(+i2pi f t) ~= sum_l c_l exp(+i2pi f_l t).
+
+    The fit runs over the distinct sample times ``t_abs_s`` (s from excitation) of the echo.
+    """
+    t = np.unique(np.asarray(t_abs_s, dtype=np.float64))
+    a = np.exp(2j * np.pi * t[:, None] * np.asarray(freqs_hz)[None, :])  # (n_t, L)
+    target = np.exp(2j * np.pi * t[:, None] * np.asarray(f_table_hz)[None, :])  # (n_t, n_f)
+    c, *_ = np.linalg.lstsq(a, target, rcond=1e-10)
+    return c.T  # (n_f, L)
+
+
+@register_correction("mfi")
+def correct_mfi(
+    op,
+    data,
+    dcf,
+    te_s,
+    t_s,
+    fieldmap_hz,
+    n_segments=None,
+    mask=None,
+    oversampling: float | None = None,
+    max_batch: int | None = None,
+    table_step_hz: float = 0.25,
+) -> np.ndarray:
+    """Multi-frequency interpolation with least-squares coefficients over the readout window."""
+    t = sample_times(op, t_s).ravel()
+    w = np.asarray(dcf, dtype=np.float64).ravel()
+    lead = data.shape[1 : data.ndim - len(op.kshape)]
+    nlead = int(np.prod(lead)) if lead else 1
+    out = np.empty((data.shape[0],) + lead + op.shape, dtype=op.dtype)
+    fmin, fmax = float(fieldmap_hz.min()), float(fieldmap_hz.max())
+    for e in range(data.shape[0]):
+        t_abs = te_s[e] + t
+        freqs = _frequencies(
+            fieldmap_hz, mask, float(t_abs.max()), n_segments, oversampling or FREQ_OVERSAMPLING["mfi"]
+        )
+        imgs = _frequency_images(op, data[e], w, t_abs, freqs, max_batch or _default_batch(op, nlead))
+        n_tab = max(2, int(np.ceil((fmax - fmin) / table_step_hz)) + 1)
+        table = np.linspace(fmin, fmax, n_tab) if fmax > fmin else np.array([fmin, fmin + 1e-3])
+        coef = mfi_coefficients(freqs, t_abs, table).astype(op.dtype)  # (n_tab, L)
+        pos = np.clip((fieldmap_hz - table[0]) / (table[1] - table[0]), 0, len(table) - 1)
+        i0 = np.minimum(np.floor(pos).astype(np.intp), len(table) - 2)
+        a = (pos - i0)[..., None].astype(np.float32)
+        c = (1 - a) * coef[i0] + a * coef[i0 + 1]  # (*shape, L)
+        out[e] = np.einsum("blijk,ijkl->bijk", imgs, c).reshape(lead + op.shape)
+        log.debug("mfi echo %d: %d frequencies %.1f..%.1f Hz", e, len(freqs), freqs[0], freqs[-1])
+    return out

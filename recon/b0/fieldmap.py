@@ -1,0 +1,213 @@
+"""B0 field maps: dual-echo estimation and external (NIfTI) maps, in Hz at 23Na.
+
+Sign (DESIGN.md forward model): a spin at off-resonance df contributes
+exp(-i 2 pi df (TE + t)), so the image of echo e carries the phase -2 pi df TE_e and::
+
+    df = -angle(x2 * conj(x1)) / (2 pi (TE2 - TE1))
+
+Unaliased range: +-1 / (2 (TE2 - TE1)) (+-247.5 Hz for TE 0.30 / 2.32 ms); beyond it the phase
+is unwrapped spatially (scikit-image's 3D unwrapper, Herraez et al. 2002).
+
+Estimation (:func:`estimate_fieldmap`): the Hermitian product z = sum_coils x2 conj(x1) is
+magnitude-weighted by construction (|z| = |x1||x2|). Inside a support mask it is regularised by
+
+* ``smooth``: normalised complex Gaussian smoothing G(z m) / G(|z| m) (a magnitude-weighted
+  circular mean, robust to the low SNR of echo 2 and to wraps), then unwrapping, or
+* ``poly``: a weighted least-squares fit of a low-order 3D polynomial to the unwrapped phase
+  (weights |z|),
+
+and extrapolated ``extrapolate_vox`` voxels past the mask (normalised convolution carries the
+smoothed phase outward; the polynomial is simply evaluated there). Outside, the map is 0 Hz.
+
+External maps (:func:`load_fieldmap_nifti`): a NIfTI in Hz, resampled through both affines onto
+the sodium grid (nibabel + scipy), scaled by gamma(23Na)/gamma(1H) = 0.2645 when measured on
+protons.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from scipy import ndimage
+
+from recon.errors import InputError
+from recon.trajectory.base import GAMMA_BAR_1H_HZ_PER_T, GAMMA_BAR_23NA_HZ_PER_T
+
+GAMMA_RATIO_NA_H = GAMMA_BAR_23NA_HZ_PER_T / GAMMA_BAR_1H_HZ_PER_T
+"""gamma(23Na) / gamma(1H) = 0.2645: scales a proton field map in Hz to 23Na."""
+
+
+def unaliased_range_hz(te1_s: float, te2_s: float) -> float:
+    """Half-width of the unaliased field range, 1 / (2 |TE2 - TE1|), in Hz."""
+    return 1.0 / (2.0 * abs(te2_s - te1_s))
+
+
+def support_mask(magnitude: np.ndarray, threshold: float = 0.15, min_voxels: int = 8) -> np.ndarray:
+    """Signal support: |x| (lightly smoothed) above ``threshold`` x its 99.5th percentile.
+
+    Holes are filled and connected components smaller than ``min_voxels`` are dropped (noise).
+    """
+    m = np.abs(np.asarray(magnitude))
+    if m.ndim > 3:
+        m = np.sqrt((m.reshape((-1,) + m.shape[-3:]) ** 2).sum(0))
+    ms = ndimage.gaussian_filter(m.astype(np.float64), 0.7)
+    ref = np.percentile(ms, 99.5)
+    if not ref > 0:
+        return np.zeros(ms.shape, bool)
+    mask = ndimage.binary_fill_holes(ms > threshold * ref)
+    lab, n = ndimage.label(mask)
+    if n:
+        sizes = ndimage.sum(mask, lab, index=np.arange(1, n + 1))
+        keep = np.concatenate([[False], sizes >= min_voxels])
+        mask = keep[lab]
+    return mask
+
+
+def _poly_design(shape, order: int, where: np.ndarray) -> np.ndarray:
+    coords = [(np.arange(n) - (n - 1) / 2) / max(n / 2, 1) for n in shape]
+    idx = np.nonzero(where)
+    x, y, z = (coords[d][idx[d]] for d in range(3))
+    cols = [
+        x**i * y**j * z**k
+        for i in range(order + 1)
+        for j in range(order + 1 - i)
+        for k in range(order + 1 - i - j)
+    ]
+    return np.stack(cols, axis=1)
+
+
+def _unwrap(phase: np.ndarray, region: np.ndarray) -> np.ndarray:
+    from skimage.restoration import unwrap_phase
+
+    masked = np.ma.array(phase, mask=~region)
+    out = unwrap_phase(masked)
+    return np.ma.filled(out, 0.0).astype(np.float64)
+
+
+def estimate_fieldmap(
+    img_e1: np.ndarray,
+    img_e2: np.ndarray,
+    te1_s: float,
+    te2_s: float,
+    mask: np.ndarray | None = None,
+    *,
+    method: str = "smooth",
+    sigma_vox: float = 1.5,
+    poly_order: int = 3,
+    unwrap: bool = True,
+    extrapolate_vox: int = 3,
+    mask_threshold: float = 0.15,
+) -> np.ndarray:
+    """Dual-echo off-resonance map df (N0, N1, N2) in Hz (sign in the module docstring).
+
+    Parameters
+    ----------
+    img_e1, img_e2 : complex images of the two echoes from the same operator, (..., N0, N1, N2);
+        leading axes (coils) are combined in the Hermitian product.
+    te1_s, te2_s : echo times in s.
+    mask : support where the phase is trusted; default :func:`support_mask` of |echo 1|.
+    method : ``smooth`` (Gaussian, ``sigma_vox``) or ``poly`` (order ``poly_order`` fit).
+    unwrap : unwrap the phase spatially (needed when |df| may exceed the unaliased range).
+    extrapolate_vox : voxels past the mask that receive extrapolated values (0 elsewhere).
+    mask_threshold : relative threshold of the default mask.
+    """
+    x1 = np.asarray(img_e1)
+    x2 = np.asarray(img_e2)
+    if x1.shape != x2.shape or x1.ndim < 3:
+        raise InputError(
+            f"echo images must have the same shape (..., N0, N1, N2), got {x1.shape} and {x2.shape}"
+        )
+    dte = float(te2_s) - float(te1_s)
+    if abs(dte) < 1e-9:
+        raise InputError(f"echo times must differ, got TE1 {te1_s} s and TE2 {te2_s} s")
+    if not (np.all(np.isfinite(x1)) and np.all(np.isfinite(x2))):
+        raise InputError("echo images contain NaN or infinite values")
+    if method not in ("smooth", "poly"):
+        raise InputError(f"field map method must be 'smooth' or 'poly', got {method!r}")
+    shape = x1.shape[-3:]
+    z = (x2 * np.conj(x1)).reshape((-1,) + shape).sum(0).astype(np.complex128)
+    if mask is None:
+        mask = support_mask(x1, mask_threshold)
+    mask = np.asarray(mask, bool)
+    if mask.shape != shape:
+        raise InputError(f"mask shape {mask.shape} does not match the images {shape}")
+    out = np.zeros(shape, np.float64)
+    if not mask.any():
+        return out
+    ball = ndimage.generate_binary_structure(3, 1)
+    region = (
+        ndimage.binary_dilation(mask, ball, iterations=int(extrapolate_vox)) if extrapolate_vox > 0 else mask
+    )
+    zm = np.where(mask, z, 0)
+    wm = np.abs(zm)
+    if method == "smooth":
+        s = float(sigma_vox)
+        num = ndimage.gaussian_filter(zm.real, s) + 1j * ndimage.gaussian_filter(zm.imag, s)
+        den = ndimage.gaussian_filter(wm, s)
+        # the extrapolation band needs some support within reach of the kernel
+        region &= den > 1e-3 * den[mask].max()
+        phase = np.angle(num)
+        if unwrap:
+            phase = _unwrap(phase, region)
+    else:
+        phase = np.angle(ndimage.gaussian_filter(zm.real, 1.0) + 1j * ndimage.gaussian_filter(zm.imag, 1.0))
+        if unwrap:
+            phase = _unwrap(phase, mask)
+        a = _poly_design(shape, int(poly_order), mask)
+        sw = np.sqrt(wm[mask] / wm[mask].max())
+        coef, *_ = np.linalg.lstsq(a * sw[:, None], phase[mask] * sw, rcond=None)
+        phase = np.zeros(shape)
+        phase[region] = _poly_design(shape, int(poly_order), region) @ coef
+    # remove the global 2 pi ambiguity of the unwrapped phase: weighted mean inside (-pi, pi]
+    wmean = np.sum(wm[mask] * phase[mask]) / max(np.sum(wm[mask]), 1e-30)
+    phase = phase - 2 * np.pi * np.round(wmean / (2 * np.pi))
+    out[region] = -phase[region] / (2 * np.pi * dte)
+    return out
+
+
+def load_fieldmap_nifti(
+    path: str | os.PathLike,
+    target_affine: np.ndarray,
+    target_shape: tuple[int, int, int],
+    nucleus: str = "1H",
+    order: int = 1,
+) -> np.ndarray:
+    """External field map in Hz resampled onto the sodium grid, returned in Hz at 23Na.
+
+    Parameters
+    ----------
+    path : NIfTI file of the field map in Hz (3D, or 4D with one volume).
+    target_affine : (4, 4) voxel-to-RAS+ mm affine of the sodium grid.
+    target_shape : sodium matrix (N0, N1, N2).
+    nucleus : ``1H`` (scale by 0.2645) or ``23Na`` (already sodium Hz).
+    order : spline order of the resampling (1 = trilinear); points outside the map get 0 Hz.
+    """
+    import nibabel as nib
+    from nibabel.processing import resample_from_to
+
+    if nucleus not in ("1H", "23Na"):
+        raise InputError(f"field map nucleus must be '1H' or '23Na', got {nucleus!r}", path)
+    if not os.path.exists(path):
+        raise InputError("field map file not found", path)
+    try:
+        img = nib.load(os.fspath(path))
+        data = np.asarray(img.dataobj, dtype=np.float64)
+    except Exception as e:  # nibabel raises several types for foreign/corrupt files
+        raise InputError(f"cannot read the field map as NIfTI: {e}", path) from e
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"field map must be a 3D volume, got shape {data.shape}", path)
+    if not np.all(np.isfinite(data)):
+        data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    src = nib.Nifti1Image(data, img.affine)
+    out = resample_from_to(
+        src,
+        (tuple(int(s) for s in target_shape), np.asarray(target_affine)),
+        order=order,
+        mode="constant",
+        cval=0.0,
+    )
+    hz = np.asarray(out.dataobj, dtype=np.float64)
+    return hz * GAMMA_RATIO_NA_H if nucleus == "1H" else hz

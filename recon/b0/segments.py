@@ -1,0 +1,132 @@
+"""Segment-count rules and interpolation coefficients shared by the B0 operator and corrections.
+
+All times are seconds from the excitation (TE + t, t from the first ADC sample); all
+frequencies are off-resonance in Hz with the DESIGN.md sign: a spin at offset df contributes
+exp(-i 2 pi df t) to the signal at time t.
+
+Segment-count rules (documented, every one overridable with ``n_segments``):
+
+* time bins / time segments (``tb-cpr``, :class:`~recon.b0.operator.TimeSegmentedOperator`):
+  the data are first demodulated at the centre frequency f_c of the field map, so the residual
+  field is at most h = max |df - f_c| (half the field span). A sample that sits dt away from its
+  bin centre then carries an uncorrected phase 2 pi h dt; with L equal bins over a readout of
+  duration T that phase is at most pi h T / L. The rule keeps it under ``tol_rad``
+  (0.2 rad by default: at most 0.7 % signal loss at the extreme field value)::
+
+      L = max(1, ceil(pi * h * T / tol_rad))
+
+* frequency segments (``fs-cpr``, ``mfi``): L demodulation frequencies spaced
+  delta_f = 1 / (oversampling * t_end) across the field span, t_end = TE + T the latest sample
+  time of the echo::
+
+      L = max(1, ceil(oversampling * span * t_end) + 1)
+
+  with oversampling 4 for linear interpolation between frequencies (FS-CPR, after Noll 1992)
+  and 2 for least-squares MFI coefficients (Man et al. 1997, who need about half as many).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from recon.errors import InputError
+
+DEFAULT_TOL_RAD = 0.2
+FREQ_OVERSAMPLING = {"fs-cpr": 4.0, "mfi": 2.0}
+
+
+def field_range(fieldmap_hz: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, float]:
+    """(min, max) of the field map in Hz, inside ``mask`` when given (else over all voxels)."""
+    f = np.asarray(fieldmap_hz, dtype=np.float64)
+    vals = f[np.asarray(mask, dtype=bool)] if mask is not None else f.ravel()
+    if vals.size == 0:
+        return 0.0, 0.0
+    if not np.all(np.isfinite(vals)):
+        raise InputError("field map contains NaN or infinite values")
+    return float(vals.min()), float(vals.max())
+
+
+def n_time_bins(half_span_hz: float, duration_s: float, tol_rad: float = DEFAULT_TOL_RAD) -> int:
+    """Time bins so that the uncorrected phase inside a bin stays below ``tol_rad``.
+
+    ``half_span_hz``: largest |df - f_c| (Hz) after demodulation at the centre frequency f_c;
+    ``duration_s``: readout duration covered by the samples (s).
+    """
+    if tol_rad <= 0:
+        raise InputError(f"phase tolerance must be positive, got {tol_rad} rad")
+    return max(1, int(math.ceil(math.pi * abs(half_span_hz) * max(duration_s, 0.0) / tol_rad - 1e-9)))
+
+
+def n_frequency_segments(span_hz: float, t_end_s: float, oversampling: float) -> int:
+    """Demodulation frequencies for a field span (Hz) and latest sample time t_end (s)."""
+    if span_hz <= 0:
+        return 1
+    return max(1, int(math.ceil(oversampling * span_hz * t_end_s - 1e-9)) + 1)
+
+
+def ls_time_coefficients(
+    t_s: np.ndarray,
+    tau_s: np.ndarray,
+    rates: np.ndarray,
+    weights: np.ndarray | None = None,
+    rcond: float = 1e-8,
+) -> np.ndarray:
+    """Least-squares time-segmentation coefficients b (L, len(t)) (Sutton et al. 2003).
+
+    Minimises sum_z w_z |exp(-z t) - sum_l b_l(t) exp(-z tau_l)|^2 over the complex rates
+    ``rates`` z = R2* + i 2 pi df (1/s), e.g. a histogram of the field map with ``weights``.
+    """
+    t = np.asarray(t_s, dtype=np.float64).ravel()
+    tau = np.asarray(tau_s, dtype=np.float64).ravel()
+    z = np.asarray(rates, dtype=np.complex128).ravel()
+    w = np.ones(z.shape) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    sw = np.sqrt(w / w.max())[:, None]
+    a = sw * np.exp(-z[:, None] * tau[None, :])  # (n_z, L)
+    target = sw * np.exp(-z[:, None] * t[None, :])  # (n_z, n_t)
+    b, *_ = np.linalg.lstsq(a, target, rcond=rcond)
+    return b  # (L, n_t)
+
+
+def rate_histogram(
+    fieldmap_hz: np.ndarray,
+    r2star_hz: np.ndarray | None,
+    mask: np.ndarray | None,
+    n_f: int = 64,
+    n_r: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Histogram of complex rates z = R2* + i 2 pi df over the voxels: (rates, counts).
+
+    A floor of 1 % of the largest count keeps every bin of the covered range in the fit, so
+    the interpolator is good for the whole range, not only for the most frequent values.
+    """
+    f = np.asarray(fieldmap_hz, dtype=np.float64)
+    sel = np.ones(f.shape, bool) if mask is None else np.asarray(mask, bool)
+    fv = f[sel]
+    if fv.size == 0:
+        fv = np.zeros(1)
+    fl, fh = fv.min(), fv.max()
+    if fh - fl < 1e-6:
+        fl, fh = fl - 0.5, fh + 0.5
+    if r2star_hz is None:
+        cnt, edges = np.histogram(fv, bins=n_f, range=(fl, fh))
+        fc = 0.5 * (edges[1:] + edges[:-1])
+        rates = 2j * np.pi * fc
+        counts = cnt.astype(np.float64)
+    else:
+        rv = (
+            np.asarray(r2star_hz, dtype=np.float64)[sel]
+            if np.ndim(r2star_hz)
+            else np.full(fv.shape, float(r2star_hz))
+        )
+        rl, rh = rv.min(), rv.max()
+        if rh - rl < 1e-6:
+            rl, rh = rl - 0.5, rh + 0.5
+        cnt, fe, re_ = np.histogram2d(fv, rv, bins=(n_f, n_r), range=((fl, fh), (rl, rh)))
+        fc = 0.5 * (fe[1:] + fe[:-1])
+        rc = 0.5 * (re_[1:] + re_[:-1])
+        rates = (rc[None, :] + 2j * np.pi * fc[:, None]).ravel()
+        counts = cnt.ravel()
+    counts = counts + 0.01 * max(counts.max(), 1.0)
+    return rates, counts

@@ -255,3 +255,19 @@ def test_roi_cli_table_and_errors(tmp_path, capsys):
     assert not out2.exists()
     assert main(["roi", str(d / "tsc_mM.nii.gz"), "--rois", str(d / "rois.csv"), "--ref", "Vitreous"]) == 2
     assert "Vitreous" in capsys.readouterr().err
+
+
+def test_study_refuses_existing_output_and_custom_baseline(tmp_path, capsys):
+    sess = make_study(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["study", str(sess), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err and (out / "keep.txt").read_text() == "mine"
+    assert main(["-q", "study", str(sess), "--out", str(out), "--force", "--baseline", "48h"]) == 0
+    assert not (out / "keep.txt").exists()
+    tc = read(out / "tumour_timecourse.csv")
+    r = [x for x in tc if (x["subject"], x["lesion"], x["timepoint"]) == ("s1", "l1", "1m")][0]
+    assert float(r["change_mM"]) == pytest.approx(24.0 - 27.0)  # change from the 48h value
+    assert main(["study", str(sess), "--out", str(tmp_path / "o2"), "--baseline", "2y"]) == 2
+    assert "baseline '2y' is not a time point" in capsys.readouterr().err

@@ -15,8 +15,10 @@ by a Gaussian of 5.6 mm FWHM (the ideal TPI PSF at 3.5 mm, notes section 5) and 
 noise of 2.3 mM SD (the gridding noise the simulator reports at raw SNR 200). The result is
 written as ``DIR/<session>/tsc_mM.nii.gz`` with the affine of ``narecon run`` outputs.
 
-``--mode pipeline``: each session is simulated as Siemens raw data (``narecon simulate``
-machinery) and reconstructed with ``narecon run``; several minutes per session on a laptop.
+``--mode pipeline``: each session becomes Siemens raw data (the ``recon.sim`` forward model:
+TPI p = 0.3, 4 mT/m, TE 0.30/2.32 ms, T1/T2* per compartment, B0; three noise-free
+simulations combined linearly, noise at raw SNR 200) written as ``raw.dat`` and reconstructed
+with ``narecon run`` into ``DIR/<session>/``.
 
 Then ``narecon study sessions.csv --out OUT`` writes the report (committed under
 docs/study_example/output/).
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import pickle
 import shutil
 import subprocess
 import sys
@@ -124,22 +127,80 @@ def image_mode(work: Path, seed: int = 7) -> None:
             print(f"  {d.name}: tumour {tum} mM")
 
 
-def pipeline_mode(work: Path) -> None:
+SCALED = ("grey_matter", "white_matter", "csf_sulcal", "csf_ventricles", "oedema")
+
+
+def _component_phantom(tumour_mM: float, scale: float):
+    """Phantom with tumour TSC ``tumour_mM`` and the per-patient tissues scaled by ``scale``."""
+    from recon.sim.phantom import DEFAULT_COMPARTMENTS, HeadPhantom
+
+    comps = dict(DEFAULT_COMPARTMENTS)
+    for name in SCALED:
+        comps[name] = dataclasses.replace(comps[name], tsc_mM=comps[name].tsc_mM * scale)
+    comps["tumour_rim"] = dataclasses.replace(comps["tumour_rim"], tsc_mM=tumour_mM)
+    return HeadPhantom(tumour="solid", compartments=comps)
+
+
+def pipeline_mode(work: Path, snr: float = 200.0, bin_s: float = 364e-6, run: bool = True) -> None:
+    """Raw data per session from three noise-free simulations, reconstructed by ``narecon run``.
+
+    The raw data are linear in each compartment's TSC (relaxation is per compartment), so
+    data(session) = D_fixed + scale * D_tissue + TSC_tumour * D_tumour + noise, with
+    D_fixed (eyes, tubes; tumour and tissues at 0), D_tissue (the scaled tissues at their
+    default TSC) and D_tumour (tumour at 1 mM) from three noise-free simulations. Noise is
+    complex Gaussian with SD = |echo-1 DC| / ``snr`` of the default phantom, a new seed per
+    session (and noise-adjust readouts of the same SD).
+    """
     from recon.sim.output import write_simulation
-    from recon.sim.simulate import simulate
+    from recon.sim.simulate import SimResult, simulate
     from recon.trajectory import tpi
 
-    traj = tpi(fov_m=0.224, res_m=0.0035, p=0.3, gmax_t_per_m=4e-3)
+    traj = tpi(fov_m=0.224, res_m=0.0035, p=0.3, gmax_t_per_m=4e-3, dwell_s=10e-6)
+    cache = work / "components.pkl"
+    if cache.exists():
+        with open(cache, "rb") as f:
+            base_res, parts = pickle.load(f)
+    else:
+        parts = {}
+        for key, (tum, scale) in {"full": (65.0, 1.0), "no_tumour": (0.0, 1.0), "fixed": (0.0, 0.0)}.items():
+            res = simulate(_component_phantom(tum, scale), traj, snr=None, bin_s=bin_s, n_threads=1)
+            parts[key] = res.acquisition.data  # complex64
+            if key == "full":
+                base_res = res
+        with open(cache, "wb") as f:
+            pickle.dump((base_res, parts), f)
+    parts = {k: v.astype(np.complex128) for k, v in parts.items()}
+    d_tum = (parts["full"] - parts["no_tumour"]) / 65.0
+    d_tissue = parts["no_tumour"] - parts["fixed"]
+    d_fixed = parts["fixed"]
+    sigma = float(np.abs(parts["full"][0, :, :, 0]).max()) / snr
+    acq0 = base_res.acquisition
     for k, (patient, series) in enumerate(TUMOUR_MM.items()):
         for j, (tp, tum) in enumerate(zip(TIMEPOINTS, series)):
             if tum is None:
                 continue
             sim_dir = work / "raw" / f"{patient}_{tp}"
             if not (sim_dir / "raw.dat").exists():
-                res = simulate(phantom_for(patient, tum), traj, seed=100 * k + j)
-                write_simulation(res, traj, sim_dir, overwrite=True)
+                rng = np.random.default_rng(1000 + 10 * k + j)
+                data = d_fixed + TISSUE_SCALE[patient] * d_tissue + tum * d_tum
+                data = data + sigma * (
+                    rng.standard_normal(data.shape) + 1j * rng.standard_normal(data.shape)
+                ) / np.sqrt(2)
+                n_noise = 4 * data.shape[-1]
+                noise = (
+                    sigma
+                    * (
+                        rng.standard_normal((data.shape[1], n_noise))
+                        + 1j * rng.standard_normal((data.shape[1], n_noise))
+                    )
+                    / np.sqrt(2)
+                )
+                acq = dataclasses.replace(
+                    acq0, data=data.astype(np.complex64), noise=noise.astype(np.complex64)
+                )
+                write_simulation(SimResult(acq, base_res.truth), traj, sim_dir, overwrite=True)
             run_dir = work / f"{patient}_{tp}"
-            if not (run_dir / "tsc_mM.nii.gz").exists():
+            if run and not (run_dir / "tsc_mM.nii.gz").exists():
                 subprocess.run(
                     [
                         sys.executable,
@@ -154,6 +215,7 @@ def pipeline_mode(work: Path) -> None:
                     ],
                     check=True,
                 )
+                print(f"  {run_dir.name}: tumour {tum} mM")
 
 
 def write_sessions(work: Path) -> Path:
@@ -174,13 +236,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/narecon_study", help="folder for the simulated sessions")
     ap.add_argument("--mode", choices=["image", "pipeline"], default="image")
     ap.add_argument("--clean", action="store_true", help="remove --work first")
+    ap.add_argument(
+        "--no-run", action="store_true", help="pipeline mode: write raw data only, no narecon run"
+    )
     args = ap.parse_args(argv)
     work = Path(args.work)
     if args.clean and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     write_rois(work / "rois.csv")
-    (image_mode if args.mode == "image" else pipeline_mode)(work)
+    if args.mode == "image":
+        image_mode(work)
+    else:
+        pipeline_mode(work, run=not args.no_run)
     sess = write_sessions(work)
     print(f"wrote {sess}; next: narecon study {sess} --out OUT")
     return 0

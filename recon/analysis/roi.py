@@ -194,7 +194,8 @@ def read_roi_table(path: str | os.PathLike) -> list[ROI]:
     """Read an ROI table (CSV).
 
     Columns: ``name`` and, per row, either ``x, y, z`` (mm) or ``i, j, k`` (voxel indices)
-    with ``radius_mm``, or ``mask`` (a NIfTI label file, relative to the table's folder) with
+    with ``radius_mm``, or ``mask`` (also ``mask_path``, ``path`` or ``file``: a NIfTI label file,
+    relative to the table's folder) with
     an optional ``label``. An optional ``tissue`` column names the tissue for the study
     (default: derived from ``name``). Lines starting with ``#`` are comments.
     """
@@ -214,7 +215,7 @@ def read_roi_table(path: str | os.PathLike) -> list[ROI]:
         raise InputError(f"ROI table needs a 'name' column; found columns {sorted(cols)}", p)
     has_mm = {"x", "y", "z"} <= cols
     has_vox = {"i", "j", "k"} <= cols
-    has_mask = "mask" in cols
+    has_mask = bool(cols & {"mask", "mask_path", "path", "file"})
     if not (((has_mm or has_vox) and "radius_mm" in cols) or has_mask):
         raise InputError(
             "ROI table needs columns x,y,z (mm) or i,j,k (voxels) with radius_mm, or mask [label]; "
@@ -225,6 +226,9 @@ def read_roi_table(path: str | os.PathLike) -> list[ROI]:
     names: set[str] = set()
     for n, raw in enumerate(reader, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k}
+        for alias in ("mask_path", "path", "file"):
+            if not row.get("mask") and row.get(alias):
+                row["mask"] = row[alias]
         name = row.get("name", "")
         if not name:
             raise InputError(f"line {n}: empty ROI name", p)

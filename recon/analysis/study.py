@@ -185,8 +185,6 @@ def measure_study(
         baseline = tps[0]
     elif baseline not in tps:
         raise ConfigError(f"baseline {baseline!r} is not a time point of the study ({', '.join(tps)})")
-    else:
-        tps = [baseline] + [t for t in tps if t != baseline]
     for t in tps:
         if timepoint_hours(t) is None:
             log.warning(

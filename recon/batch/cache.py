@@ -20,7 +20,8 @@ The trajectory is checked against every scan's data (:func:`recon.io.check_match
 it came from the cache or not.
 
 Hook for the pipeline: :func:`get_or_build` is the general entry point. Until
-:mod:`recon.pipeline` calls it itself, :func:`activate` installs the cache around
+:mod:`recon.pipeline` calls it itself (and says so with a module attribute
+``USES_PLAN_CACHE = True``, which makes :func:`activate` a no-op), :func:`activate` installs the cache around
 ``recon.pipeline.load_trajectory``, ``recon.pipeline.density_weights`` and ``recon.nufft.NUFFT``
 (looked up by ``reconstruct`` at call time) for the duration of one scan, in a worker process.
 Written here because neither Dask nor finufft caches application objects across tasks.
@@ -143,6 +144,9 @@ def activate(cache: PlanCache | None = None) -> Iterator[PlanCache]:
     import recon.pipeline as pl
 
     cache = cache or CACHE
+    if getattr(pl, "USES_PLAN_CACHE", False):  # the pipeline calls get_or_build itself
+        yield cache
+        return
     orig_load, orig_dcf, orig_nufft = pl.load_trajectory, pl.density_weights, nufft_mod.NUFFT
     traj_keys: dict[int, tuple] = {}
 

@@ -127,6 +127,15 @@ def jobqueue_kwargs(kind: str, gpus_per_worker: int = 0, memory: str | None = No
     return kw
 
 
+def _connect(distributed, cluster):
+    """A client of ``cluster``; the cluster is closed if connecting fails."""
+    try:
+        return distributed.Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+
+
 @contextlib.contextmanager
 def open_client(scheduler: str = LOCAL, workers: int | None = None, gpus_per_worker: int = 0,
                 memory_limit: str | float | None = "auto", device: str = "cpu",
@@ -172,7 +181,7 @@ def open_client(scheduler: str = LOCAL, workers: int | None = None, gpus_per_wor
                     n_workers=n, threads_per_worker=1, processes=True, memory_limit=memory_limit,
                     dashboard_address=None, env=thread_env(threads), host="127.0.0.1")
                 desc = f"local Dask cluster, {n} worker process(es), {threads} thread(s) each, memory limit {memory_limit}"
-            client = distributed.Client(cluster)
+            client = _connect(distributed, cluster)
         elif scheduler in JOBQUEUE:
             try:
                 import dask_jobqueue
@@ -184,7 +193,7 @@ def open_client(scheduler: str = LOCAL, workers: int | None = None, gpus_per_wor
             cluster = cls(**kw)
             log.info("%s job script:\n%s", scheduler.upper(), cluster.job_script())
             cluster.scale(jobs=workers or 1)
-            client = distributed.Client(cluster)
+            client = _connect(distributed, cluster)
             resources = {"scan": 1}
             desc = f"{scheduler.upper()} cluster, {workers or 1} job(s), {gpus_per_worker or 0} GPU(s) per job"
         else:

@@ -45,8 +45,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from recon.errors import NareconError, OutputError
 from recon.batch.manifest import FILE_OPTIONS, ScanSpec
+from recon.errors import NareconError, OutputError
 
 log = logging.getLogger("recon.batch")
 
@@ -378,6 +378,9 @@ def run_batch(specs: Sequence[ScanSpec], out_dir: str | os.PathLike, client: Any
                 fut = client.submit(run_scan, payload, recon_fn, key=f"narecon-scan-{spec.id}-{time.time_ns()}",
                                     pure=False, resources=resources)
                 futures[fut] = spec.id
+            n_skip = sum(r["status"] == "skipped" for r in rows.values())
+            log.info("%d scan(s) to reconstruct, %d complete already (skipped), %d failed before starting",
+                     len(futures), n_skip, len(rows) - n_skip)
             for fut in as_completed(list(futures)):
                 sid = futures[fut]
                 try:

@@ -40,14 +40,16 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from recon.batch.cluster import open_client
     from recon.batch.engine import run_batch
     from recon.batch.manifest import load_global_config, read_manifest
 
     base = load_global_config(args.config)
-    if args.device:
-        base["device"] = args.device
     specs = read_manifest(args.manifest, base)
+    if args.device:  # the command line wins over every config
+        specs = [dataclasses.replace(s, options={**s.options, "device": args.device}) for s in specs]
     device = base.get("device", "cpu")
     if any(s.options.get("device", "cpu") == "gpu" for s in specs):
         device = "gpu"

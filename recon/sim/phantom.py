@@ -297,66 +297,118 @@ class HeadPhantom:
         return True
 
     # -------------------------------------------------------------- geometry
-    def _layers(self, p: np.ndarray, edge: float):
-        """Yield (compartment name, inside fraction) in painting order (later ones on top)."""
-        c0 = np.asarray(self.centre_m)
+    def _shapes(self) -> list[tuple]:
+        """The geometry in painting order (later ones on top): (compartment, kind, parameters, in_brain).
+
+        kinds: ``ellipsoid`` (centre, semi-axes, rotation about z in deg, wobble), ``cylinder``
+        (centre, radius, length), ``fissure`` (a thin midline slab in the upper brain). ``in_brain``
+        multiplies the shape by the brain's outer boundary.
+        """
+        c0 = np.asarray(self.centre_m, dtype=np.float64)
         b = np.asarray(self.brain_semi)
-        e = edge
-        outer = _smooth_step(_ellipsoid_distance(p, c0, b), e)
-        yield "csf_sulcal", outer
-        yield "grey_matter", _smooth_step(_ellipsoid_distance(p, c0, b * 0.955, wobble=(0.025, (9, 7))), e)
-        yield (
-            "white_matter",
-            _smooth_step(_ellipsoid_distance(p, c0 + [0, 0.004, 0.004], b * 0.80, wobble=(0.05, (7, 5))), e),
-        )
-        # interhemispheric fissure: a thin CSF slab at the midline, upper part of the brain
-        fiss = _smooth_step(np.abs(p[..., 0] - c0[0]) - 0.0012, e) * _smooth_step(
-            -(p[..., 2] - c0[2] + 0.005), e
-        )
-        yield "csf_sulcal", fiss * outer
+        sh = [
+            ("csf_sulcal", "ellipsoid", (c0, b, 0.0, None), False),
+            ("grey_matter", "ellipsoid", (c0, b * 0.955, 0.0, (0.025, (9, 7))), False),
+            ("white_matter", "ellipsoid", (c0 + [0, 0.004, 0.004], b * 0.80, 0.0, (0.05, (7, 5))), False),
+            ("csf_sulcal", "fissure", (c0, 0.0012, -0.005), True),  # interhemispheric fissure
+        ]
         for sx in (-1, 1):  # lateral ventricles, splayed
-            yield (
-                "csf_ventricles",
-                _smooth_step(
-                    _ellipsoid_distance(
-                        p, c0 + [sx * 0.010, 0.004, 0.010], (0.007, 0.030, 0.011), rot_deg=sx * 12
-                    ),
-                    e,
-                ),
+            sh.append(
+                (
+                    "csf_ventricles",
+                    "ellipsoid",
+                    (c0 + [sx * 0.010, 0.004, 0.010], (0.007, 0.030, 0.011), sx * 12.0, None),
+                    False,
+                )
             )
-        yield (
-            "csf_ventricles",
-            _smooth_step(_ellipsoid_distance(p, c0 + [0, 0.006, -0.004], (0.0025, 0.012, 0.008)), e),
+        sh.append(
+            (
+                "csf_ventricles",
+                "ellipsoid",
+                (c0 + [0, 0.006, -0.004], (0.0025, 0.012, 0.008), 0.0, None),
+                False,
+            )
         )
         if self.tumour != "none":
             tc = c0 + np.asarray(self.tumour_centre)
-            yield (
-                "oedema",
-                _smooth_step(_ellipsoid_distance(p, tc, (0.024, 0.028, 0.022), rot_deg=20), e) * outer,
-            )
-            yield "tumour_rim", _smooth_step(_ellipsoid_distance(p, tc, (0.014, 0.016, 0.013), rot_deg=20), e)
+            sh.append(("oedema", "ellipsoid", (tc, (0.024, 0.028, 0.022), 20.0, None), True))
+            sh.append(("tumour_rim", "ellipsoid", (tc, (0.014, 0.016, 0.013), 20.0, None), False))
             if self.tumour == "rim-core":
-                yield (
-                    "necrotic_core",
-                    _smooth_step(_ellipsoid_distance(p, tc, (0.008, 0.009, 0.0075), rot_deg=20), e),
-                )
+                sh.append(("necrotic_core", "ellipsoid", (tc, (0.008, 0.009, 0.0075), 20.0, None), False))
         for sx in (-1, 1):  # eyes: anterior, inferior
-            yield (
-                "vitreous",
-                _smooth_step(_ellipsoid_distance(p, c0 + [sx * 0.032, -0.080, -0.038], (0.011,) * 3), e),
+            sh.append(
+                ("vitreous", "ellipsoid", (c0 + [sx * 0.032, -0.080, -0.038], (0.011,) * 3, 0.0, None), False)
             )
         for t in self.tubes:
-            yield (
-                t.name,
-                _smooth_step(_cylinder_distance(p, np.asarray(t.centre_m), t.radius_m, t.length_m), e),
+            sh.append(
+                (
+                    t.name,
+                    "cylinder",
+                    (np.asarray(t.centre_m, dtype=np.float64), t.radius_m, t.length_m),
+                    False,
+                )
             )
         if self.marker:
-            yield (
-                MARKER_NAME,
-                _smooth_step(
-                    _ellipsoid_distance(p, c0 + np.asarray(self.marker_centre), (self.marker_radius,) * 3), e
-                ),
+            sh.append(
+                (
+                    MARKER_NAME,
+                    "ellipsoid",
+                    (c0 + np.asarray(self.marker_centre), (self.marker_radius,) * 3, 0.0, None),
+                    False,
+                )
             )
+        return sh
+
+    def _layers(self, p: np.ndarray, edge: float):
+        """Yield (compartment name, flat point indices or None for all, inside fraction there).
+
+        Each shape is evaluated only inside its bounding box grown by 6 edge widths (outside it
+        the smooth step is below 1e-9 and taken as 0).
+        """
+        margin = 6 * edge + 1e-9
+        b = np.asarray(self.brain_semi)
+        outer = np.zeros(p.shape[0], np.float32)
+        first = True
+        lo_all, hi_all = p.min(axis=0), p.max(axis=0)
+        for name, kind, prm, in_brain in self._shapes():
+            if kind == "ellipsoid":
+                centre, semi, rot, wob = prm
+                r = float(np.max(semi)) * (1 + (wob[0] if wob else 0.0))
+                half = np.full(3, r) if rot else np.asarray(semi, float) * (1 + (wob[0] if wob else 0.0))
+            elif kind == "cylinder":
+                centre, rad, length = prm
+                half = np.array([rad, rad, length / 2])
+            else:  # fissure
+                centre = prm[0]
+                half = np.array([prm[1], b[1], b[2]])
+            lo, hi = np.asarray(centre) - half - margin, np.asarray(centre) + half + margin
+            if np.all(lo <= lo_all) and np.all(hi >= hi_all):
+                idx = None
+                q = p
+            else:
+                inside = np.all((p >= lo) & (p <= hi), axis=1)
+                idx = np.nonzero(inside)[0]
+                if idx.size == 0:
+                    first = False
+                    continue
+                q = p[idx]
+            if kind == "ellipsoid":
+                m = _smooth_step(_ellipsoid_distance(q, centre, semi, rot, wob), edge)
+            elif kind == "cylinder":
+                m = _smooth_step(_cylinder_distance(q, centre, rad, length), edge)
+            else:
+                m = _smooth_step(np.abs(q[:, 0] - centre[0]) - prm[1], edge) * _smooth_step(
+                    -(q[:, 2] - centre[2] - prm[2]), edge
+                )
+            if in_brain:
+                m = m * (outer if idx is None else outer[idx])
+            if first:  # the first shape is the brain's outer boundary
+                first = False
+                if idx is None:
+                    outer[:] = m
+                else:
+                    outer[idx] = m
+            yield name, idx, m
 
     def fractions(
         self, points: np.ndarray, edge_m: float | None = None
@@ -372,10 +424,17 @@ class HeadPhantom:
         comps = self.table()
         index = {c.name: i for i, c in enumerate(comps)}
         f = np.zeros((len(comps),) + p.shape[:-1], dtype=np.float32)
-        for name, m in self._layers(p, self.edge_m if edge_m is None else edge_m):
-            f *= 1 - m
-            f[index[name]] += m
-        return comps, f
+        shape = p.shape[:-1]
+        p = p.reshape(-1, 3)
+        f = f.reshape(len(comps), -1)
+        for name, idx, m in self._layers(p, self.edge_m if edge_m is None else edge_m):
+            if idx is None:
+                f *= 1 - m
+                f[index[name]] += m
+            else:
+                f[:, idx] *= 1 - m
+                f[index[name], idx] += m
+        return comps, f.reshape((len(comps),) + shape)
 
     def tsc_mM(self, points: np.ndarray, edge_m: float | None = None) -> np.ndarray:
         """True total sodium concentration in mM at ``points`` (..., 3) in m."""

@@ -249,7 +249,10 @@ def simulate(
     opts = {} if n_threads is None else {"n_threads": n_threads}
     sens_c = sens.astype(np.complex128)
     with stage(f"forward model: {n_e} echo(es) x {n_coils} coil(s) x {n_bins} time bins"):
+        report = {max(1, round(n_bins * q / 4)) for q in (1, 2, 3)}
         for b in range(n_bins):
+            if b + 1 in report:
+                log.info("forward model: time bin %d of %d", b + 1, n_bins)
             sel = np.nonzero(bidx == b)[0]
             if sel.size == 0:
                 continue

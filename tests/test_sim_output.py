@@ -158,3 +158,20 @@ def test_cli_simulate_and_refusal(tmp_path, capsys):
     assert "exists" in capsys.readouterr().err and _sha(out / "raw.dat") == before
     assert main(["simulate", "--out", str(tmp_path / "bad"), "--matrix", "12", "--oversampling", "1"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("kind", ["radial-file", "tpi-file"])
+def test_design_from_trajectory_files_and_radial_is_rebuilt_from_the_header(tmp_path, kind):
+    from recon.io import build_trajectory, read_raw
+    from recon.trajectory import density_adapted_radial, read_trajectory, write_trajectory
+
+    if kind == "radial-file":
+        made = density_adapted_radial(fov_m=0.2, res_m=0.025, p=0.35, n_projections=120)
+    else:
+        made = tpi(fov_m=0.2, res_m=0.025, p=0.4, gmax_t_per_m=3e-3)  # not the profile's defaults
+    write_trajectory(made, tmp_path / "t.h5")
+    traj = read_trajectory(tmp_path / "t.h5")
+    res = simulate(HeadPhantom(), traj, snr=100.0, n_threads=1)
+    write_simulation(res, traj, tmp_path / "o")
+    rebuilt = build_trajectory(read_raw(tmp_path / "o" / "raw.dat"))
+    assert rebuilt.k.shape == made.k.shape and np.allclose(rebuilt.k, made.k, atol=1e-9)

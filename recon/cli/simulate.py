@@ -36,7 +36,11 @@ def register(sub) -> None:
         "--fov-mm", type=float, default=224.0, help="isotropic FOV in mm (224); resolution = FOV / N"
     )
     g.add_argument("--traj", choices=["tpi", "radial"], default="tpi", help="trajectory generator (tpi)")
-    g.add_argument("--traj-file", default=None, help="use this trajectory file (.h5) instead of a generator")
+    g.add_argument(
+        "--traj-file",
+        default=None,
+        help="use this trajectory file (.h5); its FOV and matrix replace --matrix/--fov-mm",
+    )
     g.add_argument("--traj-p", type=float, default=0.3, help="twist / density-adaptation fraction p (0.3)")
     gg = g.add_mutually_exclusive_group()
     gg.add_argument(

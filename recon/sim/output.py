@@ -53,6 +53,8 @@ def design_params(traj: Trajectory) -> dict:
         return {}
     out = {k: prm[k] for k in _ENCODED if k in prm}
     out["generator"] = gen
+    out.setdefault("fov_m", float(traj.fov_m[0]))  # trajectory files keep these as attributes
+    out.setdefault("res_m", float(traj.fov_m[0]) / traj.matrix[0])
     if gen == "radial":
         out["n_projections"] = traj.n_projections
     else:

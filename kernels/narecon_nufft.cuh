@@ -39,20 +39,34 @@ __device__ __forceinline__ T es_kernel(T z, T beta, T c) {
   return s > T(0) ? nr_exp(beta * (nr_sqrt(s) - T(1))) : T(0);
 }
 
+// Kernel widths compiled as constants (unrolled loops, weights in registers); others use the
+// generic kernels (NS = 0, runtime width). Kernel names carry the width: spread_gm_f32_w5, and
+// _w0 for the generic one. Keep in sync with SPECIALIZED_WIDTHS in recon/nufft/cupy_backend.py.
+#define NARECON_FOR_WIDTHS(M, SUFFIX, T) \
+  M(SUFFIX, T, 0) M(SUFFIX, T, 4) M(SUFFIX, T, 5) M(SUFFIX, T, 6) M(SUFFIX, T, 7)
+
+// Capacity of per-thread weight arrays and the width actually used.
+#define NARECON_CAP(NS) ((NS) > 0 ? (NS) : NARECON_MAX_NS)
+#define NARECON_WIDTH(NS, ns) ((NS) > 0 ? (NS) : (ns))
+
 // Kernel weights and periodic grid indices of one point along one axis.
 // x: position in fine-grid cells, [0, nf) (any real value is wrapped).
 // Cells i0 .. i0+ns-1 with i0 = ceil(x - ns/2) are touched; idx[j] = (i0 + j) mod nf.
-template <typename T>
-__device__ __forceinline__ int es_weights_1d(T x, int ns, int nf, T beta, T c, T* w, int* idx) {
+template <typename T, int NS>
+__device__ __forceinline__ int es_weights_1d(T x, int ns_rt, int nf, T beta, T c, T* w, int* idx) {
+  const int ns = NARECON_WIDTH(NS, ns_rt);
   T i0f = nr_ceil(x - T(0.5) * T(ns));
   int i0 = (int)i0f;
   T z = i0f - x;
   int i = i0 % nf;
   if (i < 0) i += nf;
-  for (int j = 0; j < ns; ++j) {
-    w[j] = es_kernel(z + T(j), beta, c);
-    idx[j] = i;
-    i = (i + 1 == nf) ? 0 : i + 1;
+#pragma unroll
+  for (int j = 0; j < NARECON_CAP(NS); ++j) {
+    if (j < ns) {
+      w[j] = es_kernel(z + T(j), beta, c);
+      idx[j] = i;
+      i = (i + 1 == nf) ? 0 : i + 1;
+    }
   }
   return i0;
 }

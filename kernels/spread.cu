@@ -8,20 +8,22 @@
 #include "narecon_nufft.cuh"
 
 // GM-sort: one thread per sorted point, atomicAdd straight into global memory.
-template <typename T>
+template <typename T, int NS>
 __device__ void spread_gm_impl(const T* __restrict__ x0, const T* __restrict__ x1, const T* __restrict__ x2,
                                const T* __restrict__ c, long long c_stride, int m, T* grid,
-                               int nf0, int nf1, int nf2, int ns, T beta, T cc, int n_t) {
-  T w0[NARECON_MAX_NS], w1[NARECON_MAX_NS], w2[NARECON_MAX_NS];
-  int i0[NARECON_MAX_NS], i1[NARECON_MAX_NS], i2[NARECON_MAX_NS];
+                               int nf0, int nf1, int nf2, int ns_rt, T beta, T cc, int n_t) {
+  T w0[NARECON_CAP(NS)], w1[NARECON_CAP(NS)], w2[NARECON_CAP(NS)];
+  int i0[NARECON_CAP(NS)], i1[NARECON_CAP(NS)], i2[NARECON_CAP(NS)];
+  const int ns = NARECON_WIDTH(NS, ns_rt);
   const long long grid_n = (long long)nf0 * nf1 * nf2;
   for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < m; p += blockDim.x * gridDim.x) {
-    es_weights_1d(x0[p], ns, nf0, beta, cc, w0, i0);
-    es_weights_1d(x1[p], ns, nf1, beta, cc, w1, i1);
-    es_weights_1d(x2[p], ns, nf2, beta, cc, w2, i2);
+    es_weights_1d<T, NS>(x0[p], ns, nf0, beta, cc, w0, i0);
+    es_weights_1d<T, NS>(x1[p], ns, nf1, beta, cc, w1, i1);
+    es_weights_1d<T, NS>(x2[p], ns, nf2, beta, cc, w2, i2);
     for (int t = 0; t < n_t; ++t) {
       const T cr = c[2 * (t * c_stride + p)], ci = c[2 * (t * c_stride + p) + 1];
       T* g = grid + 2 * t * grid_n;
+#pragma unroll 1  // keep the code small: only the inner two loops unroll
       for (int a = 0; a < ns; ++a) {
         for (int b = 0; b < ns; ++b) {
           const T wab = w0[a] * w1[b];
@@ -43,15 +45,16 @@ __device__ void spread_gm_impl(const T* __restrict__ x0, const T* __restrict__ x
 // [bin_start[b], bin_start[b] + bin_count[b]) clipped to this launch's chunk [m_lo, m_hi);
 // x0, x1, x2 and c point at the chunk (index p - m_lo).
 #define NARECON_SM_BYTES 49152
-template <typename T>
+template <typename T, int NS>
 __device__ void spread_sm_impl(const T* __restrict__ x0, const T* __restrict__ x1, const T* __restrict__ x2,
                                const T* __restrict__ c, long long c_stride, const int* __restrict__ bin_start,
                                const int* __restrict__ bin_count, const int* __restrict__ bin_list,
                                int nb1, int nb2, int B, int m_lo, int m_hi, T* grid,
-                               int nf0, int nf1, int nf2, int ns, T beta, T cc, int n_t) {
+                               int nf0, int nf1, int nf2, int ns_rt, T beta, T cc, int n_t) {
   __shared__ T sub[NARECON_SM_BYTES / sizeof(T)];
-  T w0[NARECON_MAX_NS], w1[NARECON_MAX_NS], w2[NARECON_MAX_NS];
-  int i0[NARECON_MAX_NS], i1[NARECON_MAX_NS], i2[NARECON_MAX_NS];
+  T w0[NARECON_CAP(NS)], w1[NARECON_CAP(NS)], w2[NARECON_CAP(NS)];
+  int i0[NARECON_CAP(NS)], i1[NARECON_CAP(NS)], i2[NARECON_CAP(NS)];
+  const int ns = NARECON_WIDTH(NS, ns_rt);
   const int bin = bin_list[blockIdx.x];
   int s = bin_start[bin], e = s + bin_count[bin];
   s = (s > m_lo ? s : m_lo) - m_lo;
@@ -65,10 +68,11 @@ __device__ void spread_sm_impl(const T* __restrict__ x0, const T* __restrict__ x
     for (int l = threadIdx.x; l < 2 * P3; l += blockDim.x) sub[l] = T(0);
     __syncthreads();
     for (int p = s + threadIdx.x; p < e; p += blockDim.x) {
-      const int j0 = es_weights_1d(x0[p], ns, nf0, beta, cc, w0, i0) - o0;
-      const int j1 = es_weights_1d(x1[p], ns, nf1, beta, cc, w1, i1) - o1;
-      const int j2 = es_weights_1d(x2[p], ns, nf2, beta, cc, w2, i2) - o2;
+      const int j0 = es_weights_1d<T, NS>(x0[p], ns, nf0, beta, cc, w0, i0) - o0;
+      const int j1 = es_weights_1d<T, NS>(x1[p], ns, nf1, beta, cc, w1, i1) - o1;
+      const int j2 = es_weights_1d<T, NS>(x2[p], ns, nf2, beta, cc, w2, i2) - o2;
       const T cr = c[2 * (t * c_stride + p)], ci = c[2 * (t * c_stride + p) + 1];
+#pragma unroll 1  // keep the code small: only the inner two loops unroll
       for (int a = 0; a < ns; ++a) {
         for (int b = 0; b < ns; ++b) {
           const T wab = w0[a] * w1[b];
@@ -98,25 +102,25 @@ __device__ void spread_sm_impl(const T* __restrict__ x0, const T* __restrict__ x
   }
 }
 
-#define NARECON_SPREAD_GM(SUFFIX, T)                                                                     \
-  extern "C" __global__ void spread_gm_##SUFFIX(const T* x0, const T* x1, const T* x2, const T* c,      \
-                                                long long c_stride, int m, T* grid, int nf0, int nf1,   \
-                                                int nf2, int ns, T beta, T cc, int n_t) {               \
-    spread_gm_impl<T>(x0, x1, x2, c, c_stride, m, grid, nf0, nf1, nf2, ns, beta, cc, n_t);              \
-  }                                                                                                      \
-  NARECON_EXPORT(spread_gm_##SUFFIX)
+#define NARECON_SPREAD_GM(SUFFIX, T, NS)                                                                 \
+  extern "C" __global__ void spread_gm_##SUFFIX##_w##NS(const T* x0, const T* x1, const T* x2, const T* c, \
+                                                        long long c_stride, int m, T* grid, int nf0,        \
+                                                        int nf1, int nf2, int ns, T beta, T cc, int n_t) {  \
+    spread_gm_impl<T, NS>(x0, x1, x2, c, c_stride, m, grid, nf0, nf1, nf2, ns, beta, cc, n_t);             \
+  }                                                                                                         \
+  NARECON_EXPORT(spread_gm_##SUFFIX##_w##NS)
 
-#define NARECON_SPREAD_SM(SUFFIX, T)                                                                     \
-  extern "C" __global__ void spread_sm_##SUFFIX(                                                        \
-      const T* x0, const T* x1, const T* x2, const T* c, long long c_stride, const int* bin_start,      \
-      const int* bin_count, const int* bin_list, int nb1, int nb2, int B, int m_lo, int m_hi, T* grid,  \
-      int nf0, int nf1, int nf2, int ns, T beta, T cc, int n_t) {                                       \
-    spread_sm_impl<T>(x0, x1, x2, c, c_stride, bin_start, bin_count, bin_list, nb1, nb2, B, m_lo, m_hi, \
-                      grid, nf0, nf1, nf2, ns, beta, cc, n_t);                                          \
-  }                                                                                                      \
-  NARECON_EXPORT(spread_sm_##SUFFIX)
+#define NARECON_SPREAD_SM(SUFFIX, T, NS)                                                                  \
+  extern "C" __global__ void spread_sm_##SUFFIX##_w##NS(                                                 \
+      const T* x0, const T* x1, const T* x2, const T* c, long long c_stride, const int* bin_start,       \
+      const int* bin_count, const int* bin_list, int nb1, int nb2, int B, int m_lo, int m_hi, T* grid,   \
+      int nf0, int nf1, int nf2, int ns, T beta, T cc, int n_t) {                                        \
+    spread_sm_impl<T, NS>(x0, x1, x2, c, c_stride, bin_start, bin_count, bin_list, nb1, nb2, B, m_lo,    \
+                          m_hi, grid, nf0, nf1, nf2, ns, beta, cc, n_t);                                 \
+  }                                                                                                       \
+  NARECON_EXPORT(spread_sm_##SUFFIX##_w##NS)
 
-NARECON_SPREAD_GM(f32, float)
-NARECON_SPREAD_GM(f64, double)
-NARECON_SPREAD_SM(f32, float)
-NARECON_SPREAD_SM(f64, double)
+NARECON_FOR_WIDTHS(NARECON_SPREAD_GM, f32, float)
+NARECON_FOR_WIDTHS(NARECON_SPREAD_GM, f64, double)
+NARECON_FOR_WIDTHS(NARECON_SPREAD_SM, f32, float)
+NARECON_FOR_WIDTHS(NARECON_SPREAD_SM, f64, double)

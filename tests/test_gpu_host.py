@@ -91,6 +91,23 @@ def test_adjoint_identity_and_batch(rng, method):
         np.testing.assert_allclose(op.adjoint(y[i]), ahy[i], rtol=0, atol=1e-12 * np.abs(ahy).max())
 
 
+@pytest.mark.parametrize("method", ["gm", "sm"])
+def test_generic_width_kernels(rng, method):
+    """Widths without a compiled-in constant (ns 9 at eps 1e-8; ns 5 forced generic) run the _w0 kernels."""
+    shape = (12, 13, 12)
+    k = _random_k(rng, shape, 1500)
+    x = _cplx(rng, shape, np.complex128)
+    y = _cplx(rng, (len(k),), np.complex128)
+    ref = NUFFT(k, shape, FOV, backend="finufft", eps=1e-12, dtype=np.complex128)
+    for eps, spec in ((1e-8, True), (1e-4, False)):
+        op = NUFFT(
+            k, shape, FOV, backend="cuda-host", eps=eps, dtype=np.complex128, method=method, specialize=spec
+        )
+        assert op._plan(1).ns not in op._plan(1).widths
+        assert _rel(op.forward(x), ref.forward(x)) <= 10 * eps
+        assert _rel(op.adjoint(y), ref.adjoint(y)) <= 10 * eps
+
+
 def test_sm_equals_gm(rng):
     shape = (16, 16, 16)
     k = _random_k(rng, shape, 3000)

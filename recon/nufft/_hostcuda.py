@@ -29,7 +29,7 @@ import numpy as np
 from recon.errors import BackendUnavailableError
 
 HEADER = Path(__file__).with_name("_hostcuda.h")
-CXX_FLAGS = ("-O2", "-std=c++20", "-shared", "-fPIC", "-pthread", "-fno-fast-math")
+CXX_FLAGS = ("-O2", "-std=c++20", "-shared", "-fPIC", "-pthread", "-fno-fast-math", "-Wno-unknown-pragmas")
 
 
 def compiler() -> str | None:

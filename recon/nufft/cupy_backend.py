@@ -49,6 +49,10 @@ SYNC_KERNELS = frozenset({"spread_sm"})
 MAX_NS = 16
 SM_BYTES = 49152
 GM_BIN = (2, 16, 16)
+SPECIALIZED_WIDTHS = frozenset({4, 5, 6, 7})
+"""Widths compiled as constants (kernel suffix _w<ns>); others run the generic _w0 kernels.
+Keep in sync with NARECON_FOR_WIDTHS in kernels/narecon_nufft.cuh."""
+WIDTH_KERNELS = frozenset({"spread_gm", "spread_sm", "interp"})
 
 
 def kernel_dir() -> Path:
@@ -247,7 +251,9 @@ class CudaNufftPlan:
     k_grid (M, 3) in cycles per FOV; shape (N0, N1, N2); n_trans transforms per call; eps;
     dtype complex64 or complex128. Options: ``method`` ``"gm"`` (sorted global-memory atomics,
     default) or ``"sm"`` (shared-memory subproblems); ``max_device_bytes`` caps the memory this
-    plan may use (default: what the device reports free, times 0.9); ``upsampfac`` (2.0 only).
+    plan may use (default: what the device reports free, times 0.9); ``upsampfac`` (2.0 only);
+    ``specialize`` (default True) runs the kernels compiled for the width (4..7) when there is
+    one, False always the generic runtime-width kernels.
     """
 
     _platform_cls: type = _CupyPlatform
@@ -267,6 +273,7 @@ class CudaNufftPlan:
         max_device_bytes: int | None = None,
         upsampfac: float = 2.0,
         n_threads: int | None = None,
+        specialize: bool = True,
         **unused,
     ):
         if unused:
@@ -279,6 +286,7 @@ class CudaNufftPlan:
         self.real = np.dtype(np.float32 if self.dtype == np.complex64 else np.float64)
         self.suffix = "f32" if self.real == np.float32 else "f64"
         self.eps = float(eps)
+        self.widths = SPECIALIZED_WIDTHS if specialize else frozenset()
         self.ns, beta, c = es_params(max(eps, 1e-7 if self.real == np.float32 else 1e-15), upsampfac)
         self.beta, self.c = self.real.type(beta), self.real.type(c)
         self.nf = tuple(fine_size(n, self.ns) for n in self.shape)
@@ -398,9 +406,10 @@ class CudaNufftPlan:
         threads = threads or p.threads
         if blocks is None:
             blocks = max(1, min(-(-n_items // threads), p.max_blocks))
-        p.launcher.launch(
-            f"{kernel}_{self.suffix}", (blocks, 1, 1), (threads, 1, 1), args, sync=kernel in SYNC_KERNELS
-        )
+        name = f"{kernel}_{self.suffix}"
+        if kernel in WIDTH_KERNELS:
+            name += f"_w{self.ns if self.ns in self.widths else 0}"
+        p.launcher.launch(name, (blocks, 1, 1), (threads, 1, 1), args, sync=kernel in SYNC_KERNELS)
 
     def _fft_plan(self, g: int):
         if g not in self._fft_plans:

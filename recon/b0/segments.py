@@ -107,8 +107,8 @@ def rate_histogram(
     if fv.size == 0:
         fv = np.zeros(1)
     fl, fh = fv.min(), fv.max()
-    if fh - fl < 1e-6:
-        fl, fh = fl - 0.5, fh + 0.5
+    if fh - fl < 1e-6:  # one field value: fit that rate only (exact)
+        n_f = 1
     if r2star_hz is None:
         cnt, edges = np.histogram(fv, bins=n_f, range=(fl, fh))
         fc = 0.5 * (edges[1:] + edges[:-1])
@@ -122,7 +122,7 @@ def rate_histogram(
         )
         rl, rh = rv.min(), rv.max()
         if rh - rl < 1e-6:
-            rl, rh = rl - 0.5, rh + 0.5
+            n_r = 1
         cnt, fe, re_ = np.histogram2d(fv, rv, bins=(n_f, n_r), range=((fl, fh), (rl, rh)))
         fc = 0.5 * (fe[1:] + fe[:-1])
         rc = 0.5 * (re_[1:] + re_[:-1])

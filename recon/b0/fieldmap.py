@@ -13,11 +13,13 @@ magnitude-weighted by construction (|z| = |x1||x2|). Inside a support mask it is
 
 * ``smooth``: normalised complex Gaussian smoothing G(z m) / G(|z| m) (a magnitude-weighted
   circular mean, robust to the low SNR of echo 2 and to wraps), then unwrapping, or
-* ``poly``: a weighted least-squares fit of a low-order 3D polynomial to the unwrapped phase
-  (weights |z|),
+* ``poly``: a weighted least-squares fit of a low-order 3D polynomial to the unwrapped raw
+  phase (weights |z|); unbiased at the mask edge, for strong smooth gradients.
 
-and extrapolated ``extrapolate_vox`` voxels past the mask (normalised convolution carries the
-smoothed phase outward; the polynomial is simply evaluated there). Outside, the map is 0 Hz.
+Smoothing pulls a steep gradient towards the interior at the mask edge (measured: 38 Hz/voxel
+gives 0.9 Hz RMS inside, 3.6 Hz RMS over the mask with sigma 0.7 voxel); ``poly`` does not.
+The map is extrapolated ``extrapolate_vox`` voxels past the mask (normalised convolution
+carries the smoothed phase outward; the polynomial is simply evaluated there). Outside, the map is 0 Hz.
 
 External maps (:func:`load_fieldmap_nifti`): a NIfTI in Hz, resampled through both affines onto
 the sodium grid (nibabel + scipy), scaled by gamma(23Na)/gamma(1H) = 0.2645 when measured on
@@ -151,9 +153,14 @@ def estimate_fieldmap(
         if unwrap:
             phase = _unwrap(phase, region)
     else:
-        phase = np.angle(ndimage.gaussian_filter(zm.real, 1.0) + 1j * ndimage.gaussian_filter(zm.imag, 1.0))
+        # fit the raw phase (smoothing would bias it at the mask edge); unwrap it by the
+        # 2 pi multiples of the unwrapped, lightly smoothed phase
+        raw = np.angle(zm)
         if unwrap:
-            phase = _unwrap(phase, mask)
+            sm = np.angle(ndimage.gaussian_filter(zm.real, 1.0) + 1j * ndimage.gaussian_filter(zm.imag, 1.0))
+            sm = _unwrap(sm, mask)
+            raw = raw + 2 * np.pi * np.round((sm - raw) / (2 * np.pi))
+        phase = raw
         a = _poly_design(shape, int(poly_order), mask)
         sw = np.sqrt(wm[mask] / wm[mask].max())
         coef, *_ = np.linalg.lstsq(a * sw[:, None], phase[mask] * sw, rcond=None)

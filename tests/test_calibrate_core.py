@@ -72,12 +72,14 @@ def truth_conc(tubes=TUBES, head=True) -> np.ndarray:
     if head:
         a0, a1, a2 = HEAD_AXES
         head_f = volume_fraction(lambda x, y, z: (x / a0) ** 2 + (y / a1) ** 2 + (z / a2) ** 2 <= 1)
-        csf_f = volume_fraction(lambda x, y, z: (x - CSF_POS[0]) ** 2 + (y - CSF_POS[1]) ** 2
-                                + (z - CSF_POS[2]) ** 2 <= CSF_R**2)
+        csf_f = volume_fraction(
+            lambda x, y, z: (x - CSF_POS[0]) ** 2 + (y - CSF_POS[1]) ** 2 + (z - CSF_POS[2]) ** 2 <= CSF_R**2
+        )
         c += TISSUE_C * head_f + (CSF_C - TISSUE_C) * csf_f
     for (px, py), conc in tubes:
-        f = volume_fraction(lambda x, y, z, px=px, py=py: ((x - px) ** 2 + (y - py) ** 2 <= TUBE_R**2)
-                            & (np.abs(z) <= 35.0))
+        f = volume_fraction(
+            lambda x, y, z, px=px, py=py: ((x - px) ** 2 + (y - py) ** 2 <= TUBE_R**2) & (np.abs(z) <= 35.0)
+        )
         c += conc * f
     return c
 
@@ -227,12 +229,15 @@ def test_tubes_file(tmp_path, conc, noisy):
     assert read_tubes_file(q)[0].concentration_mM == TUBES[0][1]
 
 
-@pytest.mark.parametrize("text, msg", [
-    ("x_mm,y_mm,z_mm,concentration_mM\n1,2,3,30\n", "lacks a column for radius"),
-    ("1,2,3,10,30\n1,2,three,10,60\n", "line 2"),
-    ("1,2,3,-10,30\n", "radius must be positive"),
-    ("# only comments\n", "no rows"),
-])
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        ("x_mm,y_mm,z_mm,concentration_mM\n1,2,3,30\n", "lacks a column for radius"),
+        ("1,2,3,10,30\n1,2,three,10,60\n", "line 2"),
+        ("1,2,3,-10,30\n", "radius must be positive"),
+        ("# only comments\n", "no rows"),
+    ],
+)
 def test_tubes_file_errors_name_the_file(tmp_path, text, msg):
     p = tmp_path / "bad.csv"
     p.write_text(text)
@@ -335,8 +340,15 @@ def test_result_json_and_qa_figure(tmp_path, noisy):
     for t in d["tubes"]:
         assert {"mean", "sd", "n_voxels", "centre_mm", "concentration_mM"} <= set(t)
         assert "mask" not in t
-    png = qa_figure(tmp_path / "qa.png", [noisy, 0.7 * noisy], tsc=cal.tsc,
-                    b0_hz=np.zeros(noisy.shape), tubes=cal.tubes, fit=cal.result.fit, title="test")
+    png = qa_figure(
+        tmp_path / "qa.png",
+        [noisy, 0.7 * noisy],
+        tsc=cal.tsc,
+        b0_hz=np.zeros(noisy.shape),
+        tubes=cal.tubes,
+        fit=cal.result.fit,
+        title="test",
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calibration.json", "qa.png"]
 

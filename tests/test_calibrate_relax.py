@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from recon.calibrate import CSF, SALINE_TUBE, TISSUE, ReadoutWeighting, RelaxationModel, relaxation_factors
-from recon.calibrate.relax import sphere_spectrum, t1_saturation, t2star_factor
+from recon.calibrate.relax import gaussian_spectrum, t1_saturation, t2star_factor
 from recon.errors import CalibrationError
 
 
-@pytest.mark.parametrize("t1, expected", [(0.035, 0.993), (0.040, 0.987), (0.050, 0.969), (0.060, 0.945),
-                                          (0.065, 0.931)])
+@pytest.mark.parametrize(
+    "t1, expected", [(0.035, 0.993), (0.040, 0.987), (0.050, 0.969), (0.060, 0.945), (0.065, 0.931)]
+)
 def test_t1_factor_at_90_degrees_matches_table(t1, expected):
     # notes/sodium_domain.md table (TR 174 ms, 90 deg); at 90 deg the factor is 1 - exp(-TR/T1)
     assert t1_saturation(0.174, 90.0, t1) == pytest.approx(expected, abs=6e-4)
@@ -40,7 +41,8 @@ def test_t2star_at_te_matches_table():
 
 def test_readout_factor_point_object_radial_closed_form():
     # constant-speed 3D radial readout k = v t, density weights ~ k^2 (w for R -> 0 is all samples):
-    # f = int_0^T t^2 exp(-(TE + t)/tau) dt / int_0^T t^2 dt = exp(-TE/tau) * 6 tau^3 (1 - e^-x (1 + x + x^2/2)) / T^3
+    # f = int_0^T t^2 exp(-(TE + t)/tau) dt / int_0^T t^2 dt
+    #   = exp(-TE/tau) * 6 tau^3 (1 - e^-x (1 + x + x^2/2)) / T^3
     te, T, tau, n = 0.3e-3, 10e-3, 0.02, 20000
     t = (np.arange(n) + 0.5) * T / n
     k = 150.0 * t / T
@@ -48,24 +50,26 @@ def test_readout_factor_point_object_radial_closed_form():
     x = T / tau
     closed = math.exp(-te / tau) * 6 * tau**3 * (1 - math.exp(-x) * (1 + x + x**2 / 2)) / T**3
     mono = RelaxationModel("mono", 0.05, (tau,))
-    assert t2star_factor(mono, te, rw, object_radius_m=1e-9) == pytest.approx(closed, rel=1e-6)
+    assert t2star_factor(mono, te, rw, object_fwhm_m=1e-9) == pytest.approx(closed, rel=1e-6)
     # a large object weights the k-space centre: -> decay at the centre time TE
-    assert t2star_factor(mono, te, rw, object_radius_m=5.0) == pytest.approx(math.exp(-te / tau), rel=2e-3)
+    assert t2star_factor(mono, te, rw, object_fwhm_m=5.0) == pytest.approx(math.exp(-te / tau), rel=2e-3)
     # linear in the pools: bi-exponential = weighted sum of monos
     bi = RelaxationModel("bi", 0.04, (0.003, 0.025), (0.6, 0.4))
     m1, m2 = RelaxationModel("a", 0.04, (0.003,)), RelaxationModel("b", 0.04, (0.025,))
     r = 0.01
     assert t2star_factor(bi, te, rw, r) == pytest.approx(
-        0.6 * t2star_factor(m1, te, rw, r) + 0.4 * t2star_factor(m2, te, rw, r), rel=1e-12)
+        0.6 * t2star_factor(m1, te, rw, r) + 0.4 * t2star_factor(m2, te, rw, r), rel=1e-12
+    )
 
 
-def test_sphere_spectrum():
-    assert sphere_spectrum(0.0, 0.01) == pytest.approx(1.0)
-    # first zero of 3 (sin x - x cos x)/x^3 is tan x = x, x = 4.4934
-    assert sphere_spectrum(4.493409 / (2 * np.pi * 0.01), 0.01) == pytest.approx(0.0, abs=1e-6)
-    x = np.array([1e-4, 2e-3])  # series and closed form agree across the switch
-    k = x / (2 * np.pi * 0.01)
-    assert np.allclose(sphere_spectrum(k, 0.01), 1 - x**2 / 10, atol=1e-9)
+def test_gaussian_spectrum_is_the_fourier_transform_of_the_blob():
+    fwhm = 0.02
+    sd = fwhm / (2 * math.sqrt(2 * math.log(2)))
+    x = np.linspace(-0.1, 0.1, 4001)
+    blob = np.exp(-(x**2) / (2 * sd**2))
+    for k in (0.0, 10.0, 25.0):  # 1D transform, normalised at k = 0 (separable in 3D)
+        ft = np.trapezoid(blob * np.cos(2 * np.pi * k * x), x) / np.trapezoid(blob, x)
+        assert gaussian_spectrum(k, fwhm) == pytest.approx(ft, abs=1e-9)
 
 
 def test_relaxation_factors_relative_and_serialised():
@@ -92,4 +96,4 @@ def test_readout_weighting_from_trajectory():
     assert rf.t2star_target < at_te.t2star_target
     assert rf.t2star_reference < at_te.t2star_reference
     assert rf.relative < at_te.relative
-    assert rf.to_dict()["object_radius_m"] == 0.01
+    assert rf.to_dict()["target_fwhm_m"] == 0.1 and rf.to_dict()["reference_fwhm_m"] == 0.03

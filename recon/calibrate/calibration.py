@@ -97,19 +97,26 @@ class CalibrationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN/inf become null)."""
-        return _jsonable({
-            "units": {"tsc": "mM", "slope": "signal per mM", "intercept": "signal", "centre_mm": "RAS+ mm"},
-            "method": self.method,
-            "signal": self.signal,
-            "fit": self.fit.to_dict(),
-            "tubes": [t.to_dict() for t in self.tubes],
-            "warnings": list(self.warnings),
-            "relaxation": None if self.relaxation is None else self.relaxation.to_dict(),
-            "sensitivity_corrected": self.sensitivity_corrected,
-            "reference": self.reference,
-            "ratio_reference": self.ratio_reference,
-            "settings": self.settings,
-        })
+        return _jsonable(
+            {
+                "units": {
+                    "tsc": "mM",
+                    "slope": "signal per mM",
+                    "intercept": "signal",
+                    "centre_mm": "RAS+ mm",
+                },
+                "method": self.method,
+                "signal": self.signal,
+                "fit": self.fit.to_dict(),
+                "tubes": [t.to_dict() for t in self.tubes],
+                "warnings": list(self.warnings),
+                "relaxation": None if self.relaxation is None else self.relaxation.to_dict(),
+                "sensitivity_corrected": self.sensitivity_corrected,
+                "reference": self.reference,
+                "ratio_reference": self.ratio_reference,
+                "settings": self.settings,
+            }
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
@@ -157,15 +164,29 @@ def _as_mask(region, shape, affine, what: str) -> np.ndarray:
     return mask
 
 
-def calibrate(echo1: np.ndarray, affine: np.ndarray, *, method: str = "auto",
-              concentrations_mM: Sequence[float] = DEFAULT_TUBES_MM, tubes_file: str | os.PathLike | None = None,
-              signal: str = "auto", noise_sigma: float | None = None, phase_sigma_vox: float = 2.0,
-              psf_fwhm_vox: float = DEFAULT_PSF_FWHM_VOX, head_mask: np.ndarray | None = None,
-              detect_options: dict | None = None, sensitivity: np.ndarray | None = None,
-              relaxation: RelaxationFactors | None = None, reference_region=None,
-              reference_mM: float = DEFAULT_REFERENCE_MM, reference_label: str = "CSF",
-              ratio_region=None, ratio_label: str = "CSF",
-              r2_min: float = R2_WARN, max_rel_dev: float = DEVIATION_WARN) -> Calibration:
+def calibrate(
+    echo1: np.ndarray,
+    affine: np.ndarray,
+    *,
+    method: str = "auto",
+    concentrations_mM: Sequence[float] = DEFAULT_TUBES_MM,
+    tubes_file: str | os.PathLike | None = None,
+    signal: str = "auto",
+    noise_sigma: float | None = None,
+    phase_sigma_vox: float = 2.0,
+    psf_fwhm_vox: float = DEFAULT_PSF_FWHM_VOX,
+    head_mask: np.ndarray | None = None,
+    detect_options: dict | None = None,
+    sensitivity: np.ndarray | None = None,
+    relaxation: RelaxationFactors | None = None,
+    reference_region=None,
+    reference_mM: float = DEFAULT_REFERENCE_MM,
+    reference_label: str = "CSF",
+    ratio_region=None,
+    ratio_label: str = "CSF",
+    r2_min: float = R2_WARN,
+    max_rel_dev: float = DEVIATION_WARN,
+) -> Calibration:
     """Calibrate the echo-1 image into a TSC map in mM.
 
     Parameters
@@ -202,26 +223,44 @@ def calibrate(echo1: np.ndarray, affine: np.ndarray, *, method: str = "auto",
     if sensitivity is not None:
         s = divide_sensitivity(s, sensitivity)
     erode_mm = float(psf_fwhm_vox) * float(voxel_sizes_mm(aff).mean())
-    settings: dict[str, Any] = {"psf_fwhm_vox": float(psf_fwhm_vox), "erosion_mm": erode_mm,
-                                "r2_warn_below": r2_min, "deviation_warn_above": max_rel_dev}
+    settings: dict[str, Any] = {
+        "psf_fwhm_vox": float(psf_fwhm_vox),
+        "erosion_mm": erode_mm,
+        "r2_warn_below": r2_min,
+        "deviation_warn_above": max_rel_dev,
+    }
     reference = None
     tubes: list[Tube] = []
     if method == "internal":
         mask = _as_mask(reference_region, x.shape, aff, "internal reference region")
         fit = reference_scale(region_mean(s, mask), reference_mM)
-        reference = {"label": reference_label, "concentration_mM": float(reference_mM),
-                     "n_voxels": int(mask.sum()), "mean_signal": fit.signals[0]}
+        reference = {
+            "label": reference_label,
+            "concentration_mM": float(reference_mM),
+            "n_voxels": int(mask.sum()),
+            "mean_signal": fit.signals[0],
+        }
         label = "internal-reference"
         if relaxation is not None and len(relaxation.reference.t2star_s) > 1:
-            w = (f"internal reference ({reference_label}) calibrated with a multi-exponential relaxation reference "
-                 f"model ({relaxation.reference.name}); a fluid reference is mono-exponential")
+            w = (
+                f"internal reference ({reference_label}) calibrated with a multi-exponential relaxation "
+                f"reference "
+                f"model ({relaxation.reference.name}); a fluid reference is mono-exponential"
+            )
             log.warning(w)
             warnings.append(w)
     else:
         if method == "auto":
             conc = [float(c) for c in concentrations_mM]
-            tubes, w = detect_tubes(np.abs(x), aff, conc, psf_fwhm_vox=psf_fwhm_vox, head_mask=head_mask,
-                                    rank_image=s, **(detect_options or {}))
+            tubes, w = detect_tubes(
+                np.abs(x),
+                aff,
+                conc,
+                psf_fwhm_vox=psf_fwhm_vox,
+                head_mask=head_mask,
+                rank_image=s,
+                **(detect_options or {}),
+            )
             settings["concentrations_mM"] = sorted(conc)
         else:
             specs = read_tubes_file(tubes_file)
@@ -231,8 +270,12 @@ def calibrate(echo1: np.ndarray, affine: np.ndarray, *, method: str = "auto",
         for t in tubes:
             t.measure(s)
         try:
-            fit = fit_line([t.concentration_mM for t in tubes], [t.mean for t in tubes],
-                           [t.sd for t in tubes], [t.n_voxels for t in tubes])
+            fit = fit_line(
+                [t.concentration_mM for t in tubes],
+                [t.mean for t in tubes],
+                [t.sd for t in tubes],
+                [t.n_voxels for t in tubes],
+            )
         except CalibrationError as e:
             raise CalibrationError(e.message, tubes_file) from None
         warnings += fit.check(r2_min, max_rel_dev)
@@ -244,8 +287,23 @@ def calibrate(echo1: np.ndarray, affine: np.ndarray, *, method: str = "auto",
         rmask = _as_mask(ratio_region, x.shape, aff, "ratio reference region")
         ratio, ref_mean = ratio_map(tsc, rmask)
         ratio_ref = {"label": ratio_label, "n_voxels": int(rmask.sum()), "mean_tsc_mM": ref_mean}
-    result = CalibrationResult(label, sig_info, fit, tubes, warnings, relaxation, sensitivity is not None,
-                               reference, ratio_ref, settings)
-    log.info("calibration (%s): a = %.4g per mM, b = %.4g%s", label, fit.slope, fit.intercept,
-             "" if fit.r2 is None else f", R^2 = {fit.r2:.4f}")
+    result = CalibrationResult(
+        label,
+        sig_info,
+        fit,
+        tubes,
+        warnings,
+        relaxation,
+        sensitivity is not None,
+        reference,
+        ratio_ref,
+        settings,
+    )
+    log.info(
+        "calibration (%s): a = %.4g per mM, b = %.4g%s",
+        label,
+        fit.slope,
+        fit.intercept,
+        "" if fit.r2 is None else f", R^2 = {fit.r2:.4f}",
+    )
     return Calibration(tsc, s, ratio, result)

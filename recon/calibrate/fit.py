@@ -67,8 +67,10 @@ class LinearFit:
             out.append(f"calibration R^2 = {self.r2:.4f} is below {r2_min}")
         for c, d in zip(self.concentrations_mM, self.relative_deviations):
             if abs(d) > max_rel_dev:
-                out.append(f"tube {c:g} mM deviates from the calibration line by {100 * d:+.1f}% "
-                           f"(limit {100 * max_rel_dev:.0f}%)")
+                out.append(
+                    f"tube {c:g} mM deviates from the calibration line by {100 * d:+.1f}% "
+                    f"(limit {100 * max_rel_dev:.0f}%)"
+                )
         for w in out:
             log.warning(w)
         return out
@@ -77,8 +79,12 @@ class LinearFit:
         return dataclasses.asdict(self)
 
 
-def fit_line(concentrations_mM: Sequence[float], signals: Sequence[float],
-             sds: Sequence[float] | None = None, counts: Sequence[int] | None = None) -> LinearFit:
+def fit_line(
+    concentrations_mM: Sequence[float],
+    signals: Sequence[float],
+    sds: Sequence[float] | None = None,
+    counts: Sequence[int] | None = None,
+) -> LinearFit:
     """Weighted least-squares line through (C_i, S_i), weights ``n_i / SD_i^2``.
 
     Uniform weights when SDs are not given, or any is zero or not finite (noise-free data).
@@ -91,7 +97,9 @@ def fit_line(concentrations_mM: Sequence[float], signals: Sequence[float],
     if not (np.all(np.isfinite(c)) and np.all(np.isfinite(s))):
         raise CalibrationError("calibration points contain NaN or infinite values")
     if np.unique(c).size < 2:
-        raise CalibrationError(f"need at least two distinct concentrations to fit a line, got {c.tolist()} mM")
+        raise CalibrationError(
+            f"need at least two distinct concentrations to fit a line, got {c.tolist()} mM"
+        )
     w = np.ones_like(c)
     weighting = "uniform"
     if sds is not None:
@@ -106,8 +114,10 @@ def fit_line(concentrations_mM: Sequence[float], signals: Sequence[float],
     coef, *_ = np.linalg.lstsq(A * sw[:, None], s * sw, rcond=None)
     a, b = float(coef[0]), float(coef[1])
     if not a > 0:
-        raise CalibrationError(f"calibration slope is not positive ({a:.4g} per mM): the tube signals do not "
-                               f"increase with concentration {c.tolist()} mM")
+        raise CalibrationError(
+            f"calibration slope is not positive ({a:.4g} per mM): the tube signals do not "
+            f"increase with concentration {c.tolist()} mM"
+        )
     fitted = a * c + b
     res = s - fitted
     dof = c.size - 2
@@ -119,8 +129,20 @@ def fit_line(concentrations_mM: Sequence[float], signals: Sequence[float],
     r2 = 1.0 - float((res**2).sum()) / ss_tot if ss_tot > 0 else 1.0
     dev = (s - b) / a - c
     rel = np.where(c != 0, dev / np.where(c != 0, c, 1.0), np.nan)
-    return LinearFit(a, b, a_se, b_se, r2, c.tolist(), s.tolist(), w.tolist(), res.tolist(), dev.tolist(),
-                     rel.tolist(), weighting)
+    return LinearFit(
+        a,
+        b,
+        a_se,
+        b_se,
+        r2,
+        c.tolist(),
+        s.tolist(),
+        w.tolist(),
+        res.tolist(),
+        dev.tolist(),
+        rel.tolist(),
+        weighting,
+    )
 
 
 def reference_scale(signal_mean: float, reference_mM: float) -> LinearFit:
@@ -130,5 +152,17 @@ def reference_scale(signal_mean: float, reference_mM: float) -> LinearFit:
     if not reference_mM > 0:
         raise CalibrationError(f"reference concentration must be positive, got {reference_mM} mM")
     a = float(signal_mean) / float(reference_mM)
-    return LinearFit(a, 0.0, None, None, None, [float(reference_mM)], [float(signal_mean)], [1.0], [0.0], [0.0],
-                     [0.0], "single reference")
+    return LinearFit(
+        a,
+        0.0,
+        None,
+        None,
+        None,
+        [float(reference_mM)],
+        [float(signal_mean)],
+        [1.0],
+        [0.0],
+        [0.0],
+        [0.0],
+        "single reference",
+    )

@@ -31,9 +31,17 @@ def _take(vol: np.ndarray, axis: int, idx: int) -> np.ndarray:
     return np.take(vol, idx, axis=axis).T
 
 
-def qa_figure(path: str | os.PathLike, echoes: Sequence[np.ndarray], *, tsc: np.ndarray | None = None,
-              b0_hz: np.ndarray | None = None, tubes: Sequence | None = None, fit=None,
-              title: str | None = None, tsc_max_mM: float | None = None) -> Path:
+def qa_figure(
+    path: str | os.PathLike,
+    echoes: Sequence[np.ndarray],
+    *,
+    tsc: np.ndarray | None = None,
+    b0_hz: np.ndarray | None = None,
+    tubes: Sequence | None = None,
+    fit=None,
+    title: str | None = None,
+    tsc_max_mM: float | None = None,
+) -> Path:
     """Write the QA PNG to ``path`` atomically and return the path.
 
     echoes : echo images (complex or magnitude; magnitudes are shown). tsc : TSC map in mM.
@@ -46,7 +54,9 @@ def qa_figure(path: str | os.PathLike, echoes: Sequence[np.ndarray], *, tsc: np.
     echoes = [np.abs(np.asarray(e)) for e in echoes]
     rows: list[tuple[str, np.ndarray, dict]] = []
     for i, e in enumerate(echoes):
-        rows.append((f"echo {i + 1} |S|", e, {"cmap": "gray", "vmin": 0, "vmax": float(np.percentile(e, 99.9))}))
+        rows.append(
+            (f"echo {i + 1} |S|", e, {"cmap": "gray", "vmin": 0, "vmax": float(np.percentile(e, 99.9))})
+        )
     if b0_hz is not None:
         b0 = np.asarray(b0_hz, dtype=float)
         lim = float(np.percentile(np.abs(b0[np.isfinite(b0)]), 99)) or 1.0
@@ -87,8 +97,9 @@ def qa_figure(path: str | os.PathLike, echoes: Sequence[np.ndarray], *, tsc: np.
         ax.errorbar(cc, ss, yerr=sd, fmt="o", color="k", capsize=3, label="ROI mean +/- SD")
         xx = np.linspace(0, max(cc.max(), 1.0) * 1.1, 50)
         r2 = "" if fit.r2 is None else f", R$^2$ = {fit.r2:.4f}"
-        ax.plot(xx, fit.slope * xx + fit.intercept, "r-",
-                label=f"S = {fit.slope:.4g} C + {fit.intercept:.3g}{r2}")
+        ax.plot(
+            xx, fit.slope * xx + fit.intercept, "r-", label=f"S = {fit.slope:.4g} C + {fit.intercept:.3g}{r2}"
+        )
         ax.set_xlabel("concentration (mM)")
         ax.set_ylabel("signal")
         ax.legend(fontsize=8, loc="upper left")

@@ -39,7 +39,8 @@ def phase_correct(image: np.ndarray, phase_sigma_vox: float = 2.0) -> tuple[np.n
     if not np.iscomplexobj(x):
         raise CalibrationError("phase correction needs a complex image")
     lp = ndimage.gaussian_filter(x.real.astype(np.float64), phase_sigma_vox) + 1j * ndimage.gaussian_filter(
-        x.imag.astype(np.float64), phase_sigma_vox)
+        x.imag.astype(np.float64), phase_sigma_vox
+    )
     phase = np.angle(lp)
     return (x * np.exp(-1j * phase)).real, phase
 
@@ -65,11 +66,15 @@ def noise_sigma_magnitude(magnitude: np.ndarray, background: np.ndarray | None =
         fin = m[np.isfinite(m)]
         s0 = float(np.median(fin)) / 1.1774 if fin.size else 0.0
         if not s0 > 0:
-            raise CalibrationError("cannot estimate the noise level (median magnitude is 0); give the noise SD")
+            raise CalibrationError(
+                "cannot estimate the noise level (median magnitude is 0); give the noise SD"
+            )
         background = ~ndimage.binary_dilation(m > 5.0 * s0, iterations=2)
     bg = m[np.asarray(background, dtype=bool) & np.isfinite(m)]
     if bg.size < 10:
-        raise CalibrationError("too few background voxels to estimate the noise level; give the noise SD instead")
+        raise CalibrationError(
+            "too few background voxels to estimate the noise level; give the noise SD instead"
+        )
     return float(np.sqrt(np.mean(bg**2) / 2.0))
 
 
@@ -79,8 +84,9 @@ def noise_floor_correct(magnitude: np.ndarray, sigma: float) -> np.ndarray:
     return np.sqrt(np.maximum(m**2 - float(sigma) ** 2, 0.0))
 
 
-def signal_image(echo1: np.ndarray, mode: str = "auto", noise_sigma: float | None = None,
-                 phase_sigma_vox: float = 2.0) -> tuple[np.ndarray, dict]:
+def signal_image(
+    echo1: np.ndarray, mode: str = "auto", noise_sigma: float | None = None, phase_sigma_vox: float = 2.0
+) -> tuple[np.ndarray, dict]:
     """The image calibrated into mM, and a description of how it was made.
 
     ``mode``: ``auto`` (``real`` for a complex image, ``magnitude-nf`` otherwise), ``real``,

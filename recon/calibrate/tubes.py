@@ -2,25 +2,33 @@
 
 Automatic detection (:func:`detect_tubes`) works on the echo-1 magnitude image:
 
-1. smooth with a Gaussian of ``smooth_vox`` voxels (segmentation only, against noise), threshold
-   at ``rel_threshold`` x its robust maximum (99.9th percentile) and label connected
-   components (6-connectivity, :func:`scipy.ndimage.label`);
+1. smooth with a Gaussian of ``smooth_vox`` voxels (against noise; ROI statistics use the
+   unsmoothed image), threshold at ``rel_threshold`` x its robust maximum (99.9th percentile) and
+   label connected components (6-connectivity, :func:`scipy.ndimage.label`). If fewer tubes than
+   concentrations separate from the head (blurred tails or ringing can bridge a narrow gap), the
+   threshold is raised step by step (up to 4x) while the head stays whole (its largest piece
+   keeps at least half its volume), and the lowest threshold that separates enough tubes is used;
 2. drop the head: components touching a given head mask, or else the largest component when it
    is more than 5x larger than the next, or is alone and larger than 250 ml (a tube phantom
    without a head: nothing is dropped);
 3. per remaining component take the half-maximum object (voxels >= 0.5 x its 95th-percentile
    signal, which approximates the true edge of a blurred uniform object) and erode it by one
    PSF width: keep voxels whose centre is at least ``psf_fwhm_vox`` voxels (in mm) inside the
-   half-maximum edge (Euclidean distance transform, anisotropic voxels allowed). Components
+   half-maximum edge, the edge taken half a voxel beyond the object's outer voxel centres
+   (Euclidean distance transform, anisotropic voxels allowed). A tube too narrow for that (radius
+   below about 2.6 voxels at the TPI PSF) keeps the voxels one FWHM from every outside voxel
+   centre instead (about half a voxel less erosion; ``erosion_mm`` records which). Components
    whose eroded core has fewer than ``min_core_voxels`` voxels are not compact tubes and are
    rejected (the reason is logged and named in the error if too few tubes remain);
 4. keep the ``len(concentrations)`` largest cores and match them to the concentrations by rank of
    their mean signal (in ``rank_image`` when given, e.g. the sensitivity-corrected signal).
 
 A tubes file is CSV (``#`` comments allowed) with the columns ``x_mm, y_mm, z_mm, radius_mm,
-concentration_mM``: the centre in scanner RAS+ mm (through the image's 4x4 affine), the tube's
-inner radius in mm and its concentration. An optional header row names the columns (any order).
-The ROI is the sphere of radius ``radius_mm - erode_mm`` about the centre.
+concentration_mM`` and optionally ``length_mm``: the centre in scanner RAS+ mm (through the
+image's 4x4 affine), the tube's inner radius in mm, its concentration, and its length along the
+scanner's S-I (RAS z) axis. An optional header row names the columns (any order). The ROI is the
+sphere of radius ``radius_mm - erode_mm`` about the centre, or with a length the cylinder of that
+radius and length ``length_mm - 2 erode_mm`` (more voxels: use it for tubes along B0).
 
 Connected components and distance transforms come from scipy.ndimage; only the selection logic
 is written here.
@@ -46,6 +54,8 @@ log = logging.getLogger("recon.calibrate")
 
 DEFAULT_PSF_FWHM_VOX = 1.6
 """PSF FWHM of an ideal spherical k-space (TPI) in voxels (1.59 x voxel size)."""
+THRESHOLD_STEPS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0)
+"""Multiples of ``rel_threshold`` tried in turn until enough tubes separate from the head."""
 HEAD_MIN_ML = 250.0
 """A lone component larger than this (ml) is taken as the head, not a tube."""
 
@@ -83,7 +93,9 @@ class Tube:
         """Fill ``mean``, ``sd`` and ``n_voxels`` from ``image`` (real-valued) over the ROI."""
         v = np.asarray(image)[self.mask]
         if np.iscomplexobj(v):
-            raise CalibrationError("tube ROI statistics need a real-valued image (magnitude or phase-corrected real)")
+            raise CalibrationError(
+                "tube ROI statistics need a real-valued image (magnitude or phase-corrected real)"
+            )
         self.n_voxels = int(v.size)
         self.mean = float(v.mean()) if v.size else float("nan")
         self.sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
@@ -98,11 +110,13 @@ class Tube:
 
 @dataclasses.dataclass(frozen=True)
 class TubeSpec:
-    """A tube as given in a tubes file: centre (RAS+ mm), radius (mm), concentration (mM)."""
+    """A tube as given in a tubes file: centre (RAS+ mm), radius (mm), concentration (mM), and
+    optionally its length (mm) along the scanner's S-I axis (None: a spherical ROI)."""
 
     centre_mm: tuple
     radius_mm: float
     concentration_mM: float
+    length_mm: float | None = None
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -123,11 +137,17 @@ def mm_to_vox(affine: np.ndarray, xyz) -> np.ndarray:
     return np.asarray(xyz, dtype=np.float64) @ a[:3, :3].T + a[:3, 3]
 
 
-def sphere_mask(shape: Sequence[int], affine: np.ndarray, centre_mm, radius_mm: float) -> np.ndarray:
-    """Boolean mask of voxels whose centres lie within ``radius_mm`` of ``centre_mm`` (RAS+ mm)."""
+def sphere_mask(
+    shape: Sequence[int], affine: np.ndarray, centre_mm, radius_mm: float, half_length_mm: float | None = None
+) -> np.ndarray:
+    """Voxels whose centres lie within ``radius_mm`` of ``centre_mm`` (RAS+ mm).
+
+    With ``half_length_mm`` the region is a cylinder along the RAS z (S-I) axis instead:
+    in-plane distance <= ``radius_mm`` and |z - z_centre| <= ``half_length_mm``.
+    """
     shape = tuple(int(s) for s in shape)
     c = mm_to_vox(affine, centre_mm)
-    half = radius_mm / voxel_sizes_mm(affine).min() + 1.5
+    half = max(radius_mm, half_length_mm or 0.0) / voxel_sizes_mm(affine).min() + 1.5
     lo = np.maximum(np.floor(c - half).astype(int), 0)
     hi = np.minimum(np.ceil(c + half).astype(int) + 1, shape)
     mask = np.zeros(shape, dtype=bool)
@@ -135,8 +155,12 @@ def sphere_mask(shape: Sequence[int], affine: np.ndarray, centre_mm, radius_mm: 
         return mask
     grids = np.meshgrid(*[np.arange(lo[d], hi[d]) for d in range(3)], indexing="ij")
     ijk = np.stack(grids, axis=-1)
-    d2 = ((vox_to_mm(affine, ijk) - np.asarray(centre_mm, dtype=np.float64)) ** 2).sum(-1)
-    mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = d2 <= radius_mm**2
+    rel = vox_to_mm(affine, ijk) - np.asarray(centre_mm, dtype=np.float64)
+    if half_length_mm is None:
+        inside = (rel**2).sum(-1) <= radius_mm**2
+    else:
+        inside = ((rel[..., :2] ** 2).sum(-1) <= radius_mm**2) & (np.abs(rel[..., 2]) <= half_length_mm)
+    mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = inside
     return mask
 
 
@@ -151,11 +175,71 @@ def _check_image(image: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.
     return img, aff
 
 
-def detect_tubes(magnitude: np.ndarray, affine: np.ndarray, concentrations_mM: Sequence[float], *,
-                 psf_fwhm_vox: float = DEFAULT_PSF_FWHM_VOX, head_mask: np.ndarray | None = None,
-                 rel_threshold: float = 0.1, threshold: float | None = None, min_core_voxels: int = 3,
-                 exclude_largest: bool | None = None,
-                 rank_image: np.ndarray | None = None, smooth_vox: float = 1.0) -> tuple[list[Tube], list[str]]:
+def _tube_candidates(labels, n, excluded, det, mag, aff, vox, erode_mm, min_core_voxels):
+    """Eroded half-maximum cores of the labelled components not in ``excluded``: (tubes, rejected)."""
+    slices = ndimage.find_objects(labels)
+    candidates, rejected = [], []
+    for lab in range(1, n + 1):
+        if lab in excluded or slices[lab - 1] is None:
+            continue
+        sl = tuple(
+            slice(max(s.start - 2, 0), min(s.stop + 2, dim)) for s, dim in zip(slices[lab - 1], mag.shape)
+        )
+        comp = labels[sl] == lab
+        vals = det[sl]
+        peak = float(np.percentile(vals[comp], 95))
+        obj = comp & (vals >= 0.5 * peak)
+        dist = ndimage.distance_transform_edt(np.pad(obj, 1), sampling=vox)[1:-1, 1:-1, 1:-1]
+        core = dist >= erode_mm + 0.5 * float(vox.min())
+        centre_vox = np.array(ndimage.center_of_mass(np.where(obj, vals, 0))) + np.array(
+            [s.start for s in sl]
+        )
+        ncore = int(core.sum())
+        full = True
+        if ncore < min_core_voxels:  # small tube: one FWHM from the outside voxel centres instead
+            core = dist >= erode_mm
+            ncore = int(core.sum())
+            full = False
+        if ncore < min_core_voxels:
+            rejected.append(
+                (
+                    int(obj.sum()),
+                    f"object at voxel {np.round(centre_vox, 1).tolist()} "
+                    f"({int(obj.sum())} voxels) keeps {ncore} after eroding {erode_mm:.1f} mm",
+                )
+            )
+            continue
+        mask = np.zeros(mag.shape, dtype=bool)
+        mask[sl] = core
+        vol_mm3 = float(obj.sum() * np.prod(vox))
+        candidates.append(
+            Tube(
+                float("nan"),
+                tuple(vox_to_mm(aff, centre_vox)),
+                tuple(centre_vox),
+                radius_mm=(3 * vol_mm3 / (4 * math.pi)) ** (1 / 3),
+                erosion_mm=erode_mm if full else erode_mm - 0.5 * float(vox.min()),
+                source="auto",
+                mask=mask,
+            ).measure(mag)
+        )
+    return candidates, rejected
+
+
+def detect_tubes(
+    magnitude: np.ndarray,
+    affine: np.ndarray,
+    concentrations_mM: Sequence[float],
+    *,
+    psf_fwhm_vox: float = DEFAULT_PSF_FWHM_VOX,
+    head_mask: np.ndarray | None = None,
+    rel_threshold: float = 0.1,
+    threshold: float | None = None,
+    min_core_voxels: int = 3,
+    exclude_largest: bool | None = None,
+    rank_image: np.ndarray | None = None,
+    smooth_vox: float = 0.7,
+) -> tuple[list[Tube], list[str]]:
     """Find the calibration tubes in a magnitude image (see the module docstring).
 
     Parameters
@@ -188,76 +272,83 @@ def detect_tubes(magnitude: np.ndarray, affine: np.ndarray, concentrations_mM: S
     robust_max = float(np.percentile(mag[finite], 99.9)) if finite.any() else 0.0
     if not robust_max > 0:
         raise CalibrationError("no tubes found: the image is empty (all zero or not finite)")
-    det = ndimage.gaussian_filter(np.where(finite, mag, 0.0), smooth_vox) if smooth_vox > 0 else np.where(finite, mag, 0)
-    thr = float(threshold) if threshold is not None else rel_threshold * float(np.percentile(det, 99.9))
-    labels, n = ndimage.label(det > thr)
-    if n == 0:
-        raise CalibrationError(f"no tubes found: nothing above the detection threshold {thr:.4g}")
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    ids = list(range(1, n + 1))
-    excluded: set[int] = set()
+    det = np.where(finite, mag, 0.0)
+    if smooth_vox > 0:
+        det = ndimage.gaussian_filter(det, smooth_vox)
+    hm = None
     if head_mask is not None:
         hm = np.asarray(head_mask, dtype=bool)
         if hm.shape != mag.shape:
             raise CalibrationError(f"head mask shape {hm.shape} differs from the image {mag.shape}")
-        excluded |= set(np.unique(labels[ndimage.binary_dilation(hm)]).tolist()) - {0}
-    else:
-        order = np.argsort(sizes)[::-1]
-        largest = int(order[0]) + 1
-        second = int(sizes[order[1]]) if n > 1 else 0
-        big = sizes[order[0]] * float(np.prod(voxel_sizes_mm(aff))) > HEAD_MIN_ML * 1e3
-        auto = sizes[order[0]] > 5 * second if n > 1 else big
-        is_head = exclude_largest if exclude_largest is not None else auto
-        if is_head:
-            excluded.add(largest)
-            log.info("largest component (%d voxels) taken as the head", int(sizes[order[0]]))
-
+        hm = ndimage.binary_dilation(hm)
     vox = voxel_sizes_mm(aff)
     erode_mm = float(psf_fwhm_vox) * float(vox.mean())
-    slices = ndimage.find_objects(labels)
-    candidates, rejected = [], []
-    for lab in ids:
-        if lab in excluded:
-            continue
-        sl = tuple(slice(max(s.start - 2, 0), min(s.stop + 2, dim)) for s, dim in zip(slices[lab - 1], mag.shape))
-        comp = labels[sl] == lab
-        vals = det[sl]
-        peak = float(np.percentile(vals[comp], 95))
-        obj = comp & (vals >= 0.5 * peak)
-        dist = ndimage.distance_transform_edt(np.pad(obj, 1), sampling=vox)[1:-1, 1:-1, 1:-1]
-        core = dist >= erode_mm + 0.5 * float(vox.min())
-        centre_local = np.array(ndimage.center_of_mass(np.where(obj, vals, 0)))
-        centre_vox = centre_local + np.array([s.start for s in sl])
-        ncore = int(core.sum())
-        if ncore < min_core_voxels:
-            rejected.append((int(obj.sum()), f"object at voxel {np.round(centre_vox, 1).tolist()} ({int(obj.sum())} voxels) keeps "
-                            f"{ncore} voxels after eroding {erode_mm:.1f} mm"))
-            continue
-        mask = np.zeros(mag.shape, dtype=bool)
-        mask[sl] = core
-        vol_mm3 = float(obj.sum() * np.prod(vox))
-        tube = Tube(float("nan"), tuple(vox_to_mm(aff, centre_vox)), tuple(centre_vox),
-                    radius_mm=(3 * vol_mm3 / (4 * math.pi)) ** (1 / 3), erosion_mm=erode_mm, source="auto",
-                    mask=mask).measure(mag)
-        candidates.append(tube)
+    det_max = float(np.percentile(det, 99.9))
+    levels = (
+        [float(threshold)]
+        if threshold is not None
+        else [rel_threshold * f * det_max for f in THRESHOLD_STEPS]
+    )
+    best: tuple | None = None
+    head0 = 0
+    for thr in levels:
+        labels, n = ndimage.label(det > thr)
+        if n == 0:
+            break
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        excluded: set[int] = set()
+        if hm is not None:
+            excluded |= set(np.unique(labels[hm]).tolist()) - {0}
+        else:
+            order = np.argsort(sizes)[::-1]
+            if head0 and sizes[order[0]] < 0.5 * head0:
+                log.debug("threshold %.4g fragments the head; stopping the threshold sweep", thr)
+                break
+            second = int(sizes[order[1]]) if n > 1 else 0
+            big = sizes[order[0]] * float(np.prod(vox)) > HEAD_MIN_ML * 1e3
+            auto = bool(sizes[order[0]] > 5 * second) if n > 1 else big
+            if exclude_largest if exclude_largest is not None else auto:
+                excluded.add(int(order[0]) + 1)
+                head0 = head0 or int(sizes[order[0]])
+        cands, rej = _tube_candidates(labels, n, excluded, det, mag, aff, vox, erode_mm, min_core_voxels)
+        if best is None or len(cands) > len(best[1]):
+            best = (thr, cands, rej)
+        if len(cands) >= len(conc):
+            break
+    if best is None:
+        raise CalibrationError(f"no tubes found: nothing above the detection threshold {levels[0]:.4g}")
+    thr, candidates, rejected = best
+    if thr != levels[0]:
+        log.info(
+            "tubes separated from the head at threshold %.4g (%.3g x the robust maximum)", thr, thr / det_max
+        )
     for _, r in rejected:
         log.debug("tube candidate rejected: %s", r)
     rejected.sort(key=lambda x: -x[0])
     why = ""
     if rejected:
-        why = (f"; {len(rejected)} object(s) too small for a tube ROI, the largest: "
-               + "; ".join(r for _, r in rejected[:3]))
+        why = f"; {len(rejected)} object(s) too small for a tube ROI, the largest: " + "; ".join(
+            r for _, r in rejected[:3]
+        )
+    tried = (
+        f"thresholds {levels[0]:.4g}..{levels[-1]:.4g}" if len(levels) > 1 else f"threshold {levels[0]:.4g}"
+    )
     if not candidates:
-        raise CalibrationError(f"no tubes found outside the head (threshold {thr:.4g}){why}")
+        raise CalibrationError(f"no tubes found outside the head ({tried}){why}")
     if len(candidates) < len(conc):
-        raise CalibrationError(f"found {len(candidates)} tubes but {len(conc)} concentrations were given "
-                               f"({', '.join(f'{c:g}' for c in conc)} mM){why}")
+        raise CalibrationError(
+            f"found {len(candidates)} tubes but {len(conc)} concentrations were given "
+            f"({', '.join(f'{c:g}' for c in conc)} mM){why}"
+        )
     if len(candidates) > len(conc):
         candidates.sort(key=lambda t: t.n_voxels, reverse=True)
-        extra = candidates[len(conc):]
+        extra = candidates[len(conc) :]
         candidates = candidates[: len(conc)]
-        w = (f"{len(extra)} further tube-like object(s) ignored (kept the {len(conc)} largest): centres "
-             + ", ".join(str(np.round(t.centre_mm, 1).tolist()) for t in extra) + " mm")
+        w = (
+            f"{len(extra)} further tube-like object(s) ignored (kept the {len(conc)} largest): centres "
+            + ", ".join(str(np.round(t.centre_mm, 1).tolist()) for t in extra)
+            + " mm"
+        )
         log.warning(w)
         warnings.append(w)
     if rank_image is not None:
@@ -279,6 +370,7 @@ _COLUMNS = {
     "z": ("z", "z_mm"),
     "radius": ("r", "radius", "radius_mm", "r_mm"),
     "conc": ("c", "conc", "concentration", "concentration_mm", "mm", "c_mm"),
+    "length": ("length", "length_mm", "l_mm"),  # optional
 }
 
 
@@ -289,11 +381,16 @@ def read_tubes_file(path: str | os.PathLike) -> list[TubeSpec]:
         text = p.read_text()
     except OSError as e:
         raise CalibrationError(f"cannot read tubes file: {e.strerror}", p) from e
-    rows = [(i + 1, r) for i, r in enumerate(csv.reader(text.splitlines()))
-            if r and any(x.strip() for x in r) and not r[0].strip().startswith("#")]
+    rows = [
+        (i + 1, r)
+        for i, r in enumerate(csv.reader(text.splitlines()))
+        if r and any(x.strip() for x in r) and not r[0].strip().startswith("#")
+    ]
     if not rows:
-        raise CalibrationError("tubes file has no rows (expected x_mm,y_mm,z_mm,radius_mm,concentration_mM)", p)
-    order = [0, 1, 2, 3, 4]
+        raise CalibrationError(
+            "tubes file has no rows (expected x_mm,y_mm,z_mm,radius_mm,concentration_mM)", p
+        )
+    order: list[int | None] = [0, 1, 2, 3, 4, 5]
     first = [x.strip() for x in rows[0][1]]
     try:
         [float(x) for x in first]
@@ -302,33 +399,48 @@ def read_tubes_file(path: str | os.PathLike) -> list[TubeSpec]:
         order = []
         for key, aliases in _COLUMNS.items():
             hit = [i for i, nm in enumerate(names) if nm in aliases]
-            if not hit:
-                raise CalibrationError(f"tubes file header {first} lacks a column for {key} "
-                                       f"(accepted names: {', '.join(aliases)})", p) from None
-            order.append(hit[0])
+            if not hit and key != "length":
+                raise CalibrationError(
+                    f"tubes file header {first} lacks a column for {key} "
+                    f"(accepted names: {', '.join(aliases)})",
+                    p,
+                ) from None
+            order.append(hit[0] if hit else None)
         rows = rows[1:]
     specs = []
     for line, r in rows:
         try:
-            v = [float(r[i]) for i in order]
+            v = [float(r[i]) for i in order[:5]]
+            ln = order[5]
+            length = float(r[ln]) if ln is not None and ln < len(r) and r[ln].strip() else None
         except (ValueError, IndexError):
-            raise CalibrationError(f"line {line}: expected 5 numbers x_mm,y_mm,z_mm,radius_mm,concentration_mM, "
-                                   f"got {r}", p) from None
-        if not all(math.isfinite(x) for x in v):
+            raise CalibrationError(
+                f"line {line}: expected numbers x_mm,y_mm,z_mm,radius_mm,concentration_mM"
+                f"[,length_mm], got {r}",
+                p,
+            ) from None
+        if not all(math.isfinite(x) for x in v + [length or 0.0]):
             raise CalibrationError(f"line {line}: values must be finite, got {v}", p)
         if v[3] <= 0:
             raise CalibrationError(f"line {line}: radius must be positive, got {v[3]} mm", p)
         if v[4] < 0:
             raise CalibrationError(f"line {line}: concentration must be >= 0, got {v[4]} mM", p)
-        specs.append(TubeSpec((v[0], v[1], v[2]), v[3], v[4]))
+        if length is not None and length <= 0:
+            raise CalibrationError(f"line {line}: length must be positive, got {length} mm", p)
+        specs.append(TubeSpec((v[0], v[1], v[2]), v[3], v[4], length))
     if not specs:
         raise CalibrationError("tubes file lists no tubes", p)
     return specs
 
 
-def tubes_from_specs(shape: Sequence[int], affine: np.ndarray, specs: Sequence[TubeSpec],
-                     erode_mm: float, path: str | os.PathLike | None = None) -> tuple[list[Tube], list[str]]:
-    """Spherical ROIs of radius ``radius_mm - erode_mm`` about each tube centre; warnings for small tubes.
+def tubes_from_specs(
+    shape: Sequence[int],
+    affine: np.ndarray,
+    specs: Sequence[TubeSpec],
+    erode_mm: float,
+    path: str | os.PathLike | None = None,
+) -> tuple[list[Tube], list[str]]:
+    """ROIs eroded by ``erode_mm`` inside each tube (sphere, or cylinder with a length), and warnings.
 
     A tube narrower than the erosion keeps the voxel nearest its centre (with a warning). A centre
     outside the image is a :class:`CalibrationError` naming ``path``.
@@ -339,17 +451,36 @@ def tubes_from_specs(shape: Sequence[int], affine: np.ndarray, specs: Sequence[T
     for i, s in enumerate(specs):
         cv = mm_to_vox(aff, s.centre_mm)
         if np.any(cv < -0.5) or np.any(cv > np.asarray(shape) - 0.5):
-            raise CalibrationError(f"tube {i + 1} ({s.concentration_mM:g} mM) centre {list(s.centre_mm)} mm lies "
-                                   f"outside the image (voxel {np.round(cv, 1).tolist()} of {list(shape)})", path)
+            raise CalibrationError(
+                f"tube {i + 1} ({s.concentration_mM:g} mM) centre {list(s.centre_mm)} mm lies "
+                f"outside the image (voxel {np.round(cv, 1).tolist()} of {list(shape)})",
+                path,
+            )
         r = s.radius_mm - erode_mm
-        mask = sphere_mask(shape, aff, s.centre_mm, r) if r > 0 else np.zeros(shape, dtype=bool)
+        hl = None if s.length_mm is None else s.length_mm / 2 - erode_mm
+        if r > 0 and (hl is None or hl > 0):
+            mask = sphere_mask(shape, aff, s.centre_mm, r, hl)
+        else:
+            mask = np.zeros(shape, dtype=bool)
         if not mask.any():
             near = tuple(np.clip(np.round(cv).astype(int), 0, np.asarray(shape) - 1))
             mask[near] = True
-            w = (f"tube {i + 1} ({s.concentration_mM:g} mM): radius {s.radius_mm:g} mm leaves no ROI after eroding "
-                 f"{erode_mm:.1f} mm; using the voxel nearest its centre")
+            w = (
+                f"tube {i + 1} ({s.concentration_mM:g} mM): radius {s.radius_mm:g} mm leaves no ROI after "
+                f"eroding "
+                f"{erode_mm:.1f} mm; using the voxel nearest its centre"
+            )
             log.warning(w)
             warnings.append(w)
-        tubes.append(Tube(s.concentration_mM, tuple(float(x) for x in s.centre_mm), tuple(cv.tolist()),
-                          radius_mm=s.radius_mm, erosion_mm=float(erode_mm), source="file", mask=mask))
+        tubes.append(
+            Tube(
+                s.concentration_mM,
+                tuple(float(x) for x in s.centre_mm),
+                tuple(cv.tolist()),
+                radius_mm=s.radius_mm,
+                erosion_mm=float(erode_mm),
+                source="file",
+                mask=mask,
+            )
+        )
     return tubes, warnings

@@ -39,24 +39,25 @@ __device__ void spread_gm_impl(const T* __restrict__ x0, const T* __restrict__ x
   }
 }
 
-// SM: one block per non-empty cubic bin of side B; the block spreads its points into a padded
-// (B + 2h)^3 subgrid in shared memory (h = ceil(ns/2)), then adds the subgrid to the global
-// grid with one atomicAdd per cell. Points of bin b are sorted indices
-// [bin_start[b], bin_start[b] + bin_count[b]) clipped to this launch's chunk [m_lo, m_hi);
-// x0, x1, x2 and c point at the chunk (index p - m_lo).
+// SM: one block per subproblem, i.e. at most max_sub consecutive sorted points of one cubic bin
+// of side B (dense bins are split so that no block gets a long tail). The block spreads its
+// points into a padded (B + 2h)^3 subgrid in shared memory (h = ceil(ns/2)), then adds the
+// subgrid to the global grid with one atomicAdd per non-zero cell. Subproblem q covers sorted
+// indices [sub_start[q], sub_start[q] + sub_count[q]) of bin sub_bin[q], clipped to this
+// launch's chunk [m_lo, m_hi); x0, x1, x2 and c point at the chunk (index p - m_lo).
 #define NARECON_SM_BYTES 49152
 template <typename T, int NS>
 __device__ void spread_sm_impl(const T* __restrict__ x0, const T* __restrict__ x1, const T* __restrict__ x2,
-                               const T* __restrict__ c, long long c_stride, const int* __restrict__ bin_start,
-                               const int* __restrict__ bin_count, const int* __restrict__ bin_list,
+                               const T* __restrict__ c, long long c_stride, const int* __restrict__ sub_bin,
+                               const int* __restrict__ sub_start, const int* __restrict__ sub_count,
                                int nb1, int nb2, int B, int m_lo, int m_hi, T* grid,
                                int nf0, int nf1, int nf2, int ns_rt, T beta, T cc, int n_t) {
   __shared__ T sub[NARECON_SM_BYTES / sizeof(T)];
   T w0[NARECON_CAP(NS)], w1[NARECON_CAP(NS)], w2[NARECON_CAP(NS)];
   int i0[NARECON_CAP(NS)], i1[NARECON_CAP(NS)], i2[NARECON_CAP(NS)];
   const int ns = NARECON_WIDTH(NS, ns_rt);
-  const int bin = bin_list[blockIdx.x];
-  int s = bin_start[bin], e = s + bin_count[bin];
+  const int bin = sub_bin[blockIdx.x];
+  int s = sub_start[blockIdx.x], e = s + sub_count[blockIdx.x];
   s = (s > m_lo ? s : m_lo) - m_lo;
   e = (e < m_hi ? e : m_hi) - m_lo;
   if (s >= e) return;  // the whole block leaves together
@@ -112,10 +113,10 @@ __device__ void spread_sm_impl(const T* __restrict__ x0, const T* __restrict__ x
 
 #define NARECON_SPREAD_SM(SUFFIX, T, NS)                                                                  \
   extern "C" __global__ void spread_sm_##SUFFIX##_w##NS(                                                 \
-      const T* x0, const T* x1, const T* x2, const T* c, long long c_stride, const int* bin_start,       \
-      const int* bin_count, const int* bin_list, int nb1, int nb2, int B, int m_lo, int m_hi, T* grid,   \
+      const T* x0, const T* x1, const T* x2, const T* c, long long c_stride, const int* sub_bin,         \
+      const int* sub_start, const int* sub_count, int nb1, int nb2, int B, int m_lo, int m_hi, T* grid,  \
       int nf0, int nf1, int nf2, int ns, T beta, T cc, int n_t) {                                        \
-    spread_sm_impl<T, NS>(x0, x1, x2, c, c_stride, bin_start, bin_count, bin_list, nb1, nb2, B, m_lo,    \
+    spread_sm_impl<T, NS>(x0, x1, x2, c, c_stride, sub_bin, sub_start, sub_count, nb1, nb2, B, m_lo,     \
                           m_hi, grid, nf0, nf1, nf2, ns, beta, cc, n_t);                                 \
   }                                                                                                       \
   NARECON_EXPORT(spread_sm_##SUFFIX##_w##NS)

@@ -108,15 +108,38 @@ def test_generic_width_kernels(rng, method):
         assert _rel(op.adjoint(y), ref.adjoint(y)) <= 10 * eps
 
 
-def test_sm_equals_gm(rng):
+@pytest.mark.parametrize("max_points", [1024, 7])
+def test_sm_equals_gm(rng, max_points):
     shape = (16, 16, 16)
     k = _random_k(rng, shape, 3000)
     y = _cplx(rng, (2, len(k)), np.complex64)
     gm = NUFFT(k, shape, FOV, backend="cuda-host", eps=1e-4, method="gm").adjoint(y)
-    sm_op = NUFFT(k, shape, FOV, backend="cuda-host", eps=1e-4, method="sm")
+    sm_op = NUFFT(k, shape, FOV, backend="cuda-host", eps=1e-4, method="sm", sm_max_points=max_points)
     sm = sm_op.adjoint(y)
-    assert sm_op._plan(2).method == "sm"  # the shared-memory kernel really ran
+    plan = sm_op._plan(2)
+    assert plan.method == "sm"  # the shared-memory kernel really ran
+    assert plan._subs_host[2].max() <= max_points
     assert _rel(sm, gm) < 1e-5  # float32 accumulation order differs only
+
+
+def test_subproblems_cover_every_point_once():
+    sorted_bins = np.repeat([0, 3, 4, 9], [5, 1, 12, 7])
+    sub_bin, start, count = cb._subproblems(sorted_bins, 10, 4)
+    covered = np.concatenate([np.arange(s, s + c) for s, c in zip(start, count)])
+    np.testing.assert_array_equal(covered, np.arange(len(sorted_bins)))
+    assert count.max() <= 4
+    np.testing.assert_array_equal(sorted_bins[start], sub_bin)
+    np.testing.assert_array_equal(sorted_bins[start + count - 1], sub_bin)
+
+
+def test_auto_method_picks_sm_for_dense_tpi_and_gm_for_sparse(rng):
+    shape = (16, 16, 16)
+    from recon.trajectory import tpi
+
+    dense = tpi(fov_m=FOV, res_m=0.014).k.reshape(-1, 3)  # 77500 samples on 16^3: ~19 per voxel
+    sparse = _random_k(rng, shape, 300)
+    assert NUFFT(dense, shape, FOV, backend="cuda-host", eps=1e-4)._plan(1).method == "sm"
+    assert NUFFT(sparse, shape, FOV, backend="cuda-host", eps=1e-4)._plan(1).method == "gm"
 
 
 def test_chunked_memory_path_gives_same_result(rng):

@@ -120,6 +120,48 @@ def es_fourier(ns: int, beta: float, nf: int, n: int) -> np.ndarray:
     return 2 * np.cos(2 * np.pi * np.outer(modes, z) / nf) @ (wz * phi)
 
 
+def sm_bin_size(ns: int, real_bytes: int) -> int:
+    """Side B of the cubic SM bins: (B + 2 ceil(ns/2))^3 complex cells fit 48 KiB, at most 8 (<2: no SM)."""
+    side = int((SM_BYTES / (2 * real_bytes)) ** (1 / 3) + 1e-9)
+    return min(8, side - 2 * ((ns + 1) // 2))
+
+
+def _bin_index(pts: np.ndarray, bins, nb) -> np.ndarray:
+    b = [np.minimum((pts[d] // bins[d]).astype(np.int64), nb[d] - 1) for d in range(3)]
+    return (b[0] * nb[1] + b[1]) * nb[2] + b[2]
+
+
+def _subproblems(sorted_bins: np.ndarray, n_bins: int, max_points: int):
+    """(bin, first sorted index, count) int32 arrays: each non-empty bin cut into runs of <= max_points."""
+    counts = np.bincount(sorted_bins, minlength=n_bins)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    nz = np.flatnonzero(counts)
+    n_sub = -(-counts[nz] // max_points)
+    sub_bin = np.repeat(nz, n_sub)
+    first = np.repeat(starts[nz], n_sub)
+    offset = (np.arange(n_sub.sum()) - np.repeat(np.cumsum(n_sub) - n_sub, n_sub)) * max_points
+    sub_start = first + offset
+    sub_count = np.minimum(max_points, np.repeat(starts[nz] + counts[nz], n_sub) - sub_start)
+    return sub_bin.astype(np.int32), sub_start.astype(np.int32), sub_count.astype(np.int32)
+
+
+def choose_method(pts: np.ndarray, nf, ns: int, sm_bin: int, max_points: int = 1024) -> str:
+    """Spreading method by a global-atomics count (not a measurement; see benchmarks/GPU.md).
+
+    GM issues 2 ns^3 global atomics per sample; SM issues at most 2 (B + 2h)^3 per subproblem
+    plus 2 ns^3 shared-memory atomics per sample. SM is chosen when its global atomics are
+    under a quarter of GM's, which holds for dense MRI trajectories (several samples per cell).
+    """
+    if sm_bin < 2:
+        return "gm"
+    nb = tuple(-(-nf[d] // sm_bin) for d in range(3))
+    flat = _bin_index(pts, (sm_bin,) * 3, nb)
+    counts = np.bincount(flat, minlength=int(np.prod(nb)))
+    n_sub = int((-(-counts // max_points)).sum())
+    p3 = (sm_bin + 2 * ((ns + 1) // 2)) ** 3
+    return "sm" if n_sub * p3 < 0.25 * pts.shape[1] * ns**3 else "gm"
+
+
 # ---------------------------------------------------------------------------------------------
 # platforms: where the arrays live, how kernels are launched and FFTs done
 
@@ -249,11 +291,12 @@ class CudaNufftPlan:
 
     Parameters (as for every backend, see :func:`recon.nufft.operator.register_backend`):
     k_grid (M, 3) in cycles per FOV; shape (N0, N1, N2); n_trans transforms per call; eps;
-    dtype complex64 or complex128. Options: ``method`` ``"gm"`` (sorted global-memory atomics,
-    default) or ``"sm"`` (shared-memory subproblems); ``max_device_bytes`` caps the memory this
-    plan may use (default: what the device reports free, times 0.9); ``upsampfac`` (2.0 only);
-    ``specialize`` (default True) runs the kernels compiled for the width (4..7) when there is
-    one, False always the generic runtime-width kernels.
+    dtype complex64 or complex128. Options: ``method`` for spreading: ``"gm"`` (sorted points,
+    global-memory atomics), ``"sm"`` (shared-memory subproblems of at most ``sm_max_points``
+    points of one bin) or ``"auto"`` (default: :func:`choose_method`); ``max_device_bytes``
+    caps the memory this plan may use (default: what the device reports free, times 0.9);
+    ``upsampfac`` (2.0 only); ``specialize`` (default True) runs the kernels compiled for the
+    width (4..7) when there is one, False always the generic runtime-width kernels.
     """
 
     _platform_cls: type = _CupyPlatform
@@ -269,7 +312,8 @@ class CudaNufftPlan:
         n_trans,
         eps,
         dtype,
-        method: str = "gm",
+        method: str = "auto",
+        sm_max_points: int = 1024,
         max_device_bytes: int | None = None,
         upsampfac: float = 2.0,
         n_threads: int | None = None,
@@ -301,36 +345,26 @@ class CudaNufftPlan:
             x = np.mod(k_grid[:, d] * (self.nf[d] / self.shape[d]), self.nf[d]).astype(self.real)
             x[x >= self.nf[d]] = 0
             pts[d] = x
+        if method not in ("gm", "sm", "auto"):
+            raise InputError(f"cupy backend method must be 'gm', 'sm' or 'auto', got {method!r}")
+        self.sm_bin = sm_bin_size(self.ns, self.real.itemsize)
+        if method == "auto":
+            method = choose_method(pts, self.nf, self.ns, self.sm_bin, sm_max_points)
+        elif method == "sm" and self.sm_bin < 2:
+            log.info(
+                "kernel width %d too wide for shared-memory subproblems in %s: using gm", self.ns, self.real
+            )
+            method = "gm"
         self.method = method
-        if method not in ("gm", "sm"):
-            raise InputError(f"cupy backend method must be 'gm' or 'sm', got {method!r}")
-        h = (self.ns + 1) // 2
-        if method == "sm":
-            side = int(round((SM_BYTES / (2 * self.real.itemsize)) ** (1 / 3) + 1e-9))
-            self.sm_bin = min(8, side - 2 * h)
-            if self.sm_bin < 2:
-                log.info(
-                    "kernel width %d too wide for shared-memory subproblems in %s: using gm",
-                    self.ns,
-                    self.real.name,
-                )
-                self.method = "sm_unavailable"
-        bins = (self.sm_bin,) * 3 if self.method == "sm" else GM_BIN
-        if self.method == "sm_unavailable":
-            self.method = "gm"
+        bins = (self.sm_bin,) * 3 if method == "sm" else GM_BIN
         nb = tuple(-(-self.nf[d] // bins[d]) for d in range(3))
-        bidx = [np.minimum((pts[d] // bins[d]).astype(np.int64), nb[d] - 1) for d in range(3)]
-        flat = (bidx[0] * nb[1] + bidx[1]) * nb[2] + bidx[2]
+        flat = _bin_index(pts, bins, nb)
         perm = np.argsort(flat, kind="stable")
         self._pts_host = [np.ascontiguousarray(pts[d][perm]) for d in range(3)]
         self._perm_host = perm.astype(np.int64)
         self.nb = nb
-        if self.method == "sm":
-            counts = np.bincount(flat, minlength=int(np.prod(nb)))
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            self._bin_count = counts.astype(np.int32)
-            self._bin_start = starts.astype(np.int32)
-            self._bin_list_host = np.flatnonzero(counts).astype(np.int32)
+        if method == "sm":
+            self._subs_host = _subproblems(flat[perm], int(np.prod(nb)), sm_max_points)
 
         # deapodization factors 1/phihat per axis
         self._fk_host = [
@@ -345,11 +379,7 @@ class CudaNufftPlan:
             self._pts = [p.asarray(x) for x in self._pts_host]
             self._perm = p.asarray(self._perm_host)
         if self.method == "sm":
-            self._bins_dev = (
-                p.asarray(self._bin_start),
-                p.asarray(self._bin_count),
-                p.asarray(self._bin_list_host),
-            )
+            self._subs = [p.asarray(a) for a in self._subs_host]
         self._fine = xp.zeros((self.group,) + self.nf, dtype=self.dtype)
         self._fft_plans: dict[int, object] = {}
         log.debug("cupy NUFFT plan: %s", self)
@@ -494,11 +524,11 @@ class CudaNufftPlan:
                 else:
                     cs = p.asarray(np.asarray(y[t0 : t0 + g])[:, self._perm_host[s:e]], dtype=self.dtype)
                 if self.method == "sm":
-                    bs, bc, bl = self._bins_dev
+                    bs, bc, bl = self._subs
                     self._launch(
                         "spread_sm",
                         0,
-                        blocks=len(self._bin_list_host),
+                        blocks=len(self._subs_host[0]),
                         threads=p.sm_threads,
                         args=[
                             *pts,

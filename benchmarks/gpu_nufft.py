@@ -138,6 +138,7 @@ def run(args) -> list[dict]:
                     err_adj=float(np.linalg.norm(a - ref_a) / np.linalg.norm(ref_a)),
                     pool_bytes=int(cp.get_default_memory_pool().total_bytes()) if gpu else None,
                     device_used_bytes=used,
+                    method=getattr(op._plan(n_trans), "method", None),
                 )
             for _ in range(args.repeats):
                 for impl in rng.permutation(list(ops)):

@@ -10,11 +10,12 @@ The transform is the classic three-step NUFFT on a grid upsampled by 2.0:
 
 Kernel: exponential of semicircle (ES), phi(z) = exp(beta (sqrt(1 - (2z/w)^2) - 1)), width w
 and beta by FINUFFT/cuFINUFFT's rule at upsampling 2.0 (:func:`es_params`):
-w = ceil(-log10(eps/10)), at least 2, at most 16; beta = b(w) w with b = 2.20, 2.26, 2.38 for w = 2, 3, 4 and 2.30 else.
-eps 1e-4 gives w = 5, eps 1e-6 gives w = 7; widths 4..7 run kernels compiled for that width
-(weights in registers, inner loops unrolled), others a generic kernel. Fine grid nf = the next
-2,3,5-smooth even number >= max(2N, 2w) per axis. Deapodization factors: the kernel's Fourier transform at each mode,
-by Gauss-Legendre quadrature (host, once per plan).
+w = ceil(-log10(eps/10)), at least 2, at most 16; beta = b(w) w with b = 2.20, 2.26, 2.38 for
+w = 2, 3, 4 and 2.30 else. eps 1e-4 gives w = 5, eps 1e-6 gives w = 7. Widths 4..7 run kernels
+compiled for that width (weights in registers, inner loops unrolled), others a generic kernel.
+Fine grid nf = the next 2,3,5-smooth even number >= max(2N, 2w) per axis. Deapodization
+factors: the kernel's Fourier transform at each mode, by Gauss-Legendre quadrature (host, once
+per plan).
 
 Plan (built once per trajectory and batch size, reused for every call): points scaled to
 fine-grid cells and sorted into bins (stable numpy sort on the host; GM bins 2x16x16 cells,

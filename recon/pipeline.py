@@ -185,10 +185,10 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
     import nibabel as nib
 
     from recon.atomic import atomic_dir
-    from recon.b0 import correct, estimate_fieldmap, load_fieldmap
-    from recon.calibrate import calibrate, relaxation_factors
-    from recon.calibrate.relax import ReadoutWeighting
-    from recon.io import combine_coils, prewhiten, read_raw
+    from recon.b0 import correct, estimate_fieldmap, load_fieldmap_nifti, support_mask
+    from recon.calibrate import ReadoutWeighting, calibrate, qa_figure, relaxation_factors
+    from recon.io import read_raw
+    from recon.io.coils import combine_coils, prewhiten
     from recon.io.geometry import nifti_affine
     from recon.nufft import NUFFT
 
@@ -236,9 +236,16 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
         log.warning("%d of %d projections acquired: density weights of the full trajectory are used",
                     len(pidx_common), traj.n_projections)
 
-    with timer.stage("noise prewhitening"):
-        data = prewhiten(data, acq.noise)  # (echo, coil, proj, samp), whitened coil space
-    data = data.astype(np.complex64)
+    if acq.n_coils > 1 and acq.noise is not None:
+        # whitened coil space: noise uncorrelated, unit variance per channel (images then in noise units)
+        with timer.stage("noise prewhitening"):
+            data = prewhiten(data, acq.noise)
+    data = np.ascontiguousarray(data, dtype=np.complex64)
+
+    def combine(imgs):  # (echo, coil, N0, N1, N2) -> (echo, N0, N1, N2) complex
+        if imgs.shape[1] == 1:
+            return imgs[:, 0]
+        return np.stack([combine_coils(im, "adaptive") for im in imgs])
 
     with timer.stage("NUFFT plan"):
         op = NUFFT(k, matrix, fov, device=opts.device, eps=opts.eps)
@@ -246,7 +253,7 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
 
     with timer.stage("gridding (both echoes, all coils)"):
         plain = correct("none", op, data, dcf, acq.te_s, traj.t, np.zeros(matrix))
-    combined_plain = combine_coils(plain)  # (echo, N0, N1, N2) complex
+    combined_plain = combine(plain)
 
     # ---- B0
     method = opts.b0 if opts.b0 != "auto" else ("tb-cpr" if acq.n_echoes >= 2 or opts.fieldmap else "none")
@@ -254,23 +261,22 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
     fmap_info: dict[str, Any] = {"source": "none"}
     if opts.fieldmap:
         with timer.stage("external field map"):
-            fmap = load_fieldmap(opts.fieldmap, affine, matrix, nucleus=opts.fieldmap_nucleus,
-                                 target_nucleus=acq.nucleus)
+            fmap = load_fieldmap_nifti(opts.fieldmap, affine, matrix, nucleus=opts.fieldmap_nucleus)
         fmap_info = {"source": f"file {opts.fieldmap}", "nucleus": opts.fieldmap_nucleus}
     elif acq.n_echoes >= 2:
         with timer.stage("field map (dual echo)"):
-            fmap, fm = estimate_fieldmap(combined_plain[0], combined_plain[1], acq.te_s[0], acq.te_s[1])
-        fmap_info = {"source": "dual echo", **fm}
+            fmap = estimate_fieldmap(plain[0], plain[1], acq.te_s[0], acq.te_s[1])
+        fmap_info = {"source": "dual echo", "te_s": [acq.te_s[0], acq.te_s[1]],
+                     "unaliased_range_hz": 0.5 / abs(acq.te_s[1] - acq.te_s[0])}
     elif method != "none":
         raise InputError(f"--b0 {method} needs two echoes or --fieldmap; the data have one echo", raw[0])
     if method != "none":
         with timer.stage(f"B0 correction ({method})"):
             corr = correct(method, op, data, dcf, acq.te_s, traj.t, fmap, n_segments=opts.b0_segments,
-                           mask=fmap_info.get("mask"))
-        images = combine_coils(corr)
+                           mask=support_mask(np.abs(combined_plain[0])))
+        images = combine(corr)
     else:
         images = combined_plain
-    fmap_info.pop("mask", None)
 
     # ---- calibration
     relax = None
@@ -300,13 +306,13 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
                 img.header["descrip"] = desc[:79].encode()
                 nib.save(img, str(tmp / name))
 
-            nii("tsc_mM.nii.gz", cal.tsc_mM, "narecon TSC mM")
+            nii("tsc_mM.nii.gz", cal.tsc, "narecon TSC mM")
             for e in range(acq.n_echoes):
                 nii(f"echo{e + 1}.nii.gz", np.abs(images[e]), f"narecon echo {e + 1} magnitude TE {acq.te_s[e]*1e3:.3f} ms")
             nii("b0_hz.nii.gz", fmap, f"narecon B0 Hz ({acq.nucleus})")
-            if getattr(cal, "ratio", None) is not None:
+            if cal.ratio is not None:
                 nii("ratio_csf.nii.gz", cal.ratio, "narecon TSC ratio to reference region")
-            cal_dict = cal.to_dict() if hasattr(cal, "to_dict") else cal.result.to_dict()
+            cal_dict = cal.result.to_dict()
             (tmp / "calibration.json").write_text(json.dumps(cal_dict, indent=2, default=_json_default))
             provenance = {
                 "inputs": [{"path": os.path.abspath(p), "sha256": _sha256(p), "bytes": os.path.getsize(p)} for p in raw],
@@ -329,10 +335,9 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
             }
             _write_h5(tmp / "recon.h5", images, fmap, dcf, traj, affine, provenance, cal_dict)
             if opts.qa:
-                from recon.calibrate import qa_figure
-
-                qa_figure(tmp / "qa.png", [np.abs(im) for im in images], tsc=cal.tsc_mM, fieldmap=fmap,
-                          tubes=getattr(cal, "tubes", None), fit=getattr(cal, "fit", None), affine=affine)
+                qa_figure(tmp / "qa.png", list(images), tsc=cal.tsc, b0_hz=fmap, tubes=cal.tubes,
+                          fit=cal.result.fit if cal.result.tubes else None,
+                          title=f"narecon {Path(raw[0]).name}: {method} B0 correction, {cal.result.method}")
         provenance["timings_s"] = dict(timer.timings)
         summary = {
             "out": str(out_dir),

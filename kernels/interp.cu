@@ -18,8 +18,9 @@ __device__ void interp_impl(const T* __restrict__ x0, const T* __restrict__ x1, 
     es_weights_1d<T, NS>(x0[p], ns, nf0, beta, cc, w0, i0);
     es_weights_1d<T, NS>(x1[p], ns, nf1, beta, cc, w1, i1);
     es_weights_1d<T, NS>(x2[p], ns, nf2, beta, cc, w2, i2);
+    typedef typename nr_cplx<T>::type C;
     for (int t = 0; t < n_t; ++t) {
-      const T* g = grid + 2 * t * grid_n;
+      const C* g = reinterpret_cast<const C*>(grid) + t * grid_n;  // one vector load per cell
       T sr = T(0), si = T(0);
 #pragma unroll 1  // keep the code small: only the inner two loops unroll
       for (int a = 0; a < ns; ++a) {
@@ -28,15 +29,18 @@ __device__ void interp_impl(const T* __restrict__ x0, const T* __restrict__ x1, 
           const long long row = ((long long)i0[a] * nf1 + i1[b]) * nf2;
           T rr = T(0), ri = T(0);
           for (int d = 0; d < ns; ++d) {
-            rr += w2[d] * g[2 * (row + i2[d])];
-            ri += w2[d] * g[2 * (row + i2[d]) + 1];
+            const C v = g[row + i2[d]];
+            rr += w2[d] * v.x;
+            ri += w2[d] * v.y;
           }
           sr += wab * rr;
           si += wab * ri;
         }
       }
-      out[2 * (t * out_stride + p)] = sr;
-      out[2 * (t * out_stride + p) + 1] = si;
+      C r;
+      r.x = sr;
+      r.y = si;
+      reinterpret_cast<C*>(out)[t * out_stride + p] = r;
     }
   }
 }

@@ -32,6 +32,11 @@ __device__ __forceinline__ double nr_ceil(double x) { return ceil(x); }
 __device__ __forceinline__ float nr_floor(float x) { return floorf(x); }
 __device__ __forceinline__ double nr_floor(double x) { return floor(x); }
 
+// Complex value as one vector load/store (float2 / double2: 8 / 16 bytes).
+template <typename T> struct nr_cplx;
+template <> struct nr_cplx<float> { typedef float2 type; };
+template <> struct nr_cplx<double> { typedef double2 type; };
+
 // ES kernel value at offset z (grid cells) from the point.
 template <typename T>
 __device__ __forceinline__ T es_kernel(T z, T beta, T c) {

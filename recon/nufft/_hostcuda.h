@@ -1,8 +1,8 @@
 // Host emulation of the CUDA built-ins used by narecon's kernels (kernels/*.cu).
 //
 // Force-included (g++ -include) ahead of each .cu source so the very same kernel code compiles
-// as C++ for the CPU. It provides dim3, threadIdx/blockIdx (thread-local), blockDim/gridDim,
-// atomicAdd (float, double: compare-and-swap on the host), __syncthreads (a std::barrier of
+// as C++ for the CPU. It provides dim3, float2/double2, threadIdx/blockIdx (thread-local),
+// blockDim/gridDim, atomicAdd (float, double: compare-and-swap on the host), __syncthreads (a std::barrier of
 // the block's threads) and __shared__ (a function-local static: blocks run one after another,
 // so it is one block's shared memory at a time). NARECON_EXPORT(kernel) emits
 //   extern "C" int narecon_host_launch_<kernel>(const unsigned grid[3], const unsigned block[3],
@@ -37,6 +37,13 @@ using ::sqrtf;
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
+};
+// CUDA's vector types (natural alignment here: numpy buffers are only element-aligned)
+struct float2 {
+  float x, y;
+};
+struct double2 {
+  double x, y;
 };
 
 namespace hostcuda {

@@ -27,8 +27,8 @@ def test_literature_values_in_the_ranges_of_the_issue():
 def test_points_inside_compartments_have_their_values():
     ph = HeadPhantom(marker=True)
     pts = {
-        "tube_30mM": (-0.092, -0.030, 0.0),
-        "tube_120mM": (0.092, 0.030, 0.0),
+        "tube_30mM": (-0.088, -0.072, 0.0),
+        "tube_120mM": (0.088, 0.072, 0.0),
         "necrotic_core": tuple(np.add(ph.tumour_centre, 0)),
         "vitreous": (0.032, -0.080, -0.038),
         "white_matter": (0.035, 0.020, 0.0),

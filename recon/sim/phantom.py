@@ -136,19 +136,24 @@ class Tube:
 
 
 def default_tubes(concentrations: Sequence[float] = (30.0, 60.0, 90.0, 120.0)) -> tuple[Tube, ...]:
-    """Four tubes beside the head (two left, two right), radius 9 mm, 80 mm long."""
+    """Four tubes in the free corners of the FOV beside the head, radius 13 mm, 80 mm long.
+
+    26 mm diameter vials (e.g. 50 mL centrifuge tubes) keep a core of several voxels after
+    eroding one PSF width even at coarse resolution; centres at x = +-88 mm, y = +-72 mm (LPS)
+    leave about 20 mm to the scalp and 11 mm to the edge of a 224 mm FOV.
+    """
     pos = [
-        (-0.092, -0.030),
-        (-0.092, 0.030),
-        (0.092, -0.030),
-        (0.092, 0.030),
-    ]  # right-ant, right-post, left...
+        (-0.088, -0.072),
+        (-0.088, 0.072),
+        (0.088, -0.072),
+        (0.088, 0.072),
+    ]  # right-ant, right-post, left-ant, left-post
     if len(concentrations) > len(pos):
         raise InputError(
             f"at most {len(pos)} default tube positions, got {len(concentrations)} concentrations"
         )
     return tuple(
-        Tube(f"tube_{c:g}mM", (x, y, 0.0), 0.009, 0.080, float(c)) for (x, y), c in zip(pos, concentrations)
+        Tube(f"tube_{c:g}mM", (x, y, 0.0), 0.013, 0.080, float(c)) for (x, y), c in zip(pos, concentrations)
     )
 
 

@@ -212,6 +212,18 @@ def test_kernel_sources_found():
     assert (cb.kernel_dir() / "narecon_nufft.cuh").is_file()
 
 
+def test_rawmodule_code_changes_with_kernel_sources(tmp_path):
+    """CuPy caches by code string: an edited .cu or .cuh must change it."""
+    for f in [*cb.kernel_sources(), cb.kernel_dir() / "narecon_nufft.cuh"]:
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    srcs = [tmp_path / f.name for f in cb.kernel_sources()]
+    before = cb.rawmodule_code(srcs)
+    assert before == cb.rawmodule_code(cb.kernel_sources())
+    assert all(f'#include "{f.name}"' in before for f in srcs)
+    (tmp_path / "narecon_nufft.cuh").write_text((tmp_path / "narecon_nufft.cuh").read_text() + "\n// edit\n")
+    assert cb.rawmodule_code(srcs) != before
+
+
 def test_import_recon_does_not_import_cupy_and_gpu_error_is_clear():
     code = (
         "import sys, numpy as np, recon, recon.nufft, recon.device\n"

@@ -33,6 +33,7 @@ arguments, with numpy's FFT in place of cuFFT. That is how CI proves the kernels
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -258,8 +259,18 @@ class _CupyPlatform:
 
 
 def rawmodule_code(sources) -> str:
-    """The single translation unit CuPy's RawModule (NVRTC) compiles: one #include per .cu source."""
-    return "\n".join(f'#include "{Path(s).name}"' for s in sources) + "\n"
+    """The single translation unit CuPy's RawModule (NVRTC) compiles: one #include per .cu source.
+
+    It starts with a hash of every source and header: CuPy caches compiled modules by the code
+    string, and the hash makes an edited kernel file recompile instead of reusing a stale binary.
+    """
+    paths = [Path(s) for s in sources]
+    h = hashlib.sha256()
+    for p in [*paths, *sorted({c for s in paths for c in s.parent.glob("*.cuh")})]:
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    lines = [f"// narecon kernels, sources sha256 {h.hexdigest()}"]
+    lines += [f'#include "{p.name}"' for p in paths]
+    return "\n".join(lines) + "\n"
 
 
 NVRTC_OPTIONS = ("-std=c++17",)

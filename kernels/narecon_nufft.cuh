@@ -19,6 +19,10 @@
 
 #ifdef __CUDACC__
 #define NARECON_EXPORT(name)
+// Dynamic shared memory (size given at launch) viewed as an array of T.
+#define NARECON_DYNAMIC_SHARED(T, name)                     \
+  extern __shared__ __align__(16) unsigned char nr_smem_[]; \
+  T* name = reinterpret_cast<T*>(nr_smem_)
 #endif
 
 #define NARECON_MAX_NS 16

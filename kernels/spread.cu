@@ -45,14 +45,13 @@ __device__ void spread_gm_impl(const T* __restrict__ x0, const T* __restrict__ x
 // subgrid to the global grid with one atomicAdd per non-zero cell. Subproblem q covers sorted
 // indices [sub_start[q], sub_start[q] + sub_count[q]) of bin sub_bin[q], clipped to this
 // launch's chunk [m_lo, m_hi); x0, x1, x2 and c point at the chunk (index p - m_lo).
-#define NARECON_SM_BYTES 49152
 template <typename T, int NS>
 __device__ void spread_sm_impl(const T* __restrict__ x0, const T* __restrict__ x1, const T* __restrict__ x2,
                                const T* __restrict__ c, long long c_stride, const int* __restrict__ sub_bin,
                                const int* __restrict__ sub_start, const int* __restrict__ sub_count,
                                int nb1, int nb2, int B, int m_lo, int m_hi, T* grid,
                                int nf0, int nf1, int nf2, int ns_rt, T beta, T cc, int n_t) {
-  __shared__ T sub[NARECON_SM_BYTES / sizeof(T)];
+  NARECON_DYNAMIC_SHARED(T, sub);  // 2 (B + 2h)^3 values of T, sized at launch
   T w0[NARECON_CAP(NS)], w1[NARECON_CAP(NS)], w2[NARECON_CAP(NS)];
   int i0[NARECON_CAP(NS)], i1[NARECON_CAP(NS)], i2[NARECON_CAP(NS)];
   const int ns = NARECON_WIDTH(NS, ns_rt);

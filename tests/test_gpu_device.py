@@ -83,3 +83,19 @@ def test_cupy_equals_host_emulation_and_chunking(rng):
     assert not plan.resident and plan.group < 3
     assert _rel(dev.forward(x), host.forward(x)) < 1e-12
     assert _rel(dev.adjoint(y), host.adjoint(y)) < 1e-12
+
+
+def test_selftest_kernel_on_device(rng):
+    import cupy as cp
+
+    from recon.nufft.cupy_backend import CupyLauncher, kernel_dir, kernel_sources
+
+    launcher = CupyLauncher(kernel_sources(), kernel_dir())
+    x = rng.standard_normal(1000)
+    n_blocks = -(-len(x) // 64)
+    sums, total = cp.zeros(n_blocks), cp.zeros(1)
+    launcher.launch(
+        "selftest_block_sum", (n_blocks, 1, 1), (64, 1, 1), [cp.asarray(x), np.int32(len(x)), sums, total]
+    )
+    np.testing.assert_allclose(sums.get(), np.add.reduceat(x, np.arange(0, len(x), 64)), rtol=1e-12)
+    np.testing.assert_allclose(float(total.get()[0]), x.sum(), rtol=1e-12)

@@ -206,9 +206,28 @@ def test_host_backend_rejects_wrong_shapes(rng):
         op._plan(1).forward(np.zeros((1, 8, 8, 7), np.complex64))
 
 
+def test_emulated_builtins_barrier_shared_atomics(rng):
+    """kernels/selftest.cu: a shared-memory tree reduction (right only if __syncthreads is a
+    barrier and __shared__ is per block) and atomicAdd of the block sums, against numpy."""
+    launcher = cb._HostPlatform().launcher
+    x = rng.standard_normal(1000)
+    n_blocks = -(-len(x) // 64)
+    block_sums = np.zeros(n_blocks)
+    total = np.zeros(1)
+    args = [x, np.int32(len(x)), block_sums, total]
+    launcher.launch("selftest_block_sum", (n_blocks, 1, 1), (64, 1, 1), args, sync=True)
+    expect = np.add.reduceat(x, np.arange(0, len(x), 64))
+    np.testing.assert_allclose(block_sums, expect, rtol=1e-12)
+    np.testing.assert_allclose(total[0], x.sum(), rtol=1e-12)
+    with pytest.raises(TypeError):
+        launcher.launch(
+            "selftest_block_sum", (1, 1, 1), (64, 1, 1), [x, len(x), block_sums, total], sync=True
+        )
+
+
 def test_kernel_sources_found():
     names = sorted(p.name for p in cb.kernel_sources())
-    assert names == ["deapod.cu", "interp.cu", "spread.cu"]
+    assert names == ["deapod.cu", "interp.cu", "selftest.cu", "spread.cu"]
     assert (cb.kernel_dir() / "narecon_nufft.cuh").is_file()
 
 

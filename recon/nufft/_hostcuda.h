@@ -4,9 +4,10 @@
 // as C++ for the CPU. It provides dim3, float2/double2, threadIdx/blockIdx (thread-local),
 // blockDim/gridDim, atomicAdd (float, double: compare-and-swap on the host), __syncthreads (a std::barrier of
 // the block's threads) and __shared__ (a function-local static: blocks run one after another,
-// so it is one block's shared memory at a time). NARECON_EXPORT(kernel) emits
+// so it is one block's shared memory at a time; dynamic shared memory, NARECON_DYNAMIC_SHARED, is
+// one buffer of the launch's size reused by each block). NARECON_EXPORT(kernel) emits
 //   extern "C" int narecon_host_launch_<kernel>(const unsigned grid[3], const unsigned block[3],
-//                                               void** args, int sync)
+//                                               void** args, int sync, unsigned shared_bytes)
 // which runs every thread of every block; args are pointers to the argument values as for
 // cuLaunchKernel. With sync == 0 the threads of a block run one after the other (kernels
 // without __syncthreads); with sync != 0 each block's threads run as concurrent std::threads
@@ -52,6 +53,7 @@ inline thread_local dim3 block_idx;
 inline dim3 block_dim;
 inline dim3 grid_dim;
 inline thread_local std::barrier<>* block_barrier = nullptr;
+inline unsigned char* dynamic_shared = nullptr;  // the running block's dynamic shared memory
 
 inline void syncthreads() {
   if (block_barrier == nullptr) {
@@ -71,7 +73,10 @@ inline T atomic_add(T* address, T val) {
 }
 
 // Run body() for every thread of every block (blocks in order x fastest, as one SM would).
-inline int launch(const unsigned* grid, const unsigned* block, int sync, const std::function<void()>& body) {
+inline int launch(const unsigned* grid, const unsigned* block, int sync, unsigned shared_bytes,
+                  const std::function<void()>& body) {
+  std::vector<double> smem(shared_bytes / sizeof(double) + 2);  // 8-byte aligned, reused by each block
+  dynamic_shared = reinterpret_cast<unsigned char*>(smem.data());
   grid_dim = dim3{grid[0], grid[1], grid[2]};
   block_dim = dim3{block[0], block[1], block[2]};
   const unsigned nthreads = block[0] * block[1] * block[2];
@@ -138,6 +143,8 @@ inline double atomicAdd(double* a, double v) { return hostcuda::atomic_add(a, v)
 
 #define NARECON_EXPORT(name)                                                                        \
   extern "C" int narecon_host_launch_##name(const unsigned* grid, const unsigned* block, void** args, \
-                                            int sync) {                                              \
-    return hostcuda::launch(grid, block, sync, [args] { hostcuda::call_packed(&name, args); });     \
+                                            int sync, unsigned shared_bytes) {                       \
+    return hostcuda::launch(grid, block, sync, shared_bytes,                                          \
+                            [args] { hostcuda::call_packed(&name, args); });                         \
   }
+#define NARECON_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(hostcuda::dynamic_shared)

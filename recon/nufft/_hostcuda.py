@@ -89,12 +89,13 @@ def build_library(sources: Sequence[Path], include_dir: Path) -> Path:
 
 
 class HostLauncher:
-    """Launch kernels of a host-compiled library: ``launch(name, grid, block, args, sync)``.
+    """Launch kernels of a compiled host library: ``launch(name, grid, block, args, sync, shared_mem)``.
 
     ``args`` are numpy arrays (passed as their data pointer; must be C-contiguous) and numpy
     scalars of the exact C type of the kernel parameter (np.int32 for int, np.int64 for long
     long, np.float32/np.float64 for float/double). ``sync`` must be True for kernels that call
-    __syncthreads (their block's threads then run concurrently). Launches are serialised by a
+    __syncthreads (their block's threads then run concurrently); ``shared_mem`` is the dynamic
+    shared memory per block in bytes. Launches are serialised by a
     lock: the emulated shared memory and launch dimensions are process-wide.
     """
 
@@ -118,6 +119,7 @@ class HostLauncher:
                 ctypes.POINTER(ctypes.c_uint),
                 ctypes.POINTER(ctypes.c_void_p),
                 ctypes.c_int,
+                ctypes.c_uint,
             ]
             f.restype = ctypes.c_int
             self._fns[name] = f
@@ -130,6 +132,7 @@ class HostLauncher:
         block: tuple[int, int, int],
         args: Sequence,
         sync: bool = False,
+        shared_mem: int = 0,
     ) -> None:
         holders = []
         for a in args:
@@ -147,6 +150,6 @@ class HostLauncher:
         g = (ctypes.c_uint * 3)(*grid)
         b = (ctypes.c_uint * 3)(*block)
         with self._lock:
-            rc = self._fn(name)(g, b, ptrs, int(bool(sync)))
+            rc = self._fn(name)(g, b, ptrs, int(bool(sync)), int(shared_mem))
         if rc != 0:  # pragma: no cover - the launcher returns 0
             raise RuntimeError(f"host kernel {name} failed ({rc})")

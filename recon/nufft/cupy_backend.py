@@ -18,13 +18,13 @@ factors: the kernel's Fourier transform at each mode, by Gauss-Legendre quadratu
 per plan).
 
 Plan (built once per trajectory and batch size, reused for every call): points scaled to
-fine-grid cells and sorted into bins (stable numpy sort on the host; GM bins 2x16x16 cells,
-SM cubic bins sized to 48 KiB of shared memory), deapodization factors, the fine grid buffer and
-the cuFFT plan. A batch of n_trans transforms runs in one launch per step (each thread reuses
-its kernel weights for all transforms). Device memory is estimated before anything is
-allocated (:meth:`CudaNufftPlan.memory_estimate`); if the batch does not fit, it is processed
-in groups; if the samples do not fit, they stay on the host and are streamed in chunks.
-Ordinary (never managed) device memory from CuPy's pool is used.
+fine-grid cells and sorted into bins (stable numpy sort on the host; GM bins 2x16x16 cells, SM
+cubic bins whose padded subgrid fits 48 KiB of dynamic shared memory), SM subproblems,
+deapodization factors, the fine grid buffer and the cuFFT plan. A batch of n_trans transforms
+runs in one launch per step (each thread reuses its kernel weights for all transforms). Device
+memory is estimated before anything is allocated (:meth:`CudaNufftPlan.memory_estimate`); if
+the batch does not fit, it is processed in groups; if the samples do not fit, they stay on the
+host and are streamed in chunks. Ordinary (never managed) device memory from CuPy's pool is used.
 
 The launch code is shared with the host emulation (backend ``cuda-host``,
 :mod:`recon.nufft._hostcuda`): the same kernel sources compiled by g++, launched with the same
@@ -47,9 +47,9 @@ from recon.nufft.operator import default_threads, register_backend
 
 log = logging.getLogger(__name__)
 
-KERNEL_FILES = ("spread.cu", "interp.cu", "deapod.cu")
+KERNEL_FILES = ("spread.cu", "interp.cu", "deapod.cu", "selftest.cu")
 """CUDA sources of the NUFFT, in :func:`kernel_dir`."""
-SYNC_KERNELS = frozenset({"spread_sm"})
+SYNC_KERNELS = frozenset({"spread_sm", "selftest_block_sum"})
 """Kernels that use __syncthreads / __shared__ (host emulation runs their blocks' threads concurrently)."""
 MAX_NS = 16
 SM_BYTES = 49152
@@ -290,11 +290,11 @@ class CupyLauncher:
         )
         self._fns: dict[str, object] = {}
 
-    def launch(self, name: str, grid, block, args, sync: bool = False) -> None:
+    def launch(self, name: str, grid, block, args, sync: bool = False, shared_mem: int = 0) -> None:
         f = self._fns.get(name)
         if f is None:
             f = self._fns[name] = self.module.get_function(name)
-        f(tuple(grid), tuple(block), tuple(args))
+        f(tuple(grid), tuple(block), tuple(args), shared_mem=int(shared_mem))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,7 +443,13 @@ class CudaNufftPlan:
 
     # -- launch helpers -----------------------------------------------------------------------
     def _launch(
-        self, kernel: str, n_items: int, args, threads: int | None = None, blocks: int | None = None
+        self,
+        kernel: str,
+        n_items: int,
+        args,
+        threads: int | None = None,
+        blocks: int | None = None,
+        shared_mem: int = 0,
     ) -> None:
         """Launch ``kernel`` (dtype suffix added): grid-stride kernels get enough blocks for
         ``n_items`` (capped); kernels indexed by block (spread_sm) pass ``blocks`` exactly."""
@@ -454,7 +460,8 @@ class CudaNufftPlan:
         name = f"{kernel}_{self.suffix}"
         if kernel in WIDTH_KERNELS:
             name += f"_w{self.ns if self.ns in self.widths else 0}"
-        p.launcher.launch(name, (blocks, 1, 1), (threads, 1, 1), args, sync=kernel in SYNC_KERNELS)
+        sync = kernel in SYNC_KERNELS
+        p.launcher.launch(name, (blocks, 1, 1), (threads, 1, 1), args, sync=sync, shared_mem=shared_mem)
 
     def _fft_plan(self, g: int):
         if g not in self._fft_plans:
@@ -544,6 +551,7 @@ class CudaNufftPlan:
                         "spread_sm",
                         0,
                         blocks=len(self._subs_host[0]),
+                        shared_mem=2 * self.real.itemsize * (self.sm_bin + 2 * ((self.ns + 1) // 2)) ** 3,
                         threads=p.sm_threads,
                         args=[
                             *pts,

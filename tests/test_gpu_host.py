@@ -226,6 +226,18 @@ def test_emulated_builtins_barrier_shared_atomics(rng):
 
 
 def test_kernel_sources_found():
+    """The sources are reachable as package recon._kernels (what the wheel ships; the repo links it)."""
+    import importlib.resources
+    from pathlib import Path
+
+    import tomllib
+
+    pkg = importlib.resources.files("recon._kernels")
+    assert sorted(p.name for p in pkg.iterdir() if p.name.endswith(".cu")) == sorted(cb.KERNEL_FILES)
+    pyproject = tomllib.loads((Path(cb.__file__).parents[2] / "pyproject.toml").read_text())
+    data = pyproject["tool"]["setuptools"]["package-data"]
+    assert "*.cu" in data["recon._kernels"] and "*.cuh" in data["recon._kernels"]
+    assert "_hostcuda.h" in data["recon.nufft"]
     names = sorted(p.name for p in cb.kernel_sources())
     assert names == ["deapod.cu", "interp.cu", "selftest.cu", "spread.cu"]
     assert (cb.kernel_dir() / "narecon_nufft.cuh").is_file()

@@ -122,6 +122,12 @@ def test_sm_equals_gm(rng, max_points):
     assert _rel(sm, gm) < 1e-5  # float32 accumulation order differs only
 
 
+@pytest.mark.parametrize("n_bins", [7, 65536, 200_000])
+def test_stable_bin_argsort_equals_numpy(rng, n_bins):
+    flat = rng.integers(0, n_bins, 50_000)
+    np.testing.assert_array_equal(cb.stable_bin_argsort(flat, n_bins), np.argsort(flat, kind="stable"))
+
+
 def test_subproblems_cover_every_point_once():
     sorted_bins = np.repeat([0, 3, 4, 9], [5, 1, 12, 7])
     sub_bin, start, count = cb._subproblems(sorted_bins, 10, 4)

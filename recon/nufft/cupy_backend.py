@@ -136,6 +136,20 @@ def _bin_index(pts: np.ndarray, bins, nb) -> np.ndarray:
     return (b[0] * nb[1] + b[1]) * nb[2] + b[2]
 
 
+def stable_bin_argsort(flat: np.ndarray, n_bins: int) -> np.ndarray:
+    """np.argsort(flat, kind="stable") for bin indices in [0, n_bins), by 16-bit radix passes.
+
+    numpy's stable sort is a radix sort only for 16-bit keys (about 6x faster than its merge
+    sort on int64 here), so wider bin indices are sorted low half first, then high half.
+    """
+    if n_bins <= 1 << 16:
+        return np.argsort(flat.astype(np.uint16), kind="stable")
+    if n_bins > 1 << 32:  # pragma: no cover - grids of that many bins do not fit a GPU
+        return np.argsort(flat, kind="stable")
+    perm = np.argsort((flat & 0xFFFF).astype(np.uint16), kind="stable")
+    return perm[np.argsort((flat[perm] >> 16).astype(np.uint16), kind="stable")]
+
+
 def _subproblems(sorted_bins: np.ndarray, n_bins: int, max_points: int):
     """(bin, first sorted index, count) int32 arrays: each non-empty bin cut into runs of <= max_points."""
     counts = np.bincount(sorted_bins, minlength=n_bins)
@@ -374,7 +388,7 @@ class CudaNufftPlan:
         bins = (self.sm_bin,) * 3 if method == "sm" else GM_BIN
         nb = tuple(-(-self.nf[d] // bins[d]) for d in range(3))
         flat = _bin_index(pts, bins, nb)
-        perm = np.argsort(flat, kind="stable")
+        perm = stable_bin_argsort(flat, int(np.prod(nb)))
         self._pts_host = [np.ascontiguousarray(pts[d][perm]) for d in range(3)]
         self._perm_host = perm.astype(np.int64)
         self.nb = nb

@@ -38,7 +38,7 @@ from recon.log import StageTimer
 
 log = logging.getLogger("recon.pipeline")
 
-B0_METHODS = ("none", "tb-cpr", "fs-cpr", "mfi")
+B0_METHODS = ("none", "tb-cpr", "fs-cpr", "mfi", "iterative")
 
 
 @dataclasses.dataclass
@@ -48,7 +48,12 @@ class RunOptions:
     traj: str | None = None  # trajectory file (HDF5); default: built from the header by the profile
     profile: str | None = None  # sequence profile TOML; default: the shipped default profile
     device: str = "cpu"  # cpu | gpu
-    b0: str = "auto"  # auto (tb-cpr with two echoes, else none) | none | tb-cpr | fs-cpr | mfi
+    b0: str = "auto"  # auto (tb-cpr with two echoes, else none) | none | tb-cpr | fs-cpr | mfi | iterative
+    recon: str = "gridding"  # gridding | iterative (model-based; implied by b0 = iterative)
+    iter_decay: str = "r2star-map"  # iterative decay model: none | r2star-map | tissue
+    iter_regulariser: str = "gradient"  # none | tikhonov | gradient | tv
+    iter_lamda: float = 0.01  # regularisation weight relative to the unit-curvature data term
+    iter_max: int = 30  # iterations
     b0_segments: int | None = None  # time bins / frequencies (default: the documented rule)
     fieldmap: str | None = None  # external field map NIfTI in Hz instead of the dual-echo estimate
     fieldmap_nucleus: str = "23Na"  # nucleus the external map was measured at (1H maps are scaled)
@@ -71,10 +76,17 @@ class RunOptions:
     def validate(self) -> None:
         if self.device not in ("cpu", "gpu"):
             raise ConfigError(f"device must be cpu or gpu, got {self.device!r}")
+        if self.recon not in ("gridding", "iterative"):
+            raise ConfigError(f"recon must be gridding or iterative, got {self.recon!r}")
+        from recon.iterative import DECAY_MODELS, REGULARISERS
+
+        if self.iter_decay not in DECAY_MODELS:
+            raise ConfigError(f"iter_decay must be one of {DECAY_MODELS}, got {self.iter_decay!r}")
+        if self.iter_regulariser not in REGULARISERS:
+            raise ConfigError(f"iter_regulariser must be one of {REGULARISERS}, got {self.iter_regulariser!r}")
+        if int(self.iter_max) < 1 or float(self.iter_lamda) < 0:
+            raise ConfigError("iter_max must be >= 1 and iter_lamda >= 0")
         if self.b0 not in ("auto",) + B0_METHODS:
-            if self.b0 == "iterative":
-                raise ConfigError("--b0 iterative is not available in this version (issue 10); "
-                                  f"choose one of {('auto',) + B0_METHODS}")
             raise ConfigError(f"b0 must be one of {('auto',) + B0_METHODS}, got {self.b0!r}")
         if self.relaxation not in ("none", "tissue"):
             raise ConfigError(f"relaxation must be none or tissue, got {self.relaxation!r}")
@@ -270,7 +282,25 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
                      "unaliased_range_hz": 0.5 / abs(acq.te_s[1] - acq.te_s[0])}
     elif method != "none":
         raise InputError(f"--b0 {method} needs two echoes or --fieldmap; the data have one echo", raw[0])
-    if method != "none":
+    iterative = method == "iterative" or opts.recon == "iterative"
+    iter_info = None
+    if iterative:
+        from recon.iterative import reconstruct_iterative
+
+        with timer.stage(f"iterative reconstruction ({opts.iter_regulariser}, decay {opts.iter_decay})"):
+            fm = fmap if method not in ("none",) else None
+            per_coil, iters = [], []
+            for c in range(data.shape[1]):
+                res = reconstruct_iterative(op, data[:, c], dcf, acq.te_s, traj.t, fm, decay=opts.iter_decay,
+                                            regulariser=opts.iter_regulariser, lamda=opts.iter_lamda,
+                                            max_iter=int(opts.iter_max), mask=support_mask(np.abs(combined_plain[0])))
+                per_coil.append(res.echoes)
+                iters.append(res.iterations)
+            images = combine(np.stack(per_coil, axis=1))
+            iter_info = {"iterations": iters, "objective_last": res.objective[-1] if res.objective else None,
+                         **res.settings}
+        method = "iterative" if method != "none" else "none (iterative decay model)"
+    elif method != "none":
         with timer.stage(f"B0 correction ({method})"):
             corr = correct(method, op, data, dcf, acq.te_s, traj.t, fmap, n_segments=opts.b0_segments,
                            mask=support_mask(np.abs(combined_plain[0])))
@@ -324,6 +354,7 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
                 "trajectory_source": traj_source,
                 "dcf_method": dcf_method,
                 "b0_method": method,
+                "iterative": iter_info,
                 "fieldmap": fmap_info,
                 "timings_s": dict(timer.timings),
                 "acquisition": {

@@ -32,7 +32,15 @@ def register(sub) -> None:
     p.add_argument("--traj", help="trajectory file (HDF5, DESIGN.md format) instead of the profile's")
     p.add_argument("--profile", help="sequence profile TOML mapping header fields to the trajectory design")
     p.add_argument("--device", choices=["cpu", "gpu"], help="compute device (cpu)")
-    p.add_argument("--b0", help="B0 correction: auto (default), none, tb-cpr, fs-cpr, mfi")
+    p.add_argument("--b0", help="B0 correction: auto (default: tb-cpr with two echoes), none, tb-cpr, fs-cpr, mfi, "
+                                "iterative")
+    p.add_argument("--recon", choices=["gridding", "iterative"],
+                   help="gridding (default) or iterative (model-based with T2* decay; implied by --b0 iterative)")
+    p.add_argument("--iter-decay", choices=["none", "r2star-map", "tissue"], help="iterative decay model (r2star-map)")
+    p.add_argument("--iter-regulariser", choices=["none", "tikhonov", "gradient", "tv"],
+                   help="iterative regulariser (gradient)")
+    p.add_argument("--iter-lamda", type=float, help="regularisation weight (0.01)")
+    p.add_argument("--iter-max", type=int, help="iterations (30)")
     p.add_argument("--b0-segments", type=int, help="time bins / frequency segments (default: the documented rule)")
     p.add_argument("--fieldmap", help="external field map NIfTI in Hz (instead of the dual-echo estimate)")
     p.add_argument("--fieldmap-nucleus", help="nucleus of the external map: 23Na (default) or 1H (scaled by 0.2645)")
@@ -59,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from recon.pipeline import RunOptions, load_config, reconstruct
 
     values = load_config(args.config) if args.config else {}
-    for name in ("traj", "profile", "device", "b0", "b0_segments", "fieldmap", "fieldmap_nucleus", "calibration",
+    for name in ("traj", "profile", "device", "b0", "recon", "iter_decay", "iter_regulariser", "iter_lamda", "iter_max",
+                 "b0_segments", "fieldmap", "fieldmap_nucleus", "calibration",
                  "tube_mM", "reference_spheres", "reference_mM", "ratio_spheres", "relaxation", "matrix", "dcf",
                  "eps", "echo_from", "nucleus", "qa", "force"):
         v = getattr(args, name, None)

@@ -272,6 +272,17 @@ class _CupyPlatform:
         self.xp.cuda.get_current_stream().synchronize()
 
 
+_PLATFORMS: dict[tuple, object] = {}
+
+
+def _platform(cls: type, n_threads: int | None):
+    """One platform (compiled kernels, loaded module) per kind and thread count, shared by all plans."""
+    key = (cls, n_threads)
+    if key not in _PLATFORMS:
+        _PLATFORMS[key] = cls(n_threads)
+    return _PLATFORMS[key]
+
+
 def rawmodule_code(sources) -> str:
     """The single translation unit CuPy's RawModule (NVRTC) compiles: one #include per .cu source.
 
@@ -351,7 +362,7 @@ class CudaNufftPlan:
     ):
         if unused:
             log.debug("cupy backend ignores options %s", sorted(unused))
-        self.platform = self._platform_cls(n_threads)
+        self.platform = _platform(self._platform_cls, n_threads)
         xp = self.platform.xp
         self.shape = tuple(int(s) for s in shape)
         self.n_trans = int(n_trans)

@@ -19,6 +19,17 @@ from recon.errors import OutputError
 _TMP_PREFIX = ".narecon-tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(is_dir: bool) -> int:
+    """Mode a plain open()/mkdir() would give (mkstemp/mkdtemp use 0600/0700)."""
+    return (0o777 if is_dir else 0o666) & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds."""
@@ -35,6 +46,8 @@ def atomic_file(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            os.chmod(tmp_path, _default_mode(False))
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():
@@ -59,6 +72,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise OutputError(f"cannot create output directory: {e.strerror}", dest) from e
     try:
         yield tmp
+        os.chmod(tmp, _default_mode(True))
         if dest.exists():
             old = parent / (_TMP_PREFIX + dest.name + "-old")
             if old.exists():

@@ -97,3 +97,18 @@ def test_import_does_not_pull_optional_extras():
            "print(bad); sys.exit(1 if bad else 0)"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "f") as t:
+            t.write_text("x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "y").write_text("y")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

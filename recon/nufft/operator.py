@@ -21,6 +21,7 @@ _LAZY_BACKENDS = {
     "finufft": "recon.nufft.finufft_backend",
     "cupy": "recon.nufft.cupy_backend",
     "cufinufft": "recon.nufft.cufinufft_backend",
+    "cuda-host": "recon.nufft.cupy_backend",  # the CUDA kernels compiled for the CPU (testing)
 }
 _DEVICE_DEFAULT = {"cpu": "finufft", "gpu": "cupy"}
 
@@ -192,7 +193,10 @@ def gridding(op: NUFFT, data, dcf) -> np.ndarray:
     Fourier transform of the object), a uniform object of value c reconstructs to c.
     ``data`` may have leading batch axes; ``dcf`` has the shape of one batch item.
     """
-    w = np.asarray(dcf)
-    if w.shape != op.kshape:
-        raise InputError(f"density weights have shape {w.shape}, data samples {op.kshape}")
+    from recon.device import get_array_module
+
+    xp = get_array_module(data)
+    w = xp.asarray(dcf)
+    if tuple(w.shape) != tuple(op.kshape):
+        raise InputError(f"density weights have shape {tuple(w.shape)}, data samples {op.kshape}")
     return op.adjoint(data * w.astype(np.float32 if op.dtype == np.complex64 else np.float64))

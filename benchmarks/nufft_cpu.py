@@ -75,11 +75,16 @@ class Impl:
 
     def __init__(self, k, shape, fov, eps, threads):
         self.k, self.shape, self.fov, self.eps, self.threads = k, tuple(shape), fov, eps, threads
-        self.kgrid = k * fov  # cycles per FOV: pairs with the mode index j - floor(N/2)
         self.n_vox = int(np.prod(shape))
 
     def setup(self) -> None:
-        """Plan (timed separately as set-up)."""
+        """Plan (timed separately as set-up; counted in the peak memory)."""
+
+    @property
+    def kgrid(self):
+        """k in cycles per FOV (pairs with the mode index j - floor(N/2)); a new array each time,
+        so that each peer's conversion from 1/m is counted in its own set-up time and memory."""
+        return self.k * self.fov
 
     def fwd_ours(self, raw):
         return np.asarray(raw, dtype=np.complex128).reshape(-1)
@@ -124,9 +129,9 @@ class FinufftDirect(Impl):
         import finufft
 
         n = np.asarray(self.shape, dtype=np.float64)
-        pts = [
-            np.ascontiguousarray((2 * np.pi * self.kgrid[:, d] / n[d]).astype(np.float32)) for d in range(3)
-        ]
+        kg = self.kgrid
+        pts = [np.ascontiguousarray((2 * np.pi * kg[:, d] / n[d]).astype(np.float32)) for d in range(3)]
+        del kg
         kw = dict(nthreads=self.threads, modeord=0)
         if self.upsampfac is not None:
             kw["upsampfac"] = self.upsampfac
@@ -595,7 +600,10 @@ def run(args) -> dict:
             b = min(fin, key=lambda n: res[n][f"{op}_median_s"])
             best[op] = b
             for n in names:
-                res[n][f"{op}_ratio"] = res[n][f"{op}_median_s"] / res[b][f"{op}_median_s"]
+                # against the best finufft configuration in the same rounds (the slow peers run
+                # only in the first --slow-repeats rounds, all others in every round)
+                ref = np.median(res[b][f"{op}_s"][: len(res[n][f"{op}_s"])])
+                res[n][f"{op}_ratio"] = res[n][f"{op}_median_s"] / ref
     if not args.no_memory:
         print("peak memory (subprocess per implementation):", flush=True)
         mem = measure_memory(names, prob, args.eps, threads)
@@ -617,6 +625,17 @@ def run(args) -> dict:
         "results": res,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def summary_line(out: dict) -> str:
+    m = out["machine"]
+    return (
+        f"{out['problem']}; eps {out['eps']:g}, {out['dtype']}; {out['repeats']} interleaved rounds "
+        f"({out.get('slow_repeats', out['repeats'])} for the slow peers); ratios vs finufft best "
+        f"{out['finufft_best']}; {m['cpu']}, {m['cores']} cores, {m['threads']} threads, load average "
+        f"{m['load_avg_start'][0]:.1f} at start, {m.get('load_avg_end', [float('nan')])[0]:.1f} at end; "
+        f"{out['date']}"
+    )
 
 
 def table(out: dict) -> str:
@@ -697,11 +716,18 @@ def main(argv=None) -> int:
         default=ALL_IMPLS,
         help=f"implementations (default: {' '.join(ALL_IMPLS)}; also {' '.join(OTHER_IMPLS)})",
     )
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory subprocesses")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--out", type=Path, help="results file (.json; a .csv with the same stem is written too)")
     ap.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     ap.add_argument("--_workdir", dest="workdir", help=argparse.SUPPRESS)
+    ap.add_argument("--report", type=Path, help="print the Markdown table of a results .json and exit")
     args = ap.parse_args(argv)
+    if args.report:
+        out = json.loads(args.report.read_text())
+        print(summary_line(out))
+        print(table(out))
+        return 0
     if args.memory_child:
         from recon.nufft.operator import default_threads
 
@@ -711,13 +737,29 @@ def main(argv=None) -> int:
             )
         )
         return 0
+    if args.memory_only:
+        from recon.nufft.operator import default_threads
+
+        prob = make_problem(args.quick)
+        print(prob["desc"], flush=True)
+        names = [n for n in args.impl if available(n) is None]
+        mem = measure_memory(names, prob, args.eps, args.threads or default_threads())
+        if args.out:
+            args.out.write_text(
+                json.dumps(
+                    {
+                        "problem": prob["desc"],
+                        "eps": args.eps,
+                        "memory": mem,
+                        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    },
+                    indent=1,
+                )
+            )
+        return 0
     out = run(args)
     print()
-    print(
-        out["problem"],
-        f"eps {out['eps']:g}, complex64, {out['repeats']} interleaved rounds;",
-        f"ratios vs finufft best {out['finufft_best']}",
-    )
+    print(summary_line(out))
     print(table(out))
     if args.out:
         write_outputs(out, args.out)

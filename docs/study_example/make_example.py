@@ -77,14 +77,8 @@ NOISE_MM = 2.3
 
 
 def phantom_for(patient: str, tumour_mM: float):
-    from recon.sim.phantom import DEFAULT_COMPARTMENTS, HeadPhantom
-
-    s = TISSUE_SCALE[patient]
-    comps = dict(DEFAULT_COMPARTMENTS)
-    for name in ("grey_matter", "white_matter", "csf_sulcal", "csf_ventricles", "oedema"):
-        comps[name] = dataclasses.replace(comps[name], tsc_mM=comps[name].tsc_mM * s)
-    comps["tumour_rim"] = dataclasses.replace(comps["tumour_rim"], tsc_mM=tumour_mM)
-    return HeadPhantom(tumour="solid", compartments=comps)
+    """The head phantom of ``patient`` with tumour TSC ``tumour_mM`` (solid tumour)."""
+    return _component_phantom(tumour_mM, TISSUE_SCALE[patient])
 
 
 def write_rois(path: Path) -> None:

@@ -52,7 +52,7 @@ class RunOptions:
     recon: str = "gridding"  # gridding | iterative (model-based; implied by b0 = iterative)
     iter_decay: str = "r2star-map"  # iterative decay model: none | r2star-map | tissue
     iter_regulariser: str = "gradient"  # none | tikhonov | gradient | tv
-    iter_lamda: float = 0.01  # regularisation weight relative to the unit-curvature data term
+    iter_lamda: float = 0.1  # regularisation weight relative to the unit-curvature data term
     iter_max: int = 30  # iterations
     b0_segments: int | None = None  # time bins / frequencies (default: the documented rule)
     fieldmap: str | None = None  # external field map NIfTI in Hz instead of the dual-echo estimate

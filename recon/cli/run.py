@@ -39,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--iter-decay", choices=["none", "r2star-map", "tissue"], help="iterative decay model (r2star-map)")
     p.add_argument("--iter-regulariser", choices=["none", "tikhonov", "gradient", "tv"],
                    help="iterative regulariser (gradient)")
-    p.add_argument("--iter-lamda", type=float, help="regularisation weight (0.01)")
+    p.add_argument("--iter-lamda", type=float, help="regularisation weight (0.1)")
     p.add_argument("--iter-max", type=int, help="iterations (30)")
     p.add_argument("--b0-segments", type=int, help="time bins / frequency segments (default: the documented rule)")
     p.add_argument("--fieldmap", help="external field map NIfTI in Hz (instead of the dual-echo estimate)")

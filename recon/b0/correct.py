@@ -131,8 +131,8 @@ def correct_none(op, data, dcf, te_s, t_s, fieldmap_hz, n_segments=None, mask=No
 
 # -------------------------------------------------------------------------------------- tb-cpr
 def _op_k(op: NUFFT) -> np.ndarray:
-    """Sample positions (M, 3) in cycles/m of a NUFFT (it keeps them as cycles per FOV)."""
-    return op._kgrid / np.asarray(op.fov)[None, :]
+    """Sample positions (M, 3) in cycles/m of a NUFFT."""
+    return np.asarray(op.k, dtype=np.float64).reshape(-1, 3)
 
 
 class TimeBinnedGridder:

@@ -134,16 +134,27 @@ class NUFFT:
         self.backend_name = backend or _DEVICE_DEFAULT[device]
         self._cls = _load_backend(self.backend_name)
         self.kshape = k.shape[:-1]
-        # cycles per FOV: the mode index j - floor(N/2) pairs with k * fov
-        self._kgrid = (k.reshape(-1, 3).astype(np.float64) * fov_a[None, :])
+        # keep a reference to the caller's k (no copy: plans hold their own point arrays)
+        self._k = k
+        self._fov_a = fov_a
+        kext = np.abs(k.reshape(-1, 3)).max(axis=0) * fov_a  # cycles per FOV
         limit = np.asarray(self.shape) * 1.5
-        if np.any(np.abs(self._kgrid).max(axis=0) > limit):
+        if np.any(kext > limit):
             raise TrajectoryError(
-                f"k extends to {np.abs(self._kgrid).max(axis=0).round(1).tolist()} cycles/FOV, beyond "
+                f"k extends to {kext.round(1).tolist()} cycles/FOV, beyond "
                 f"1.5 x the grid {list(self.shape)}: check the units of k (cycles/m) and the FOV (m)"
             )
         self.options = options
         self._plans: dict[int, object] = {}
+
+    @property
+    def k(self) -> np.ndarray:
+        """Sample positions (..., 3) in cycles/m, as given."""
+        return self._k
+
+    def _k_grid(self) -> np.ndarray:
+        """Sample positions (M, 3) in cycles per FOV: mode index j - floor(N/2) pairs with k * fov."""
+        return self._k.reshape(-1, 3).astype(np.float64) * self._fov_a[None, :]
 
     @property
     def n_samples(self) -> int:
@@ -152,7 +163,7 @@ class NUFFT:
     def _plan(self, n_trans: int):
         p = self._plans.get(n_trans)
         if p is None:
-            p = self._cls(self._kgrid, self.shape, n_trans, self.eps, self.dtype, **self.options)
+            p = self._cls(self._k_grid(), self.shape, n_trans, self.eps, self.dtype, **self.options)
             self._plans[n_trans] = p
         return p
 

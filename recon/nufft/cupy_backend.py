@@ -165,7 +165,7 @@ def _subproblems(sorted_bins: np.ndarray, n_bins: int, max_points: int):
 
 
 def choose_method(pts: np.ndarray, nf, ns: int, sm_bin: int, max_points: int = 1024) -> str:
-    """Spreading method by a global-atomics count (not a measurement; see benchmarks/GPU.md).
+    """Spreading method by a global-atomics count (not a measurement; see benchmarks/README.md, GPU NUFFT).
 
     GM issues 2 ns^3 global atomics per sample; SM issues at most 2 (B + 2h)^3 per subproblem
     plus 2 ns^3 shared-memory atomics per sample. SM is chosen when its global atomics are

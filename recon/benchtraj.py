@@ -602,6 +602,7 @@ def write_plots(curves: Sequence[dict[str, Any]], out_dir: str | os.PathLike) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out_dir = Path(out_dir)
     names = []
@@ -629,10 +630,13 @@ def write_plots(curves: Sequence[dict[str, Any]], out_dir: str | os.PathLike) ->
         for ax, m in zip(axs[0], methods):
             for roi, mk in zip(ROIS, "osD^v"):
                 pts = sorted((c["readout_ms"], c["bias"][m][roi]) for c in withb if m in c["bias"])
-                ax.plot([a for a, _ in pts], [b for _, b in pts], marker=mk, ls="-", label=roi)
+                ax.plot([a for a, _ in pts], [b for _, b in pts], marker=mk, ls="none", label=roi)
             ax.set_title(f"ROI bias, {m}")
             ax.set_xlabel("readout (ms)")
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.set_xticks([1, 2, 5, 10, 20, 50])
             ax.axhline(0, color="k", lw=0.5)
             ax.grid(alpha=0.3)
         axs[0][0].set_ylabel("bias vs ideal echo-1 image (%)")

@@ -154,7 +154,8 @@ def load_variants(path: str | os.PathLike) -> BenchConfig:
         raise ConfigError(f"not valid TOML: {e}", path) from e
     extra = set(doc) - {"settings", "defaults", "variant"}
     if extra:
-        raise ConfigError(f"unknown top-level key(s) {sorted(extra)}; use [settings], [defaults], [[variant]]", path)
+        raise ConfigError(
+            f"unknown top-level key(s) {sorted(extra)}; use [settings], [defaults], [[variant]]", path)
     settings = dict(_SETTINGS)
     bad = set(doc.get("settings", {})) - set(_SETTINGS)
     if bad:
@@ -172,7 +173,8 @@ def load_variants(path: str | os.PathLike) -> BenchConfig:
     for i, v in enumerate(raw):
         bad = set(v) - _VARIANT_KEYS
         if bad:
-            raise ConfigError(f"variant {i + 1}: unknown key(s) {sorted(bad)}; known: {sorted(_VARIANT_KEYS)}", path)
+            raise ConfigError(
+                f"variant {i + 1}: unknown key(s) {sorted(bad)}; known: {sorted(_VARIANT_KEYS)}", path)
         p = dict(defaults)
         p.update(v)
         name = str(v.get("name", f"variant{i + 1}"))
@@ -188,7 +190,8 @@ def load_variants(path: str | os.PathLike) -> BenchConfig:
 
 def _check_variant(name: str, p: dict, path: Path) -> None:
     if p["trajectory"] not in TRAJECTORY_KINDS:
-        raise ConfigError(f"variant {name!r}: trajectory must be one of {TRAJECTORY_KINDS}, got {p['trajectory']!r}", path)
+        raise ConfigError(
+            f"variant {name!r}: trajectory must be one of {TRAJECTORY_KINDS}, got {p['trajectory']!r}", path)
     if p["trajectory"] == "file" and "path" not in p:
         raise ConfigError(f"variant {name!r}: trajectory = 'file' needs path = '<file.h5>'", path)
     if isinstance(p["recon"], str):
@@ -467,7 +470,8 @@ def run_variant(v: Variant, settings: dict[str, Any], base_dir: str | os.PathLik
 
     phantom = HeadPhantom(b0_scale=float(s["b0_scale"]))
     snr_eff = float(s["snr"]) * math.sqrt(traj.dwell_s / REFERENCE_DWELL_S)
-    with stage(f"{v.name}: simulate the phantom ({traj.n_projections * traj.n_samples} samples x {n_echo} echoes)", log):
+    n_samp = traj.n_projections * traj.n_samples
+    with stage(f"{v.name}: simulate the phantom ({n_samp} samples x {n_echo} echoes)", log):
         sim = simulate(phantom, traj, te_s=v.te_s, tr_s=v.tr_s, flip_deg=float(p["flip_deg"]), snr=snr_eff,
                        seed=int(s["seed"]), oversampling=float(s["oversampling"]))
     sigma = float(sim.truth.info["simulation"]["sigma"])
@@ -497,7 +501,7 @@ def run_variant(v: Variant, settings: dict[str, Any], base_dir: str | os.PathLik
             else:
                 method = "none" if m == "gridding" else m
 
-                def fn():
+                def fn(method=method):
                     op = NUFFT(traj.k, traj.matrix, traj.fov_m)
                     if method == "none":
                         return gridding(op, data[0], dcf)
@@ -577,7 +581,8 @@ def rows_to_markdown(rows: Sequence[dict[str, Any]]) -> str:
                  _f(r["scan_time_min"], 1), _f(r.get("within_budget")), _f(r["peak_gradient_mT_m"], 1),
                  _f(r["peak_slew_T_m_s"], 0), _f(r["psf_fwhm_none_mm"], 2), _f(r["psf_fwhm_tissue_mm"], 2),
                  _f(r["psf_peak_tissue"], 3), _f(r["psf_fwhm_csf_mm"], 2), _f(r["psf_peak_csf"], 3),
-                 _f(r.get("snr_tissue"), 1), _f(r.get("snr_efficiency_per_sqrt_s"), 2), _f(r.get("snr_in_budget"), 1)]
+                 _f(r.get("snr_tissue"), 1), _f(r.get("snr_efficiency_per_sqrt_s"), 2),
+                 _f(r.get("snr_in_budget"), 1)]
         out.append("| " + " | ".join(cells) + " |")
     methods = [m for m in RECON_METHODS if any(f"nrmse_{m}" in r for r in rows)]
     if methods:
@@ -626,7 +631,8 @@ def write_plots(curves: Sequence[dict[str, Any]], out_dir: str | os.PathLike) ->
     withb = [c for c in curves if "bias" in c]
     if withb:
         methods = [m for m in RECON_METHODS if any(m in c["bias"] for c in withb)]
-        fig, axs = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 4.5), sharey=True, squeeze=False)
+        fig, axs = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 4.5), sharey=True,
+                                squeeze=False)
         for ax, m in zip(axs[0], methods):
             for roi, mk in zip(ROIS, "osD^v"):
                 pts = sorted((c["readout_ms"], c["bias"][m][roi]) for c in withb if m in c["bias"])
@@ -651,7 +657,8 @@ def write_plots(curves: Sequence[dict[str, Any]], out_dir: str | os.PathLike) ->
             ax.scatter(c["scan_time_min"], c["snr_tissue"])
             ax.annotate(c["name"], (c["scan_time_min"], c["snr_tissue"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
-        t = np.linspace(min(c["scan_time_min"] for c in withb) * 0.8, max(c["scan_time_min"] for c in withb) * 1.1, 50)
+        times = [c["scan_time_min"] for c in withb]
+        t = np.linspace(min(times) * 0.8, max(times) * 1.1, 50)
         best = max(c["snr_tissue"] / math.sqrt(c["scan_time_min"]) for c in withb)
         ax.plot(t, best * np.sqrt(t), "k:", lw=0.8, label="best efficiency x sqrt(time)")
         ax.set_xlabel("scan time (min)")

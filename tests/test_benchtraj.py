@@ -39,7 +39,8 @@ def ball():
 def test_fwhm_of_gaussian():
     r = np.linspace(0, 5, 501)
     s = 1.3
-    assert fwhm(r, np.exp(-(r**2) / (2 * s**2))) == pytest.approx(2 * math.sqrt(2 * math.log(2)) * s, rel=1e-4)
+    expect = 2 * math.sqrt(2 * math.log(2)) * s
+    assert fwhm(r, np.exp(-(r**2) / (2 * s**2))) == pytest.approx(expect, rel=1e-4)
     assert math.isnan(fwhm(r, np.ones_like(r)))
 
 
@@ -174,7 +175,8 @@ def test_cli_end_to_end_outputs(tmp_path):
     out = tmp_path / "res"
     assert main(["-q", "bench-traj", str(v), "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["bias_vs_readout.png", "psf_profiles.png", "results.csv", "results.md", "snr_vs_scan_time.png"]
+    assert names == ["bias_vs_readout.png", "psf_profiles.png", "results.csv", "results.md",
+                     "snr_vs_scan_time.png"]
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["name"] for r in rows] == ["tpi-fast", "radial"]
     for r in rows:

@@ -8,7 +8,7 @@ import argparse
 def register(sub) -> None:
     p = sub.add_parser(
         "bench-traj",
-        help="benchmark trajectory variants (PSF with T2* decay, pseudo-replica SNR, phantom bias, recon cost)",
+        help="benchmark trajectory variants (PSF with T2* decay, pseudo-replica SNR, phantom bias, cost)",
         description="Simulate and reconstruct every [[variant]] of a TOML variants file on the digital "
         "head phantom; write results.csv, results.md and PNG plots into --out (atomically).",
     )

@@ -104,8 +104,21 @@ def main() -> int:
         d = work / f"sim{i}"
         if not (d / "raw.dat").exists():
             t = time.perf_counter()
-            cli(["-q", "simulate", "--out", str(d), "--matrix", str(args.matrix), "--seed", str(i + 1), "--snr", "80",
-                 "--force"])
+            cli(
+                [
+                    "-q",
+                    "simulate",
+                    "--out",
+                    str(d),
+                    "--matrix",
+                    str(args.matrix),
+                    "--seed",
+                    str(i + 1),
+                    "--snr",
+                    "80",
+                    "--force",
+                ]
+            )
             print(f"simulated {d / 'raw.dat'} in {time.perf_counter() - t:.1f} s")
     raws = []
     for s in range(args.scans):
@@ -131,9 +144,15 @@ def main() -> int:
                 if job == "full":
                     cmd = [sys.executable, "-m", "recon", "-q", "run", str(p), "--out", str(out / f"S{s:03d}")]
                 else:
-                    cmd = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import batch as b; "
-                           "from recon.pipeline import RunOptions; b.gridding_job([sys.argv[2]], sys.argv[3], RunOptions())",
-                           str(REPO / "benchmarks"), str(p), str(out / f"S{s:03d}")]
+                    cmd = [
+                        sys.executable,
+                        "-c",
+                        "import sys; sys.path.insert(0, sys.argv[1]); import batch as b; "
+                        "from recon.pipeline import RunOptions; b.gridding_job([sys.argv[2]], sys.argv[3], RunOptions())",
+                        str(REPO / "benchmarks"),
+                        str(p),
+                        str(out / f"S{s:03d}"),
+                    ]
                 subprocess.run(cmd, check=True)
             total = time.perf_counter() - t0
             results[cfg] = {"total_s": total, "scans_per_min": 60 * len(raws) / total}
@@ -142,20 +161,38 @@ def main() -> int:
             with open_client("local", workers=workers) as bc:
                 bc.client.wait_for_workers(workers)
                 t1 = time.perf_counter()
-                rep = run_batch(read_manifest(manifest), out, bc.client, progress=False,
-                                recon_fn=None if job == "full" else gridding_job, plan_cache="nocache" not in cfg)
+                rep = run_batch(
+                    read_manifest(manifest),
+                    out,
+                    bc.client,
+                    progress=False,
+                    recon_fn=None if job == "full" else gridding_job,
+                    plan_cache="nocache" not in cfg,
+                )
                 t2 = time.perf_counter()
             assert rep.ok, rep.failed
             total = time.perf_counter() - t0
             per_scan = sorted(r["seconds"] for r in rep.rows)
-            results[cfg] = {"total_s": total, "scans_s": t2 - t1, "scans_per_min": 60 * len(raws) / total,
-                            "scans_per_min_excl_startup": 60 * len(raws) / (t2 - t1),
-                            "first_scan_s": max(per_scan), "median_scan_s": per_scan[len(per_scan) // 2]}
+            results[cfg] = {
+                "total_s": total,
+                "scans_s": t2 - t1,
+                "scans_per_min": 60 * len(raws) / total,
+                "scans_per_min_excl_startup": 60 * len(raws) / (t2 - t1),
+                "first_scan_s": max(per_scan),
+                "median_scan_s": per_scan[len(per_scan) // 2],
+            }
         print(f"{cfg:18s} {json.dumps({k: round(v, 2) for k, v in results[cfg].items()})}")
 
-    meta = {"job": job, "scans": len(raws), "matrix": args.matrix, "cpus": len(os.sched_getaffinity(0)),
-            "load_avg_at_end": os.getloadavg(), "python": platform.python_version(), "host": platform.node(),
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+    meta = {
+        "job": job,
+        "scans": len(raws),
+        "matrix": args.matrix,
+        "cpus": len(os.sched_getaffinity(0)),
+        "load_avg_at_end": os.getloadavg(),
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     if "batch-1w" in results and "batch-1w-nocache" in results:
         a, b = results["batch-1w"], results["batch-1w-nocache"]
         meta["plan_reuse_saving_s_per_scan"] = (b["scans_s"] - a["scans_s"]) / len(raws)

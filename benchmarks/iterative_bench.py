@@ -62,8 +62,10 @@ def main() -> int:
     truth = nib.load(sim / "truth_tsc_mM.nii.gz").get_fdata()
     info = json.loads((sim / "truth.json").read_text())
     head = ndimage.binary_dilation(truth > 0, iterations=1)
-    rois = {c["name"]: (ndimage.distance_transform_edt(labels == c["label"]) >= 1.6, c["tsc_mM"])
-            for c in info["compartments"]}
+    rois = {
+        c["name"]: (ndimage.distance_transform_edt(labels == c["label"]) >= 1.6, c["tsc_mM"])
+        for c in info["compartments"]
+    }
     rois = {k: v for k, v in rois.items() if v[0].sum() >= 3}
 
     def score(echo1):
@@ -87,21 +89,50 @@ def main() -> int:
     for lam in [float(v) for v in args.lamdas.split(",")]:
         for it in [int(v) for v in args.iters.split(",")]:
             t0 = time.perf_counter()
-            r = reconstruct_iterative(op, d, w, acq.te_s, traj.t, fmap, decay="r2star-map", regulariser="gradient",
-                                      lamda=lam, max_iter=it, tol=0, mask=mask)
+            r = reconstruct_iterative(
+                op,
+                d,
+                w,
+                acq.te_s,
+                traj.t,
+                fmap,
+                decay="r2star-map",
+                regulariser="gradient",
+                lamda=lam,
+                max_iter=it,
+                tol=0,
+                mask=mask,
+            )
             dt = time.perf_counter() - t0
             rows.append((f"iterative lamda {lam:g}", r.iterations, dt / max(r.iterations, 1), *score(r.echoes[0])))
-    names = [n for n in ("tube_30mM", "tube_120mM", "grey_matter", "white_matter", "csf_ventricles", "vitreous",
-                         "oedema", "necrotic_core") if n in rois]
-    print(f"\nphantom {traj.matrix[0]}^3, TPI {traj.n_projections} x {traj.n_samples}, readout "
-          f"{traj.readout_s * 1e3:.1f} ms, raw SNR 150, B0 and decay simulated; time = s (per iteration for iterative)\n")
+    names = [
+        n
+        for n in (
+            "tube_30mM",
+            "tube_120mM",
+            "grey_matter",
+            "white_matter",
+            "csf_ventricles",
+            "vitreous",
+            "oedema",
+            "necrotic_core",
+        )
+        if n in rois
+    ]
+    print(
+        f"\nphantom {traj.matrix[0]}^3, TPI {traj.n_projections} x {traj.n_samples}, readout "
+        f"{traj.readout_s * 1e3:.1f} ms, raw SNR 150, B0 and decay simulated; time = s (per iteration for iterative)\n"
+    )
     print("| method | iterations | time (s) | NRMSE | " + " | ".join(f"{n} bias %" for n in names) + " |")
     print("|---|---|---|---|" + "---|" * len(names))
     for name, it, dt, nrmse, bias in rows:
         print(f"| {name} | {it} | {dt:.2f} | {nrmse:.4f} | " + " | ".join(f"{bias[n]:+.1f}" for n in names) + " |")
     if args.out:
-        Path(args.out).write_text(json.dumps([dict(method=r[0], iterations=r[1], seconds=r[2], nrmse=r[3], bias_pct=r[4])
-                                              for r in rows], indent=2))
+        Path(args.out).write_text(
+            json.dumps(
+                [dict(method=r[0], iterations=r[1], seconds=r[2], nrmse=r[3], bias_pct=r[4]) for r in rows], indent=2
+            )
+        )
     return 0
 
 

@@ -173,10 +173,16 @@ def load_trajectory(acq, opts: RunOptions, timer: StageTimer):
         try:
             check_match(acq, traj)
         except TrajectoryError as e:
-            raise TrajectoryError(f"trajectory ({source}) does not match the data: {e.message}",
-                                  acq.sources[0] if acq.sources else None) from e
-    log.info("trajectory from %s: %d projections x %d samples, readout %.2f ms",
-             source, traj.n_projections, traj.n_samples, traj.readout_s * 1e3)
+            raise TrajectoryError(
+                f"trajectory ({source}) does not match the data: {e.message}", acq.sources[0] if acq.sources else None
+            ) from e
+    log.info(
+        "trajectory from %s: %d projections x %d samples, readout %.2f ms",
+        source,
+        traj.n_projections,
+        traj.n_samples,
+        traj.readout_s * 1e3,
+    )
     return traj, source
 
 
@@ -216,11 +222,21 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
     with timer.stage("read raw data"):
         acq = read_raw(raw, echo_from=opts.echo_from, nucleus=opts.nucleus)
     if opts.expect_nucleus != "any" and acq.nucleus != opts.expect_nucleus:
-        raise InputError(f"nucleus is {acq.nucleus!r}, expected {opts.expect_nucleus!r} "
-                         "(set expect_nucleus = \"any\" to reconstruct other nuclei)", raw[0])
-    log.info("%s: %s, %d echo(es) TE %s ms, %d coil(s), %d readouts x %d samples",
-             ", ".join(raw), acq.nucleus, acq.n_echoes, [round(t * 1e3, 3) for t in acq.te_s],
-             acq.n_coils, acq.n_projections, acq.n_samples)
+        raise InputError(
+            f"nucleus is {acq.nucleus!r}, expected {opts.expect_nucleus!r} "
+            '(set expect_nucleus = "any" to reconstruct other nuclei)',
+            raw[0],
+        )
+    log.info(
+        "%s: %s, %d echo(es) TE %s ms, %d coil(s), %d readouts x %d samples",
+        ", ".join(raw),
+        acq.nucleus,
+        acq.n_echoes,
+        [round(t * 1e3, 3) for t in acq.te_s],
+        acq.n_coils,
+        acq.n_projections,
+        acq.n_samples,
+    )
     if not np.all(np.isfinite(acq.data)):
         raise InputError("raw data contain NaN or infinite samples", raw[0])
 
@@ -240,13 +256,17 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
     else:
         data, pidx_common = acq.data, pidx[0]
     if pidx_common.max() >= traj.n_projections:
-        raise TrajectoryError(f"projection index {pidx_common.max()} beyond the trajectory's "
-                              f"{traj.n_projections} projections", raw[0])
+        raise TrajectoryError(
+            f"projection index {pidx_common.max()} beyond the trajectory's {traj.n_projections} projections", raw[0]
+        )
     k = traj.k[pidx_common]
     dcf = dcf_full[pidx_common]
     if len(pidx_common) < traj.n_projections:
-        log.warning("%d of %d projections acquired: density weights of the full trajectory are used",
-                    len(pidx_common), traj.n_projections)
+        log.warning(
+            "%d of %d projections acquired: density weights of the full trajectory are used",
+            len(pidx_common),
+            traj.n_projections,
+        )
 
     if acq.n_coils > 1 and acq.noise is not None:
         # whitened coil space: noise uncorrelated, unit variance per channel (images then in noise units)
@@ -278,8 +298,11 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
     elif acq.n_echoes >= 2:
         with timer.stage("field map (dual echo)"):
             fmap = estimate_fieldmap(plain[0], plain[1], acq.te_s[0], acq.te_s[1])
-        fmap_info = {"source": "dual echo", "te_s": [acq.te_s[0], acq.te_s[1]],
-                     "unaliased_range_hz": 0.5 / abs(acq.te_s[1] - acq.te_s[0])}
+        fmap_info = {
+            "source": "dual echo",
+            "te_s": [acq.te_s[0], acq.te_s[1]],
+            "unaliased_range_hz": 0.5 / abs(acq.te_s[1] - acq.te_s[0]),
+        }
     elif method != "none":
         raise InputError(f"--b0 {method} needs two echoes or --fieldmap; the data have one echo", raw[0])
     iterative = method == "iterative" or opts.recon == "iterative"
@@ -291,19 +314,41 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
             fm = fmap if method not in ("none",) else None
             per_coil, iters = [], []
             for c in range(data.shape[1]):
-                res = reconstruct_iterative(op, data[:, c], dcf, acq.te_s, traj.t, fm, decay=opts.iter_decay,
-                                            regulariser=opts.iter_regulariser, lamda=opts.iter_lamda,
-                                            max_iter=int(opts.iter_max), mask=support_mask(np.abs(combined_plain[0])))
+                res = reconstruct_iterative(
+                    op,
+                    data[:, c],
+                    dcf,
+                    acq.te_s,
+                    traj.t,
+                    fm,
+                    decay=opts.iter_decay,
+                    regulariser=opts.iter_regulariser,
+                    lamda=opts.iter_lamda,
+                    max_iter=int(opts.iter_max),
+                    mask=support_mask(np.abs(combined_plain[0])),
+                )
                 per_coil.append(res.echoes)
                 iters.append(res.iterations)
             images = combine(np.stack(per_coil, axis=1))
-            iter_info = {"iterations": iters, "objective_last": res.objective[-1] if res.objective else None,
-                         **res.settings}
+            iter_info = {
+                "iterations": iters,
+                "objective_last": res.objective[-1] if res.objective else None,
+                **res.settings,
+            }
         method = "iterative" if method != "none" else "none (iterative decay model)"
     elif method != "none":
         with timer.stage(f"B0 correction ({method})"):
-            corr = correct(method, op, data, dcf, acq.te_s, traj.t, fmap, n_segments=opts.b0_segments,
-                           mask=support_mask(np.abs(combined_plain[0])))
+            corr = correct(
+                method,
+                op,
+                data,
+                dcf,
+                acq.te_s,
+                traj.t,
+                fmap,
+                n_segments=opts.b0_segments,
+                mask=support_mask(np.abs(combined_plain[0])),
+            )
         images = combine(corr)
     else:
         images = combined_plain
@@ -311,15 +356,19 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
     # ---- calibration
     relax = None
     if opts.relaxation == "tissue":
-        relax = relaxation_factors(acq.tr_s, acq.flip_deg, acq.te_s[0],
-                                   readout=ReadoutWeighting.from_trajectory(traj.subset(pidx_common), dcf))
+        relax = relaxation_factors(
+            acq.tr_s, acq.flip_deg, acq.te_s[0], readout=ReadoutWeighting.from_trajectory(traj.subset(pidx_common), dcf)
+        )
     with timer.stage("calibration"):
         cal_kw: dict[str, Any] = dict(signal=opts.signal, relaxation=relax)
         if opts.calibration == "auto":
             cal_kw.update(method="auto", concentrations_mM=list(opts.tube_mM))
         elif opts.calibration == "internal":
-            cal_kw.update(method="internal", reference_region=[((x, y, z), r) for x, y, z, r in opts.reference_spheres],
-                          reference_mM=opts.reference_mM)
+            cal_kw.update(
+                method="internal",
+                reference_region=[((x, y, z), r) for x, y, z, r in opts.reference_spheres],
+                reference_mM=opts.reference_mM,
+            )
         else:
             cal_kw.update(method="file", tubes_file=opts.calibration)
         if opts.ratio_spheres:
@@ -330,6 +379,7 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
     summary: dict[str, Any] = {}
     with atomic_dir(out_dir, overwrite=opts.force) as tmp:
         with timer.stage("write outputs"):
+
             def nii(name, vol, desc):
                 img = nib.Nifti1Image(np.asarray(vol, dtype=np.float32), affine)
                 img.header.set_xyzt_units("mm", "sec")
@@ -338,14 +388,20 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
 
             nii("tsc_mM.nii.gz", cal.tsc, "narecon TSC mM")
             for e in range(acq.n_echoes):
-                nii(f"echo{e + 1}.nii.gz", np.abs(images[e]), f"narecon echo {e + 1} magnitude TE {acq.te_s[e]*1e3:.3f} ms")
+                nii(
+                    f"echo{e + 1}.nii.gz",
+                    np.abs(images[e]),
+                    f"narecon echo {e + 1} magnitude TE {acq.te_s[e] * 1e3:.3f} ms",
+                )
             nii("b0_hz.nii.gz", fmap, f"narecon B0 Hz ({acq.nucleus})")
             if cal.ratio is not None:
                 nii("ratio_csf.nii.gz", cal.ratio, "narecon TSC ratio to reference region")
             cal_dict = cal.result.to_dict()
             (tmp / "calibration.json").write_text(json.dumps(cal_dict, indent=2, default=_json_default))
             provenance = {
-                "inputs": [{"path": os.path.abspath(p), "sha256": _sha256(p), "bytes": os.path.getsize(p)} for p in raw],
+                "inputs": [
+                    {"path": os.path.abspath(p), "sha256": _sha256(p), "bytes": os.path.getsize(p)} for p in raw
+                ],
                 "options": {k: v for k, v in dataclasses.asdict(opts).items()},
                 "versions": _versions(),
                 "device": opts.device,
@@ -358,17 +414,30 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
                 "fieldmap": fmap_info,
                 "timings_s": dict(timer.timings),
                 "acquisition": {
-                    "nucleus": acq.nucleus, "te_s": list(acq.te_s), "tr_s": acq.tr_s, "flip_deg": acq.flip_deg,
-                    "dwell_s": acq.dwell_s, "frequency_hz": acq.frequency_hz, "field_t": acq.field_t,
-                    "n_coils": acq.n_coils, "n_projections": acq.n_projections, "n_samples": acq.n_samples,
+                    "nucleus": acq.nucleus,
+                    "te_s": list(acq.te_s),
+                    "tr_s": acq.tr_s,
+                    "flip_deg": acq.flip_deg,
+                    "dwell_s": acq.dwell_s,
+                    "frequency_hz": acq.frequency_hz,
+                    "field_t": acq.field_t,
+                    "n_coils": acq.n_coils,
+                    "n_projections": acq.n_projections,
+                    "n_samples": acq.n_samples,
                     "format": acq.header.get("format"),
                 },
             }
             _write_h5(tmp / "recon.h5", images, fmap, dcf, traj, affine, provenance, cal_dict)
             if opts.qa:
-                qa_figure(tmp / "qa.png", list(images), tsc=cal.tsc, b0_hz=fmap, tubes=cal.tubes,
-                          fit=cal.result.fit if cal.result.tubes else None,
-                          title=f"narecon {Path(raw[0]).name}: {method} B0 correction, {cal.result.method}")
+                qa_figure(
+                    tmp / "qa.png",
+                    list(images),
+                    tsc=cal.tsc,
+                    b0_hz=fmap,
+                    tubes=cal.tubes,
+                    fit=cal.result.fit if cal.result.tubes else None,
+                    title=f"narecon {Path(raw[0]).name}: {method} B0 correction, {cal.result.method}",
+                )
         provenance["timings_s"] = dict(timer.timings)
         summary = {
             "out": str(out_dir),

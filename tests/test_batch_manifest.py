@@ -21,17 +21,24 @@ def test_columns_paths_and_option_precedence(tmp_path):
     for n in ("a1.dat", "a2.dat", "b.dat", "sub/c.dat", "t.h5", "tubes.csv"):
         touch(tmp_path / n)
     (tmp_path / "row.toml").write_text('[run]\neps = 1e-5\nb0 = "none"\n')
-    (tmp_path / "global.toml").write_text('[run]\neps = 1e-3\nqa = false\nforce = true\n')
+    (tmp_path / "global.toml").write_text("[run]\neps = 1e-3\nqa = false\nforce = true\n")
     m = tmp_path / "m.csv"
-    m.write_text("# study manifest\nID, Raw ,raw2,traj,tubes,config\n"
-                 "A,a1.dat;a2.dat,,,,\n\nB,b.dat,sub/c.dat,t.h5,tubes.csv,row.toml\n")
+    m.write_text(
+        "# study manifest\nID, Raw ,raw2,traj,tubes,config\n"
+        "A,a1.dat;a2.dat,,,,\n\nB,b.dat,sub/c.dat,t.h5,tubes.csv,row.toml\n"
+    )
     specs = read_manifest(m, load_global_config(tmp_path / "global.toml"))
     a, b = specs
     assert a.id == "A" and a.raw == (str(tmp_path / "a1.dat"), str(tmp_path / "a2.dat"))
     assert a.options == {"eps": 1e-3, "qa": False}  # global config, its force dropped
     assert b.raw == (str(tmp_path / "b.dat"), str(tmp_path / "sub" / "c.dat"))
-    assert b.options == {"eps": 1e-5, "qa": False, "b0": "none", "traj": str(tmp_path / "t.h5"),
-                         "calibration": str(tmp_path / "tubes.csv")}
+    assert b.options == {
+        "eps": 1e-5,
+        "qa": False,
+        "b0": "none",
+        "traj": str(tmp_path / "t.h5"),
+        "calibration": str(tmp_path / "tubes.csv"),
+    }
     assert b.line == 5
     assert [r for r, _ in b.input_files()] == ["raw1", "raw2", "traj", "calibration"]
     assert b.run_options().eps == 1e-5 and b.run_options().force is False
@@ -41,15 +48,17 @@ def test_all_bad_rows_reported_at_once(tmp_path):
     touch(tmp_path / "ok.dat")
     (tmp_path / "bad.toml").write_text("[run]\nnot_an_option = 1\n")
     m = tmp_path / "m.csv"
-    m.write_text("id,raw,config,traj\n"
-                 "ok,ok.dat,,\n"
-                 "missing,nope.dat,,\n"
-                 "OK,ok.dat,,\n"
-                 "cfg,ok.dat,bad.toml,\n"
-                 ",ok.dat,,\n"
-                 "../evil,ok.dat,,\n"
-                 "three,ok.dat;ok.dat;ok.dat,,\n"
-                 "tr,ok.dat,,none.h5\n")
+    m.write_text(
+        "id,raw,config,traj\n"
+        "ok,ok.dat,,\n"
+        "missing,nope.dat,,\n"
+        "OK,ok.dat,,\n"
+        "cfg,ok.dat,bad.toml,\n"
+        ",ok.dat,,\n"
+        "../evil,ok.dat,,\n"
+        "three,ok.dat;ok.dat;ok.dat,,\n"
+        "tr,ok.dat,,none.h5\n"
+    )
     with pytest.raises(ConfigError) as ei:
         read_manifest(m)
     msg = str(ei.value)
@@ -63,14 +72,17 @@ def test_all_bad_rows_reported_at_once(tmp_path):
     assert "line 9 (id 'tr'): traj file not found" in msg
 
 
-@pytest.mark.parametrize("text, what", [
-    ("id,raw,extra\nA,a.dat,1\n", "unknown column(s) ['extra']"),
-    ("id,traj\nA,t.h5\n", "missing required column(s) ['raw']"),
-    ("id,raw\n", "lists no scans"),
-    ("# only a comment\n", "manifest is empty"),
-    ("id,raw,raw\nA,a.dat,b.dat\n", "repeated column(s) ['raw']"),
-    ("id,raw\nA,a.dat,b.dat\n", "line 2: 3 cells but 2 columns"),
-])
+@pytest.mark.parametrize(
+    "text, what",
+    [
+        ("id,raw,extra\nA,a.dat,1\n", "unknown column(s) ['extra']"),
+        ("id,traj\nA,t.h5\n", "missing required column(s) ['raw']"),
+        ("id,raw\n", "lists no scans"),
+        ("# only a comment\n", "manifest is empty"),
+        ("id,raw,raw\nA,a.dat,b.dat\n", "repeated column(s) ['raw']"),
+        ("id,raw\nA,a.dat,b.dat\n", "line 2: 3 cells but 2 columns"),
+    ],
+)
 def test_structural_errors(tmp_path, text, what):
     touch(tmp_path / "a.dat")
     m = tmp_path / "m.csv"
@@ -99,7 +111,9 @@ def test_fingerprint_content_not_path(tmp_path):
     (tmp_path / "m2.csv").write_text("id,raw,traj\nA,moved/a.dat,t2.h5\n")
     f1 = fingerprint(read_manifest(tmp_path / "m1.csv")[0])
     f2 = fingerprint(read_manifest(tmp_path / "m2.csv")[0])
-    assert f1["inputs"][0]["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256("abc")
+    assert (
+        f1["inputs"][0]["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )  # sha256("abc")
     assert same_result(f1, f2)  # same contents and options, other paths
     assert options_hash({"eps": 1e-4}) != options_hash({"eps": 1e-5})
     assert options_hash({"eps": 1e-4, "force": True}) == options_hash({"eps": 1e-4})

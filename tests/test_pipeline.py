@@ -30,8 +30,15 @@ def sample_run(tmp_path_factory):
 def test_outputs_written(sample_run):
     out, summary = sample_run
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["b0_hz.nii.gz", "calibration.json", "echo1.nii.gz", "echo2.nii.gz", "qa.png", "recon.h5",
-                     "tsc_mM.nii.gz"]
+    assert names == [
+        "b0_hz.nii.gz",
+        "calibration.json",
+        "echo1.nii.gz",
+        "echo2.nii.gz",
+        "qa.png",
+        "recon.h5",
+        "tsc_mM.nii.gz",
+    ]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".narecon-tmp")]
     assert summary["b0_method"] == "tb-cpr"
     # the PNG is a real image
@@ -67,7 +74,12 @@ def test_calibration_and_field_map(sample_run):
     out, _ = sample_run
     cal = json.loads((out / "calibration.json").read_text())
     assert cal["method"] == "tubes-auto"
-    assert [t["concentration_mM"] for t in sorted(cal["tubes"], key=lambda t: t["concentration_mM"])] == [30, 60, 90, 120]
+    assert [t["concentration_mM"] for t in sorted(cal["tubes"], key=lambda t: t["concentration_mM"])] == [
+        30,
+        60,
+        90,
+        120,
+    ]
     assert cal["fit"]["r2"] > 0.98
     # tubes calibrate to within 5 mM at the sample's 5.6 mm (3 mM at 3.5 mm: the slow test)
     assert np.abs(cal["fit"]["deviations_mM"]).max() < 5.0
@@ -99,8 +111,11 @@ def test_cli_run_and_refusal(tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    p = subprocess.run([sys.executable, "-m", "recon", "run", str(SAMPLE), "--out", str(out), "--no-qa"],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "recon", "run", str(SAMPLE), "--out", str(out), "--no-qa"],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr and "--force" in p.stderr
     assert sorted(x.name for x in out.iterdir()) == ["keep.txt"]
 
@@ -109,8 +124,12 @@ def test_cli_run_and_refusal(tmp_path):
 def test_bad_input_leaves_nothing(tmp_path, case):
     out = tmp_path / "o"
     opts = RunOptions(qa=False)
-    exc = {"five_tubes": CalibrationError, "mismatched_traj": TrajectoryError, "unwritable": OutputError,
-           "bad_option": ConfigError}[case]
+    exc = {
+        "five_tubes": CalibrationError,
+        "mismatched_traj": TrajectoryError,
+        "unwritable": OutputError,
+        "bad_option": ConfigError,
+    }[case]
     if case == "five_tubes":  # one more concentration than tubes in the image: like a tube out of the FOV
         opts.tube_mM = (30.0, 60.0, 90.0, 120.0, 150.0)
     elif case == "mismatched_traj":
@@ -149,9 +168,9 @@ def test_config_file(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[run]\nb0 = "none"\ntube_mM = [30, 60, 90, 120]\neps = 1e-3\n')
     assert load_config(cfg) == {"b0": "none", "tube_mM": [30, 60, 90, 120], "eps": 1e-3}
-    cfg.write_text('[run]\nbogus = 1\n')
+    cfg.write_text("[run]\nbogus = 1\n")
     with pytest.raises(ConfigError, match="bogus"):
         load_config(cfg)
-    cfg.write_text('[run\n')
+    cfg.write_text("[run\n")
     with pytest.raises(ConfigError, match="TOML"):
         load_config(cfg)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 import nibabel as nib
-import numpy as np
 import pytest
 from scipy import ndimage
 
@@ -47,12 +46,15 @@ def _errors(out, sim):
 
 def test_accuracy(simulated, tmp_path):
     plain = _errors(reconstruct([str(simulated / "raw.dat")], tmp_path / "a", RunOptions(qa=False)), simulated)
-    relax = _errors(reconstruct([str(simulated / "raw.dat")], tmp_path / "b", RunOptions(qa=False, relaxation="tissue")),
-                    simulated)
+    relax = _errors(
+        reconstruct([str(simulated / "raw.dat")], tmp_path / "b", RunOptions(qa=False, relaxation="tissue")), simulated
+    )
     print("\ncompartment      true   no-relax   tissue-relax   voxels")
     for name, (true, got, n) in plain.items():
-        print(f"{name:15s} {true:6.1f} {got:8.1f} ({100 * (got / true - 1):+5.1f}%) {relax[name][1]:8.1f} "
-              f"({100 * (relax[name][1] / true - 1):+5.1f}%) {n:6d}")
+        print(
+            f"{name:15s} {true:6.1f} {got:8.1f} ({100 * (got / true - 1):+5.1f}%) {relax[name][1]:8.1f} "
+            f"({100 * (relax[name][1] / true - 1):+5.1f}%) {n:6d}"
+        )
     for name, (true, got, _) in plain.items():
         if name.startswith("tube"):
             assert abs(got - true) <= 3.0, name

@@ -71,8 +71,13 @@ def thread_env(threads: int) -> dict[str, str]:
     (worker i gets cores i*t .. i*t+t-1), which is what the NUFFT's thread count follows.
     """
     t = str(max(1, int(threads)))
-    return {"OMP_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "MKL_NUM_THREADS": t, "NUMBA_NUM_THREADS": t,
-            "NARECON_PIN_CPUS": t}
+    return {
+        "OMP_NUM_THREADS": t,
+        "OPENBLAS_NUM_THREADS": t,
+        "MKL_NUM_THREADS": t,
+        "NUMBA_NUM_THREADS": t,
+        "NARECON_PIN_CPUS": t,
+    }
 
 
 @dataclasses.dataclass
@@ -84,8 +89,9 @@ class BatchCluster:
     description: str
 
 
-def jobqueue_kwargs(kind: str, gpus_per_worker: int = 0, memory: str | None = None,
-                    dask_cuda: bool | None = None) -> dict[str, Any]:
+def jobqueue_kwargs(
+    kind: str, gpus_per_worker: int = 0, memory: str | None = None, dask_cuda: bool | None = None
+) -> dict[str, Any]:
     """Keyword arguments narecon gives ``SLURMCluster``/``PBSCluster`` (the rest comes from the Dask config).
 
     One Dask worker process per job with one task thread; with K GPUs per job the GPU request is
@@ -122,8 +128,10 @@ def jobqueue_kwargs(kind: str, gpus_per_worker: int = 0, memory: str | None = No
         if dask_cuda:
             kw["worker_command"] = "dask_cuda.cli worker"
         elif k > 1:
-            raise ConfigError(f"--gpus-per-worker {k} needs dask-cuda (one worker per GPU); install dask-cuda "
-                              "or use --gpus-per-worker 1")
+            raise ConfigError(
+                f"--gpus-per-worker {k} needs dask-cuda (one worker per GPU); install dask-cuda "
+                "or use --gpus-per-worker 1"
+            )
     return kw
 
 
@@ -137,9 +145,15 @@ def _connect(distributed, cluster):
 
 
 @contextlib.contextmanager
-def open_client(scheduler: str = LOCAL, workers: int | None = None, gpus_per_worker: int = 0,
-                memory_limit: str | float | None = "auto", device: str = "cpu",
-                allowed_failures: int = 3, threads_per_worker: int | None = None) -> Iterator[BatchCluster]:
+def open_client(
+    scheduler: str = LOCAL,
+    workers: int | None = None,
+    gpus_per_worker: int = 0,
+    memory_limit: str | float | None = "auto",
+    device: str = "cpu",
+    allowed_failures: int = 3,
+    threads_per_worker: int | None = None,
+) -> Iterator[BatchCluster]:
     """A connected Dask client for the batch (:class:`BatchCluster`); a cluster it started is closed after.
 
     scheduler : ``local``, a scheduler address (``tcp://HOST:PORT``), ``slurm`` or ``pbs``.
@@ -157,8 +171,7 @@ def open_client(scheduler: str = LOCAL, workers: int | None = None, gpus_per_wor
 
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
-    cfg = {"distributed.scheduler.allowed-failures": int(allowed_failures),
-           "distributed.worker.daemon": False}
+    cfg = {"distributed.scheduler.allowed-failures": int(allowed_failures), "distributed.worker.daemon": False}
     cluster = None
     resources = None
     with dask.config.set(cfg):
@@ -168,19 +181,31 @@ def open_client(scheduler: str = LOCAL, workers: int | None = None, gpus_per_wor
             if device == "gpu" and has_dask_cuda():
                 from dask_cuda import LocalCUDACluster
 
-                cluster = LocalCUDACluster(n_workers=workers, threads_per_worker=1, memory_limit=memory_limit,
-                                           dashboard_address=None)
+                cluster = LocalCUDACluster(
+                    n_workers=workers, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=None
+                )
                 desc = f"local dask-cuda cluster, {len(cluster.workers)} worker(s), one per GPU"
             else:
                 n = workers or (1 if device == "gpu" else default_local_workers())
                 if device == "gpu":
-                    log.warning("dask-cuda is not installed: %d local worker(s) share the visible GPU(s) "
-                                "(pip install dask-cuda for one worker per GPU)", n)
+                    log.warning(
+                        "dask-cuda is not installed: %d local worker(s) share the visible GPU(s) "
+                        "(pip install dask-cuda for one worker per GPU)",
+                        n,
+                    )
                 threads = threads_per_worker or max(1, cpu_count() // n)
                 cluster = distributed.LocalCluster(
-                    n_workers=n, threads_per_worker=1, processes=True, memory_limit=memory_limit,
-                    dashboard_address=None, env=thread_env(threads), host="127.0.0.1")
-                desc = f"local Dask cluster, {n} worker process(es), {threads} thread(s) each, memory limit {memory_limit}"
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=True,
+                    memory_limit=memory_limit,
+                    dashboard_address=None,
+                    env=thread_env(threads),
+                    host="127.0.0.1",
+                )
+                desc = (
+                    f"local Dask cluster, {n} worker process(es), {threads} thread(s) each, memory limit {memory_limit}"
+                )
             client = _connect(distributed, cluster)
         elif scheduler in JOBQUEUE:
             try:
@@ -198,8 +223,9 @@ def open_client(scheduler: str = LOCAL, workers: int | None = None, gpus_per_wor
             desc = f"{scheduler.upper()} cluster, {workers or 1} job(s), {gpus_per_worker or 0} GPU(s) per job"
         else:
             if "://" not in scheduler and ":" not in scheduler:
-                raise ConfigError(f"--scheduler must be local, slurm, pbs or a scheduler address "
-                                  f"(tcp://HOST:PORT), got {scheduler!r}")
+                raise ConfigError(
+                    f"--scheduler must be local, slurm, pbs or a scheduler address (tcp://HOST:PORT), got {scheduler!r}"
+                )
             if workers is not None:
                 log.warning("--workers is ignored with an existing scheduler (%s)", scheduler)
             try:

@@ -12,29 +12,54 @@ import sys
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "batch", help="reconstruct the scans of a manifest CSV on a Dask cluster (resumable)",
+        "batch",
+        help="reconstruct the scans of a manifest CSV on a Dask cluster (resumable)",
         description="Reconstruct every scan listed in a manifest CSV (columns id, raw[, raw2, traj, profile, "
-                    "tubes, config]) as `narecon run` would, one Dask task per scan, into DIR/<id>/. Complete "
-                    "scans are skipped on a rerun; failed scans are listed and the others go on.")
+        "tubes, config]) as `narecon run` would, one Dask task per scan, into DIR/<id>/. Complete "
+        "scans are skipped on a rerun; failed scans are listed and the others go on.",
+    )
     p.add_argument("manifest", help="manifest CSV, one scan per row (see docs/batch.md)")
     p.add_argument("--out", required=True, help="batch output directory: DIR/<id>/ per scan, DIR/batch_summary.csv")
-    p.add_argument("--scheduler", default="local",
-                   help="local (default: a local cluster for this command), tcp://HOST:PORT (an existing "
-                        "scheduler), slurm or pbs (dask-jobqueue; settings from the Dask config)")
-    p.add_argument("--workers", type=int,
-                   help="local worker processes (default: one per 2 cores; one per GPU with --device gpu) "
-                        "or SLURM/PBS jobs (default 1)")
-    p.add_argument("--gpus-per-worker", type=int, default=0,
-                   help="GPUs per SLURM/PBS job (one Dask worker per GPU with dask-cuda); locally 0 or 1")
-    p.add_argument("--memory-limit", default="auto",
-                   help="memory per local worker, e.g. 8GB (auto: RAM / workers); per job for SLURM/PBS")
+    p.add_argument(
+        "--scheduler",
+        default="local",
+        help="local (default: a local cluster for this command), tcp://HOST:PORT (an existing "
+        "scheduler), slurm or pbs (dask-jobqueue; settings from the Dask config)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="local worker processes (default: one per 2 cores; one per GPU with --device gpu) "
+        "or SLURM/PBS jobs (default 1)",
+    )
+    p.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        default=0,
+        help="GPUs per SLURM/PBS job (one Dask worker per GPU with dask-cuda); locally 0 or 1",
+    )
+    p.add_argument(
+        "--memory-limit",
+        default="auto",
+        help="memory per local worker, e.g. 8GB (auto: RAM / workers); per job for SLURM/PBS",
+    )
     p.add_argument("--config", help="TOML with a [run] table applied to every row (a row's config overrides it)")
-    p.add_argument("--device", choices=["cpu", "gpu"], help="compute device for every scan (default: the config's, cpu)")
+    p.add_argument(
+        "--device", choices=["cpu", "gpu"], help="compute device for every scan (default: the config's, cpu)"
+    )
     p.add_argument("--force", action="store_true", help="redo every scan, even complete ones")
-    p.add_argument("--allowed-failures", type=int, default=3,
-                   help="reruns of a scan whose worker died (killed, out of memory) before it counts as failed (3)")
-    p.add_argument("--no-plan-cache", dest="plan_cache", action="store_false",
-                   help="rebuild trajectory, density weights and NUFFT plans for every scan (for benchmarks)")
+    p.add_argument(
+        "--allowed-failures",
+        type=int,
+        default=3,
+        help="reruns of a scan whose worker died (killed, out of memory) before it counts as failed (3)",
+    )
+    p.add_argument(
+        "--no-plan-cache",
+        dest="plan_cache",
+        action="store_false",
+        help="rebuild trajectory, density weights and NUFFT plans for every scan (for benchmarks)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (log lines only)")
     p.set_defaults(func=run)
 
@@ -53,13 +78,27 @@ def run(args: argparse.Namespace) -> int:
     device = base.get("device", "cpu")
     if any(s.options.get("device", "cpu") == "gpu" for s in specs):
         device = "gpu"
-    with open_client(args.scheduler, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                     memory_limit=args.memory_limit, device=device,
-                     allowed_failures=args.allowed_failures) as bc:
-        report = run_batch(specs, args.out, bc.client, force=args.force, plan_cache=args.plan_cache,
-                           resources=bc.resources, progress=args.progress)
-    print(f"{len(report.rows)} scan(s): {report.count('done')} done, {report.count('skipped')} skipped, "
-          f"{report.count('failed')} failed in {report.wall_s:.1f} s; summary {report.summary_csv}")
+    with open_client(
+        args.scheduler,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        memory_limit=args.memory_limit,
+        device=device,
+        allowed_failures=args.allowed_failures,
+    ) as bc:
+        report = run_batch(
+            specs,
+            args.out,
+            bc.client,
+            force=args.force,
+            plan_cache=args.plan_cache,
+            resources=bc.resources,
+            progress=args.progress,
+        )
+    print(
+        f"{len(report.rows)} scan(s): {report.count('done')} done, {report.count('skipped')} skipped, "
+        f"{report.count('failed')} failed in {report.wall_s:.1f} s; summary {report.summary_csv}"
+    )
     if report.failed:
         print("failed scans:", file=sys.stderr)
         for r in report.failed:

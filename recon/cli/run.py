@@ -22,23 +22,31 @@ def _sphere(s: str) -> tuple:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="reconstruct raw data into calibrated TSC maps (mM)",
-                       description="Reconstruct Siemens twix (.dat) or ISMRMRD (.h5) sodium raw data: "
-                                   "trajectory, gridding, dual-echo B0 correction, tube calibration, outputs "
-                                   "written atomically into DIR.")
+    p = sub.add_parser(
+        "run",
+        help="reconstruct raw data into calibrated TSC maps (mM)",
+        description="Reconstruct Siemens twix (.dat) or ISMRMRD (.h5) sodium raw data: "
+        "trajectory, gridding, dual-echo B0 correction, tube calibration, outputs "
+        "written atomically into DIR.",
+    )
     p.add_argument("raw", nargs="+", help="raw file, or two files holding one echo each")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --force)")
     p.add_argument("--config", help="TOML file with a [run] table of options (command-line options win)")
     p.add_argument("--traj", help="trajectory file (HDF5, DESIGN.md format) instead of the profile's")
     p.add_argument("--profile", help="sequence profile TOML mapping header fields to the trajectory design")
     p.add_argument("--device", choices=["cpu", "gpu"], help="compute device (cpu)")
-    p.add_argument("--b0", help="B0 correction: auto (default: tb-cpr with two echoes), none, tb-cpr, fs-cpr, mfi, "
-                                "iterative")
-    p.add_argument("--recon", choices=["gridding", "iterative"],
-                   help="gridding (default) or iterative (model-based with T2* decay; implied by --b0 iterative)")
+    p.add_argument(
+        "--b0", help="B0 correction: auto (default: tb-cpr with two echoes), none, tb-cpr, fs-cpr, mfi, iterative"
+    )
+    p.add_argument(
+        "--recon",
+        choices=["gridding", "iterative"],
+        help="gridding (default) or iterative (model-based with T2* decay; implied by --b0 iterative)",
+    )
     p.add_argument("--iter-decay", choices=["none", "r2star-map", "tissue"], help="iterative decay model (r2star-map)")
-    p.add_argument("--iter-regulariser", choices=["none", "tikhonov", "gradient", "tv"],
-                   help="iterative regulariser (gradient)")
+    p.add_argument(
+        "--iter-regulariser", choices=["none", "tikhonov", "gradient", "tv"], help="iterative regulariser (gradient)"
+    )
     p.add_argument("--iter-lamda", type=float, help="regularisation weight (0.1)")
     p.add_argument("--iter-max", type=int, help="iterations (30)")
     p.add_argument("--b0-segments", type=int, help="time bins / frequency segments (default: the documented rule)")
@@ -46,11 +54,21 @@ def register(sub) -> None:
     p.add_argument("--fieldmap-nucleus", help="nucleus of the external map: 23Na (default) or 1H (scaled by 0.2645)")
     p.add_argument("--calibration", help="auto (detect tubes, default), internal, or a tubes CSV file")
     p.add_argument("--tube-mM", type=_floats, help="tube concentrations for auto detection (30,60,90,120)")
-    p.add_argument("--reference", type=_sphere, action="append", dest="reference_spheres",
-                   help="internal reference sphere x,y,z,r in mm (RAS); repeatable")
+    p.add_argument(
+        "--reference",
+        type=_sphere,
+        action="append",
+        dest="reference_spheres",
+        help="internal reference sphere x,y,z,r in mm (RAS); repeatable",
+    )
     p.add_argument("--reference-mM", type=float, help="internal reference concentration (145 mM)")
-    p.add_argument("--ratio-ref", type=_sphere, action="append", dest="ratio_spheres",
-                   help="sphere x,y,z,r in mm of the ratio-map reference region (e.g. CSF); repeatable")
+    p.add_argument(
+        "--ratio-ref",
+        type=_sphere,
+        action="append",
+        dest="ratio_spheres",
+        help="sphere x,y,z,r in mm of the ratio-map reference region (e.g. CSF); repeatable",
+    )
     p.add_argument("--relaxation", choices=["none", "tissue"], help="T1/T2* correction of tissue vs tubes (none)")
     p.add_argument("--matrix", type=int, help="reconstruction matrix (default: the protocol's)")
     p.add_argument("--dcf", choices=["auto", "analytic", "pipe"], help="density compensation (auto)")
@@ -67,10 +85,33 @@ def run(args: argparse.Namespace) -> int:
     from recon.pipeline import RunOptions, load_config, reconstruct
 
     values = load_config(args.config) if args.config else {}
-    for name in ("traj", "profile", "device", "b0", "recon", "iter_decay", "iter_regulariser", "iter_lamda", "iter_max",
-                 "b0_segments", "fieldmap", "fieldmap_nucleus", "calibration",
-                 "tube_mM", "reference_spheres", "reference_mM", "ratio_spheres", "relaxation", "matrix", "dcf",
-                 "eps", "echo_from", "nucleus", "qa", "force"):
+    for name in (
+        "traj",
+        "profile",
+        "device",
+        "b0",
+        "recon",
+        "iter_decay",
+        "iter_regulariser",
+        "iter_lamda",
+        "iter_max",
+        "b0_segments",
+        "fieldmap",
+        "fieldmap_nucleus",
+        "calibration",
+        "tube_mM",
+        "reference_spheres",
+        "reference_mM",
+        "ratio_spheres",
+        "relaxation",
+        "matrix",
+        "dcf",
+        "eps",
+        "echo_from",
+        "nucleus",
+        "qa",
+        "force",
+    ):
         v = getattr(args, name, None)
         if v is not None:
             values[name] = v
@@ -90,11 +131,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {summary['out']} in {summary['total_s']:.1f} s (B0 correction: {summary['b0_method']})")
     fit = cal.get("fit") or {}
     if fit:
-        print(f"  calibration: signal = {fit.get('slope', float('nan')):.4g} * C + {fit.get('intercept', float('nan')):.4g}"
-              f"  (R^2 {fit.get('r2', float('nan')):.4f})")
+        print(
+            f"  calibration: signal = {fit.get('slope', float('nan')):.4g} * C + {fit.get('intercept', float('nan')):.4g}"
+            f"  (R^2 {fit.get('r2', float('nan')):.4f})"
+        )
     for t in cal.get("tubes", []):
-        print(f"  tube {t.get('concentration_mM', '?'):>6} mM: mean signal {t.get('mean', float('nan')):.4g}, "
-              f"{t.get('n_voxels', '?')} voxels")
+        print(
+            f"  tube {t.get('concentration_mM', '?'):>6} mM: mean signal {t.get('mean', float('nan')):.4g}, "
+            f"{t.get('n_voxels', '?')} voxels"
+        )
     for w in cal.get("warnings", []):
         print(f"  WARNING: {w}")
     return 0

@@ -11,8 +11,10 @@ def register(sub) -> None:
     p = sub.add_parser("traj", help="generate a trajectory (TPI or density-adapted radial) and write it")
     ts = p.add_subparsers(dest="kind", metavar="KIND")
     ts.required = True
-    for kind, helptext in (("tpi", "twisted projection imaging (Boada 1997, flexible TPI Lu 2010)"),
-                           ("radial", "3D density-adapted radial (Nagel 2009)")):
+    for kind, helptext in (
+        ("tpi", "twisted projection imaging (Boada 1997, flexible TPI Lu 2010)"),
+        ("radial", "3D density-adapted radial (Nagel 2009)"),
+    ):
         q = ts.add_parser(kind, help=helptext)
         q.add_argument("--fov-mm", type=float, default=224.0, help="isotropic field of view in mm (224)")
         q.add_argument("--res-mm", type=float, default=3.5, help="nominal isotropic resolution in mm (3.5)")
@@ -20,16 +22,24 @@ def register(sub) -> None:
         g = q.add_mutually_exclusive_group()
         g.add_argument("--gmax-mt-m", type=float, default=None, help="gradient amplitude in mT/m (default 4)")
         g.add_argument("--readout-ms", type=float, default=None, help="readout duration in ms (sets Gmax)")
-        q.add_argument("--smax-t-m-s", type=float, default=None,
-                       help="slew limit in T/m/s: enables the slew-limited (flexible) design")
+        q.add_argument(
+            "--smax-t-m-s",
+            type=float,
+            default=None,
+            help="slew limit in T/m/s: enables the slew-limited (flexible) design",
+        )
         q.add_argument("--dwell-us", type=float, default=10.0, help="ADC dwell time in us (10)")
         q.add_argument("--raster-us", type=float, default=10.0, help="gradient raster in us (10)")
         q.add_argument("--undersampling", type=float, default=1.0, help="angular undersampling factor (1)")
         q.add_argument("--gamma-mhz-t", type=float, default=11.262, help="gyromagnetic ratio/2pi in MHz/T (23Na)")
         if kind == "radial":
             q.add_argument("--projections", type=int, default=None, help="number of projections")
-        q.add_argument("--dcf", choices=["analytic", "pipe", "none"], default="analytic",
-                       help="density compensation stored in the file (analytic)")
+        q.add_argument(
+            "--dcf",
+            choices=["analytic", "pipe", "none"],
+            default="analytic",
+            help="density compensation stored in the file (analytic)",
+        )
         q.add_argument("--tr-ms", type=float, default=174.0, help="TR in ms for the scan-time estimate (174)")
         q.add_argument("--echoes", type=int, default=2, help="echoes acquired in separate TRs, for scan time (2)")
         q.add_argument("--out", required=True, help="output trajectory file (.h5)")
@@ -44,15 +54,22 @@ def run(args: argparse.Namespace) -> int:
 
     gmax = None if args.readout_ms is not None else (args.gmax_mt_m if args.gmax_mt_m is not None else 4.0) * 1e-3
     common = dict(
-        fov_m=args.fov_mm * 1e-3, res_m=args.res_mm * 1e-3, p=args.p, gmax_t_per_m=gmax,
+        fov_m=args.fov_mm * 1e-3,
+        res_m=args.res_mm * 1e-3,
+        p=args.p,
+        gmax_t_per_m=gmax,
         readout_s=None if args.readout_ms is None else args.readout_ms * 1e-3,
-        smax_t_per_m_per_s=args.smax_t_m_s, dwell_s=args.dwell_us * 1e-6, gamma_hz_per_t=args.gamma_mhz_t * 1e6,
-        undersampling=args.undersampling, grad_raster_s=args.raster_us * 1e-6,
+        smax_t_per_m_per_s=args.smax_t_m_s,
+        dwell_s=args.dwell_us * 1e-6,
+        gamma_hz_per_t=args.gamma_mhz_t * 1e6,
+        undersampling=args.undersampling,
+        grad_raster_s=args.raster_us * 1e-6,
     )
-    from recon.atomic import atomic_file  # noqa: F401  (checked early: refuse before computing)
     import os
 
+    from recon.atomic import atomic_file  # noqa: F401  (checked early: refuse before computing)
     from recon.errors import OutputError
+
     if os.path.exists(args.out) and not args.force:
         raise OutputError("exists (use --force to overwrite)", args.out)
     with stage(f"{args.kind} design"):
@@ -90,10 +107,18 @@ def run(args: argparse.Namespace) -> int:
             print(f"  cones                {summary['cones']}")
         print(f"  projections          {summary['projections']}")
         print(f"  samples/projection   {summary['samples']}  (dwell {args.dwell_us:g} us)")
-        print(f"  readout              {summary['readout_ms']:.3f} ms  (ideal design {summary['readout_design_ms']:.3f} ms)")
-        print(f"  max |G| reached      {summary['max_gradient_reached_mt_m']:.3f} mT/m  (design {summary['gmax_design_mt_m']:.3f})")
+        print(
+            f"  readout              {summary['readout_ms']:.3f} ms  (ideal design {summary['readout_design_ms']:.3f} ms)"
+        )
+        print(
+            f"  max |G| reached      {summary['max_gradient_reached_mt_m']:.3f} mT/m  (design {summary['gmax_design_mt_m']:.3f})"
+        )
         lim = f", limit {args.smax_t_m_s:g}" if args.smax_t_m_s else ", no slew limit: instant switch-on"
-        print(f"  max slew reached     {summary['max_slew_reached_t_m_s']:.1f} T/m/s{lim}  ({args.raster_us:g} us raster)")
-        print(f"  kmax                 {summary['kmax_reached_per_m']:.2f} 1/m reached (design {summary['kmax_per_m']:.2f})")
+        print(
+            f"  max slew reached     {summary['max_slew_reached_t_m_s']:.1f} T/m/s{lim}  ({args.raster_us:g} us raster)"
+        )
+        print(
+            f"  kmax                 {summary['kmax_reached_per_m']:.2f} 1/m reached (design {summary['kmax_per_m']:.2f})"
+        )
         print(f"  scan time            {st:.1f} s = {st / 60:.1f} min at TR {args.tr_ms:g} ms, {args.echoes} echo(es)")
     return 0

@@ -84,8 +84,7 @@ class Trajectory:
             raise TrajectoryError("k contains NaN or infinite values")
         if self.t.shape not in ((n_samp,), (n_proj, n_samp)):
             raise TrajectoryError(
-                f"t must have shape ({n_samp},) or ({n_proj}, {n_samp}) to match k {self.k.shape}, "
-                f"got {self.t.shape}"
+                f"t must have shape ({n_samp},) or ({n_proj}, {n_samp}) to match k {self.k.shape}, got {self.t.shape}"
             )
         if not np.all(np.isfinite(self.t)):
             raise TrajectoryError("t contains NaN or infinite values")
@@ -111,9 +110,11 @@ class Trajectory:
 
     def __repr__(self) -> str:
         gen = self.params.get("generator", "file")
-        return (f"Trajectory({gen}: {self.n_projections} projections x {self.n_samples} samples, "
-                f"fov_m={self.fov_m}, matrix={self.matrix}, dwell_s={self.dwell_s:g}, "
-                f"dcf={'yes' if self.dcf is not None else 'no'})")
+        return (
+            f"Trajectory({gen}: {self.n_projections} projections x {self.n_samples} samples, "
+            f"fov_m={self.fov_m}, matrix={self.matrix}, dwell_s={self.dwell_s:g}, "
+            f"dcf={'yes' if self.dcf is not None else 'no'})"
+        )
 
     # ---------------------------------------------------------------- properties
     @property

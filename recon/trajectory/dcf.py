@@ -59,7 +59,11 @@ def dcf_analytic(traj: Trajectory) -> np.ndarray:
         raise InputError("analytic density compensation needs at least 2 samples per projection")
     vr = np.gradient(kr, axis=1) / np.gradient(t, axis=1)
     vr = np.clip(vr, 0.0, None)  # samples parked at kmax after a readout ends carry no new volume
-    omega = traj.solid_angle if traj.solid_angle is not None else np.full(traj.n_projections, 4 * np.pi / traj.n_projections)
+    omega = (
+        traj.solid_angle
+        if traj.solid_angle is not None
+        else np.full(traj.n_projections, 4 * np.pi / traj.n_projections)
+    )
     dt = np.gradient(t, axis=1)
     w = omega[:, None] * kr**2 * vr * dt
     w[:, 0] = 0.0

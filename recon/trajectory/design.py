@@ -16,6 +16,7 @@ import numpy as np
 try:  # the two passes are sequential scalar loops: compiled with numba where installed
     from numba import njit
 except ImportError:  # pragma: no cover - numba is a core dependency; pure Python still works
+
     def njit(*a, **k):
         return (lambda f: f) if not a or not callable(a[0]) else a[0]
 

@@ -92,8 +92,9 @@ def read_trajectory(path: str | os.PathLike) -> Trajectory:
         missing = [n for n in ("k", "t") if n not in f]
         missing += [a for a in _REQUIRED_ATTRS if a not in f.attrs]
         if missing:
-            raise TrajectoryError(f"missing {', '.join(missing)} (need datasets k, t and attributes "
-                                  f"{', '.join(_REQUIRED_ATTRS)})", path)
+            raise TrajectoryError(
+                f"missing {', '.join(missing)} (need datasets k, t and attributes {', '.join(_REQUIRED_ATTRS)})", path
+            )
         try:
             k = f["k"][()]
             t = f["t"][()]
@@ -103,11 +104,22 @@ def read_trajectory(path: str | os.PathLike) -> Trajectory:
             wf = None
             if "gradients" in f:
                 g = f["gradients"]
-                wf = {"raster_s": float(g.attrs["raster_s"]), "g_t_per_m": g["g_t_per_m"][()],
-                      "group": g["group"][()], "rotation_rad": g["rotation_rad"][()]}
+                wf = {
+                    "raster_s": float(g.attrs["raster_s"]),
+                    "g_t_per_m": g["g_t_per_m"][()],
+                    "group": g["group"][()],
+                    "rotation_rad": g["rotation_rad"][()],
+                }
             return Trajectory(
-                k=k, t=t, fov_m=f.attrs["fov_m"], matrix=f.attrs["matrix"], dwell_s=float(f.attrs["dwell_s"]),
-                gamma_hz_per_t=float(f.attrs["gamma_hz_per_t"]), dcf=dcf, params=params, solid_angle=solid,
+                k=k,
+                t=t,
+                fov_m=f.attrs["fov_m"],
+                matrix=f.attrs["matrix"],
+                dwell_s=float(f.attrs["dwell_s"]),
+                gamma_hz_per_t=float(f.attrs["gamma_hz_per_t"]),
+                dcf=dcf,
+                params=params,
+                solid_angle=solid,
                 waveforms=wf,
             )
         except TrajectoryError as e:

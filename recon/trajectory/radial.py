@@ -17,7 +17,7 @@ import numpy as np
 from recon.errors import TrajectoryError
 from recon.trajectory.base import GAMMA_BAR_23NA_HZ_PER_T, Trajectory
 from recon.trajectory.design import gradient_on_raster, sample_path, time_optimal
-from recon.trajectory.tpi import tpi_gradient_t_per_m, tpi_readout_s
+from recon.trajectory.tpi import check_design, tpi_readout_s
 
 
 def fibonacci_directions(n: int) -> np.ndarray:
@@ -44,20 +44,19 @@ def density_adapted_radial(
     n_fine: int = 20000,
 ) -> Trajectory:
     """Generate a 3D density-adapted radial trajectory (same parameter meanings as :func:`tpi`)."""
-    if not 0 < p <= 1:
-        raise TrajectoryError(f"density-adaptation fraction p must be in (0, 1], got {p}")
-    if fov_m <= 0 or res_m <= 0 or res_m >= fov_m:
-        raise TrajectoryError(f"need 0 < resolution < FOV, got FOV {fov_m} m, resolution {res_m} m")
-    if undersampling < 1:
-        raise TrajectoryError(f"undersampling factor must be >= 1, got {undersampling}")
-    kmax = 1.0 / (2 * res_m)
-    k0 = p * kmax
-    if gmax_t_per_m is None:
-        if readout_s is None or readout_s <= 0:
-            raise TrajectoryError("give either a gradient amplitude or a positive readout duration")
-        gmax_t_per_m = tpi_gradient_t_per_m(kmax, p, readout_s, gamma_hz_per_t)
-    if gmax_t_per_m <= 0:
-        raise TrajectoryError(f"gradient amplitude must be positive, got {gmax_t_per_m} T/m")
+    kmax, k0, gmax_t_per_m = check_design(
+        fov_m,
+        res_m,
+        p,
+        gmax_t_per_m,
+        readout_s,
+        smax_t_per_m_per_s,
+        dwell_s,
+        grad_raster_s,
+        undersampling,
+        gamma_hz_per_t,
+        "density-adaptation fraction",
+    )
     if n_projections is None:
         n_projections = int(round(4 * math.pi * (kmax * fov_m) ** 2 / undersampling))
     if n_projections < 1:

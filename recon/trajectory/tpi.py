@@ -51,6 +51,40 @@ def tpi_cones(kmax_per_m: float, fov_m: float, p: float, undersampling: float = 
     return theta, n_phi.astype(int)
 
 
+def check_design(
+    fov_m,
+    res_m,
+    p,
+    gmax_t_per_m,
+    readout_s,
+    smax_t_per_m_per_s,
+    dwell_s,
+    grad_raster_s,
+    undersampling,
+    gamma_hz_per_t,
+    p_name="p",
+) -> tuple[float, float, float]:
+    """Validate centre-out design parameters (SI units); returns (kmax, k0, G) with G from the readout if needed."""
+    if not 0 < p <= 1:
+        raise TrajectoryError(f"{p_name} p must be in (0, 1], got {p}")
+    if fov_m <= 0 or res_m <= 0 or res_m >= fov_m:
+        raise TrajectoryError(f"need 0 < resolution < FOV, got FOV {fov_m} m, resolution {res_m} m")
+    if dwell_s <= 0 or grad_raster_s <= 0:
+        raise TrajectoryError("dwell time and gradient raster must be positive")
+    if undersampling < 1:
+        raise TrajectoryError(f"undersampling factor must be >= 1, got {undersampling}")
+    kmax = 1.0 / (2 * res_m)
+    if gmax_t_per_m is None:
+        if readout_s is None or readout_s <= 0:
+            raise TrajectoryError("give either a gradient amplitude or a positive readout duration")
+        gmax_t_per_m = tpi_gradient_t_per_m(kmax, p, readout_s, gamma_hz_per_t)
+    if gmax_t_per_m <= 0:
+        raise TrajectoryError(f"gradient amplitude must be positive, got {gmax_t_per_m} T/m")
+    if smax_t_per_m_per_s is not None and smax_t_per_m_per_s <= 0:
+        raise TrajectoryError(f"slew limit must be positive, got {smax_t_per_m_per_s} T/m/s")
+    return kmax, p * kmax, gmax_t_per_m
+
+
 def _psi(k: np.ndarray, k0: float, taper: float) -> np.ndarray:
     """Angle between path and radial direction: 0 up to k0, arccos(k0^2/k^2) beyond (tapered)."""
     psi = np.zeros_like(k)
@@ -94,24 +128,19 @@ def tpi(
     taper : width of the tapered twist onset as a fraction of k0 (flexible design only).
     n_fine : points of the fine path grid used for the numerical design.
     """
-    if not 0 < p <= 1:
-        raise TrajectoryError(f"twist fraction p must be in (0, 1], got {p}")
-    if fov_m <= 0 or res_m <= 0 or res_m >= fov_m:
-        raise TrajectoryError(f"need 0 < resolution < FOV, got FOV {fov_m} m, resolution {res_m} m")
-    if dwell_s <= 0 or grad_raster_s <= 0:
-        raise TrajectoryError("dwell time and gradient raster must be positive")
-    if undersampling < 1:
-        raise TrajectoryError(f"undersampling factor must be >= 1, got {undersampling}")
-    kmax = 1.0 / (2 * res_m)
-    k0 = p * kmax
-    if gmax_t_per_m is None:
-        if readout_s is None or readout_s <= 0:
-            raise TrajectoryError("give either a gradient amplitude or a positive readout duration")
-        gmax_t_per_m = tpi_gradient_t_per_m(kmax, p, readout_s, gamma_hz_per_t)
-    if gmax_t_per_m <= 0:
-        raise TrajectoryError(f"gradient amplitude must be positive, got {gmax_t_per_m} T/m")
-    if smax_t_per_m_per_s is not None and smax_t_per_m_per_s <= 0:
-        raise TrajectoryError(f"slew limit must be positive, got {smax_t_per_m_per_s} T/m/s")
+    kmax, k0, gmax_t_per_m = check_design(
+        fov_m,
+        res_m,
+        p,
+        gmax_t_per_m,
+        readout_s,
+        smax_t_per_m_per_s,
+        dwell_s,
+        grad_raster_s,
+        undersampling,
+        gamma_hz_per_t,
+        "twist fraction",
+    )
     t_ideal = tpi_readout_s(kmax, p, gmax_t_per_m, gamma_hz_per_t)
     if t_ideal / dwell_s > 200000:
         raise TrajectoryError(f"readout of {t_ideal * 1e3:.1f} ms is too long for dwell {dwell_s * 1e6} us")

@@ -54,12 +54,15 @@ def study(tmp_path_factory):
     (d / "foreign.dat").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64)
     (d / "manifest.csv").write_text("id,raw\n" + "".join(f"P0{i},sim{i}/raw.dat\n" for i in (1, 2, 3))
                                     + "trunc,truncated.dat\nforeign,foreign.dat\n")
+    # 16^3 (14 mm voxels) is too coarse for tube ROIs: calibrate on an internal reference instead
+    (d / "run.toml").write_text('[run]\ncalibration = "internal"\nreference_spheres = [[0.0, 0.0, 0.0, 40.0]]\n')
     # reference: narecon run, one scan at a time
     try:
-        from recon.pipeline import RunOptions, reconstruct
+        from recon.pipeline import RunOptions, load_config, reconstruct
 
         for i in (1, 2, 3):
-            reconstruct([str(d / f"sim{i}" / "raw.dat")], d / f"ref{i}", RunOptions())
+            opts = RunOptions(**{**load_config(d / "run.toml"), "reference_spheres": ((0.0, 0.0, 0.0, 40.0),)})
+            reconstruct([str(d / f"sim{i}" / "raw.dat")], d / f"ref{i}", opts)
     except ImportError as e:
         pytest.skip(f"narecon run does not run end to end yet (pipeline integration): {e}")
     return d
@@ -67,7 +70,9 @@ def study(tmp_path_factory):
 
 def test_batch_matches_run_isolates_failures_and_resumes(study, capsys):
     out = study / "out"
-    rc = main(["-q", "batch", str(study / "manifest.csv"), "--out", str(out), "--workers", "2", "--no-progress"])
+    cfg = str(study / "run.toml")
+    rc = main(["-q", "batch", str(study / "manifest.csv"), "--out", str(out), "--workers", "2", "--no-progress",
+               "--config", cfg])
     cap = capsys.readouterr()
     assert rc == 1, cap.err
     with open(out / "batch_summary.csv", newline="") as f:
@@ -87,7 +92,8 @@ def test_batch_matches_run_isolates_failures_and_resumes(study, capsys):
         assert json.loads((got / "calibration.json").read_text()) == json.loads((ref / "calibration.json").read_text())
     assert not (out / "trunc").exists() and not (out / "foreign").exists()
 
-    rc = main(["-q", "batch", str(study / "manifest.csv"), "--out", str(out), "--workers", "2", "--no-progress"])
+    rc = main(["-q", "batch", str(study / "manifest.csv"), "--out", str(out), "--workers", "2", "--no-progress",
+               "--config", cfg])
     assert rc == 1
     assert "3 done" not in capsys.readouterr().out
     with open(out / "batch_summary.csv", newline="") as f:
@@ -104,9 +110,11 @@ def test_worker_killed_during_real_reconstruction(study):
     m.write_text("id,raw\n" + "".join(f"K0{i},sim{i}/raw.dat\n" for i in (1, 2, 3)))
     out = study / "out_kill"
     with open_client("local", workers=2, memory_limit="2GB") as bc:
-        rep = run_batch(read_manifest(m), out, bc.client, recon_fn=reconstruct_killed_once, progress=False)
+        from recon.pipeline import load_config
+
+        rep = run_batch(read_manifest(m, load_config(study / "run.toml")), out, bc.client, recon_fn=reconstruct_killed_once, progress=False)
     assert rep.ok, rep.failed
     for i in (1, 2, 3):
-        assert (study / f"K0{i}.killed").exists()
+        assert (study / f"sim{i}" / f"K0{i}.killed").exists()  # the first attempt was killed
         np.testing.assert_array_equal(nii(out / f"K0{i}" / "tsc_mM.nii.gz"), nii(study / f"ref{i}" / "tsc_mM.nii.gz"))
     assert list(out.rglob(".narecon-tmp-*")) == []

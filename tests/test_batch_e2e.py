@@ -115,6 +115,7 @@ def test_worker_killed_during_real_reconstruction(study):
         rep = run_batch(read_manifest(m, load_config(study / "run.toml")), out, bc.client, recon_fn=reconstruct_killed_once, progress=False)
     assert rep.ok, rep.failed
     for i in (1, 2, 3):
-        assert (study / f"sim{i}" / f"K0{i}.killed").exists()  # the first attempt was killed
+        # the first attempt was killed
+        assert (study / f"sim{i}" / f"K0{i}.killed").exists()
         np.testing.assert_array_equal(nii(out / f"K0{i}" / "tsc_mM.nii.gz"), nii(study / f"ref{i}" / "tsc_mM.nii.gz"))
     assert list(out.rglob(".narecon-tmp-*")) == []

@@ -106,7 +106,8 @@ def test_resume_skip_redo_and_failure_isolation(tmp_path, client):
     assert "not a Siemens twix file" in rows["BAD"]["error"] and "BAD.dat" in rows["BAD"]["error"]
     assert rows["BUG"]["error"].startswith("ZeroDivisionError")
     assert rows["P00"]["status"] == "done" and rows["P00"]["error"] == ""
-    assert float(rows["P00"]["seconds"]) >= 0 and rows["P00"]["device"].startswith("cpu@")
+    recorded = float(rows["P00"]["seconds"])  # the summary records a duration; its value is not checked
+    assert recorded >= 0 and rows["P00"]["device"].startswith("cpu@")
     assert not rep.ok and len(rep.failed) == 2
 
     # rerun: complete scans skipped (never called again), failed ones retried

@@ -112,7 +112,8 @@ def test_worker_killed_during_real_reconstruction(study):
     with open_client("local", workers=2, memory_limit="2GB") as bc:
         from recon.pipeline import load_config
 
-        rep = run_batch(read_manifest(m, load_config(study / "run.toml")), out, bc.client, recon_fn=reconstruct_killed_once, progress=False)
+        scans = read_manifest(m, load_config(study / "run.toml"))
+        rep = run_batch(scans, out, bc.client, recon_fn=reconstruct_killed_once, progress=False)
     assert rep.ok, rep.failed
     for i in (1, 2, 3):
         # the first attempt was killed

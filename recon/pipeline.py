@@ -62,7 +62,7 @@ class RunOptions:
     reference_mM: float = 145.0  # internal reference concentration
     reference_spheres: tuple = ()  # internal reference: ((x, y, z, r) in mm RAS, ...)
     ratio_spheres: tuple = ()  # ratio map reference region: ((x, y, z, r) in mm, ...)
-    relaxation: str = "none"  # none | tissue (T1/T2* correction of tissue vs the tube model)
+    relaxation: str = "none"  # none | tissue (one tissue factor) | echo-ratio (per-voxel tissue/fluid mix)
     signal: str = "auto"  # auto | real | magnitude-nf | magnitude
     matrix: int | None = None  # reconstruction matrix (default: the protocol's)
     dcf: str = "auto"  # auto (file's, else analytic for generated, else pipe) | analytic | pipe
@@ -88,8 +88,8 @@ class RunOptions:
             raise ConfigError("iter_max must be >= 1 and iter_lamda >= 0")
         if self.b0 not in ("auto",) + B0_METHODS:
             raise ConfigError(f"b0 must be one of {('auto',) + B0_METHODS}, got {self.b0!r}")
-        if self.relaxation not in ("none", "tissue"):
-            raise ConfigError(f"relaxation must be none or tissue, got {self.relaxation!r}")
+        if self.relaxation not in ("none", "tissue", "echo-ratio"):
+            raise ConfigError(f"relaxation must be none, tissue or echo-ratio, got {self.relaxation!r}")
         if self.dcf not in ("auto", "analytic", "pipe"):
             raise ConfigError(f"dcf must be auto, analytic or pipe, got {self.dcf!r}")
         if self.matrix is not None and not (8 <= int(self.matrix) <= 512):
@@ -156,6 +156,47 @@ def _spheres_mask(spheres, shape, affine):
     for x, y, z, r in spheres:
         mask |= sphere_mask(shape, affine, (x, y, z), float(r))
     return mask
+
+
+def relaxation_map(acq, traj, dcf, images, smooth_vox: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Per-voxel relative relaxation weighting r(x) of the echo-1 signal vs the tube model.
+
+    Tissue (bi-exponential, fast decay) and fluid (CSF, mono-exponential) are told apart by the
+    measured echo ratio q = |x2| / |x1| (smoothed): the models predict q_t and q_f over the
+    readout (recon.calibrate.relax), the tissue fraction is w = clip((q_f - q) / (q_f - q_t), 0, 1),
+    and r = w r_tissue + (1 - w) r_fluid, so tissue gets the tissue correction and fluids and tubes
+    (nearly) none, instead of one scalar for every voxel. Returns r and a record of the factors.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    from recon.calibrate import CSF, TISSUE, ReadoutWeighting, relaxation_factors
+
+    rw = ReadoutWeighting.from_trajectory(traj, dcf)
+    te1, te2 = acq.te_s[0], acq.te_s[1]
+    f = {
+        (name, i): relaxation_factors(acq.tr_s, acq.flip_deg, te, target=model, readout=rw)
+        for name, model in (("tissue", TISSUE), ("fluid", CSF))
+        for i, te in ((1, te1), (2, te2))
+    }
+    q_t = f["tissue", 2].t2star_target / f["tissue", 1].t2star_target
+    q_f = f["fluid", 2].t2star_target / f["fluid", 1].t2star_target
+    a1 = gaussian_filter(np.abs(images[0]).astype(np.float64), smooth_vox)
+    a2 = gaussian_filter(np.abs(images[1]).astype(np.float64), smooth_vox)
+    q = a2 / np.maximum(a1, 1e-3 * a1.max())
+    w = np.clip((q_f - q) / (q_f - q_t), 0.0, 1.0)
+    r_t, r_f = f["tissue", 1].relative, f["fluid", 1].relative
+    rmap = w * r_t + (1 - w) * r_f
+    info = {
+        "model": "per-voxel mix of tissue and fluid weightings by the echo ratio",
+        "predicted_echo_ratio_tissue": q_t,
+        "predicted_echo_ratio_fluid": q_f,
+        "relative_tissue": r_t,
+        "relative_fluid": r_f,
+        "tissue": f["tissue", 1].to_dict(),
+        "fluid": f["fluid", 1].to_dict(),
+        "smooth_vox": smooth_vox,
+    }
+    return rmap.astype(np.float32), info
 
 
 def load_trajectory(acq, opts: RunOptions, timer: StageTimer):
@@ -355,10 +396,16 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
 
     # ---- calibration
     relax = None
+    relax_map, relax_info = None, None
     if opts.relaxation == "tissue":
         relax = relaxation_factors(
             acq.tr_s, acq.flip_deg, acq.te_s[0], readout=ReadoutWeighting.from_trajectory(traj.subset(pidx_common), dcf)
         )
+    elif opts.relaxation == "echo-ratio":
+        if acq.n_echoes < 2:
+            raise ConfigError("relaxation = echo-ratio needs two echoes", raw[0])
+        with timer.stage("relaxation factor map (echo ratio)"):
+            relax_map, relax_info = relaxation_map(acq, traj.subset(pidx_common), dcf, images)
     with timer.stage("calibration"):
         cal_kw: dict[str, Any] = dict(signal=opts.signal, relaxation=relax)
         if opts.calibration == "auto":
@@ -374,6 +421,13 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
         if opts.ratio_spheres:
             cal_kw["ratio_region"] = [((x, y, z), r) for x, y, z, r in opts.ratio_spheres]
         cal = calibrate(images[0], affine, **cal_kw)
+    tsc, ratio = cal.tsc, cal.ratio
+    if relax_map is not None:  # TSC = (S - b) / (a r(x)) with a per-voxel relative weighting r
+        tsc = (cal.tsc / relax_map).astype(np.float32)
+        if ratio is not None:
+            from recon.calibrate import ratio_map
+
+            ratio, _ = ratio_map(tsc, _spheres_mask(opts.ratio_spheres, tsc.shape, affine))
 
     # ---- outputs (atomic)
     summary: dict[str, Any] = {}
@@ -386,7 +440,7 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
                 img.header["descrip"] = desc[:79].encode()
                 nib.save(img, str(tmp / name))
 
-            nii("tsc_mM.nii.gz", cal.tsc, "narecon TSC mM")
+            nii("tsc_mM.nii.gz", tsc, "narecon TSC mM")
             for e in range(acq.n_echoes):
                 nii(
                     f"echo{e + 1}.nii.gz",
@@ -394,14 +448,14 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
                     f"narecon echo {e + 1} magnitude TE {acq.te_s[e] * 1e3:.3f} ms",
                 )
             nii("b0_hz.nii.gz", fmap, f"narecon B0 Hz ({acq.nucleus})")
-            if cal.ratio is not None:
-                nii("ratio_csf.nii.gz", cal.ratio, "narecon TSC ratio to reference region")
+            if ratio is not None:
+                nii("ratio_csf.nii.gz", ratio, "narecon TSC ratio to reference region")
             cal_dict = cal.result.to_dict()
+            if relax_info is not None:
+                cal_dict["relaxation_map"] = relax_info
             (tmp / "calibration.json").write_text(json.dumps(cal_dict, indent=2, default=_json_default))
             provenance = {
-                "inputs": [
-                    {"path": os.path.abspath(p), "sha256": _sha256(p), "bytes": os.path.getsize(p)} for p in raw
-                ],
+                "inputs": [{"path": os.path.abspath(p), "sha256": _sha256(p), "bytes": os.path.getsize(p)} for p in raw],
                 "options": {k: v for k, v in dataclasses.asdict(opts).items()},
                 "versions": _versions(),
                 "device": opts.device,

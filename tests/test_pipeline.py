@@ -174,3 +174,32 @@ def test_config_file(tmp_path):
     cfg.write_text("[run\n")
     with pytest.raises(ConfigError, match="TOML"):
         load_config(cfg)
+
+
+def test_relaxation_map_tissue_vs_fluid():
+    """Voxels whose echo ratio matches the tissue model get the tissue factor, fluid ones the fluid factor."""
+    from types import SimpleNamespace
+
+    from recon.calibrate import CSF, TISSUE, ReadoutWeighting, relaxation_factors
+    from recon.pipeline import relaxation_map
+    from recon.trajectory import compute_dcf, tpi
+
+    traj = tpi(fov_m=0.224, res_m=0.014, p=0.3, gmax_t_per_m=4e-3)
+    dcf = compute_dcf(traj)
+    acq = SimpleNamespace(te_s=(0.3e-3, 2.32e-3), tr_s=0.174, flip_deg=90.0)
+    rw = ReadoutWeighting.from_trajectory(traj, dcf)
+
+    def fac(model, te):
+        return relaxation_factors(0.174, 90.0, te, target=model, readout=rw)
+
+    q_t = fac(TISSUE, 2.32e-3).t2star_target / fac(TISSUE, 0.3e-3).t2star_target
+    q_f = fac(CSF, 2.32e-3).t2star_target / fac(CSF, 0.3e-3).t2star_target
+    assert q_t < 0.8 < q_f  # tissue decays much faster between the echoes
+    e1 = np.full((16, 16, 16), 10.0)
+    e2 = e1.copy()
+    e2[:8] *= q_t
+    e2[8:] *= q_f
+    rmap, info = relaxation_map(acq, traj, dcf, np.stack([e1, e2]), smooth_vox=0.5)
+    assert rmap[2, 8, 8] == pytest.approx(fac(TISSUE, 0.3e-3).relative, rel=1e-3)
+    assert rmap[13, 8, 8] == pytest.approx(fac(CSF, 0.3e-3).relative, rel=1e-3)
+    assert info["relative_tissue"] < info["relative_fluid"]

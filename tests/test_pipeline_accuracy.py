@@ -46,8 +46,9 @@ def _errors(out, sim):
 
 def test_accuracy(simulated, tmp_path):
     plain = _errors(reconstruct([str(simulated / "raw.dat")], tmp_path / "a", RunOptions(qa=False)), simulated)
-    relax = _errors(
-        reconstruct([str(simulated / "raw.dat")], tmp_path / "b", RunOptions(qa=False, relaxation="tissue")), simulated
+    relax = _errors(reconstruct([str(simulated / "raw.dat")], tmp_path / "b", RunOptions(qa=False, relaxation="tissue")), simulated)
+    mixed = _errors(
+        reconstruct([str(simulated / "raw.dat")], tmp_path / "c", RunOptions(qa=False, relaxation="echo-ratio")), simulated
     )
     print("\ncompartment      true   no-relax   tissue-relax   voxels")
     for name, (true, got, n) in plain.items():
@@ -63,4 +64,12 @@ def test_accuracy(simulated, tmp_path):
     for name in ("grey_matter", "white_matter"):
         true, got, _ = relax[name]
         assert abs(got / true - 1) <= 0.10, name
+    # the per-voxel (echo-ratio) correction: tissue like the tissue factor, fluids and tubes as without it
+    for name, (true, got, _) in mixed.items():
+        if name.startswith("tube"):
+            assert abs(got - true) <= 3.0, name
+        elif name in ("grey_matter", "white_matter"):
+            assert abs(got / true - 1) <= 0.10, name
+        else:
+            assert abs(got / true - 1) <= 0.05, name
     assert {"white_matter", "grey_matter", "vitreous", "tube_30mM"} <= set(plain)

@@ -35,18 +35,14 @@ def register(sub) -> None:
     p.add_argument("--traj", help="trajectory file (HDF5, DESIGN.md format) instead of the profile's")
     p.add_argument("--profile", help="sequence profile TOML mapping header fields to the trajectory design")
     p.add_argument("--device", choices=["cpu", "gpu"], help="compute device (cpu)")
-    p.add_argument(
-        "--b0", help="B0 correction: auto (default: tb-cpr with two echoes), none, tb-cpr, fs-cpr, mfi, iterative"
-    )
+    p.add_argument("--b0", help="B0 correction: auto (default: tb-cpr with two echoes), none, tb-cpr, fs-cpr, mfi, iterative")
     p.add_argument(
         "--recon",
         choices=["gridding", "iterative"],
         help="gridding (default) or iterative (model-based with T2* decay; implied by --b0 iterative)",
     )
     p.add_argument("--iter-decay", choices=["none", "r2star-map", "tissue"], help="iterative decay model (r2star-map)")
-    p.add_argument(
-        "--iter-regulariser", choices=["none", "tikhonov", "gradient", "tv"], help="iterative regulariser (gradient)"
-    )
+    p.add_argument("--iter-regulariser", choices=["none", "tikhonov", "gradient", "tv"], help="iterative regulariser (gradient)")
     p.add_argument("--iter-lamda", type=float, help="regularisation weight (0.1)")
     p.add_argument("--iter-max", type=int, help="iterations (30)")
     p.add_argument("--b0-segments", type=int, help="time bins / frequency segments (default: the documented rule)")
@@ -69,7 +65,12 @@ def register(sub) -> None:
         dest="ratio_spheres",
         help="sphere x,y,z,r in mm of the ratio-map reference region (e.g. CSF); repeatable",
     )
-    p.add_argument("--relaxation", choices=["none", "tissue"], help="T1/T2* correction of tissue vs tubes (none)")
+    p.add_argument(
+        "--relaxation",
+        choices=["none", "tissue", "echo-ratio"],
+        help="T1/T2* correction vs the tube model: none (default), tissue (one factor for every voxel), "
+        "echo-ratio (per voxel: tissue or fluid by the measured echo ratio)",
+    )
     p.add_argument("--matrix", type=int, help="reconstruction matrix (default: the protocol's)")
     p.add_argument("--dcf", choices=["auto", "analytic", "pipe"], help="density compensation (auto)")
     p.add_argument("--eps", type=float, help="NUFFT accuracy (1e-4)")

@@ -200,16 +200,22 @@ def relaxation_map(acq, traj, dcf, images, smooth_vox: float = 1.0) -> tuple[np.
 
 
 def load_trajectory(acq, opts: RunOptions, timer: StageTimer):
-    """The trajectory of ``acq``: from --traj, or built from the header through the profile."""
+    """The trajectory of ``acq``: from --traj, or built from the header through the profile.
+
+    Inside a batch worker the built trajectory is reused for scans of the same protocol
+    (:mod:`recon.batch.cache`); it is checked against every scan's data either way.
+    """
+    from recon.batch.cache import cached, trajectory_key
     from recon.io import build_trajectory, check_match, load_profile
     from recon.trajectory import read_trajectory
 
     with timer.stage("trajectory"):
+        key = lambda: trajectory_key(acq, opts)  # noqa: E731
         if opts.traj:
-            traj = read_trajectory(opts.traj)
+            traj = cached("trajectory", key, lambda: read_trajectory(opts.traj))
             source = f"file {opts.traj}"
         else:
-            traj = build_trajectory(acq, load_profile(opts.profile))
+            traj = cached("trajectory", key, lambda: build_trajectory(acq, load_profile(opts.profile)))
             source = f"profile {opts.profile or 'default'} ({traj.params.get('generator')})"
         try:
             check_match(acq, traj)
@@ -235,8 +241,11 @@ def density_weights(traj, opts: RunOptions, timer: StageTimer) -> tuple[np.ndarr
         if traj.dcf is not None:
             return traj.dcf, "from trajectory file"
         method = "analytic" if traj.params.get("generator") in ("tpi", "radial") else "pipe"
+    from recon.batch.cache import array_digest, cached
+
     with timer.stage(f"density compensation ({method})"):
-        return compute_dcf(traj, method), method
+        key = lambda: (array_digest(traj.k), method)  # noqa: E731
+        return cached("dcf", key, lambda: compute_dcf(traj, method)), method
 
 
 def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) -> dict[str, Any]:
@@ -321,7 +330,13 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
         return np.stack([combine_coils(im, "adaptive") for im in imgs])
 
     with timer.stage("NUFFT plan"):
-        op = NUFFT(k, matrix, fov, device=opts.device, eps=opts.eps)
+        from recon.batch.cache import cached, nufft_key
+
+        op = cached(
+            "nufft",
+            lambda: nufft_key(k, matrix, fov, device=opts.device, eps=opts.eps),
+            lambda: NUFFT(k, matrix, fov, device=opts.device, eps=opts.eps),
+        )
     affine = nifti_affine(acq.geometry, fov, matrix)
 
     with timer.stage("gridding (both echoes, all coils)"):

@@ -46,33 +46,53 @@ def traj_file(tmp_path):
 
 
 def fake_acq(traj, n_samples=None):
-    return types.SimpleNamespace(n_samples=n_samples or traj.n_samples, n_projections=traj.n_projections,
-                                 projection_index=np.arange(traj.n_projections)[None], dwell_s=traj.dwell_s,
-                                 sources=("scan.dat",))
+    return types.SimpleNamespace(
+        n_samples=n_samples or traj.n_samples,
+        n_projections=traj.n_projections,
+        projection_index=np.arange(traj.n_projections)[None],
+        dwell_s=traj.dwell_s,
+        sources=("scan.dat",),
+    )
 
 
-def test_activate_reuses_and_restores(traj_file, rng):
+def test_activate_reuses_and_checks(traj_file, rng):
+    from recon.batch.cache import active, cached
+
     path, traj = traj_file
     opts = pl.RunOptions(traj=str(path), dcf="analytic", eps=1e-6)
-    orig = (pl.load_trajectory, pl.density_weights, nufft_mod.NUFFT)
     cache = PlanCache()
+    assert active() is None
+    # without an active cache nothing is kept (a single narecon run)
+    assert (
+        pl.load_trajectory(fake_acq(traj), opts, StageTimer())[0] is not pl.load_trajectory(fake_acq(traj), opts, StageTimer())[0]
+    )
     with activate(cache):
+        assert active() is cache
         t1, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
         t2, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
         w1, _ = pl.density_weights(t1, opts, StageTimer())
         w2, _ = pl.density_weights(t2, opts, StageTimer())
-        op1 = nufft_mod.NUFFT(t1.k, (8, 8, 8), 0.2, eps=1e-6)
-        op2 = nufft_mod.NUFFT(t2.k.copy(), (8, 8, 8), 0.2, eps=1e-6)
+
+        def make(k):
+            return cached(
+                "nufft", lambda: nufft_key(k, (8, 8, 8), 0.2, eps=1e-6), lambda: nufft_mod.NUFFT(k, (8, 8, 8), 0.2, eps=1e-6)
+            )
+
+        op1 = make(t1.k)
+        op2 = make(t2.k.copy())
         with pytest.raises(TrajectoryError, match="samples per readout"):  # cached, still checked per scan
             pl.load_trajectory(fake_acq(traj, n_samples=traj.n_samples + 1), opts, StageTimer())
-    assert (pl.load_trajectory, pl.density_weights, nufft_mod.NUFFT) == orig
+    assert active() is None
     assert t1 is t2 and w1 is w2 and op1 is op2
-    assert cache.stats() == {"dcf": {"hits": 1, "misses": 1}, "nufft": {"hits": 1, "misses": 1},
-                             "trajectory": {"hits": 2, "misses": 1}}
+    assert cache.stats() == {
+        "dcf": {"hits": 1, "misses": 1},
+        "nufft": {"hits": 1, "misses": 1},
+        "trajectory": {"hits": 2, "misses": 1},
+    }
     # independent truth: the cached objects equal fresh builds, the operator an exact DFT
-    fresh, _ = orig[0](fake_acq(traj), opts, StageTimer())
+    fresh, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
     np.testing.assert_array_equal(t1.k, fresh.k)
-    np.testing.assert_array_equal(w1, orig[1](fresh, opts, StageTimer())[0])
+    np.testing.assert_array_equal(w1, pl.density_weights(fresh, opts, StageTimer())[0])
     x = (rng.standard_normal((8, 8, 8)) + 1j * rng.standard_normal((8, 8, 8))).astype(np.complex64)
     sel = rng.choice(t1.k.reshape(-1, 3).shape[0], 200, replace=False)
     exact = nudft_forward_at(x, t1.k, (0.2,) * 3, sel)
@@ -88,6 +108,7 @@ def test_changed_trajectory_file_is_rebuilt(traj_file):
         t1, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
         write_trajectory(traj, path)  # rewritten: new mtime
         import os
+
         st = os.stat(path)
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
         t2, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())

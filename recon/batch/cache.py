@@ -19,11 +19,9 @@ Keys:
 The trajectory is checked against every scan's data (:func:`recon.io.check_match`) whether
 it came from the cache or not.
 
-Hook for the pipeline: :func:`get_or_build` is the general entry point. Until
-:mod:`recon.pipeline` calls it itself (and says so with a module attribute
-``USES_PLAN_CACHE = True``, which makes :func:`activate` a no-op), :func:`activate` installs the cache around
-``recon.pipeline.load_trajectory``, ``recon.pipeline.density_weights`` and ``recon.nufft.NUFFT``
-(looked up by ``reconstruct`` at call time) for the duration of one scan, in a worker process.
+Use: a batch worker runs each scan inside :func:`activate`; the pipeline asks :func:`cached`
+for its trajectory, density weights and NUFFT operator, which builds them (and computes no key)
+when no cache is active.
 Written here because neither Dask nor finufft caches application objects across tasks.
 """
 
@@ -31,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -132,60 +131,35 @@ def nufft_key(k, shape, fov, backend=None, device="cpu", eps=1e-6, dtype=np.comp
             np.dtype(dtype).str, json.dumps(options, sort_keys=True, default=str))
 
 
+_ACTIVE: contextvars.ContextVar[PlanCache | None] = contextvars.ContextVar("narecon_plan_cache", default=None)
+
+
+def active() -> PlanCache | None:
+    """The cache activated for this context (a batch worker's scan), or None."""
+    return _ACTIVE.get()
+
+
+def cached(kind: str, key: Callable[[], Hashable] | None, builder: Callable[[], Any]) -> Any:
+    """``builder()``, reused from the active cache under ``key()`` when a cache is active.
+
+    ``key`` is a callable so that no key (e.g. a digest of k) is computed outside a batch worker;
+    with no active cache (a single ``narecon run``) nothing is kept.
+    """
+    cache = _ACTIVE.get()
+    if cache is None or key is None:
+        return builder()
+    return cache.get_or_build(kind, key(), builder)
+
+
 @contextlib.contextmanager
 def activate(cache: PlanCache | None = None) -> Iterator[PlanCache]:
-    """Route the pipeline's trajectory, density weights and NUFFT construction through ``cache``.
+    """Make ``cache`` (default: the process-wide :data:`CACHE`) the active one for the block.
 
-    Interim hook (see the module docstring): patches ``recon.pipeline.load_trajectory``,
-    ``recon.pipeline.density_weights`` and ``recon.nufft.NUFFT`` for the block and restores them
-    after. Meant for batch worker processes (one task thread each).
+    The pipeline (:mod:`recon.pipeline`) asks :func:`cached` for its trajectory, density weights
+    and NUFFT operator; inside this block they are reused across scans with the same protocol.
     """
-    import recon.nufft as nufft_mod
-    import recon.pipeline as pl
-
-    cache = cache or CACHE
-    if getattr(pl, "USES_PLAN_CACHE", False):  # the pipeline calls get_or_build itself
-        yield cache
-        return
-    orig_load, orig_dcf, orig_nufft = pl.load_trajectory, pl.density_weights, nufft_mod.NUFFT
-    traj_keys: dict[int, tuple] = {}
-
-    def load_trajectory(acq, opts, timer):
-        from recon.errors import TrajectoryError
-        from recon.io import check_match
-
-        key = trajectory_key(acq, opts)
-        built = []
-
-        def build():
-            built.append(True)
-            return orig_load(acq, opts, timer)
-
-        traj, source = cache.get_or_build("trajectory", key, build)
-        if not built:  # from the cache: still check it against this scan's data
-            with timer.stage("trajectory (cached)"):
-                try:
-                    check_match(acq, traj)
-                except TrajectoryError as e:
-                    raise TrajectoryError(f"trajectory ({source}) does not match the data: {e.message}",
-                                          acq.sources[0] if acq.sources else None) from e
-        traj_keys[id(traj)] = key
-        return traj, source
-
-    def density_weights(traj, opts, timer):
-        key = traj_keys.get(id(traj))
-        if key is None or (cache.peek("trajectory", key) or (None,))[0] is not traj:
-            return orig_dcf(traj, opts, timer)
-        return cache.get_or_build("dcf", (key, opts.dcf), lambda: orig_dcf(traj, opts, timer))
-
-    def NUFFT(k, shape, fov, *args, **kwargs):  # noqa: N802 - stands in for the class
-        if args:  # positional backend/device/...: do not guess, build uncached
-            return orig_nufft(k, shape, fov, *args, **kwargs)
-        key = nufft_key(k, shape, fov, **kwargs)
-        return cache.get_or_build("nufft", key, lambda: orig_nufft(k, shape, fov, **kwargs))
-
-    pl.load_trajectory, pl.density_weights, nufft_mod.NUFFT = load_trajectory, density_weights, NUFFT
+    token = _ACTIVE.set(cache or CACHE)
     try:
-        yield cache
+        yield _ACTIVE.get()
     finally:
-        pl.load_trajectory, pl.density_weights, nufft_mod.NUFFT = orig_load, orig_dcf, orig_nufft
+        _ACTIVE.reset(token)

@@ -10,6 +10,7 @@ and tumour within 5 %; grey and white matter within 10 % with the relaxation cor
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import pytest
@@ -32,8 +33,9 @@ def simulated(tmp_path_factory):
     return d
 
 
-def _errors(out, sim):
-    tsc = nib.load(out / "tsc_mM.nii.gz").get_fdata()
+def _errors(summary, sim):
+    """Per-compartment (true mM, measured mean mM, voxels) of a ``reconstruct`` summary's TSC map."""
+    tsc = nib.load(Path(summary["out"]) / "tsc_mM.nii.gz").get_fdata()
     labels = nib.load(sim / "truth_labels.nii.gz").get_fdata()
     info = json.loads((sim / "truth.json").read_text())
     rows = {}

@@ -64,8 +64,9 @@ def test_matches_dense_weighted_least_squares(rng, decay):
     sw = np.sqrt(np.concatenate([w, w]))
     e_all, y_all = np.vstack(blocks), np.concatenate(ys)
     x_ls = np.linalg.lstsq(sw[:, None] * e_all, sw * y_all, rcond=None)[0]
-    res = reconstruct_iterative(op, np.stack(ys), w, tes, t, f, decay=decay, r2star_hz=r2, regulariser="none",
-                                max_iter=60, tol=1e-10, n_segments=16)
+    res = reconstruct_iterative(
+        op, np.stack(ys), w, tes, t, f, decay=decay, r2star_hz=r2, regulariser="none", max_iter=60, tol=1e-10, n_segments=16
+    )
     err = np.linalg.norm(res.x.ravel() - x_ls) / np.linalg.norm(x_ls)
     assert err < 5e-3
     # the objective decreases monotonically for CG on the normal equations' residual norm in the data term
@@ -111,3 +112,20 @@ def test_bad_arguments(rng):
     y[0, 0] = np.nan
     with pytest.raises(InputError):
         reconstruct_iterative(op, y, w, (1e-3, 2e-3), t)
+
+
+def test_same_code_on_the_cuda_kernel_backend(rng):
+    """The iterative solver runs unchanged on the GPU backend's kernels (here compiled for the host)."""
+    from recon.nufft.operator import available_backends
+
+    if available_backends().get("cuda-host") is not None:
+        pytest.skip(f"cuda-host backend unavailable: {available_backends()['cuda-host']}")
+    shape, fov, k, t, w = _problem(rng)
+    f = rng.uniform(-20, 20, shape)
+    y = rng.standard_normal((2, len(k))) + 1j * rng.standard_normal((2, len(k)))
+    kw = dict(regulariser="tikhonov", lamda=0.01, max_iter=8, tol=0, n_segments=6)
+    ref = reconstruct_iterative(NUFFT(k, shape, fov, eps=1e-6, dtype=np.complex128), y, w, (3e-4, 2.3e-3), t, f, **kw)
+    got = reconstruct_iterative(
+        NUFFT(k, shape, fov, backend="cuda-host", eps=1e-6, dtype=np.complex128), y, w, (3e-4, 2.3e-3), t, f, **kw
+    )
+    assert np.linalg.norm(got.x - ref.x) / np.linalg.norm(ref.x) < 1e-4

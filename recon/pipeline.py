@@ -55,6 +55,7 @@ class RunOptions:
     iter_lamda: float = 0.1  # regularisation weight relative to the unit-curvature data term
     iter_max: int = 30  # iterations
     b0_segments: int | None = None  # time bins / frequencies (default: the documented rule)
+    b0_refine: int | None = None  # field-map refinement passes (default: 1 with b0 = iterative, else 0)
     fieldmap: str | None = None  # external field map NIfTI in Hz instead of the dual-echo estimate
     fieldmap_nucleus: str = "23Na"  # nucleus the external map was measured at (1H maps are scaled)
     calibration: str = "auto"  # auto | internal | path to a tubes CSV
@@ -84,8 +85,8 @@ class RunOptions:
             raise ConfigError(f"iter_decay must be one of {DECAY_MODELS}, got {self.iter_decay!r}")
         if self.iter_regulariser not in REGULARISERS:
             raise ConfigError(f"iter_regulariser must be one of {REGULARISERS}, got {self.iter_regulariser!r}")
-        if int(self.iter_max) < 1 or float(self.iter_lamda) < 0:
-            raise ConfigError("iter_max must be >= 1 and iter_lamda >= 0")
+        if int(self.iter_max) < 1 or float(self.iter_lamda) < 0 or (self.b0_refine is not None and int(self.b0_refine) < 0):
+            raise ConfigError("iter_max must be >= 1, iter_lamda >= 0 and b0_refine >= 0")
         if self.b0 not in ("auto",) + B0_METHODS:
             raise ConfigError(f"b0 must be one of {('auto',) + B0_METHODS}, got {self.b0!r}")
         if self.relaxation not in ("none", "tissue", "echo-ratio"):
@@ -253,7 +254,7 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
     import nibabel as nib
 
     from recon.atomic import atomic_dir
-    from recon.b0 import correct, estimate_fieldmap, load_fieldmap_nifti, support_mask
+    from recon.b0 import correct, estimate_fieldmap, load_fieldmap_nifti, refine_fieldmap, support_mask
     from recon.calibrate import ReadoutWeighting, calibrate, qa_figure, relaxation_factors
     from recon.io import read_raw
     from recon.io.coils import combine_coils, prewhiten
@@ -354,8 +355,17 @@ def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) ->
     elif acq.n_echoes >= 2:
         with timer.stage("field map (dual echo)"):
             fmap = estimate_fieldmap(plain[0], plain[1], acq.te_s[0], acq.te_s[1])
+        # refinement costs one corrected reconstruction per pass: by default only for the model-based
+        # correction, whose gain it unlocks (3.3x vs 2.9x NRMSE reduction on the phantom); tb-cpr stays <= 3x
+        default_passes = 1 if method == "iterative" else 0
+        passes = (default_passes if opts.b0_refine is None else int(opts.b0_refine)) if method != "none" else 0
+        if passes > 0:
+            with timer.stage(f"field map refinement ({passes} pass)"):
+                mask = support_mask(np.abs(combined_plain[0]))
+                fmap = refine_fieldmap(op, data, dcf, acq.te_s, traj.t, fmap, mask=mask, passes=passes)
         fmap_info = {
             "source": "dual echo",
+            "refinement_passes": passes,
             "te_s": [acq.te_s[0], acq.te_s[1]],
             "unaliased_range_hz": 0.5 / abs(acq.te_s[1] - acq.te_s[0]),
         }

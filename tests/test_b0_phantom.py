@@ -42,3 +42,39 @@ def test_phantom_fieldmap_and_correction():
         # gradients of the hot spot within the PSF); the iterative model reaches 0.072. Issue 6 asks
         # for 3x; 2x is what conjugate-phase methods reach on this phantom (see benchmarks/b0.md).
         assert after < before / 1.9, (method, before, after)  # measured 2.0x (tb-cpr), 2.2x (mfi)
+
+
+@pytest.mark.slow
+def test_refined_fieldmap_and_iterative_correction_reach_3x():
+    """Issue 6's 3x: the refined field map (corrected echoes) + the model-based correction."""
+    from recon.b0 import refine_fieldmap, support_mask
+    from recon.iterative import reconstruct_iterative
+    from recon.sim import HeadPhantom, simulate
+
+    n, fov = 32, 0.224
+    tr = tpi(fov_m=fov, res_m=fov / n, gmax_t_per_m=None, readout_s=0.025, p=0.3, dwell_s=40e-6)
+    dcf = compute_dcf(tr, "analytic")
+    op = NUFFT(tr.k, (n,) * 3, fov)
+    with_b0 = simulate(HeadPhantom(b0_scale=1.0), tr, snr=SNR, seed=3)
+    without = simulate(HeadPhantom(b0_scale=0.0), tr, snr=SNR, seed=3)
+    d = with_b0.acquisition.data[:, 0]
+    plain = gridding(op, d, dcf)
+    mask = support_mask(abs(plain[0]))
+    f0 = estimate_fieldmap(plain[0], plain[1], *TE)
+    f1 = refine_fieldmap(op, d, dcf, TE, tr.t, f0, mask=mask)
+    lab = with_b0.truth.labels
+    brain = np.isin(lab, [1, 2, 3, 4, 6, 7, 8])
+    truth = with_b0.truth.b0_hz
+
+    def rms(f):
+        return np.sqrt(np.mean((f[brain] - truth[brain]) ** 2))
+
+    assert rms(f1) < rms(f0)  # measured 1.9 vs 2.4 Hz
+    head = lab > 0
+    kw = dict(decay="r2star-map", regulariser="gradient", lamda=0.1, max_iter=30, tol=0)
+    ref = reconstruct_iterative(op, without.acquisition.data[:, 0], dcf, TE, tr.t, np.zeros((n,) * 3), **kw).echoes[0]
+    unc = reconstruct_iterative(op, d, dcf, TE, tr.t, np.zeros((n,) * 3), **kw).echoes[0]
+    cor = reconstruct_iterative(op, d, dcf, TE, tr.t, f1, **kw).echoes[0]
+    before = np.linalg.norm((unc - ref)[head]) / np.linalg.norm(ref[head])
+    after = np.linalg.norm((cor - ref)[head]) / np.linalg.norm(ref[head])
+    assert after < before / 3, (before, after)  # measured 3.26x

@@ -13,6 +13,7 @@ Typical use by the pipeline::
 Public API
 
 * :func:`estimate_fieldmap` (``smooth`` or ``poly`` regularisation, unwrapping, extrapolation),
+  :func:`refine_fieldmap` (re-estimates the residual field from the corrected echoes),
   :func:`support_mask`, :func:`load_fieldmap_nifti` (proton or sodium Hz through both affines),
   :data:`GAMMA_RATIO_NA_H`.
 * :func:`correct` with the registry :data:`CORRECTIONS`: ``tb-cpr`` (time-binned conjugate
@@ -29,6 +30,7 @@ from recon.b0.fieldmap import (
     GAMMA_RATIO_NA_H,
     estimate_fieldmap,
     load_fieldmap_nifti,
+    refine_fieldmap,
     support_mask,
     unaliased_range_hz,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "estimate_fieldmap",
     "support_mask",
     "load_fieldmap_nifti",
+    "refine_fieldmap",
     "unaliased_range_hz",
     "GAMMA_RATIO_NA_H",
     "correct",

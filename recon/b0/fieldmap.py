@@ -70,12 +70,7 @@ def _poly_design(shape, order: int, where: np.ndarray) -> np.ndarray:
     coords = [(np.arange(n) - (n - 1) / 2) / max(n / 2, 1) for n in shape]
     idx = np.nonzero(where)
     x, y, z = (coords[d][idx[d]] for d in range(3))
-    cols = [
-        x**i * y**j * z**k
-        for i in range(order + 1)
-        for j in range(order + 1 - i)
-        for k in range(order + 1 - i - j)
-    ]
+    cols = [x**i * y**j * z**k for i in range(order + 1) for j in range(order + 1 - i) for k in range(order + 1 - i - j)]
     return np.stack(cols, axis=1)
 
 
@@ -117,9 +112,7 @@ def estimate_fieldmap(
     x1 = np.asarray(img_e1)
     x2 = np.asarray(img_e2)
     if x1.shape != x2.shape or x1.ndim < 3:
-        raise InputError(
-            f"echo images must have the same shape (..., N0, N1, N2), got {x1.shape} and {x2.shape}"
-        )
+        raise InputError(f"echo images must have the same shape (..., N0, N1, N2), got {x1.shape} and {x2.shape}")
     dte = float(te2_s) - float(te1_s)
     if abs(dte) < 1e-9:
         raise InputError(f"echo times must differ, got TE1 {te1_s} s and TE2 {te2_s} s")
@@ -138,9 +131,7 @@ def estimate_fieldmap(
     if not mask.any():
         return out
     ball = ndimage.generate_binary_structure(3, 1)
-    region = (
-        ndimage.binary_dilation(mask, ball, iterations=int(extrapolate_vox)) if extrapolate_vox > 0 else mask
-    )
+    region = ndimage.binary_dilation(mask, ball, iterations=int(extrapolate_vox)) if extrapolate_vox > 0 else mask
     zm = np.where(mask, z, 0)
     wm = np.abs(zm)
     if method == "smooth":
@@ -171,6 +162,39 @@ def estimate_fieldmap(
     phase = phase - 2 * np.pi * np.round(wmean / (2 * np.pi))
     out[region] = -phase[region] / (2 * np.pi * dte)
     return out
+
+
+def refine_fieldmap(
+    op,
+    data: np.ndarray,
+    dcf: np.ndarray,
+    te_s,
+    t_s: np.ndarray,
+    fieldmap_hz: np.ndarray,
+    mask: np.ndarray | None = None,
+    passes: int = 1,
+    method: str = "tb-cpr",
+    **estimate_options,
+) -> np.ndarray:
+    """Refine a dual-echo field map with the echoes corrected by it (Hz).
+
+    The first estimate comes from images blurred by the very off-resonance it measures, so steep
+    features (a susceptibility hot spot) are smeared. Correcting both echoes with the current map
+    removes the off-resonance phase at TE as well (conjugate phase of TE + t), so the phase
+    difference of the corrected echoes measures the residual field, -2 pi (df - map) dTE; adding
+    it sharpens the map. Each pass costs one B0-corrected reconstruction of both echoes. On the
+    digital phantom (25 ms readout, +57 Hz hot spot) one pass lowers the error inside the brain
+    from 2.4 to 1.9 Hz RMS (benchmarks/b0.md).
+    """
+    from recon.b0.correct import correct
+
+    f = np.asarray(fieldmap_hz, dtype=np.float64).copy()
+    te = list(np.atleast_1d(te_s))
+    for _ in range(int(passes)):
+        x = correct(method, op, data, dcf, te, t_s, f, mask=mask)
+        res = estimate_fieldmap(x[0], x[1], te[0], te[1], mask=mask, unwrap=False, **estimate_options)
+        f = f + res
+    return f
 
 
 def load_fieldmap_nifti(

@@ -46,6 +46,9 @@ def register(sub) -> None:
     p.add_argument("--iter-lamda", type=float, help="regularisation weight (0.1)")
     p.add_argument("--iter-max", type=int, help="iterations (30)")
     p.add_argument("--b0-segments", type=int, help="time bins / frequency segments (default: the documented rule)")
+    p.add_argument(
+        "--b0-refine", type=int, help="refinement passes of the dual-echo field map (default 1 with --b0 iterative, else 0)"
+    )
     p.add_argument("--fieldmap", help="external field map NIfTI in Hz (instead of the dual-echo estimate)")
     p.add_argument("--fieldmap-nucleus", help="nucleus of the external map: 23Na (default) or 1H (scaled by 0.2645)")
     p.add_argument("--calibration", help="auto (detect tubes, default), internal, or a tubes CSV file")
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         "iter_lamda",
         "iter_max",
         "b0_segments",
+        "b0_refine",
         "fieldmap",
         "fieldmap_nucleus",
         "calibration",

@@ -186,9 +186,10 @@ def reconstruct_iterative(
         r2star_hz = r2star_from_echoes(g[0], g[1], te[0], te[1])
     r2 = r2star_hz if decay == "r2star-map" else None
 
-    ops = []
+    ops, segments = [], []
     for e, te_e in enumerate(te):
         a = TimeSegmentedOperator(nufft, t_s, f, te_s=te_e, r2star_hz=r2, n_segments=n_segments, mask=mask)
+        segments.append(a.n_segments)
         scale = np.sqrt(w * dv)
         d = _sample_decay(decay, te_e + t_full)
         if d is not None:
@@ -258,4 +259,4 @@ def reconstruct_iterative(
              history[0] if history else float("nan"), history[-1] if history else float("nan"))
     return IterativeResult(x=x, echoes=echoes, r2star_hz=r2, objective=history, iterations=it,
                            settings={"decay": decay, "regulariser": regulariser, "lamda": lamda, "max_iter": max_iter,
-                                     "tol": tol, "segments": [getattr(o, "n_segments", None) for o in []]})
+                                     "tol": tol, "segments": segments})

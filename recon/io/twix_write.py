@@ -154,6 +154,48 @@ def _hdr_str(yaps: dict, software: str, acq: Acquisition, patient_position: str,
     return np.frombuffer(blob + b"\0" * (hdr_len - len(blob)), dtype="S1").copy()
 
 
+def slice_quaternion(rotation) -> np.ndarray:
+    """Scalar-first quaternion that Siemens stores in each mdh (``SliceData.Quaternion``).
+
+    Its rotation matrix has the columns (phase, -readout, slice) in patient coordinates, as
+    measured on the real files in shared/data/twix (twixtools' ``quat_to_rotmat`` of their
+    quaternions against the header's sNormal/dInPlaneRot); ``rotation`` has the columns
+    (readout, phase, slice). Shepperd's method.
+    """
+    r = np.asarray(rotation, dtype=np.float64)
+    m = np.stack([r[:, 1], -r[:, 0], r[:, 2]], axis=1)
+    tr = np.trace(m)
+    if tr > 0:
+        w = np.sqrt(1.0 + tr) * 2
+        q = [0.25 * w, (m[2, 1] - m[1, 2]) / w, (m[0, 2] - m[2, 0]) / w, (m[1, 0] - m[0, 1]) / w]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        w = np.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
+        q = [(m[2, 1] - m[1, 2]) / w, 0.25 * w, (m[0, 1] + m[1, 0]) / w, (m[0, 2] + m[2, 0]) / w]
+    elif m[1, 1] > m[2, 2]:
+        w = np.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
+        q = [(m[0, 2] - m[2, 0]) / w, (m[0, 1] + m[1, 0]) / w, 0.25 * w, (m[1, 2] + m[2, 1]) / w]
+    else:
+        w = np.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
+        q = [(m[1, 0] - m[0, 1]) / w, (m[0, 2] + m[2, 0]) / w, (m[1, 2] + m[2, 1]) / w, 0.25 * w]
+    q = np.asarray(q)
+    return q / np.linalg.norm(q)
+
+
+def _slice_data(acq: Acquisition) -> tuple[np.ndarray, np.ndarray]:
+    """(position in mm (sag, cor, tra), quaternion) for the mdh SliceData of every ADC."""
+    from recon.io.geometry import default_geometry
+
+    g = acq.geometry or default_geometry()
+    pos = np.asarray(g.get("position_m", np.zeros(3)), dtype=np.float64) * 1e3
+    return pos, slice_quaternion(g.get("rotation", np.eye(3)))
+
+
+def _set_slice_data(h, pos, quat) -> None:
+    h.SliceData.SlicePos.Sag, h.SliceData.SlicePos.Cor, h.SliceData.SlicePos.Tra = (float(v) for v in pos)
+    for i in range(4):
+        h.SliceData.Quaternion[i] = float(quat[i])
+
+
 def _adc_list(acq: Acquisition):
     """(data (n_cha, n_col) complex64, counters dict, flags tuple) per ADC, in file order."""
     out = []
@@ -208,14 +250,15 @@ def write_twix(
     yaps = protocol_yaps(acq, layout, extra_yaps)
     hdr = _hdr_str(yaps, software, acq, ppos, min_len=10240 if layout == "VB" else 32)
     adcs = _adc_list(acq)
+    sd = _slice_data(acq)
     with atomic_file(path, overwrite=overwrite) as tmp:
         if layout == "VE":
-            _write_ve(hdr, adcs, tmp)
+            _write_ve(hdr, adcs, tmp, sd)
         else:
-            _write_vb(hdr, adcs, tmp)
+            _write_vb(hdr, adcs, tmp, sd)
 
 
-def _write_ve(hdr: np.ndarray, adcs, tmp) -> None:
+def _write_ve(hdr: np.ndarray, adcs, tmp, slice_data) -> None:
     import twixtools
     from twixtools.mdb import Mdb_local
 
@@ -223,6 +266,7 @@ def _write_ve(hdr: np.ndarray, adcs, tmp) -> None:
     for scan, (data, ctr, flags) in enumerate(adcs, 1):
         m = Mdb_local(np.ascontiguousarray(data, np.complex64))
         m.mdh.ScanCounter = scan
+        _set_slice_data(m.mdh, *slice_data)
         for k, v in ctr.items():
             setattr(m.mdh.Counter, k, v)
         for fl in flags:
@@ -240,7 +284,7 @@ def _write_ve(hdr: np.ndarray, adcs, tmp) -> None:
         raise OutputError(f"cannot write twix file: {e}", tmp) from e
 
 
-def _write_vb(hdr: np.ndarray, adcs, tmp) -> None:
+def _write_vb(hdr: np.ndarray, adcs, tmp, slice_data) -> None:
     from twixtools import mdh_def
 
     with open(tmp, "wb") as f:
@@ -252,6 +296,7 @@ def _write_vb(hdr: np.ndarray, adcs, tmp) -> None:
                 h = mdh_def.VB17_header()
                 mdh_def.set_dma_len(h, n_cha * (128 + 8 * n_col))
                 h.ScanCounter, h.SamplesInScan, h.UsedChannels, h.ChannelId = scan, n_col, n_cha, ch
+                _set_slice_data(h, *slice_data)
                 for k, v in ctr.items():
                     setattr(h.Counter, k, v)
                 for fl in flags:

@@ -140,18 +140,10 @@ def load_variants(path: str | os.PathLike) -> BenchConfig:
 
     Raises :class:`ConfigError` naming the file for unknown keys, bad values or no variants.
     """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
+    from recon.config import read_toml
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError("variants file not found", path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"not valid TOML: {e}", path) from e
+    doc = read_toml(path, "variants file")
     extra = set(doc) - {"settings", "defaults", "variant"}
     if extra:
         raise ConfigError(

@@ -109,17 +109,10 @@ class RunOptions:
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read the ``[run]`` table of a TOML config (every key a :class:`RunOptions` field)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
+    from recon.config import read_toml
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError("config file not found", p)
-    try:
-        cfg = tomllib.loads(p.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"invalid TOML: {e}", p) from e
+    cfg = read_toml(p, "config file")
     table = cfg.get("run", cfg)
     fields = {f.name for f in dataclasses.fields(RunOptions)}
     unknown = sorted(set(table) - fields)

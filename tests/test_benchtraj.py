@@ -133,7 +133,7 @@ te_ms = 0.3
         "[[variant]]\ntrajectory = 'file'\n": "needs path",
         "[[variant]]\nname = 'x'\n[[variant]]\nname = 'x'\n": "appears twice",
         "[[variant]]\nte_ms = [0.3]\nrecon = ['tb-cpr']\n": "two echoes",
-        "[[variant]\n": "not valid TOML",
+        "[[variant]\n": "invalid TOML",
     }
     for i, (text, msg) in enumerate(cases.items()):
         f = _write(tmp_path, text, f"bad{i}.toml")

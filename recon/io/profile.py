@@ -21,11 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
+from recon.config import parse_toml
 from recon.errors import ConfigError, TrajectoryError
 
 #: parameters a profile may define, with the type after scaling
@@ -93,10 +89,7 @@ def load_profile(path: str | os.PathLike | None = None) -> dict[str, Any]:
         if not p.is_file():
             raise ConfigError("sequence profile not found", p)
         text, src = p.read_text(), str(p)
-    try:
-        prof = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"invalid TOML: {e}", src) from e
+    prof = parse_toml(text, src)
     params = prof.get("params")
     if not isinstance(params, dict):
         raise ConfigError("profile has no [params] table", src)

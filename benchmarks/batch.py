@@ -13,15 +13,12 @@ not timed):
   time saved by plan reuse.
 
 Scans per minute are counted over the whole command (cluster start-up included) and over the
-scans alone (``run_batch``). Job: ``--job full`` is ``recon.pipeline.reconstruct`` (``narecon
-run``); ``--job gridding`` (automatic fallback while the pipeline does not run end to end) is
-the front half of that pipeline with the same stage functions (read raw, trajectory, density
-weights, NUFFT plan, gridding of all echoes/coils, coil combination, NIfTI out), so plan reuse
-and scaling are measured on the real stages.
+scans alone (``run_batch``). The job is the whole reconstruction, ``recon.pipeline.run`` (what
+``narecon run`` does), in every configuration: the batch worker passes its persistent plans.
 
 Usage::
 
-    python benchmarks/batch.py [--scans 8] [--matrix 32] [--job auto|full|gridding] [--out FILE.json]
+    python benchmarks/batch.py [--scans 8] [--matrix 32] [--out FILE.json]
 
 Why by hand: no tool times a Dask batch against a process-per-scan loop with the same job.
 """
@@ -42,61 +39,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def gridding_job(raw, out_dir, opts):
-    """reconstruct()'s front half through the same stage functions (so the plan cache applies)."""
-    import nibabel as nib
-    import numpy as np
-
-    import recon.nufft as nufft_mod
-    import recon.pipeline as pl
-    from recon.atomic import atomic_dir
-    from recon.io import read_raw
-    from recon.io.coils import combine_coils, prewhiten
-    from recon.log import StageTimer
-    from recon.nufft import gridding
-
-    timer = StageTimer()
-    acq = read_raw(raw)
-    traj, _ = pl.load_trajectory(acq, opts, timer)
-    dcf, _ = pl.density_weights(traj, opts, timer)
-    pidx = np.asarray(acq.projection_index)[0]
-    op = nufft_mod.NUFFT(traj.k[pidx], traj.matrix, traj.fov_m, device=opts.device, eps=opts.eps)
-    data = prewhiten(acq.data, acq.noise).astype(np.complex64)
-    images = combine_coils(gridding(op, data, dcf[pidx]))
-    with atomic_dir(out_dir, overwrite=opts.force) as tmp:
-        for e in range(images.shape[0]):
-            nib.save(nib.Nifti1Image(np.abs(images[e]).astype(np.float32), np.eye(4)), str(tmp / f"echo{e + 1}.nii.gz"))
-    return {"out": str(out_dir)}
-
-
-def full_pipeline_works() -> str | None:
-    try:
-        from recon.b0 import correct, estimate_fieldmap, load_fieldmap  # noqa: F401
-        from recon.calibrate import calibrate, relaxation_factors  # noqa: F401
-        from recon.io import combine_coils, prewhiten, read_raw  # noqa: F401
-    except ImportError as e:
-        return str(e)
-    return None
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scans", type=int, default=8)
     ap.add_argument("--matrix", type=int, default=32)
     ap.add_argument("--distinct", type=int, default=2, help="distinct simulated scans (copied to --scans)")
-    ap.add_argument("--job", choices=["auto", "full", "gridding"], default="auto")
     ap.add_argument("--configs", nargs="+", default=["loop", "batch-1w", "batch-2w", "batch-1w-nocache"])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "batch_results.json"))
     ap.add_argument("--work", help="work folder (default: a temporary one)")
     args = ap.parse_args()
 
-    why = full_pipeline_works()
-    job = args.job if args.job != "auto" else ("full" if why is None else "gridding")
-    if job == "full" and why:
-        sys.exit(f"--job full: the pipeline does not run end to end yet: {why}")
+    job = "full"
     work = Path(args.work or tempfile.mkdtemp(prefix="narecon-bench-batch-"))
     work.mkdir(parents=True, exist_ok=True)
-    print(f"job: {job}{' (pipeline: ' + why + ')' if why and job == 'gridding' else ''}; work folder {work}")
+    print(f"job: the whole reconstruction (recon.pipeline.run); work folder {work}")
 
     from recon.cli import main as cli
 
@@ -141,18 +97,7 @@ def main() -> int:
         if cfg == "loop":
             out.mkdir()
             for s, p in enumerate(raws):
-                if job == "full":
-                    cmd = [sys.executable, "-m", "recon", "-q", "run", str(p), "--out", str(out / f"S{s:03d}")]
-                else:
-                    cmd = [
-                        sys.executable,
-                        "-c",
-                        "import sys; sys.path.insert(0, sys.argv[1]); import batch as b; "
-                        "from recon.pipeline import RunOptions; b.gridding_job([sys.argv[2]], sys.argv[3], RunOptions())",
-                        str(REPO / "benchmarks"),
-                        str(p),
-                        str(out / f"S{s:03d}"),
-                    ]
+                cmd = [sys.executable, "-m", "recon", "-q", "run", str(p), "--out", str(out / f"S{s:03d}")]
                 subprocess.run(cmd, check=True)
             total = time.perf_counter() - t0
             results[cfg] = {"total_s": total, "scans_per_min": 60 * len(raws) / total}
@@ -166,7 +111,6 @@ def main() -> int:
                     out,
                     bc.client,
                     progress=False,
-                    recon_fn=None if job == "full" else gridding_job,
                     plan_cache="nocache" not in cfg,
                 )
                 t2 = time.perf_counter()

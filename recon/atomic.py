@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from recon.errors import OutputError
@@ -85,3 +85,33 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output(
+    path: str | os.PathLike, *, force: bool = False, inputs: Sequence[str | os.PathLike] = (), kind: str = "dir"
+) -> None:
+    """Refuse, before any work, an output that cannot or must not be written (OutputError).
+
+    ``kind="dir"``: exists and is not empty without ``force``; ``kind="file"``: exists without
+    ``force``; either: the parent is missing, a file or not writable; the output is, or
+    contains, one of ``inputs`` (never replaced, even with ``force``).
+    """
+    dest = Path(path)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if not parent.exists():
+        raise OutputError("the parent folder does not exist", dest)
+    if not parent.is_dir():
+        raise OutputError("the parent is not a folder", dest)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError("cannot write into the parent folder", parent)
+    real = os.path.realpath(dest)
+    for p in inputs:
+        rp = os.path.realpath(p)
+        if rp == real or rp.startswith(real.rstrip(os.sep) + os.sep):
+            raise OutputError(f"the output would replace an input ({p}); choose another output", dest)
+    if dest.exists() or dest.is_symlink():
+        if kind == "dir" and dest.is_dir() and not dest.is_symlink() and not any(dest.iterdir()):
+            return
+        if not force:
+            what = "output directory exists and is not empty" if kind == "dir" else "output file exists"
+            raise OutputError(f"{what} (use --force to overwrite)", dest)

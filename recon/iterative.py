@@ -40,6 +40,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from recon.errors import InputError
+from recon.options import DEFAULT_ITER_LAMDA
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def reconstruct_iterative(
     decay: str = "none",
     r2star_hz: np.ndarray | None = None,
     regulariser: str = "gradient",
-    lamda: float = 0.01,
+    lamda: float = DEFAULT_ITER_LAMDA,
     max_iter: int = 30,
     tol: float = 1e-4,
     x0: np.ndarray | None = None,

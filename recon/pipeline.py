@@ -1,155 +1,410 @@
-"""``narecon run``: raw file(s) -> trajectory -> gridding -> B0 correction -> calibration -> outputs.
+"""The one place that composes the stages: :func:`reconstruct` (in memory) and :func:`run` (to a folder).
 
-The pipeline only orchestrates the stages (io, trajectory, nufft, b0, calibrate); each stage
-lives in its own subpackage. Every option has a default here and can be set in a TOML config
-(``[run]`` table, keys = the :class:`RunOptions` field names) or on the command line (which
-wins). Outputs are written atomically into the output directory: nothing or everything.
+``recon.reconstruct(source, options)`` reads raw data (or takes an :class:`~recon.io.Acquisition`),
+builds or reads the trajectory, density weights and NUFFT plan, grids both echoes, estimates the
+field map and corrects off-resonance, calibrates the echo-1 image into TSC (mM) and returns a
+:class:`ReconResult` with every array in memory: it writes nothing. :func:`recon.outputs.write_run`
+puts a result on disk atomically; :func:`run` is the two together (``narecon run``, batch).
 
-Outputs (in DIR):
-
-* ``tsc_mM.nii.gz`` calibrated tissue sodium concentration in mM (float32);
-* ``echo1.nii.gz``, ``echo2.nii.gz`` magnitude images of the (B0-corrected) echoes, in the
-  unit chain's units (signal per unit concentration before calibration);
-* ``b0_hz.nii.gz`` off-resonance field map in Hz at the imaged nucleus (zeros if one echo);
-* ``ratio_csf.nii.gz`` TSC / mean TSC in the ratio region, when one is given;
-* ``calibration.json`` fit, tubes, warnings, relaxation factors;
-* ``recon.h5`` complex echo images, field map, density weights, trajectory parameters,
-  provenance (input sha256, options, versions, device, timings);
-* ``qa.png`` mid slices of echoes, field map and TSC with the tube ROIs and the calibration line.
+The body of :func:`reconstruct` is a short chain of named stage functions, each taking and
+returning plain data (arrays, dataclasses), so a notebook, a benchmark or a validation loop can
+call any of them alone. Plans (trajectory, density weights, NUFFT) come from the caller's
+:class:`recon.plans.Plans`; a batch worker passes a persistent one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
-import platform
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recon.errors import ConfigError, InputError, OutputError, TrajectoryError
+from recon.errors import ConfigError, InputError, TrajectoryError
 from recon.log import StageTimer
+from recon.options import RunOptions, load_config  # noqa: F401  (load_config: re-exported for callers)
+from recon.plans import Plans, plans_or_default
 
 log = logging.getLogger("recon.pipeline")
 
-B0_METHODS = ("none", "tb-cpr", "fs-cpr", "mfi", "iterative")
+SAME_TE_S = 1e-6
+"""Two contrasts whose echo times differ by less than this (s) are separate images, not an echo pair."""
+
+Source = "str | os.PathLike | Sequence[str | os.PathLike] | Acquisition"
 
 
 @dataclasses.dataclass
-class RunOptions:
-    """Every option of ``narecon run`` (units in the names)."""
+class KSpace:
+    """Prepared k-space of one scan: what the gridding and B0 stages consume.
 
-    traj: str | None = None  # trajectory file (HDF5); default: built from the header by the profile
-    profile: str | None = None  # sequence profile TOML; default: the shipped default profile
-    device: str = "cpu"  # cpu | gpu
-    b0: str = "auto"  # auto (tb-cpr with two echoes, else none) | none | tb-cpr | fs-cpr | mfi | iterative
-    recon: str = "gridding"  # gridding | iterative (model-based; implied by b0 = iterative)
-    iter_decay: str = "r2star-map"  # iterative decay model: none | r2star-map | tissue
-    iter_regulariser: str = "gradient"  # none | tikhonov | gradient | tv
-    iter_lamda: float = 0.1  # regularisation weight relative to the unit-curvature data term
-    iter_max: int = 30  # iterations
-    b0_segments: int | None = None  # time bins / frequencies (default: the documented rule)
-    b0_refine: int | None = None  # field-map refinement passes (default: 1 with b0 = iterative, else 0)
-    fieldmap: str | None = None  # external field map NIfTI in Hz instead of the dual-echo estimate
-    fieldmap_nucleus: str = "23Na"  # nucleus the external map was measured at (1H maps are scaled)
-    calibration: str = "auto"  # auto | internal | path to a tubes CSV
-    tube_mM: tuple = (30.0, 60.0, 90.0, 120.0)  # concentrations for automatic tube detection
-    reference_mM: float = 145.0  # internal reference concentration
-    reference_spheres: tuple = ()  # internal reference: ((x, y, z, r) in mm RAS, ...)
-    ratio_spheres: tuple = ()  # ratio map reference region: ((x, y, z, r) in mm, ...)
-    relaxation: str = "none"  # none | tissue (one tissue factor) | echo-ratio (per-voxel tissue/fluid mix)
-    signal: str = "auto"  # auto | real | magnitude-nf | magnitude
-    matrix: int | None = None  # reconstruction matrix (default: the protocol's)
-    dcf: str = "auto"  # auto (file's, else analytic for generated, else pipe) | analytic | pipe
-    eps: float = 1e-4  # NUFFT relative accuracy
-    echo_from: str = "eco"  # eco | order
-    nucleus: str | None = None  # for ISMRMRD files without a nucleus field
-    expect_nucleus: str = "23Na"  # refuse other nuclei unless set to "any"
-    force: bool = False  # replace an existing output directory
-    qa: bool = True  # write qa.png
+    data : complex64 (n_echo, n_coil, n_proj, n_samp), projections in trajectory order, prewhitened
+        (unit noise variance per channel) when there are several coils with noise scans.
+    k : (n_proj, n_samp, 3) sample positions in cycles/m of the acquired projections.
+    dcf : (n_proj, n_samp) density weights in 1/m^3. t_s : sample times from the first sample, s.
+    projections : indices of the acquired projections into the trajectory.
+    """
 
-    def validate(self) -> None:
-        if self.device not in ("cpu", "gpu"):
-            raise ConfigError(f"device must be cpu or gpu, got {self.device!r}")
-        if self.recon not in ("gridding", "iterative"):
-            raise ConfigError(f"recon must be gridding or iterative, got {self.recon!r}")
-        from recon.iterative import DECAY_MODELS, REGULARISERS
-
-        if self.iter_decay not in DECAY_MODELS:
-            raise ConfigError(f"iter_decay must be one of {DECAY_MODELS}, got {self.iter_decay!r}")
-        if self.iter_regulariser not in REGULARISERS:
-            raise ConfigError(f"iter_regulariser must be one of {REGULARISERS}, got {self.iter_regulariser!r}")
-        if int(self.iter_max) < 1 or float(self.iter_lamda) < 0 or (self.b0_refine is not None and int(self.b0_refine) < 0):
-            raise ConfigError("iter_max must be >= 1, iter_lamda >= 0 and b0_refine >= 0")
-        if self.b0 not in ("auto",) + B0_METHODS:
-            raise ConfigError(f"b0 must be one of {('auto',) + B0_METHODS}, got {self.b0!r}")
-        if self.relaxation not in ("none", "tissue", "echo-ratio"):
-            raise ConfigError(f"relaxation must be none, tissue or echo-ratio, got {self.relaxation!r}")
-        if self.dcf not in ("auto", "analytic", "pipe"):
-            raise ConfigError(f"dcf must be auto, analytic or pipe, got {self.dcf!r}")
-        if self.matrix is not None and not (8 <= int(self.matrix) <= 512):
-            raise ConfigError(f"matrix must be between 8 and 512, got {self.matrix}")
-        if not (1e-12 < float(self.eps) < 1e-1):
-            raise ConfigError(f"eps must be in (1e-12, 0.1), got {self.eps}")
-        if self.calibration not in ("auto", "internal") and not os.path.isfile(self.calibration):
-            raise ConfigError("calibration must be auto, internal or an existing tubes CSV file", self.calibration)
-        if self.calibration == "internal" and not self.reference_spheres:
-            raise ConfigError("internal calibration needs reference_spheres (x, y, z, radius in mm)")
-        for name in ("reference_spheres", "ratio_spheres"):
-            for sph in getattr(self, name):
-                if len(sph) != 4 or float(sph[3]) <= 0:
-                    raise ConfigError(f"{name}: each sphere is (x_mm, y_mm, z_mm, radius_mm), got {sph}")
+    data: np.ndarray
+    k: np.ndarray
+    dcf: np.ndarray
+    t_s: np.ndarray
+    projections: np.ndarray
+    prewhitened: bool = False
 
 
-def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read the ``[run]`` table of a TOML config (every key a :class:`RunOptions` field)."""
-    from recon.config import read_toml
+@dataclasses.dataclass
+class FieldMap:
+    """Off-resonance field map in Hz (DESIGN.md sign) and how it was obtained."""
 
-    p = Path(path)
-    cfg = read_toml(p, "config file")
-    table = cfg.get("run", cfg)
-    fields = {f.name for f in dataclasses.fields(RunOptions)}
-    unknown = sorted(set(table) - fields)
-    if unknown:
-        raise ConfigError(f"unknown option(s) {unknown}; known: {sorted(fields)}", p)
-    return dict(table)
+    hz: np.ndarray
+    info: dict[str, Any]
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+@dataclasses.dataclass
+class ReconResult:
+    """Everything a reconstruction produced, in memory.
+
+    echoes : complex (n_echo, N0, N1, N2), B0-corrected and coil-combined, in the unit chain's
+        signal units. fieldmap_hz : (N0, N1, N2) Hz. dcf : density weights (1/m^3) used.
+    tsc_mM : TSC map in mM (None with ``calibration = none``). ratio : TSC / mean TSC in the
+    ratio region, or None. calibration : :class:`recon.calibrate.Calibration` or None.
+    affine : voxel -> scanner RAS+ mm. provenance : inputs, options, versions, timings.
+    """
+
+    echoes: np.ndarray
+    fieldmap_hz: np.ndarray
+    dcf: np.ndarray
+    affine: np.ndarray
+    acquisition: Any
+    trajectory: Any
+    options: RunOptions
+    b0_method: str
+    tsc_mM: np.ndarray | None = None
+    ratio: np.ndarray | None = None
+    calibration: Any = None
+    relaxation_info: dict[str, Any] | None = None
+    fieldmap_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    iterative_info: dict[str, Any] | None = None
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def matrix(self) -> tuple[int, int, int]:
+        return tuple(self.echoes.shape[-3:])
+
+    def calibration_dict(self) -> dict[str, Any]:
+        """calibration.json's content (``{"method": "none"}`` for images-only runs)."""
+        if self.calibration is None:
+            return {"method": "none", "tubes": [], "warnings": []}
+        d = self.calibration.result.to_dict()
+        if self.relaxation_info is not None:
+            d["relaxation_map"] = self.relaxation_info
+        return d
+
+    def summary(self) -> dict[str, Any]:
+        """Short JSON-able summary: calibration, B0 method, timings."""
+        return {
+            "calibration": self.calibration_dict(),
+            "b0_method": self.b0_method,
+            "timings_s": dict(self.timings_s),
+            "total_s": float(sum(self.timings_s.values())),
+        }
+
+    def __repr__(self) -> str:
+        cal = "none" if self.calibration is None else self.calibration.result.method
+        return (
+            f"ReconResult(echoes={self.echoes.shape} {self.echoes.dtype}, b0={self.b0_method!r}, "
+            f"calibration={cal!r}, total {sum(self.timings_s.values()):.1f} s)"
+        )
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
+# ---------------------------------------------------------------- stages
+def load_acquisition(source: Any, opts: RunOptions, timer: StageTimer | None = None):
+    """Stage 1: the :class:`~recon.io.Acquisition` of ``source`` (paths or an Acquisition), checked."""
+    from recon.io import Acquisition, read_raw
 
-    from recon import __version__
+    timer = timer or StageTimer()
+    if isinstance(source, Acquisition):
+        acq = source
+    else:
+        paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+        with timer.stage("read raw data"):
+            acq = read_raw(paths, echo_from=opts.echo_from, nucleus=opts.nucleus)
+    where = acq.sources[0] if acq.sources else None
+    want = opts.nucleus_expected
+    if want is not None and acq.nucleus != want:
+        raise InputError(
+            f"nucleus is {acq.nucleus!r}, expected {want!r} (use --nucleus-check off to reconstruct other nuclei)", where
+        )
+    log.info(
+        "%s: %s, %d echo(es) TE %s ms, %d coil(s), %d readouts x %d samples",
+        ", ".join(str(s) for s in acq.sources) or "acquisition",
+        acq.nucleus,
+        acq.n_echoes,
+        [round(t * 1e3, 3) for t in acq.te_s],
+        acq.n_coils,
+        acq.n_projections,
+        acq.n_samples,
+    )
+    if not np.all(np.isfinite(acq.data)):
+        raise InputError("raw data contain NaN or infinite samples", where)
+    return acq
 
-    out = {"narecon": __version__, "python": platform.python_version()}
-    for pkg in ("numpy", "scipy", "finufft", "twixtools", "nibabel", "h5py", "cupy"):
-        try:
-            out[pkg] = md.version(pkg if pkg != "cupy" else "cupy-cuda12x")
-        except md.PackageNotFoundError:
-            continue
-    return out
+
+def load_trajectory(acq, opts: RunOptions, plans: Plans | None = None, timer: StageTimer | None = None):
+    """Stage 2: the trajectory (from ``opts.traj`` or built from the header by the profile), checked.
+
+    Returns (trajectory, description of its source).
+    """
+    from recon.io import build_trajectory, load_profile
+    from recon.io.profile import trajectory_params
+    from recon.trajectory import read_trajectory
+
+    plans = plans_or_default(plans)
+    timer = timer or StageTimer()
+    with timer.stage("trajectory"):
+        if opts.traj:
+            st = os.stat(opts.traj)
+            key = lambda: ("file", os.path.realpath(opts.traj), st.st_mtime_ns, st.st_size)  # noqa: E731
+            traj = plans.trajectory(key, lambda: read_trajectory(opts.traj))
+            source = f"file {opts.traj}"
+        else:
+            profile = load_profile(opts.profile)
+
+            def key():
+                import json
+
+                prof = ("default",) if not opts.profile else (os.path.realpath(opts.profile), os.stat(opts.profile).st_mtime_ns)
+                return ("profile", *prof, json.dumps(trajectory_params(acq, profile), sort_keys=True, default=str))
+
+            traj = plans.trajectory(key, lambda: build_trajectory(acq, profile))
+            source = f"profile {opts.profile or 'default'} ({traj.params.get('generator')})"
+        check_trajectory(acq, traj, source)
+    log.info(
+        "trajectory from %s: %d projections x %d samples, readout %.2f ms",
+        source,
+        traj.n_projections,
+        traj.n_samples,
+        traj.readout_s * 1e3,
+    )
+    return traj, source
 
 
-def _spheres_mask(spheres, shape, affine):
-    from recon.calibrate.tubes import sphere_mask
+def check_trajectory(acq, traj, source: str) -> None:
+    """The trajectory fits the data (samples per readout, projections, dwell)."""
+    from recon.io import check_match
 
-    mask = np.zeros(shape, dtype=bool)
-    for x, y, z, r in spheres:
-        mask |= sphere_mask(shape, affine, (x, y, z), float(r))
-    return mask
+    try:
+        check_match(acq, traj)
+    except TrajectoryError as e:
+        raise TrajectoryError(
+            f"trajectory ({source}) does not match the data: {e.message}", acq.sources[0] if acq.sources else None
+        ) from e
+
+
+def density_weights(traj, opts: RunOptions, plans: Plans | None = None, timer: StageTimer | None = None) -> tuple[np.ndarray, str]:
+    """Stage 3: density weights (n_proj, n_samp) in 1/m^3 and the method's name."""
+    method = opts.dcf
+    if method == "auto":
+        if traj.dcf is not None:
+            return traj.dcf, "from trajectory file"
+        method = "analytic" if traj.params.get("generator") in ("tpi", "radial") else "pipe"
+    timer = timer or StageTimer()
+    with timer.stage(f"density compensation ({method})"):
+        return plans_or_default(plans).dcf(traj, method), method
+
+
+def prepare_kspace(acq, traj, dcf: np.ndarray, timer: StageTimer | None = None) -> KSpace:
+    """Stage 4: projections in trajectory order (one ordering for all echoes), prewhitened coils."""
+    from recon.io.coils import prewhiten
+
+    timer = timer or StageTimer()
+    where = acq.sources[0] if acq.sources else None
+    pidx = np.asarray(acq.projection_index)
+    if not all(np.array_equal(pidx[0], p) for p in pidx[1:]):
+        order = [np.argsort(p) for p in pidx]
+        data = np.stack([acq.data[e][:, order[e]] for e in range(acq.n_echoes)])
+        common = np.sort(pidx[0])
+        if not all(np.array_equal(np.sort(p), common) for p in pidx):
+            raise InputError("echoes contain different sets of projections", where)
+    else:
+        data, common = acq.data, pidx[0]
+    if common.max() >= traj.n_projections:
+        raise TrajectoryError(f"projection index {common.max()} beyond the trajectory's {traj.n_projections} projections", where)
+    if len(common) < traj.n_projections:
+        log.warning(
+            "%d of %d projections acquired: density weights of the full trajectory are used", len(common), traj.n_projections
+        )
+    prewhitened = False
+    if acq.n_coils > 1 and acq.noise is not None:
+        with timer.stage("noise prewhitening"):
+            data = prewhiten(data, acq.noise)
+        prewhitened = True
+    sub = traj.subset(common) if len(common) < traj.n_projections else traj
+    return KSpace(
+        data=np.ascontiguousarray(data, dtype=np.complex64),
+        k=traj.k[common] if len(common) < traj.n_projections else traj.k,
+        dcf=dcf[common] if len(common) < traj.n_projections else dcf,
+        t_s=sub.t,
+        projections=common,
+        prewhitened=prewhitened,
+    )
+
+
+def plan_nufft(ks: KSpace, matrix, fov_m, opts: RunOptions, plans: Plans | None = None, timer: StageTimer | None = None):
+    """Stage 5: the NUFFT operator of the acquired samples (from the caller's plans)."""
+    timer = timer or StageTimer()
+    with timer.stage("NUFFT plan"):
+        return plans_or_default(plans).nufft(ks.k, matrix, fov_m, device=opts.device, eps=opts.eps)
+
+
+def grid(op, ks: KSpace, te_s, timer: StageTimer | None = None) -> np.ndarray:
+    """Stage 6: density-compensated gridding of every echo and coil -> (echo, coil, N0, N1, N2)."""
+    from recon.b0 import correct
+
+    timer = timer or StageTimer()
+    with timer.stage("gridding (both echoes, all coils)"):
+        return correct("none", op, ks.data, ks.dcf, te_s, ks.t_s, np.zeros(op.shape))
+
+
+def combine(images: np.ndarray) -> np.ndarray:
+    """(echo, coil, N0, N1, N2) -> (echo, N0, N1, N2): adaptive (Walsh) combination of coils."""
+    from recon.io.coils import combine_coils
+
+    if images.shape[1] == 1:
+        return images[:, 0]
+    return np.stack([combine_coils(im, "adaptive") for im in images])
+
+
+def choose_b0_method(acq, opts: RunOptions) -> str:
+    """The B0 correction to run: ``auto`` = tb-cpr with an echo pair or an external map, else none."""
+    pair = echo_pair(acq)
+    if opts.b0 != "auto":
+        if opts.b0 != "none" and not pair and not opts.fieldmap:
+            why = "contrasts with the same TE" if acq.n_echoes >= 2 else "one echo"
+            raise InputError(
+                f"--b0 {opts.b0} needs two echoes at different TEs or --fieldmap; the data have {why}",
+                acq.sources[0] if acq.sources else None,
+            )
+        return opts.b0
+    return "tb-cpr" if pair or opts.fieldmap else "none"
+
+
+def echo_pair(acq) -> bool:
+    """Whether the first two contrasts are an echo pair (different TEs) that gives a field map."""
+    if acq.n_echoes < 2:
+        return False
+    same = abs(acq.te_s[1] - acq.te_s[0]) < SAME_TE_S
+    if same:
+        log.info("contrasts 1 and 2 share TE %.3f ms: separate images, no dual-echo field map", acq.te_s[0] * 1e3)
+    return not same
+
+
+def field_map(
+    op,
+    ks: KSpace,
+    acq,
+    plain: np.ndarray,
+    combined_plain: np.ndarray,
+    affine: np.ndarray,
+    method: str,
+    opts: RunOptions,
+    plans: Plans | None = None,
+    timer: StageTimer | None = None,
+) -> FieldMap:
+    """Stage 7: the field map in Hz: external file, dual-echo estimate (optionally refined), or zeros."""
+    from recon.b0 import estimate_fieldmap, load_fieldmap_nifti, refine_fieldmap, support_mask
+
+    timer = timer or StageTimer()
+    matrix = op.shape
+    if opts.fieldmap:
+        with timer.stage("external field map"):
+            hz = load_fieldmap_nifti(opts.fieldmap, affine, matrix, nucleus=opts.fieldmap_nucleus)
+        return FieldMap(hz, {"source": f"file {opts.fieldmap}", "nucleus": opts.fieldmap_nucleus})
+    if method == "none" or not echo_pair(acq):
+        return FieldMap(np.zeros(matrix), {"source": "none"})
+    with timer.stage("field map (dual echo)"):
+        hz = estimate_fieldmap(plain[0], plain[1], acq.te_s[0], acq.te_s[1])
+    # refinement costs one corrected reconstruction per pass: by default only for the model-based
+    # correction, whose gain it unlocks (3.3x vs 2.9x NRMSE reduction on the phantom)
+    passes = (1 if method == "iterative" else 0) if opts.b0_refine is None else int(opts.b0_refine)
+    if passes > 0:
+        with timer.stage(f"field map refinement ({passes} pass)"):
+            mask = support_mask(np.abs(combined_plain[0]))
+            hz = refine_fieldmap(op, ks.data, ks.dcf, acq.te_s, ks.t_s, hz, mask=mask, passes=passes)
+    return FieldMap(
+        hz,
+        {
+            "source": "dual echo",
+            "refinement_passes": passes,
+            "te_s": [acq.te_s[0], acq.te_s[1]],
+            "unaliased_range_hz": 0.5 / abs(acq.te_s[1] - acq.te_s[0]),
+        },
+    )
+
+
+def correct_b0(
+    op,
+    ks: KSpace,
+    acq,
+    plain: np.ndarray,
+    combined_plain: np.ndarray,
+    fmap: FieldMap,
+    method: str,
+    opts: RunOptions,
+    plans: Plans | None = None,
+    timer: StageTimer | None = None,
+) -> tuple[np.ndarray, str, dict[str, Any] | None]:
+    """Stage 8: B0-corrected, coil-combined echo images (echo, N0, N1, N2); iterative when asked.
+
+    Returns (images, the method that ran, the iterative record or None).
+    """
+    from recon.b0 import correct, support_mask
+
+    timer = timer or StageTimer()
+    if method == "iterative" or opts.recon == "iterative":
+        from recon.iterative import reconstruct_iterative
+
+        with timer.stage(f"iterative reconstruction ({opts.iter_regulariser}, decay {opts.iter_decay})"):
+            fm = fmap.hz if method != "none" else None
+            mask = support_mask(np.abs(combined_plain[0]))
+            per_coil, iters, res = [], [], None
+            for c in range(ks.data.shape[1]):
+                res = reconstruct_iterative(
+                    op,
+                    ks.data[:, c],
+                    ks.dcf,
+                    acq.te_s,
+                    ks.t_s,
+                    fm,
+                    decay=opts.iter_decay,
+                    regulariser=opts.iter_regulariser,
+                    lamda=opts.iter_lamda,
+                    max_iter=int(opts.iter_max),
+                    mask=mask,
+                )
+                per_coil.append(res.echoes)
+                iters.append(res.iterations)
+            images = combine(np.stack(per_coil, axis=1))
+        info = {"iterations": iters, "objective_last": res.objective[-1] if res.objective else None, **res.settings}
+        return images, ("iterative" if method != "none" else "none (iterative decay model)"), info
+    if method == "none":
+        return combined_plain, "none", None
+    with timer.stage(f"B0 correction ({method})"):
+        corr = correct(
+            method,
+            op,
+            ks.data,
+            ks.dcf,
+            acq.te_s,
+            ks.t_s,
+            fmap.hz,
+            n_segments=opts.b0_segments,
+            mask=support_mask(np.abs(combined_plain[0])),
+        )
+    return combine(corr), method, None
 
 
 def relaxation_map(acq, traj, dcf, images, smooth_vox: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
@@ -193,362 +448,224 @@ def relaxation_map(acq, traj, dcf, images, smooth_vox: float = 1.0) -> tuple[np.
     return rmap.astype(np.float32), info
 
 
-def load_trajectory(acq, opts: RunOptions, timer: StageTimer):
-    """The trajectory of ``acq``: from --traj, or built from the header through the profile.
+def spheres_mask(spheres, shape, affine) -> np.ndarray:
+    """Union of spheres ((x, y, z, r) in RAS mm) on the image grid."""
+    from recon.calibrate.tubes import sphere_mask
 
-    Inside a batch worker the built trajectory is reused for scans of the same protocol
-    (:mod:`recon.batch.cache`); it is checked against every scan's data either way.
+    mask = np.zeros(shape, dtype=bool)
+    for x, y, z, r in spheres:
+        mask |= sphere_mask(shape, affine, (x, y, z), float(r))
+    return mask
+
+
+def calibrate_images(
+    images: np.ndarray, affine: np.ndarray, acq, ks: KSpace, traj, opts: RunOptions, timer: StageTimer | None = None
+) -> tuple[Any, np.ndarray | None, np.ndarray | None, dict[str, Any] | None]:
+    """Stage 9: calibration of echo 1 into TSC (mM), relaxation correction, ratio map.
+
+    Returns (calibration, tsc_mM, ratio, relaxation record); all None with ``calibration = none``.
     """
-    from recon.batch.cache import cached, trajectory_key
-    from recon.io import build_trajectory, check_match, load_profile
-    from recon.trajectory import read_trajectory
+    from recon.calibrate import ReadoutWeighting, calibrate, ratio_map, relaxation_factors
 
-    with timer.stage("trajectory"):
-        key = lambda: trajectory_key(acq, opts)  # noqa: E731
-        if opts.traj:
-            traj = cached("trajectory", key, lambda: read_trajectory(opts.traj))
-            source = f"file {opts.traj}"
-        else:
-            traj = cached("trajectory", key, lambda: build_trajectory(acq, load_profile(opts.profile)))
-            source = f"profile {opts.profile or 'default'} ({traj.params.get('generator')})"
-        try:
-            check_match(acq, traj)
-        except TrajectoryError as e:
-            raise TrajectoryError(
-                f"trajectory ({source}) does not match the data: {e.message}", acq.sources[0] if acq.sources else None
-            ) from e
-    log.info(
-        "trajectory from %s: %d projections x %d samples, readout %.2f ms",
-        source,
-        traj.n_projections,
-        traj.n_samples,
-        traj.readout_s * 1e3,
-    )
-    return traj, source
-
-
-def density_weights(traj, opts: RunOptions, timer: StageTimer) -> tuple[np.ndarray, str]:
-    from recon.trajectory import compute_dcf
-
-    method = opts.dcf
-    if method == "auto":
-        if traj.dcf is not None:
-            return traj.dcf, "from trajectory file"
-        method = "analytic" if traj.params.get("generator") in ("tpi", "radial") else "pipe"
-    from recon.batch.cache import array_digest, cached
-
-    with timer.stage(f"density compensation ({method})"):
-        key = lambda: (array_digest(traj.k), method)  # noqa: E731
-        return cached("dcf", key, lambda: compute_dcf(traj, method)), method
-
-
-def reconstruct(raw: list[str], out_dir: str | os.PathLike, opts: RunOptions) -> dict[str, Any]:
-    """Run the whole chain and write the outputs atomically into ``out_dir``; returns a summary."""
-    import nibabel as nib
-
-    from recon.atomic import atomic_dir
-    from recon.b0 import correct, estimate_fieldmap, load_fieldmap_nifti, refine_fieldmap, support_mask
-    from recon.calibrate import ReadoutWeighting, calibrate, qa_figure, relaxation_factors
-    from recon.io import read_raw
-    from recon.io.coils import combine_coils, prewhiten
-    from recon.io.geometry import nifti_affine
-    from recon.nufft import NUFFT
-
-    opts.validate()
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not opts.force and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise OutputError("output directory exists and is not empty (use --force to overwrite)", out_dir)
-    if not os.access(out_dir.parent if str(out_dir.parent) else ".", os.W_OK) and out_dir.parent.exists():
-        raise OutputError("cannot write into the parent directory", out_dir.parent)
-    timer = StageTimer()
-    t_start = time.perf_counter()
-
-    with timer.stage("read raw data"):
-        acq = read_raw(raw, echo_from=opts.echo_from, nucleus=opts.nucleus)
-    if opts.expect_nucleus != "any" and acq.nucleus != opts.expect_nucleus:
-        raise InputError(
-            f"nucleus is {acq.nucleus!r}, expected {opts.expect_nucleus!r} "
-            '(set expect_nucleus = "any" to reconstruct other nuclei)',
-            raw[0],
-        )
-    log.info(
-        "%s: %s, %d echo(es) TE %s ms, %d coil(s), %d readouts x %d samples",
-        ", ".join(raw),
-        acq.nucleus,
-        acq.n_echoes,
-        [round(t * 1e3, 3) for t in acq.te_s],
-        acq.n_coils,
-        acq.n_projections,
-        acq.n_samples,
-    )
-    if not np.all(np.isfinite(acq.data)):
-        raise InputError("raw data contain NaN or infinite samples", raw[0])
-
-    traj, traj_source = load_trajectory(acq, opts, timer)
-    dcf_full, dcf_method = density_weights(traj, opts, timer)
-    matrix = tuple([int(opts.matrix)] * 3) if opts.matrix else traj.matrix
-    fov = traj.fov_m
-
-    # projections actually acquired, per echo (all echoes must share one ordering to share a plan)
-    pidx = np.asarray(acq.projection_index)
-    if not all(np.array_equal(pidx[0], p) for p in pidx[1:]):
-        order = [np.argsort(p) for p in pidx]
-        data = np.stack([acq.data[e][:, order[e]] for e in range(acq.n_echoes)])
-        pidx_common = np.sort(pidx[0])
-        if not all(np.array_equal(np.sort(p), pidx_common) for p in pidx):
-            raise InputError("echoes contain different sets of projections", raw[0])
-    else:
-        data, pidx_common = acq.data, pidx[0]
-    if pidx_common.max() >= traj.n_projections:
-        raise TrajectoryError(
-            f"projection index {pidx_common.max()} beyond the trajectory's {traj.n_projections} projections", raw[0]
-        )
-    k = traj.k[pidx_common]
-    dcf = dcf_full[pidx_common]
-    if len(pidx_common) < traj.n_projections:
-        log.warning(
-            "%d of %d projections acquired: density weights of the full trajectory are used",
-            len(pidx_common),
-            traj.n_projections,
-        )
-
-    if acq.n_coils > 1 and acq.noise is not None:
-        # whitened coil space: noise uncorrelated, unit variance per channel (images then in noise units)
-        with timer.stage("noise prewhitening"):
-            data = prewhiten(data, acq.noise)
-    data = np.ascontiguousarray(data, dtype=np.complex64)
-
-    def combine(imgs):  # (echo, coil, N0, N1, N2) -> (echo, N0, N1, N2) complex
-        if imgs.shape[1] == 1:
-            return imgs[:, 0]
-        return np.stack([combine_coils(im, "adaptive") for im in imgs])
-
-    with timer.stage("NUFFT plan"):
-        from recon.batch.cache import cached, nufft_key
-
-        op = cached(
-            "nufft",
-            lambda: nufft_key(k, matrix, fov, device=opts.device, eps=opts.eps),
-            lambda: NUFFT(k, matrix, fov, device=opts.device, eps=opts.eps),
-        )
-    affine = nifti_affine(acq.geometry, fov, matrix)
-
-    with timer.stage("gridding (both echoes, all coils)"):
-        plain = correct("none", op, data, dcf, acq.te_s, traj.t, np.zeros(matrix))
-    combined_plain = combine(plain)
-
-    # ---- B0
-    method = opts.b0 if opts.b0 != "auto" else ("tb-cpr" if acq.n_echoes >= 2 or opts.fieldmap else "none")
-    fmap = np.zeros(matrix)
-    fmap_info: dict[str, Any] = {"source": "none"}
-    if opts.fieldmap:
-        with timer.stage("external field map"):
-            fmap = load_fieldmap_nifti(opts.fieldmap, affine, matrix, nucleus=opts.fieldmap_nucleus)
-        fmap_info = {"source": f"file {opts.fieldmap}", "nucleus": opts.fieldmap_nucleus}
-    elif acq.n_echoes >= 2:
-        with timer.stage("field map (dual echo)"):
-            fmap = estimate_fieldmap(plain[0], plain[1], acq.te_s[0], acq.te_s[1])
-        # refinement costs one corrected reconstruction per pass: by default only for the model-based
-        # correction, whose gain it unlocks (3.3x vs 2.9x NRMSE reduction on the phantom); tb-cpr stays <= 3x
-        default_passes = 1 if method == "iterative" else 0
-        passes = (default_passes if opts.b0_refine is None else int(opts.b0_refine)) if method != "none" else 0
-        if passes > 0:
-            with timer.stage(f"field map refinement ({passes} pass)"):
-                mask = support_mask(np.abs(combined_plain[0]))
-                fmap = refine_fieldmap(op, data, dcf, acq.te_s, traj.t, fmap, mask=mask, passes=passes)
-        fmap_info = {
-            "source": "dual echo",
-            "refinement_passes": passes,
-            "te_s": [acq.te_s[0], acq.te_s[1]],
-            "unaliased_range_hz": 0.5 / abs(acq.te_s[1] - acq.te_s[0]),
-        }
-    elif method != "none":
-        raise InputError(f"--b0 {method} needs two echoes or --fieldmap; the data have one echo", raw[0])
-    iterative = method == "iterative" or opts.recon == "iterative"
-    iter_info = None
-    if iterative:
-        from recon.iterative import reconstruct_iterative
-
-        with timer.stage(f"iterative reconstruction ({opts.iter_regulariser}, decay {opts.iter_decay})"):
-            fm = fmap if method not in ("none",) else None
-            per_coil, iters = [], []
-            for c in range(data.shape[1]):
-                res = reconstruct_iterative(
-                    op,
-                    data[:, c],
-                    dcf,
-                    acq.te_s,
-                    traj.t,
-                    fm,
-                    decay=opts.iter_decay,
-                    regulariser=opts.iter_regulariser,
-                    lamda=opts.iter_lamda,
-                    max_iter=int(opts.iter_max),
-                    mask=support_mask(np.abs(combined_plain[0])),
-                )
-                per_coil.append(res.echoes)
-                iters.append(res.iterations)
-            images = combine(np.stack(per_coil, axis=1))
-            iter_info = {
-                "iterations": iters,
-                "objective_last": res.objective[-1] if res.objective else None,
-                **res.settings,
-            }
-        method = "iterative" if method != "none" else "none (iterative decay model)"
-    elif method != "none":
-        with timer.stage(f"B0 correction ({method})"):
-            corr = correct(
-                method,
-                op,
-                data,
-                dcf,
-                acq.te_s,
-                traj.t,
-                fmap,
-                n_segments=opts.b0_segments,
-                mask=support_mask(np.abs(combined_plain[0])),
-            )
-        images = combine(corr)
-    else:
-        images = combined_plain
-
-    # ---- calibration
-    relax = None
-    relax_map, relax_info = None, None
+    if opts.calibration == "none":
+        return None, None, None, None
+    timer = timer or StageTimer()
+    where = acq.sources[0] if acq.sources else None
+    sub = traj.subset(ks.projections) if len(ks.projections) < traj.n_projections else traj
+    relax, relax_map, relax_info = None, None, None
     if opts.relaxation == "tissue":
-        relax = relaxation_factors(
-            acq.tr_s, acq.flip_deg, acq.te_s[0], readout=ReadoutWeighting.from_trajectory(traj.subset(pidx_common), dcf)
-        )
+        relax = relaxation_factors(acq.tr_s, acq.flip_deg, acq.te_s[0], readout=ReadoutWeighting.from_trajectory(sub, ks.dcf))
     elif opts.relaxation == "echo-ratio":
-        if acq.n_echoes < 2:
-            raise ConfigError("relaxation = echo-ratio needs two echoes", raw[0])
+        if not echo_pair(acq):
+            raise ConfigError("relaxation = echo-ratio needs two echoes at different TEs", where)
         with timer.stage("relaxation factor map (echo ratio)"):
-            relax_map, relax_info = relaxation_map(acq, traj.subset(pidx_common), dcf, images)
+            relax_map, relax_info = relaxation_map(acq, sub, ks.dcf, images)
     with timer.stage("calibration"):
-        cal_kw: dict[str, Any] = dict(signal=opts.signal, relaxation=relax)
+        kw: dict[str, Any] = dict(signal=opts.signal, relaxation=relax)
         if opts.calibration == "auto":
-            cal_kw.update(method="auto", concentrations_mM=list(opts.tube_mM))
+            kw.update(method="auto", concentrations_mM=list(opts.tube_mM))
         elif opts.calibration == "internal":
-            cal_kw.update(
+            kw.update(
                 method="internal",
                 reference_region=[((x, y, z), r) for x, y, z, r in opts.reference_spheres],
                 reference_mM=opts.reference_mM,
             )
         else:
-            cal_kw.update(method="file", tubes_file=opts.calibration)
+            kw.update(method="file", tubes_file=opts.calibration)
         if opts.ratio_spheres:
-            cal_kw["ratio_region"] = [((x, y, z), r) for x, y, z, r in opts.ratio_spheres]
-        cal = calibrate(images[0], affine, **cal_kw)
+            kw["ratio_region"] = [((x, y, z), r) for x, y, z, r in opts.ratio_spheres]
+        cal = calibrate(images[0], affine, **kw)
     tsc, ratio = cal.tsc, cal.ratio
     if relax_map is not None:  # TSC = (S - b) / (a r(x)) with a per-voxel relative weighting r
         tsc = (cal.tsc / relax_map).astype(np.float32)
         if ratio is not None:
-            from recon.calibrate import ratio_map
+            ratio, _ = ratio_map(tsc, spheres_mask(opts.ratio_spheres, tsc.shape, affine))
+    return cal, tsc, ratio, relax_info
 
-            ratio, _ = ratio_map(tsc, _spheres_mask(opts.ratio_spheres, tsc.shape, affine))
 
-    # ---- outputs (atomic)
-    summary: dict[str, Any] = {}
-    with atomic_dir(out_dir, overwrite=opts.force) as tmp:
-        with timer.stage("write outputs"):
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
 
-            def nii(name, vol, desc):
-                img = nib.Nifti1Image(np.asarray(vol, dtype=np.float32), affine)
-                img.header.set_xyzt_units("mm", "sec")
-                img.header["descrip"] = desc[:79].encode()
-                nib.save(img, str(tmp / name))
+    from recon import __version__
 
-            nii("tsc_mM.nii.gz", tsc, "narecon TSC mM")
-            for e in range(acq.n_echoes):
-                nii(
-                    f"echo{e + 1}.nii.gz",
-                    np.abs(images[e]),
-                    f"narecon echo {e + 1} magnitude TE {acq.te_s[e] * 1e3:.3f} ms",
-                )
-            nii("b0_hz.nii.gz", fmap, f"narecon B0 Hz ({acq.nucleus})")
-            if ratio is not None:
-                nii("ratio_csf.nii.gz", ratio, "narecon TSC ratio to reference region")
-            cal_dict = cal.result.to_dict()
-            if relax_info is not None:
-                cal_dict["relaxation_map"] = relax_info
-            (tmp / "calibration.json").write_text(json.dumps(cal_dict, indent=2, default=_json_default))
-            provenance = {
-                "inputs": [{"path": os.path.abspath(p), "sha256": _sha256(p), "bytes": os.path.getsize(p)} for p in raw],
-                "options": {k: v for k, v in dataclasses.asdict(opts).items()},
-                "versions": _versions(),
-                "device": opts.device,
-                "nufft_backend": op.backend_name,
-                "command": " ".join(sys.argv),
-                "trajectory_source": traj_source,
-                "dcf_method": dcf_method,
-                "b0_method": method,
-                "iterative": iter_info,
-                "fieldmap": fmap_info,
-                "timings_s": dict(timer.timings),
-                "acquisition": {
-                    "nucleus": acq.nucleus,
-                    "te_s": list(acq.te_s),
-                    "tr_s": acq.tr_s,
-                    "flip_deg": acq.flip_deg,
-                    "dwell_s": acq.dwell_s,
-                    "frequency_hz": acq.frequency_hz,
-                    "field_t": acq.field_t,
-                    "n_coils": acq.n_coils,
-                    "n_projections": acq.n_projections,
-                    "n_samples": acq.n_samples,
-                    "format": acq.header.get("format"),
-                },
-            }
-            _write_h5(tmp / "recon.h5", images, fmap, dcf, traj, affine, provenance, cal_dict)
-            if opts.qa:
-                qa_figure(
-                    tmp / "qa.png",
-                    list(images),
-                    tsc=cal.tsc,
-                    b0_hz=fmap,
-                    tubes=cal.tubes,
-                    fit=cal.result.fit if cal.result.tubes else None,
-                    title=f"narecon {Path(raw[0]).name}: {method} B0 correction, {cal.result.method}",
-                )
-        provenance["timings_s"] = dict(timer.timings)
-        summary = {
-            "out": str(out_dir),
-            "calibration": cal_dict,
-            "b0_method": method,
-            "timings_s": dict(timer.timings),
-            "total_s": time.perf_counter() - t_start,
-        }
+    out = {"narecon": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "scipy", "finufft", "twixtools", "nibabel", "h5py", "cupy-cuda12x", "cupy-cuda13x"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def provenance(
+    acq, opts: RunOptions, op, traj_source: str, dcf_method: str, b0_method: str, fmap: FieldMap, iter_info, timer: StageTimer
+) -> dict[str, Any]:
+    """The provenance record of a reconstruction (input hashes are added by the writer)."""
+    import sys
+
+    return {
+        "inputs": [{"path": os.path.abspath(p)} for p in acq.sources],
+        "options": opts.to_dict(),
+        "versions": _versions(),
+        "device": opts.device,
+        "nufft_backend": op.backend_name,
+        "command": " ".join(sys.argv),
+        "trajectory_source": traj_source,
+        "dcf_method": dcf_method,
+        "b0_method": b0_method,
+        "iterative": iter_info,
+        "fieldmap": fmap.info,
+        "timings_s": dict(timer.timings),
+        "acquisition": {
+            "nucleus": acq.nucleus,
+            "te_s": list(acq.te_s),
+            "tr_s": acq.tr_s,
+            "flip_deg": acq.flip_deg,
+            "dwell_s": acq.dwell_s,
+            "frequency_hz": acq.frequency_hz,
+            "field_t": acq.field_t,
+            "n_coils": acq.n_coils,
+            "n_projections": acq.n_projections,
+            "n_samples": acq.n_samples,
+            "format": acq.header.get("format"),
+        },
+    }
+
+
+# ---------------------------------------------------------------- composition
+def reconstruct(
+    source: Any,
+    options: RunOptions | dict[str, Any] | None = None,
+    *,
+    trajectory: Any = None,
+    plans: Plans | None = None,
+) -> ReconResult:
+    """Reconstruct one scan in memory: raw data -> echo images, field map, calibration, TSC (mM).
+
+    source : a raw file (twix .dat or ISMRMRD .h5), two files (one echo each), or an
+        :class:`~recon.io.Acquisition`. options : :class:`RunOptions` or a mapping of its fields.
+    trajectory : a :class:`~recon.trajectory.Trajectory` to use instead of ``options.traj`` or the
+        profile's design. plans : the plan factory/cache (:class:`recon.plans.Plans`); a batch
+        worker passes a persistent one so scans of one protocol share every plan and the DCF.
+    Writes nothing; :func:`recon.outputs.write_run` writes a result.
+    """
+    opts = options if isinstance(options, RunOptions) else RunOptions.from_mapping(options or {})
+    opts.validate()
+    plans = plans_or_default(plans)
+    timer = StageTimer()
+    acq = load_acquisition(source, opts, timer)
+    if trajectory is not None:
+        traj, traj_source = trajectory, "given"
+        check_trajectory(acq, traj, traj_source)
+    else:
+        traj, traj_source = load_trajectory(acq, opts, plans, timer)
+    dcf, dcf_method = density_weights(traj, opts, plans, timer)
+    matrix = (int(opts.matrix),) * 3 if opts.matrix else tuple(traj.matrix)
+    ks = prepare_kspace(acq, traj, dcf, timer)
+    op = plan_nufft(ks, matrix, traj.fov_m, opts, plans, timer)
+    from recon.io.geometry import nifti_affine
+
+    affine = nifti_affine(acq.geometry, traj.fov_m, matrix)
+    plain = grid(op, ks, acq.te_s, timer)
+    combined_plain = combine(plain)
+    method = choose_b0_method(acq, opts)
+    fmap = field_map(op, ks, acq, plain, combined_plain, affine, method, opts, plans, timer)
+    images, method, iter_info = correct_b0(op, ks, acq, plain, combined_plain, fmap, method, opts, plans, timer)
+    cal, tsc, ratio, relax_info = calibrate_images(images, affine, acq, ks, traj, opts, timer)
+    return ReconResult(
+        echoes=images,
+        fieldmap_hz=fmap.hz,
+        dcf=ks.dcf,
+        affine=affine,
+        acquisition=acq,
+        trajectory=traj,
+        options=opts,
+        b0_method=method,
+        tsc_mM=tsc,
+        ratio=ratio,
+        calibration=cal,
+        relaxation_info=relax_info,
+        fieldmap_info=fmap.info,
+        iterative_info=iter_info,
+        provenance=provenance(acq, opts, op, traj_source, dcf_method, method, fmap, iter_info, timer),
+        timings_s=dict(timer.timings),
+    )
+
+
+def run(
+    source: Any,
+    out_dir: str | os.PathLike,
+    options: RunOptions | dict[str, Any] | None = None,
+    *,
+    plans: Plans | None = None,
+) -> dict[str, Any]:
+    """``narecon run``: :func:`reconstruct`, then :func:`recon.outputs.write_run` into ``out_dir``.
+
+    The output folder is checked before any work (exists without ``force``, parent missing or
+    not writable, contains an input). Returns the summary (calibration, timings, ``out``).
+    """
+    from recon.outputs import check_output_dir, write_run
+
+    opts = options if isinstance(options, RunOptions) else RunOptions.from_mapping(options or {})
+    opts.validate()
+    inputs = (
+        []
+        if not isinstance(source, (str, os.PathLike, list, tuple))
+        else ([source] if isinstance(source, (str, os.PathLike)) else list(source))
+    )
+    inputs += [p for p in (opts.traj, opts.profile, opts.fieldmap) if p]
+    if opts.calibration not in ("auto", "internal", "none"):
+        inputs.append(opts.calibration)
+    check_output_dir(out_dir, force=opts.force, inputs=inputs)
+    t0 = time.perf_counter()
+    result = reconstruct(source, opts, plans=plans)
+    timings = write_run(result, out_dir, force=opts.force, qa=opts.qa)
+    summary = result.summary()
+    summary["timings_s"].update(timings)
+    summary["out"] = str(out_dir)
+    summary["total_s"] = time.perf_counter() - t0
     log.info("wrote %s in %.1f s", out_dir, summary["total_s"])
     return summary
 
 
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
-
-
-def _write_h5(path, images, fmap, dcf, traj, affine, provenance, cal_dict) -> None:
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        f.attrs["format"] = "narecon-recon"
-        f.attrs["format_version"] = 1
-        f.create_dataset("echoes", data=np.asarray(images, dtype=np.complex64), compression="gzip")
-        f["echoes"].attrs["axes"] = "echo, x, y, z (image axes follow kx, ky, kz)"
-        f.create_dataset("b0_hz", data=np.asarray(fmap, dtype=np.float32), compression="gzip")
-        f.create_dataset("dcf", data=np.asarray(dcf, dtype=np.float32), compression="gzip")
-        f["dcf"].attrs["units"] = "1/m^3"
-        f.create_dataset("affine", data=affine)
-        g = f.create_group("trajectory")
-        g.attrs["fov_m"] = np.asarray(traj.fov_m)
-        g.attrs["matrix"] = np.asarray(traj.matrix)
-        g.attrs["dwell_s"] = traj.dwell_s
-        g.attrs["gamma_hz_per_t"] = traj.gamma_hz_per_t
-        g.attrs["params"] = json.dumps(traj.params, default=_json_default)
-        f.attrs["provenance"] = json.dumps(provenance, default=_json_default)
-        f.attrs["calibration"] = json.dumps(cal_dict, default=_json_default)
+__all__ = [
+    "KSpace",
+    "FieldMap",
+    "ReconResult",
+    "RunOptions",
+    "reconstruct",
+    "run",
+    "load_acquisition",
+    "load_trajectory",
+    "density_weights",
+    "prepare_kspace",
+    "plan_nufft",
+    "grid",
+    "combine",
+    "choose_b0_method",
+    "field_map",
+    "correct_b0",
+    "calibrate_images",
+    "relaxation_map",
+]

@@ -1,4 +1,4 @@
-"""Per-process plan cache: reuse only for identical protocols, results equal to uncached builds."""
+"""Plans handed down: reuse only for identical protocols, results equal to uncached builds."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import types
 import numpy as np
 import pytest
 
-import recon.nufft as nufft_mod
 import recon.pipeline as pl
-from recon.batch.cache import PlanCache, activate, nufft_key
 from recon.errors import TrajectoryError
 from recon.log import StageTimer
 from recon.nufft.nudft import nudft_forward_at
+from recon.options import RunOptions
+from recon.plans import PlanCache, Plans, nufft_key
 from recon.trajectory import density_adapted_radial, write_trajectory
 
 
@@ -55,34 +55,21 @@ def fake_acq(traj, n_samples=None):
     )
 
 
-def test_activate_reuses_and_checks(traj_file, rng):
-    from recon.batch.cache import active, cached
-
+def test_plans_reuse_and_check(traj_file, rng):
     path, traj = traj_file
-    opts = pl.RunOptions(traj=str(path), dcf="analytic", eps=1e-6)
+    opts = RunOptions(traj=str(path), dcf="analytic", eps=1e-6)
+    # without a cache nothing is kept (a single narecon run)
+    assert pl.load_trajectory(fake_acq(traj), opts, Plans())[0] is not pl.load_trajectory(fake_acq(traj), opts, Plans())[0]
     cache = PlanCache()
-    assert active() is None
-    # without an active cache nothing is kept (a single narecon run)
-    assert (
-        pl.load_trajectory(fake_acq(traj), opts, StageTimer())[0] is not pl.load_trajectory(fake_acq(traj), opts, StageTimer())[0]
-    )
-    with activate(cache):
-        assert active() is cache
-        t1, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
-        t2, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
-        w1, _ = pl.density_weights(t1, opts, StageTimer())
-        w2, _ = pl.density_weights(t2, opts, StageTimer())
-
-        def make(k):
-            return cached(
-                "nufft", lambda: nufft_key(k, (8, 8, 8), 0.2, eps=1e-6), lambda: nufft_mod.NUFFT(k, (8, 8, 8), 0.2, eps=1e-6)
-            )
-
-        op1 = make(t1.k)
-        op2 = make(t2.k.copy())
-        with pytest.raises(TrajectoryError, match="samples per readout"):  # cached, still checked per scan
-            pl.load_trajectory(fake_acq(traj, n_samples=traj.n_samples + 1), opts, StageTimer())
-    assert active() is None
+    plans = Plans(cache)
+    t1, _ = pl.load_trajectory(fake_acq(traj), opts, plans, StageTimer())
+    t2, _ = pl.load_trajectory(fake_acq(traj), opts, plans, StageTimer())
+    w1, _ = pl.density_weights(t1, opts, plans, StageTimer())
+    w2, _ = pl.density_weights(t2, opts, plans, StageTimer())
+    op1 = plans.nufft(t1.k, (8, 8, 8), 0.2, eps=1e-6)
+    op2 = plans.nufft(t2.k.copy(), (8, 8, 8), 0.2, eps=1e-6)
+    with pytest.raises(TrajectoryError, match="samples per readout"):  # cached, still checked per scan
+        pl.load_trajectory(fake_acq(traj, n_samples=traj.n_samples + 1), opts, plans, StageTimer())
     assert t1 is t2 and w1 is w2 and op1 is op2
     assert cache.stats() == {
         "dcf": {"hits": 1, "misses": 1},
@@ -90,9 +77,9 @@ def test_activate_reuses_and_checks(traj_file, rng):
         "trajectory": {"hits": 2, "misses": 1},
     }
     # independent truth: the cached objects equal fresh builds, the operator an exact DFT
-    fresh, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
+    fresh, _ = pl.load_trajectory(fake_acq(traj), opts)
     np.testing.assert_array_equal(t1.k, fresh.k)
-    np.testing.assert_array_equal(w1, pl.density_weights(fresh, opts, StageTimer())[0])
+    np.testing.assert_array_equal(w1, pl.density_weights(fresh, opts)[0])
     x = (rng.standard_normal((8, 8, 8)) + 1j * rng.standard_normal((8, 8, 8))).astype(np.complex64)
     sel = rng.choice(t1.k.reshape(-1, 3).shape[0], 200, replace=False)
     exact = nudft_forward_at(x, t1.k, (0.2,) * 3, sel)
@@ -102,14 +89,14 @@ def test_activate_reuses_and_checks(traj_file, rng):
 
 def test_changed_trajectory_file_is_rebuilt(traj_file):
     path, traj = traj_file
-    opts = pl.RunOptions(traj=str(path))
+    opts = RunOptions(traj=str(path))
     cache = PlanCache()
-    with activate(cache):
-        t1, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
-        write_trajectory(traj, path)  # rewritten: new mtime
-        import os
+    plans = Plans(cache)
+    t1, _ = pl.load_trajectory(fake_acq(traj), opts, plans)
+    write_trajectory(traj, path)  # rewritten: new mtime
+    import os
 
-        st = os.stat(path)
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-        t2, _ = pl.load_trajectory(fake_acq(traj), opts, StageTimer())
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    t2, _ = pl.load_trajectory(fake_acq(traj), opts, plans)
     assert t1 is not t2 and cache.stats()["trajectory"] == {"hits": 0, "misses": 2}

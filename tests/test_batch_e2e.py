@@ -25,15 +25,15 @@ pytestmark = pytest.mark.slow
 
 def reconstruct_killed_once(raw, out_dir, opts):
     """The real reconstruct, but the worker process dies 1 s into its first attempt."""
-    from recon.pipeline import reconstruct
+    from recon.pipeline import run
 
     flag = Path(raw[0]).parent / (Path(out_dir).name + ".killed")
     if not flag.exists():
         flag.write_text(str(os.getpid()))
         threading.Timer(1.0, lambda: os._exit(1)).start()
-        reconstruct(raw, out_dir, opts)
+        run(raw, out_dir, opts)
         time.sleep(30)  # finished before the timer: still die before the marker is written
-    return reconstruct(raw, out_dir, opts)
+    return run(raw, out_dir, opts)
 
 
 def nii(path):
@@ -58,11 +58,11 @@ def study(tmp_path_factory):
     (d / "run.toml").write_text('[run]\ncalibration = "internal"\nreference_spheres = [[0.0, 0.0, 0.0, 40.0]]\n')
     # reference: narecon run, one scan at a time
     try:
-        from recon.pipeline import RunOptions, load_config, reconstruct
+        from recon.pipeline import RunOptions, load_config, run
 
         for i in (1, 2, 3):
             opts = RunOptions(**{**load_config(d / "run.toml"), "reference_spheres": ((0.0, 0.0, 0.0, 40.0),)})
-            reconstruct([str(d / f"sim{i}" / "raw.dat")], d / f"ref{i}", opts)
+            run([str(d / f"sim{i}" / "raw.dat")], d / f"ref{i}", opts)
     except ImportError as e:
         pytest.skip(f"narecon run does not run end to end yet (pipeline integration): {e}")
     return d

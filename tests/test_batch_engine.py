@@ -28,7 +28,7 @@ from recon.errors import RawDataError  # noqa: E402
 
 
 def fake_recon(raw, out_dir, opts):
-    """reconstruct()-like: result.json = sha256 of the raw bytes and the eps option."""
+    """run()-like: result.json = sha256 of the raw bytes and the eps option."""
     out_dir = Path(out_dir)
     data = b"".join(Path(r).read_bytes() for r in raw)
     with open(Path(raw[0]).parent / "calls.log", "a") as f:

@@ -98,7 +98,7 @@ def test_missing_manifest_and_invalid_option_value(tmp_path):
     touch(tmp_path / "a.dat")
     (tmp_path / "c.toml").write_text('[run]\nb0 = "bogus"\n')
     (tmp_path / "m.csv").write_text("id,raw,config\nA,a.dat,c.toml\n")
-    with pytest.raises(ConfigError, match=r"line 2 \(id 'A'\): b0 must be one of"):
+    with pytest.raises(ConfigError, match=r"line 2 \(id 'A'\): config: .*c.toml: option 'b0': must be one of"):
         read_manifest(tmp_path / "m.csv")
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from recon.pipeline import RunOptions, reconstruct
+from recon.pipeline import RunOptions, run
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_iterative_lower_nrmse_and_bias_no_worse(tmp_path):
     res = {}
     for name, opts in (("fs-cpr", RunOptions(b0="fs-cpr", qa=False)),
                        ("iterative", RunOptions(b0="iterative", iter_max=10, qa=False))):
-        reconstruct(raw, tmp_path / name, opts)
+        run(raw, tmp_path / name, opts)
         t = nib.load(tmp_path / name / "tsc_mM.nii.gz").get_fdata()
         nrmse = np.linalg.norm((t - truth)[head]) / np.linalg.norm(truth[head])
         bias = {}

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from recon.pipeline import RunOptions, reconstruct
+from recon.pipeline import RunOptions, run
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def marker_run(tmp_path_factory):
     write_simulation(simulate(ph, traj, snr=None, seed=0), traj, base / "sim")
     out = base / "out"
     opts = RunOptions(calibration="internal", reference_spheres=((0.0, 0.0, 0.0, 20.0),), qa=False)
-    reconstruct([str(base / "sim" / "raw.dat")], out, opts)
+    run([str(base / "sim" / "raw.dat")], out, opts)
     return base / "sim", out, ph
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from recon.errors import CalibrationError, ConfigError, InputError, OutputError, TrajectoryError
-from recon.pipeline import RunOptions, reconstruct
+from recon.pipeline import RunOptions, run
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data_samples" / "raw.dat"
@@ -23,7 +23,7 @@ SAMPLE = REPO / "data_samples" / "raw.dat"
 @pytest.fixture(scope="module")
 def sample_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
-    summary = reconstruct([str(SAMPLE)], out, RunOptions())
+    summary = run([str(SAMPLE)], out, RunOptions())
     return out, summary
 
 
@@ -147,7 +147,7 @@ def test_bad_input_leaves_nothing(tmp_path, case):
     elif case == "bad_option":
         opts.b0 = "magic"
     with pytest.raises(exc) as e:
-        reconstruct([str(SAMPLE)], out, opts)
+        run([str(SAMPLE)], out, opts)
     if case == "mismatched_traj":
         assert "samples" in str(e.value) or "projections" in str(e.value)
     assert not out.exists()
@@ -158,7 +158,7 @@ def test_bad_input_leaves_nothing(tmp_path, case):
 def test_wrong_nucleus(shared_twix, tmp_path):
     f = shared_twix / "xe129_radial_dixon_meas_MID00075_FID28630.dat"
     with pytest.raises(InputError, match="129Xe"):
-        reconstruct([str(f)], tmp_path / "o", RunOptions())
+        run([str(f)], tmp_path / "o", RunOptions())
     assert not (tmp_path / "o").exists()
 
 
@@ -167,7 +167,7 @@ def test_config_file(tmp_path):
 
     cfg = tmp_path / "c.toml"
     cfg.write_text('[run]\nb0 = "none"\ntube_mM = [30, 60, 90, 120]\neps = 1e-3\n')
-    assert load_config(cfg) == {"b0": "none", "tube_mM": [30, 60, 90, 120], "eps": 1e-3}
+    assert load_config(cfg) == {"b0": "none", "tube_mM": (30.0, 60.0, 90.0, 120.0), "eps": 1e-3}
     cfg.write_text("[run]\nbogus = 1\n")
     with pytest.raises(ConfigError, match="bogus"):
         load_config(cfg)

@@ -16,7 +16,7 @@ import nibabel as nib
 import pytest
 from scipy import ndimage
 
-from recon.pipeline import RunOptions, reconstruct
+from recon.pipeline import RunOptions, run
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +47,10 @@ def _errors(summary, sim):
 
 
 def test_accuracy(simulated, tmp_path):
-    plain = _errors(reconstruct([str(simulated / "raw.dat")], tmp_path / "a", RunOptions(qa=False)), simulated)
-    relax = _errors(reconstruct([str(simulated / "raw.dat")], tmp_path / "b", RunOptions(qa=False, relaxation="tissue")), simulated)
+    plain = _errors(run([str(simulated / "raw.dat")], tmp_path / "a", RunOptions(qa=False)), simulated)
+    relax = _errors(run([str(simulated / "raw.dat")], tmp_path / "b", RunOptions(qa=False, relaxation="tissue")), simulated)
     mixed = _errors(
-        reconstruct([str(simulated / "raw.dat")], tmp_path / "c", RunOptions(qa=False, relaxation="echo-ratio")), simulated
+        run([str(simulated / "raw.dat")], tmp_path / "c", RunOptions(qa=False, relaxation="echo-ratio")), simulated
     )
     print("\ncompartment      true   no-relax   tissue-relax   voxels")
     for name, (true, got, n) in plain.items():

@@ -11,8 +11,8 @@ For every manifest row the driver decides:
 * otherwise the scan is submitted as one task; an existing ``DIR/<id>/`` (incomplete, or
   complete for other inputs/options) is replaced atomically when the new result is complete.
 
-On a worker the task runs ``recon.pipeline.reconstruct`` (or an injected function with its
-signature), with the per-process plan cache (:mod:`recon.batch.cache`) active, then writes
+On a worker the task runs ``recon.pipeline.run`` (or an injected function with its
+signature), with the worker's persistent plans (:mod:`recon.batch.cache`), then writes
 the marker. Any error of a scan (a user error such as a truncated or foreign file, or an
 unexpected exception) is returned as ``failed`` with its message; the other scans go on. A
 worker process that dies mid-scan (killed, out of memory) is restarted by its nanny and the
@@ -57,7 +57,7 @@ TMP_PREFIX = ".narecon-tmp-"
 SUMMARY_COLUMNS = ("id", "status", "seconds", "device", "error")
 
 ReconFn = Callable[[list, Path, Any], Any]
-"""``fn(raw_paths, out_dir, run_options) -> summary``: the signature of ``recon.pipeline.reconstruct``."""
+"""``fn(raw_paths, out_dir, run_options) -> summary``: the signature of ``recon.pipeline.run``."""
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -174,7 +174,8 @@ def run_scan(payload: dict[str, Any], recon_fn: ReconFn | None = None) -> dict[s
     """Reconstruct one scan (runs on a worker); returns its summary row.
 
     payload : ``id``, ``raw``, ``options``, ``scan_dir``, ``fingerprint``, ``plan_cache``.
-    recon_fn : ``reconstruct``-like function (default :func:`recon.pipeline.reconstruct`).
+    recon_fn : ``fn(raw_paths, out_dir, options) -> summary`` (default :func:`recon.pipeline.run` with the
+        worker's persistent plans, :data:`recon.batch.cache.WORKER_PLANS`).
     Never raises for a scan's own errors: they come back as ``status: failed``.
     """
     _pin_cpus()
@@ -184,19 +185,20 @@ def run_scan(payload: dict[str, Any], recon_fn: ReconFn | None = None) -> dict[s
     scan_dir = Path(payload["scan_dir"])
     row = {"id": sid, "status": "failed", "seconds": 0.0, "device": device, "error": ""}
     try:
-        from recon.pipeline import RunOptions
+        from recon.options import RunOptions
 
-        if recon_fn is None:
-            from recon.pipeline import reconstruct as recon_fn
         # the driver decided this scan is to be (re)done: replace whatever is there
-        opts = RunOptions(**payload["options"], force=scan_dir.exists())
-        if payload.get("plan_cache", True):
-            from recon.batch.cache import activate
+        opts = RunOptions.from_mapping({**payload["options"], "force": scan_dir.exists()})
+        if recon_fn is None:
+            from recon.pipeline import run as run_pipeline
+            from recon.plans import Plans
 
-            ctx: Any = activate()
+            if payload.get("plan_cache", True):
+                from recon.batch.cache import WORKER_PLANS as plans
+            else:
+                plans = Plans()
+            result = run_pipeline(list(payload["raw"]), scan_dir, opts, plans=plans)
         else:
-            ctx = contextlib.nullcontext()
-        with ctx:
             result = recon_fn(list(payload["raw"]), scan_dir, opts)
         seconds = time.perf_counter() - t0
         write_marker(scan_dir, {

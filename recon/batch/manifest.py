@@ -13,7 +13,7 @@ Columns (header row required, names case-insensitive, order free):
 
 Empty cells mean "not set"; relative paths are relative to the manifest's folder; lines whose
 first cell starts with ``#`` and blank lines are ignored. Option precedence, lowest first: the
-:class:`recon.pipeline.RunOptions` defaults, the global config, the row's config, the row's
+:class:`recon.options.RunOptions` defaults, the global config, the row's config, the row's
 ``traj``/``profile``/``tubes`` cells.
 
 Every problem (unknown column, missing file, duplicate id, invalid config) is collected and
@@ -46,7 +46,7 @@ class ScanSpec:
 
     id : output folder name under the batch DIR.
     raw : absolute paths of the raw file(s) (1 or 2).
-    options : keyword arguments of :class:`recon.pipeline.RunOptions` (``force`` excluded;
+    options : keyword arguments of :class:`recon.options.RunOptions` (``force`` excluded;
         file-valued options as absolute paths).
     line : line number in the manifest (1 = header), for messages.
     """
@@ -61,17 +61,17 @@ class ScanSpec:
         out = [(f"raw{i + 1}", p) for i, p in enumerate(self.raw)]
         for name in FILE_OPTIONS:
             v = self.options.get(name)
-            if name == "calibration" and v in (None, "auto", "internal"):
+            if name == "calibration" and v in (None, "auto", "internal", "none"):
                 continue
             if v:
                 out.append((name, str(v)))
         return out
 
     def run_options(self, force: bool = False):
-        """The :class:`recon.pipeline.RunOptions` of this scan."""
-        from recon.pipeline import RunOptions
+        """The :class:`recon.options.RunOptions` of this scan."""
+        from recon.options import RunOptions
 
-        return RunOptions(**self.options, force=force)
+        return RunOptions.from_mapping({**self.options, "force": force})
 
 
 def _normalise(values: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +90,7 @@ def _resolve_config_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     out = dict(values)
     for name in FILE_OPTIONS:
         v = out.get(name)
-        if isinstance(v, str) and v and not (name == "calibration" and v in ("auto", "internal")):
+        if isinstance(v, str) and v and not (name == "calibration" and v in ("auto", "internal", "none")):
             out[name] = str((base / v).resolve()) if not os.path.isabs(v) else v
     return out
 
@@ -99,7 +99,7 @@ def load_global_config(path: str | os.PathLike | None) -> dict[str, Any]:
     """The ``[run]`` table of the global ``--config`` (file paths made absolute), or {}."""
     if not path:
         return {}
-    from recon.pipeline import load_config
+    from recon.options import load_config
 
     p = Path(path)
     vals = load_config(p)
@@ -113,7 +113,7 @@ def read_manifest(path: str | os.PathLike, base_options: dict[str, Any] | None =
     ``base_options``: global options (e.g. :func:`load_global_config`) under every row.
     Raises :class:`ConfigError` naming the manifest and every bad row.
     """
-    from recon.pipeline import load_config
+    from recon.options import load_config
 
     mpath = Path(path)
     if not mpath.is_file():
@@ -204,9 +204,9 @@ def read_manifest(path: str | os.PathLike, base_options: dict[str, Any] | None =
                     errs.append(msg)
         if not errs:
             try:
-                from recon.pipeline import RunOptions
+                from recon.options import RunOptions
 
-                RunOptions(**values).validate()
+                RunOptions.from_mapping(values)
             except NareconError as e:
                 errs.append(str(e))
             except TypeError as e:  # an option of the wrong kind in a config

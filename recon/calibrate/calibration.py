@@ -43,10 +43,7 @@ from recon.errors import CalibrationError
 
 log = logging.getLogger("recon.calibrate")
 
-DEFAULT_TUBES_MM = (30.0, 60.0, 90.0, 120.0)
-"""Tube concentrations of the study protocol, mM."""
-DEFAULT_REFERENCE_MM = 145.0
-"""CSF/vitreous sodium concentration used by the internal reference, mM."""
+from recon.options import DEFAULT_REFERENCE_MM, DEFAULT_TUBES_MM  # noqa: E402  (defined once, in the option schema)
 METHODS = ("auto", "file", "internal")
 
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+BATCH_EXCLUDED = ("force", "traj", "profile")
+"""Run options that are per scan (manifest columns) or batch-level (``--force`` redoes scans)."""
+
 
 def register(sub) -> None:
+    from recon.options import add_arguments
+
     p = sub.add_parser(
         "batch",
         help="reconstruct the scans of a manifest CSV on a Dask cluster (resumable)",
@@ -29,8 +34,7 @@ def register(sub) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        help="local worker processes (default: one per 2 cores; one per GPU with --device gpu) "
-        "or SLURM/PBS jobs (default 1)",
+        help="local worker processes (default: one per 2 cores; one per GPU with --device gpu) or SLURM/PBS jobs (default 1)",
     )
     p.add_argument(
         "--gpus-per-worker",
@@ -44,9 +48,6 @@ def register(sub) -> None:
         help="memory per local worker, e.g. 8GB (auto: RAM / workers); per job for SLURM/PBS",
     )
     p.add_argument("--config", help="TOML with a [run] table applied to every row (a row's config overrides it)")
-    p.add_argument(
-        "--device", choices=["cpu", "gpu"], help="compute device for every scan (default: the config's, cpu)"
-    )
     p.add_argument("--force", action="store_true", help="redo every scan, even complete ones")
     p.add_argument(
         "--allowed-failures",
@@ -61,6 +62,8 @@ def register(sub) -> None:
         help="rebuild trajectory, density weights and NUFFT plans for every scan (for benchmarks)",
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (log lines only)")
+    g = p.add_argument_group("reconstruction options for every scan (the schema of narecon run; they win over every config)")
+    add_arguments(g, exclude=BATCH_EXCLUDED)
     p.set_defaults(func=run)
 
 
@@ -70,11 +73,14 @@ def run(args: argparse.Namespace) -> int:
     from recon.batch.cluster import open_client
     from recon.batch.engine import run_batch
     from recon.batch.manifest import load_global_config, read_manifest
+    from recon.options import RunOptions, from_args
 
     base = load_global_config(args.config)
     specs = read_manifest(args.manifest, base)
-    if args.device:  # the command line wins over every config
-        specs = [dataclasses.replace(s, options={**s.options, "device": args.device}) for s in specs]
+    cli = from_args(args, exclude=BATCH_EXCLUDED)  # the command line wins over every config
+    if cli:
+        RunOptions.from_mapping(cli)
+        specs = [dataclasses.replace(s, options={**s.options, **cli}) for s in specs]
     device = base.get("device", "cpu")
     if any(s.options.get("device", "cpu") == "gpu" for s in specs):
         device = "gpu"

@@ -24,6 +24,10 @@ _LAZY_BACKENDS = {
     "cuda-host": "recon.nufft.cupy_backend",  # the CUDA kernels compiled for the CPU (testing)
 }
 _DEVICE_DEFAULT = {"cpu": "finufft", "gpu": "cupy"}
+DEVICES = tuple(_DEVICE_DEFAULT)
+"""Devices a NUFFT can run on (each with its default backend)."""
+DEFAULT_EPS = 1e-4
+"""Default requested relative accuracy of the NUFFT (the reconstruction's default too)."""
 
 
 def register_backend(name: str) -> Callable[[type], type]:
@@ -91,7 +95,7 @@ class NUFFT:
     backend : registered backend name (``finufft`` on the CPU; ``cupy``, ``cufinufft`` on a GPU);
         ``None`` picks the default for ``device``.
     device : ``cpu`` or ``gpu`` (used when ``backend`` is None).
-    eps : requested relative accuracy (1e-6 default).
+    eps : requested relative accuracy (default :data:`DEFAULT_EPS`, 1e-4).
     dtype : complex64 (default) or complex128.
     options : passed to the backend (e.g. ``n_threads``, ``upsampfac``).
 
@@ -106,7 +110,7 @@ class NUFFT:
         fov: float | Sequence[float],
         backend: str | None = None,
         device: str = "cpu",
-        eps: float = 1e-6,
+        eps: float | None = None,
         dtype=np.complex64,
         **options,
     ):
@@ -122,6 +126,7 @@ class NUFFT:
         if np.any(fov_a <= 0):
             raise InputError(f"fov must be positive (m), got {fov}")
         self.fov = tuple(fov_a.tolist())
+        eps = DEFAULT_EPS if eps is None else eps
         if not (1e-15 < eps < 1e-1):
             raise InputError(f"eps must be in (1e-15, 0.1), got {eps}")
         self.eps = float(eps)

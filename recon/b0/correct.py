@@ -160,12 +160,7 @@ class TimeBinnedGridder:
         starts = np.concatenate([[0], np.cumsum(counts)])
         k = _op_k(op)
         w = np.asarray(dcf, dtype=np.float64).ravel()
-        opts = dict(op.options)
-        if op.backend_name == "finufft" and "upsampfac" not in opts:
-            # same spreading kernel as the full plan (the per-bin sample counts would pick another)
-            from recon.nufft.finufft_backend import choose_upsampfac
-
-            opts["upsampfac"] = choose_upsampfac(op.n_samples, op.shape) or "auto"
+        opts = op.subset_options()  # same spreading kernel as the full plan (per-bin sample counts would pick another)
         self.op = op
         self.bins: list[tuple[np.ndarray, NUFFT]] = []
         tau = []

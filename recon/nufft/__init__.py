@@ -17,6 +17,6 @@ backends ``cupy`` and ``cufinufft`` register from their own modules) and are cre
 
 from __future__ import annotations
 
-from recon.nufft.operator import BACKENDS, NUFFT, available_backends, gridding, register_backend
+from recon.nufft.operator import BACKENDS, NUFFT, available_backends, default_threads, gridding, register_backend
 
-__all__ = ["NUFFT", "BACKENDS", "register_backend", "available_backends", "gridding"]
+__all__ = ["NUFFT", "BACKENDS", "register_backend", "available_backends", "default_threads", "gridding"]

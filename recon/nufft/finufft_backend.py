@@ -37,6 +37,13 @@ class FinufftBackend:
     """FINUFFT type 2 (forward, isign -1) and type 1 (adjoint, isign +1) with modeord 0."""
 
     @classmethod
+    def subset_options(cls, n_points: int, shape, options: dict) -> dict:
+        """Options for a plan over a subset of ``n_points`` samples that keeps their upsampling factor."""
+        if "upsampfac" not in options:
+            options = {**options, "upsampfac": choose_upsampfac(n_points, shape) or "auto"}
+        return options
+
+    @classmethod
     def available(cls) -> str | None:
         try:
             import finufft  # noqa: F401

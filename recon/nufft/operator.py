@@ -165,6 +165,11 @@ class NUFFT:
     def n_samples(self) -> int:
         return int(np.prod(self.kshape))
 
+    def subset_options(self) -> dict:
+        """Backend options for a NUFFT over a subset of these samples with the same spreading kernel."""
+        hook = getattr(self._cls, "subset_options", None)
+        return hook(self.n_samples, self.shape, dict(self.options)) if hook else dict(self.options)
+
     def _plan(self, n_trans: int):
         p = self._plans.get(n_trans)
         if p is None:

@@ -80,7 +80,7 @@ def dcf_pipe(traj: Trajectory, n_iter: int = 30, eps: float = 1e-3, n_threads: i
     """
     import finufft
 
-    from recon.nufft.operator import default_threads
+    from recon.nufft import default_threads
 
     fov = np.asarray(traj.fov_m)
     grid = tuple(int(2 * m) for m in traj.matrix)

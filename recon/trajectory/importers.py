@@ -211,6 +211,8 @@ def read_cfl(path: str | os.PathLike) -> np.ndarray:
     a = np.fromfile(cfl, dtype=np.complex64)
     if a.size != int(np.prod(dims)):
         raise TrajectoryError(f"BART data hold {a.size} values, the header's dims {dims} need {int(np.prod(dims))}", cfl)
+    while len(dims) > 1 and dims[-1] == 1:  # BART pads to 16 dimensions
+        dims = dims[:-1]
     return a.reshape(dims, order="F")
 
 
@@ -226,6 +228,7 @@ def read_bart(
     a = read_cfl(path)
     if a.shape[0] != 3:
         raise TrajectoryError(f"a BART trajectory has 3 coordinates in its first dimension, got dims {list(a.shape)}", path)
+    a = a.reshape(a.shape + (1,) * (3 - a.ndim))
     rest = a.shape[3:]
     if int(np.prod(rest)) != 1:
         raise TrajectoryError(f"BART trajectory dims {list(a.shape)}: only [3, samples, projections] are read", path)
@@ -245,11 +248,14 @@ def read_nsp(
     raster_s: float = 10e-6,
     fov_m=None,
     matrix=None,
+    n_samples: int | None = None,
 ) -> Trajectory:
     """An MRI-NUFFT/NeuroSpin ``.bin`` gradient file, read by ``mrinufft.io.read_trajectory`` (k in 1/m).
 
-    ``dwell_s`` is the ADC dwell (the file stores gradients on the ``raster_s`` raster); the
-    file's FOV, matrix and gamma are used unless given.
+    ``dwell_s`` is the ADC dwell (the file stores gradients on the ``raster_s`` raster);
+    ``n_samples`` the ADC samples per shot (default: gradient samples x raster / dwell; a
+    file written from n k-points holds n - 1 gradients); the file's FOV, matrix and gamma
+    are used unless given.
     """
     try:
         from mrinufft.io import read_trajectory as _read
@@ -257,7 +263,7 @@ def read_nsp(
         raise TrajectoryError(f"reading MRI-NUFFT .bin files needs mri-nufft (pip install mri-nufft): {e}", path) from e
     import warnings
 
-    kw = {"dwell_time": dwell_s * 1e3, "raster_time": raster_s * 1e3, "normalize_factor": None}
+    kw = {"dwell_time": dwell_s * 1e3, "raster_time": raster_s * 1e3, "normalize_factor": None, "num_adc_samples": n_samples}
     if gamma_hz_per_t:
         kw["gamma"] = gamma_hz_per_t / 1e3
     try:
@@ -441,7 +447,7 @@ def import_trajectory(
             raise TrajectoryError("BART trajectories are in cycles/FOV: give the FOV (--fov-mm)", p)
         traj = read_bart(p, fov_m, need_dwell(), matrix, gamma_hz_per_t or GAMMA_BAR_1H_HZ_PER_T, units or "cycles/fov")
     elif fmt == "nsp":
-        traj = read_nsp(p, need_dwell(), gamma_hz_per_t, fov_m=fov_m, matrix=matrix)
+        traj = read_nsp(p, need_dwell(), gamma_hz_per_t, fov_m=fov_m, matrix=matrix, n_samples=n_samples)
     elif fmt == "array":
         if fov_m is None:
             raise TrajectoryError("a plain array needs the FOV (--fov-mm)", p)

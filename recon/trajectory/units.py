@@ -74,7 +74,12 @@ def check_trajectory_units(traj, acq, source: str | None = None) -> dict[str, fl
             f"k is too {what} for cycles/m, likely {unit}; convert it (narecon traj import --units ...)",
             src,
         )
-    out = {"kmax_ratio": ratio, "centre_sample": -1, "centre_k_fraction": float("nan"), "reference": "header" if use_hdr else "trajectory"}
+    out = {
+        "kmax_ratio": ratio,
+        "centre_sample": -1,
+        "centre_k_fraction": float("nan"),
+        "reference": "header" if use_hdr else "trajectory",
+    }
     # the data's own k-space centre along the readout
     if acq.n_samples != traj.n_samples or acq.n_samples < 3:
         return out
@@ -94,9 +99,10 @@ def check_trajectory_units(traj, acq, source: str | None = None) -> dict[str, fl
     frac = float(excess.mean() / kmax) if kmax > 0 else 0.0
     out.update(centre_sample=j, centre_k_fraction=frac)
     if frac > CENTRE_K_FRACTION:
+        closest = int(np.median(np.argmin(kr, axis=1)))
         raise TrajectoryError(
             f"the data's k-space centre is at readout sample {j}, where the trajectory's |k| is {frac:.2f} x kmax above "
-            f"each readout's closest approach to the centre (sample {int(np.median(np.argmin(kr, axis=1)))}): the trajectory does not belong to these data "
+            f"each readout's closest approach to the centre (sample {closest}): the trajectory does not belong to these data "
             "(reversed or shifted readout, wrong sample count, or another sequence)",
             src,
         )

@@ -99,3 +99,12 @@ def test_units_check_uses_the_trajectory_for_pulseq_dummy_headers(gre):
     m = check_trajectory_units(traj, acq)
     assert m["reference"] == "trajectory" and m["kmax_ratio"] == pytest.approx(1.0, abs=0.01)
     assert m["centre_sample"] == 128 and m["centre_k_fraction"] < 0.01
+
+
+def test_run_traj_reader_fills_echoes_from_the_data(shared_twix, gre):
+    from recon.trajectory.importers import trajectory_for_acquisition
+
+    acq, traj = gre
+    t = trajectory_for_acquisition(shared_twix / SEQ, acq, matrix=(256, 256, 1))
+    assert t.n_projections == acq.n_projections == 256
+    np.testing.assert_array_equal(t.k, traj.k)

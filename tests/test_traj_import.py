@@ -244,3 +244,18 @@ def test_cli_refuses_unconvertible(tmp_path, capsys):
     assert "FOV" in err and "Traceback" not in err
     assert not (tmp_path / "o.h5").exists()
     assert issubclass(TrajectoryError, NareconError)
+
+
+def test_run_traj_reader_takes_missing_values_from_the_data(tmp_path):
+    from recon.io import Acquisition
+    from recon.trajectory.importers import trajectory_for_acquisition
+
+    k = xenon_radial(12, 16, 10e-6, 0.224, 64).k
+    _write_cfl(tmp_path / "t", np.transpose(k * 0.224, (2, 1, 0)))
+    acq = Acquisition(
+        np.zeros((1, 1, 12, 16), np.complex64), (1e-3,), 0.1, 90, 10e-6, "23Na", 32.6e6, 2.89, fov_m=(0.224,) * 3, matrix=(64,) * 3
+    )
+    tr = trajectory_for_acquisition(tmp_path / "t.cfl", acq)
+    np.testing.assert_allclose(tr.k, k, rtol=1e-5, atol=1e-4)
+    assert tr.dwell_s == 10e-6 and tr.matrix == (64, 64, 64)
+    assert tr.gamma_hz_per_t == pytest.approx(11.262e6)

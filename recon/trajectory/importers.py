@@ -482,3 +482,27 @@ def parse_index_list(spec: str | None) -> list[int] | None:
         except ValueError as e:
             raise InputError(f"projection list: {item!r} is not an index or a range a-b") from e
     return out
+
+
+def trajectory_for_acquisition(path: str | os.PathLike, acq, **kw) -> Trajectory:
+    """:func:`import_trajectory` for ``narecon run --traj``: what the file lacks comes from the raw data.
+
+    narecon's HDF5 files are read as they are; for the other formats the dwell time, FOV,
+    matrix and gamma of ``acq`` fill in what the file does not store (a Pulseq file keeps its
+    own FOV and dwell; its ADCs per repetition are taken as ``acq``'s echoes). Keyword
+    arguments (units, gradient_delay_s, skip, drop, ...) pass through.
+    """
+    fmt = kw.pop("fmt", None) or detect_format(path)
+    if fmt == "narecon":
+        return import_trajectory(path, fmt=fmt, **kw)
+    from recon.io.profile import gamma_for
+
+    fill = {"gamma_hz_per_t": gamma_for(acq.nucleus)}
+    if fmt == "pulseq":
+        fill["echoes"] = acq.n_echoes
+    else:
+        fill.update(dwell_s=acq.dwell_s, fov_m=acq.fov_m, matrix=acq.matrix, n_samples=acq.n_samples)
+    for key, val in fill.items():
+        if kw.get(key) in (None, 1) and val is not None:
+            kw[key] = val
+    return import_trajectory(path, fmt=fmt, **kw)

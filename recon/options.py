@@ -191,6 +191,18 @@ class RunOptions:
     max_memory_gb: float = _o(
         16.0, kind="float", unit="GiB", low=0.01, high=1e5, help="refuse reconstructions estimated to need more memory"
     )
+    skip_projections: int = _o(
+        0, kind="int", low=0, high=10**7, help="leave out the readouts of the first N projections (steady state)"
+    )
+    drop_projections: str | None = _o(
+        None, kind="str", nullable=True, help="projections to leave out: '3,7,10-12' or a file of such indices"
+    )
+    dicom: bool = _o(
+        False, kind="bool", cli_action="store_true", help="also write DICOM series of the echoes and the TSC (mM) for PACS"
+    )
+    ismrmrd_images: bool = _o(
+        False, kind="bool", cli_action="store_true", help="also write images.h5 with ismrmrd.Image records (Gadgetron)"
+    )
     force: bool = _o(False, kind="bool", cli_action="store_true", help="replace an existing output directory")
     qa: bool = _o(True, kind="bool", cli_action="store_false", cli_dest_flag="--no-qa", help="write qa.png")
 

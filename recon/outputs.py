@@ -88,6 +88,9 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
         if result.ratio is not None:
             nii("ratio_csf.nii.gz", result.ratio, "narecon TSC ratio to reference region")
         (tmp / "calibration.json").write_text(json.dumps(cal_dict, indent=2, default=json_default))
+        from recon.export.run_outputs import export_run  # BIDS sidecars; DICOM / ISMRMRD images if asked
+
+        export_run(tmp, result)
         prov = dict(result.provenance)
         prov["inputs"] = [{"path": os.path.abspath(p), "sha256": sha256_file(p), "bytes": os.path.getsize(p)} for p in acq.sources]
         prov["timings_s"] = dict(result.timings_s)

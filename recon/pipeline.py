@@ -150,6 +150,10 @@ def load_acquisition(source: Any, opts: RunOptions, timer: StageTimer | None = N
     )
     if not np.all(np.isfinite(acq.data)):
         raise InputError("raw data contain NaN or infinite samples", where)
+    if opts.skip_projections or opts.drop_projections:
+        from recon.trajectory.importers import drop_readouts, parse_index_list
+
+        acq = drop_readouts(acq, opts.skip_projections, parse_index_list(opts.drop_projections))
     return acq
 
 
@@ -160,15 +164,17 @@ def load_trajectory(acq, opts: RunOptions, plans: Plans | None = None, timer: St
     """
     from recon.io import build_trajectory, load_profile
     from recon.io.profile import trajectory_params
-    from recon.trajectory import read_trajectory
+    from recon.trajectory.importers import trajectory_for_acquisition
 
     plans = plans_or_default(plans)
     timer = timer or StageTimer()
     with timer.stage("trajectory"):
         if opts.traj:
             st = os.stat(opts.traj)
-            key = lambda: ("file", os.path.realpath(opts.traj), st.st_mtime_ns, st.st_size)  # noqa: E731
-            traj = plans.trajectory(key, lambda: read_trajectory(opts.traj))
+            # other formats than narecon's .h5 take dwell/FOV/matrix/echoes from the data: part of the key
+            fill = (acq.dwell_s, acq.fov_m, acq.matrix, acq.n_echoes, acq.nucleus)
+            key = lambda: ("file", os.path.realpath(opts.traj), st.st_mtime_ns, st.st_size, fill)  # noqa: E731
+            traj = plans.trajectory(key, lambda: trajectory_for_acquisition(opts.traj, acq))
             source = f"file {opts.traj}"
         else:
             profile = load_profile(opts.profile)
@@ -202,6 +208,9 @@ def check_trajectory(acq, traj, source: str) -> None:
         raise TrajectoryError(
             f"trajectory ({source}) does not match the data: {e.message}", acq.sources[0] if acq.sources else None
         ) from e
+    from recon.trajectory.units import check_trajectory_units
+
+    check_trajectory_units(traj, acq)  # k in cycles/m for this header and these data (both directions)
 
 
 def density_weights(traj, opts: RunOptions, plans: Plans | None = None, timer: StageTimer | None = None) -> tuple[np.ndarray, str]:
@@ -210,7 +219,7 @@ def density_weights(traj, opts: RunOptions, plans: Plans | None = None, timer: S
     if method == "auto":
         if traj.dcf is not None:
             return traj.dcf, "from trajectory file"
-        method = "analytic" if traj.params.get("generator") in ("tpi", "radial") else "pipe"
+        method = "analytic" if traj.params.get("generator") in ("tpi", "radial", "xenon-radial") else "pipe"
     timer = timer or StageTimer()
     with timer.stage(f"density compensation ({method})"):
         return plans_or_default(plans).dcf(traj, method), method

@@ -31,12 +31,16 @@ def test_outputs_written(sample_run):
     out, summary = sample_run
     names = sorted(p.name for p in out.iterdir())
     assert names == [
+        "b0_hz.json",
         "b0_hz.nii.gz",
         "calibration.json",
+        "echo1.json",
         "echo1.nii.gz",
+        "echo2.json",
         "echo2.nii.gz",
         "qa.png",
         "recon.h5",
+        "tsc_mM.json",
         "tsc_mM.nii.gz",
     ]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".narecon-tmp")]

@@ -259,3 +259,25 @@ def test_run_traj_reader_takes_missing_values_from_the_data(tmp_path):
     np.testing.assert_allclose(tr.k, k, rtol=1e-5, atol=1e-4)
     assert tr.dwell_s == 10e-6 and tr.matrix == (64, 64, 64)
     assert tr.gamma_hz_per_t == pytest.approx(11.262e6)
+
+
+@pytest.mark.parametrize("unit", ["1/cm", "cycles/FOV"])
+def test_run_refuses_a_trajectory_file_in_other_units(tmp_path, capsys, unit):
+    """The issue's case: a trajectory in 1/cm or grid units used to give exit 0 and a useless image."""
+    import dataclasses
+    from pathlib import Path
+
+    from recon.cli import main
+    from recon.io import build_trajectory, read_raw
+    from recon.trajectory import write_trajectory
+
+    sample = Path(__file__).resolve().parents[1] / "data_samples" / "raw.dat"
+    traj = build_trajectory(read_raw(sample))
+    fov = np.asarray(traj.fov_m)
+    # the numbers of another unit, written as if they were 1/m (grid units: k * FOV)
+    bad = dataclasses.replace(traj, k=traj.k * (fov if unit == "cycles/FOV" else 1e-2), dcf=None, waveforms=None)
+    write_trajectory(bad, tmp_path / "bad.h5")
+    rc = main(["run", str(sample), "--traj", str(tmp_path / "bad.h5"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc != 0 and f"likely {unit}" in err and "too small" in err
+    assert not (tmp_path / "out").exists()

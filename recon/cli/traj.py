@@ -81,7 +81,7 @@ def _register_import(ts) -> None:
         default=[-5.0],
         help="gradient delay in us, 1 or 3 values (kx ky kz); negative = early (-5)",
     )
-    _add_out(q)
+    _add_out(q, dcf="analytic")
     q.set_defaults(func=run_xenon)
 
 
@@ -93,9 +93,9 @@ def _add_corrections(q) -> None:
     q.add_argument("--drop", default=None, help="projections to drop: '3,7,10-12' or a file of such indices")
 
 
-def _add_out(q) -> None:
+def _add_out(q, dcf: str = "none") -> None:
     q.add_argument(
-        "--dcf", choices=["analytic", "pipe", "none"], default="none", help="density compensation stored in the file (none)"
+        "--dcf", choices=["analytic", "pipe", "none"], default=dcf, help=f"density compensation stored in the file ({dcf})"
     )
     q.add_argument("--out", required=True, help="output trajectory file (.h5)")
     q.add_argument("--force", action="store_true", help="overwrite an existing output file")

@@ -27,7 +27,7 @@ def gre(shared_twix):
     if not (shared_twix / SEQ).is_file():
         pytest.skip(f"{SEQ} absent from {shared_twix}")
     acq = read_raw(shared_twix / DAT, echo_from="order", n_echoes=3)
-    traj = import_trajectory(shared_twix / SEQ, echoes=3, matrix=(256, 256, 1))
+    traj = import_trajectory(shared_twix / SEQ, echoes=3)  # matrix inferred from the 1/FOV grid of k
     return acq, traj
 
 
@@ -48,6 +48,7 @@ def _fft_reference(y_lines: np.ndarray, k_grid: np.ndarray) -> np.ndarray:
 def test_seq_trajectory_is_the_cartesian_grid(gre):
     acq, traj = gre
     assert traj.k.shape == (256, 256, 3) and acq.data.shape == (3, 1, 256, 256)
+    assert traj.matrix == (256, 256, 1) and traj.fov_m == pytest.approx((0.256, 0.256, 0.003))
     assert traj.dwell_s == pytest.approx(12.5e-6)  # from the .seq (the twix header says 10 us: a dummy)
     kg = traj.k * np.asarray(traj.fov_m)
     # readout along kx one cycle/FOV per sample, lines along ky one cycle/FOV apart

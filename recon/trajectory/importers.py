@@ -99,9 +99,17 @@ def detect_format(path: str | os.PathLike) -> str:
 
 
 def _infer_matrix(k: np.ndarray, fov: np.ndarray) -> tuple:
-    """Matrix per axis that puts the largest |k| at the Nyquist radius matrix / (2 FOV) (at least 1)."""
-    kmax = np.abs(k.reshape(-1, 3)).max(axis=0)
-    return tuple(max(1, int(round(2 * km * f))) for km, f in zip(kmax, fov))
+    """Nominal matrix per axis: the number of grid lines where k sits on a 1/FOV grid (Cartesian),
+    else the matrix whose Nyquist radius matrix / (2 FOV) is the largest |k| (at least 1)."""
+    out = []
+    for a in range(3):
+        kg = k[..., a].reshape(-1) * fov[a]  # cycles/FOV
+        vals = np.unique(np.round(kg, 2))
+        if vals.size <= 4096 and (vals.size == 1 or np.all(np.abs(np.diff(vals) - 1.0) < 0.02)):
+            out.append(int(vals.size))
+        else:
+            out.append(max(1, int(round(2 * np.abs(kg).max()))))
+    return tuple(out)
 
 
 def _finish(k, t, fov_m, matrix, dwell_s, gamma, params, path) -> Trajectory:

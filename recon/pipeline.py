@@ -164,7 +164,7 @@ def load_trajectory(acq, opts: RunOptions, plans: Plans | None = None, timer: St
     """
     from recon.io import build_trajectory, load_profile
     from recon.io.profile import trajectory_params
-    from recon.trajectory.importers import trajectory_for_acquisition
+    from recon.trajectory.importers import detect_format, trajectory_for_acquisition
 
     plans = plans_or_default(plans)
     timer = timer or StageTimer()
@@ -172,7 +172,7 @@ def load_trajectory(acq, opts: RunOptions, plans: Plans | None = None, timer: St
         if opts.traj:
             st = os.stat(opts.traj)
             # other formats than narecon's .h5 take dwell/FOV/matrix/echoes from the data: part of the key
-            fill = (acq.dwell_s, acq.fov_m, acq.matrix, acq.n_echoes, acq.nucleus)
+            fill = () if detect_format(opts.traj) == "narecon" else (acq.dwell_s, acq.fov_m, acq.matrix, acq.n_echoes, acq.nucleus)
             key = lambda: ("file", os.path.realpath(opts.traj), st.st_mtime_ns, st.st_size, fill)  # noqa: E731
             traj = plans.trajectory(key, lambda: trajectory_for_acquisition(opts.traj, acq))
             source = f"file {opts.traj}"

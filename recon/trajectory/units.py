@@ -53,9 +53,10 @@ def check_trajectory_units(traj, acq, source: str | None = None) -> dict[str, fl
     src = source or (acq.sources[0] if getattr(acq, "sources", None) else None)
     # Pulseq interpreters write dummy protocol values: there the trajectory's own FOV/matrix are the reference
     pulseq = "pulseq" in str((getattr(acq, "header", None) or {}).get("sequence", "")).lower()
-    use_hdr = acq.fov_m is not None and acq.matrix is not None and not pulseq
-    fov = np.broadcast_to(np.asarray(acq.fov_m if use_hdr else traj.fov_m, dtype=float), (3,))
-    mat = np.broadcast_to(np.asarray(acq.matrix if use_hdr else traj.matrix, dtype=float), (3,))
+    hdr_fov, hdr_mat = getattr(acq, "fov_m", None), getattr(acq, "matrix", None)
+    use_hdr = hdr_fov is not None and hdr_mat is not None and not pulseq
+    fov = np.broadcast_to(np.asarray(hdr_fov if use_hdr else traj.fov_m, dtype=float), (3,))
+    mat = np.broadcast_to(np.asarray(hdr_mat if use_hdr else traj.matrix, dtype=float), (3,))
     # axes the header declares as resolved (matrix > 1): a 2D slice has no kz to speak of
     ax = mat > 1
     if not np.any(ax):
@@ -81,7 +82,7 @@ def check_trajectory_units(traj, acq, source: str | None = None) -> dict[str, fl
         "reference": "header" if use_hdr else "trajectory",
     }
     # the data's own k-space centre along the readout
-    if acq.n_samples != traj.n_samples or acq.n_samples < 3:
+    if getattr(acq, "data", None) is None or acq.n_samples != traj.n_samples or acq.n_samples < 3:
         return out
     pidx = np.asarray(acq.projection_index)[0]
     if pidx.max() >= traj.n_projections:

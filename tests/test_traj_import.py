@@ -281,3 +281,11 @@ def test_run_refuses_a_trajectory_file_in_other_units(tmp_path, capsys, unit):
     err = capsys.readouterr().err
     assert rc != 0 and f"likely {unit}" in err and "too small" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_foreign_seq_file_is_one_clear_error(tmp_path):
+    pytest.importorskip("pypulseq")
+    (tmp_path / "x.seq").write_text("# not a sequence\n[VERSION]\nmajor 9\n")
+    with pytest.raises(TrajectoryError, match="not a readable Pulseq sequence") as e:
+        import_trajectory(tmp_path / "x.seq")
+    assert str(tmp_path / "x.seq") in str(e.value)

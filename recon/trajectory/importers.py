@@ -25,6 +25,7 @@ the trajectory whole (the pipeline picks k by each readout's projection index).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -123,27 +124,15 @@ def _finish(k, t, fov_m, matrix, dwell_s, gamma, params, path) -> Trajectory:
 
 
 # ------------------------------------------------------------------------------------ Pulseq
-def read_pulseq(
-    path: str | os.PathLike,
-    fov_m=None,
-    matrix=None,
-    gamma_hz_per_t: float | None = None,
-    echoes: int = 1,
-    echo: int | None = None,
-) -> Trajectory:
-    """k of every ADC sample of a Pulseq ``.seq`` file (pypulseq ``calculate_kspace``), in 1/m.
-
-    One projection per ADC event (all ADCs must have the same number of samples and dwell).
-    ``echoes`` > 1: the ADCs are echo 0, 1, ... of each repetition in turn; ``echo`` picks
-    one (default: all echoes must share their k, and echo 0's are returned).
-    """
+@functools.lru_cache(maxsize=4)
+def _pulseq_kspace(path: str, mtime_ns: int, size: int):
+    """(k_adc (3, n), t_adc (n,), [(samples, dwell) per ADC], definitions, gamma) of a .seq file, cached by path and mtime."""
     try:
         import pypulseq as pp
     except ImportError as e:  # pragma: no cover - dependency
         raise TrajectoryError(f"reading Pulseq files needs pypulseq ({e})", path) from e
     import warnings
 
-    path = os.fspath(path)
     seq = pp.Sequence()
     try:
         with warnings.catch_warnings():
@@ -159,9 +148,36 @@ def read_pulseq(
             adcs.append((int(b.adc.num_samples), float(b.adc.dwell)))
     if not adcs:
         raise TrajectoryError("the sequence has no ADC events", path)
-    shapes = {a for a in adcs}
+    shapes = set(adcs)
     if len(shapes) != 1:
         raise TrajectoryError(f"ADC events differ in samples/dwell: {sorted(shapes)}", path)
+    k = np.asarray(k_adc, dtype=np.float64)
+    t = np.asarray(t_adc, dtype=np.float64)
+    k.setflags(write=False)
+    t.setflags(write=False)
+    defs = dict(getattr(seq, "definitions", {}) or {})
+    return k, t, tuple(adcs), defs, getattr(seq.system, "gamma", None)
+
+
+def read_pulseq(
+    path: str | os.PathLike,
+    fov_m=None,
+    matrix=None,
+    gamma_hz_per_t: float | None = None,
+    echoes: int = 1,
+    echo: int | None = None,
+) -> Trajectory:
+    """k of every ADC sample of a Pulseq ``.seq`` file (pypulseq ``calculate_kspace``), in 1/m.
+
+    One projection per ADC event (all ADCs must have the same number of samples and dwell).
+    ``echoes`` > 1: the ADCs are echo 0, 1, ... of each repetition in turn; ``echo`` picks
+    one (default: all echoes must share their k, and echo 0's are returned).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise TrajectoryError("Pulseq file not found", path)
+    st = os.stat(path)
+    k_adc, t_adc, adcs, defs, sys_gamma = _pulseq_kspace(os.path.realpath(path), st.st_mtime_ns, st.st_size)
     n_samp, dwell = adcs[0]
     n_adc = len(adcs)
     k = np.asarray(k_adc, dtype=np.float64).T.reshape(n_adc, n_samp, 3)
@@ -175,7 +191,7 @@ def read_pulseq(
         ke = k.reshape(n_adc // echoes, echoes, n_samp, 3)
         if echo is None:
             # echoes share k if they differ by < 1e-3 cycles/FOV (gradient-raster rounding does less)
-            fov_chk = np.broadcast_to(np.asarray(fov_m if fov_m is not None else (seq.definitions or {}).get("FOV", 1.0)), (3,))
+            fov_chk = np.broadcast_to(np.asarray(fov_m if fov_m is not None else defs.get("FOV", 1.0)), (3,))
             spread = np.abs(ke - ke[:, :1]).max(axis=(0, 1, 2))
             spread = float((spread * fov_chk).max())
             if spread > 1e-3:
@@ -190,13 +206,12 @@ def read_pulseq(
         k = ke[:, echo]
         if t.ndim == 2:
             t = t.reshape(n_adc // echoes, echoes, n_samp)[:, echo]
-    defs = getattr(seq, "definitions", {}) or {}
     if fov_m is None:
         fov = defs.get("FOV")
         if fov is None:
             raise TrajectoryError("the sequence defines no FOV: give fov_m (--fov-mm)", path)
         fov_m = np.asarray(fov, dtype=float)
-    gamma = float(gamma_hz_per_t or getattr(seq.system, "gamma", GAMMA_BAR_1H_HZ_PER_T) or GAMMA_BAR_1H_HZ_PER_T)
+    gamma = float(gamma_hz_per_t or sys_gamma or GAMMA_BAR_1H_HZ_PER_T)
     params = {"generator": "pulseq", "source": os.path.basename(path), "sequence_name": str(defs.get("Name", ""))}
     if echoes > 1:
         params.update(echoes=int(echoes), echo=int(echo))

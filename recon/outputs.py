@@ -62,9 +62,8 @@ def check_output_dir(out_dir: str | os.PathLike, *, force: bool = False, inputs:
 
 def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, qa: bool = True) -> dict[str, float]:
     """Write ``result`` into ``out_dir`` atomically; returns the writer's timings (s)."""
-    import nibabel as nib
-
     from recon.atomic import atomic_dir
+    from recon.export.nifti import save_nifti
     from recon.log import StageTimer
 
     timer = StageTimer()
@@ -74,11 +73,8 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
     cal_dict = result.calibration_dict()
     with atomic_dir(out_dir, overwrite=force) as tmp, timer.stage("write outputs"):
 
-        def nii(name: str, vol: np.ndarray, desc: str) -> None:
-            img = nib.Nifti1Image(np.asarray(vol, dtype=np.float32), affine)
-            img.header.set_xyzt_units("mm", "sec")
-            img.header["descrip"] = desc[:79].encode()
-            nib.save(img, str(tmp / name))
+        def nii(name: str, vol: np.ndarray, desc: str) -> None:  # qform = sform = scanner (code 1), as dcm2niix
+            save_nifti(tmp / name, vol, affine, desc)
 
         if result.tsc_mM is not None:
             nii("tsc_mM.nii.gz", result.tsc_mM, "narecon TSC mM")

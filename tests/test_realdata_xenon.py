@@ -103,7 +103,7 @@ def consortium(shared_twix, tmp_path_factory):
     assert main(args + ["--nucleus-check", "off", "--no-qa", "--out", str(tmp / "out")]) == 0
     imgs = [nib.load(tmp / "out" / f"echo{e}.nii.gz") for e in (1, 2)]
     for im in imgs:
-        assert int(im.header["sform_code"]) in (1, 2)
+        assert int(im.header["sform_code"]) == 1 and int(im.header["qform_code"]) == 1  # scanner, as dcm2niix
     return np.stack([np.asarray(im.dataobj) for im in imgs]), imgs[0].affine, tmp / "out"
 
 

@@ -62,7 +62,8 @@ def test_info_reports_trajectory_mismatch(na_file, capsys):
     assert main(["info", str(p), "--json"]) == 0
     t = json.loads(capsys.readouterr().out)["trajectory"]
     assert t["generator"] == "tpi" and t["matches"] is False
-    assert f"samples per readout: data {acq.n_samples}" in t["mismatch"]
+    # the readout count already differs from the design's, so the trajectory is not generated
+    assert f"projections: data {acq.n_projections} readouts per echo" in t["mismatch"]
 
 
 def test_info_text_real_file(shared_twix, capsys):
@@ -78,9 +79,42 @@ def test_info_text_real_file(shared_twix, capsys):
 
 
 def test_info_two_files(na_file, capsys):
+    import shutil
+
     p, _ = na_file
-    assert main(["info", str(p), str(p), "--json", "--no-trajectory"]) == 0
+    p2 = p.with_name("na_copy.dat")
+    shutil.copy(p, p2)
+    assert main(["info", str(p), str(p2), "--json", "--no-trajectory"]) == 0
     assert json.loads(capsys.readouterr().out)["n_echoes"] == 4
+
+
+def test_same_file_twice_is_an_error(na_file, capsys):
+    p, _ = na_file
+    assert main(["info", str(p), str(p.parent / "." / p.name), "--no-trajectory"]) == 2
+    err = capsys.readouterr().err
+    assert "given twice" in err and p.name in err
+
+
+def test_info_does_not_generate_a_trajectory_that_cannot_match(shared_twix, capsys, monkeypatch):
+    import recon.io.profile as prof
+
+    def boom(*a, **k):
+        raise AssertionError("generate_trajectory called for a file whose readout count cannot match")
+
+    monkeypatch.setattr(prof, "generate_trajectory", boom)
+    assert main(["info", str(shared_twix / "twixtools_gre.dat"), "--json"]) == 0
+    t = json.loads(capsys.readouterr().out)["trajectory"]
+    assert t["matches"] is False and "not generated" in t["mismatch"] and t["n_projections"] == 3920
+
+
+def test_info_predicted_projections_agree_with_generated():
+    from recon.cli.info import predicted_projections
+    from recon.trajectory import density_adapted_radial, tpi
+
+    prm = {"generator": "tpi", "fov_m": 0.224, "res_m": 0.014, "p": 0.3, "undersampling": 2.0}
+    assert predicted_projections(prm) == tpi(fov_m=0.224, res_m=0.014, p=0.3, undersampling=2.0).n_projections
+    prm = {"generator": "radial", "fov_m": 0.224, "res_m": 0.014}
+    assert predicted_projections(prm) == density_adapted_radial(fov_m=0.224, res_m=0.014).n_projections
 
 
 def test_info_bad_input_exit_2_no_traceback(tmp_path):

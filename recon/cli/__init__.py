@@ -41,13 +41,30 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{__name__}.{mod.name}")
         if hasattr(module, "register"):
             module.register(sub)
+    # -v / -q are accepted after the command name too (``narecon run ... -v``): each subparser gets
+    # them under other names (a subparser's defaults would otherwise overwrite the main parser's)
+    _add_log_flags(sub)
     return parser
+
+
+def _add_log_flags(sub: argparse._SubParsersAction) -> None:
+    """Add -v/-q to every (nested) subcommand parser, stored as ``verbose_cmd``/``quiet_cmd``."""
+    for sp in set(sub.choices.values()):
+        nested = [a for a in sp._actions if isinstance(a, argparse._SubParsersAction)]
+        for a in nested:
+            _add_log_flags(a)
+        if nested:
+            continue
+        sp.add_argument("-v", "--verbose", dest="verbose_cmd", action="count", default=0, help="debug logging (and tracebacks)")
+        sp.add_argument("-q", "--quiet", dest="quiet_cmd", action="store_true", help="warnings and errors only")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``narecon`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose = int(args.verbose) + int(getattr(args, "verbose_cmd", 0) or 0)
+    args.quiet = bool(args.quiet or getattr(args, "quiet_cmd", False))
     setup_logging(-1 if args.quiet else args.verbose)
     try:
         return int(args.func(args) or 0)

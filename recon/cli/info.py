@@ -49,6 +49,24 @@ def _clean(v):
     return v
 
 
+def predicted_projections(prm: dict) -> int | None:
+    """Projections of the design that ``prm`` (:func:`recon.io.profile.trajectory_params`) describes,
+    from the closed-form cone count (TPI) or the radial rule, without generating it; None if unknown."""
+    from recon.trajectory.tpi import tpi_cones
+
+    try:
+        kmax = 1.0 / (2.0 * float(prm.get("res_m", 0.0035)))
+        fov = float(prm.get("fov_m", 0.224))
+        us = float(prm.get("undersampling") or 1.0)
+        if prm.get("generator", "tpi") == "radial":
+            if prm.get("n_projections") is not None:
+                return int(prm["n_projections"])
+            return int(round(4 * math.pi * (kmax * fov) ** 2 / us))
+        return int(tpi_cones(kmax, fov, float(prm.get("p", 0.3)), us)[1].sum())
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
 def summarize(acq, profile_path: str | None = None, trajectory: bool = True) -> dict:
     """The ``info`` summary of an Acquisition as a JSON-ready dict."""
     from recon.errors import NareconError
@@ -92,6 +110,18 @@ def summarize(acq, profile_path: str | None = None, trajectory: bool = True) -> 
             prm = trajectory_params(acq, prof)
             t["generator"] = prm["generator"]
             t["params"] = prm
+            n_pred = predicted_projections(prm)
+            if n_pred is not None and n_pred != acq.n_projections:
+                # generating e.g. the 3920-projection TPI takes seconds: not for a file it cannot match
+                t["n_projections"] = n_pred
+                t["n_samples"] = None
+                t["matches"] = False
+                t["mismatch"] = (
+                    f"projections: data {acq.n_projections} readouts per echo, the profile's design "
+                    f"{n_pred} (trajectory not generated)"
+                )
+                out["trajectory"] = t
+                return _clean(out)
             traj = generate_trajectory(acq, prof)
             t["n_projections"] = traj.n_projections
             t["n_samples"] = traj.n_samples
@@ -155,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
             w(f"trajectory          profile {t['profile']}: {t['error']}\n")
         else:
             p = t["params"]
+            if t.get("n_samples") is None:
+                t["n_samples"] = "?"
             desc = (
                 f"{t['generator']} p={p.get('p')}, FOV {p.get('fov_m', 0) * 1e3:g} mm, res "
                 f"{p.get('res_m', 0) * 1e3:g} mm"

@@ -57,6 +57,10 @@ def read_raw(
     paths = list(paths)
     if not paths:
         raise InputError("no raw data file given")
+    seen = [os.path.realpath(p) for p in paths]
+    for i, rp in enumerate(seen):
+        if rp in seen[:i]:
+            raise InputError("the same raw file is given twice (give each echo file once)", paths[i])
     fmts = {raw_format(p) for p in paths}
     if fmts == {"ismrmrd"}:
         if len(paths) != 1:

@@ -69,6 +69,16 @@ class Acquisition:
             self.projection_index = np.tile(np.arange(self.data.shape[2]), (self.data.shape[0], 1))
         self.projection_index = np.asarray(self.projection_index)
 
+    def __repr__(self) -> str:
+        te = ", ".join(f"{t * 1e3:.3g}" for t in self.te_s)
+        src = ", ".join(str(s) for s in self.sources) or "memory"
+        noise = "none" if self.noise is None else f"{np.asarray(self.noise).shape[-1]} samples"
+        return (
+            f"Acquisition({self.nucleus}: {self.n_echoes} echo(es) TE [{te}] ms, {self.n_coils} coil(s), "
+            f"{self.n_projections} readouts x {self.n_samples} samples, TR {self.tr_s * 1e3:.4g} ms, "
+            f"dwell {self.dwell_s * 1e6:.4g} us, noise {noise}, from {src})"
+        )
+
     @property
     def n_echoes(self) -> int:
         return int(self.data.shape[0])

@@ -160,9 +160,7 @@ def run(args: argparse.Namespace) -> int:
     )
     tes = ", ".join(_fmt_t(t, 1e3, "ms") for t in s["te_s"])
     w(f"echoes              {s['n_echoes']}  (TE {tes})\n")
-    w(
-        f"TR / flip           {_fmt_t(s['tr_s'], 1e3, 'ms')} / {_fmt_t(s['flip_deg'], 1, 'deg')}\n"
-    )
+    w(f"TR / flip           {_fmt_t(s['tr_s'], 1e3, 'ms')} / {_fmt_t(s['flip_deg'], 1, 'deg')}\n")
     w(f"dwell               {_fmt_t(s['dwell_s'], 1e6, 'us')}\n")
     w(f"readouts per echo   {s['readouts_per_echo']}\n")
     w(f"samples per readout {s['n_samples']}\n")
@@ -187,17 +185,7 @@ def run(args: argparse.Namespace) -> int:
             p = t["params"]
             if t.get("n_samples") is None:
                 t["n_samples"] = "?"
-            desc = (
-                f"{t['generator']} p={p.get('p')}, FOV {p.get('fov_m', 0) * 1e3:g} mm, res "
-                f"{p.get('res_m', 0) * 1e3:g} mm"
-            )
-            w(
-                f"trajectory          profile {t['profile']}: {desc}: {t['n_projections']} projections x "
-                f"{t['n_samples']} samples\n"
-            )
-            w(
-                "                    "
-                + ("matches the data" if t["matches"] else "DOES NOT MATCH: " + t["mismatch"])
-                + "\n"
-            )
+            desc = f"{t['generator']} p={p.get('p')}, FOV {p.get('fov_m', 0) * 1e3:g} mm, res {p.get('res_m', 0) * 1e3:g} mm"
+            w(f"trajectory          profile {t['profile']}: {desc}: {t['n_projections']} projections x {t['n_samples']} samples\n")
+            w("                    " + ("matches the data" if t["matches"] else "DOES NOT MATCH: " + t["mismatch"]) + "\n")
     return 0

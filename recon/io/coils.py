@@ -13,6 +13,16 @@
   calibration data rather than images.
 * :func:`sos_combine`: root sum of squares, the fallback (magnitude only).
 * :func:`combine_coils`: dispatch, with a single coil passed through unchanged.
+
+Unit chain: prewhitening divides the data by the noise level (W = L^-1), so whitened images
+are in noise units (a 4-coil scan came out at ~7e5 instead of the one-coil ~100). Given the
+noise covariance, the combination undoes that scaling: with x_w = W S rho and the whitened
+sensitivity estimate s_w = W S / ||W S|| (Walsh), the combined image is
+(s_w^H x_w) * ||L s_w|| = ||S|| rho, i.e. the raw signal units of the data, with the coils'
+root-sum-of-squares sensitivity ||S|| in the place a single coil's |S| has. A single coil of
+sensitivity S thus gives S rho as before, and several coils whose sensitivities have an RSS of 1
+give the same value as one uniform coil; the SNR-optimal weighting is unchanged (a per-voxel
+real scale). ``sos`` on the same terms is the RSS of the unwhitened images, ||S rho||.
 """
 
 from __future__ import annotations
@@ -42,9 +52,7 @@ def whitening_matrix(cov: np.ndarray) -> np.ndarray:
     return np.linalg.inv(L)
 
 
-def prewhiten(
-    data: np.ndarray, noise: np.ndarray | None = None, coil_axis: int = 1, cov: np.ndarray | None = None
-) -> np.ndarray:
+def prewhiten(data: np.ndarray, noise: np.ndarray | None = None, coil_axis: int = 1, cov: np.ndarray | None = None) -> np.ndarray:
     """Whiten ``data`` along ``coil_axis`` with the covariance of ``noise`` (C, N) or ``cov``.
 
     Example: ``acq.data = prewhiten(acq.data, acq.noise)`` (data (echo, coil, proj, sample)).
@@ -89,33 +97,68 @@ def coil_sensitivities(images: np.ndarray, kernel: int = 5) -> np.ndarray:
     return np.moveaxis(s, -1, 0)
 
 
-def adaptive_combine(images: np.ndarray, kernel: int = 5, noise_cov: np.ndarray | None = None) -> np.ndarray:
+def _check_cov(x: np.ndarray, noise_cov: np.ndarray) -> np.ndarray:
+    cov = np.asarray(noise_cov, dtype=np.complex128)
+    if cov.shape != (x.shape[0], x.shape[0]):
+        raise InputError(f"{x.shape[0]} coil images but a noise covariance of shape {cov.shape}")
+    return cov
+
+
+def adaptive_combine(
+    images: np.ndarray, kernel: int = 5, noise_cov: np.ndarray | None = None, prewhitened: bool = False
+) -> np.ndarray:
     """Adaptive (Walsh) combination of coil images (C, ...) -> complex64 (...).
 
-    ``noise_cov``: if the images are not prewhitened, give the coil noise covariance and they
-    are whitened first. The result is ||S|| rho, where S are the true sensitivities.
+    ``noise_cov`` (C, C): the coil noise covariance of the data. Without ``prewhitened`` the
+    images are whitened with it first; in both cases the result is put back into the data's
+    signal units, ||S|| rho (see the module docstring). Without ``noise_cov`` the images are
+    taken as they are and the result is ||S_x|| rho in their own units (noise units when they
+    were prewhitened).
     """
     x = np.asarray(images)
     if x.ndim < 2:
         raise InputError(f"coil images must be (n_coils, ...), got shape {x.shape}")
+    L = None
     if noise_cov is not None:
-        W = whitening_matrix(noise_cov)
-        x = np.tensordot(W, x, axes=(1, 0))
+        cov = _check_cov(x, noise_cov)
+        L = _cholesky(cov)
+        if not prewhitened:
+            x = np.tensordot(np.linalg.inv(L), x, axes=(1, 0))
     if x.shape[0] == 1:
-        return x[0].astype(np.complex64)
+        out = x[0] if L is None else x[0] * L[0, 0].real
+        return out.astype(np.complex64)
     s = coil_sensitivities(x, kernel)
-    return (np.conj(s) * x).sum(axis=0).astype(np.complex64)
+    out = (np.conj(s) * x).sum(axis=0)
+    if L is not None:  # ||L s_w|| = ||S|| / ||W S||: back from noise units to signal units
+        out = out * np.linalg.norm(np.tensordot(L, s, axes=(1, 0)), axis=0)
+    return out.astype(np.complex64)
+
+
+def _cholesky(cov: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError as e:
+        raise InputError("noise covariance is not positive definite (dead or duplicated channel?)") from e
 
 
 def combine_coils(
-    images: np.ndarray, method: str = "adaptive", kernel: int = 5, noise_cov: np.ndarray | None = None
+    images: np.ndarray,
+    method: str = "adaptive",
+    kernel: int = 5,
+    noise_cov: np.ndarray | None = None,
+    prewhitened: bool = False,
 ) -> np.ndarray:
-    """Combine coil images (C, ...): ``"adaptive"`` (complex) or ``"sos"`` (magnitude)."""
+    """Combine coil images (C, ...): ``"adaptive"`` (complex) or ``"sos"`` (magnitude).
+
+    With ``noise_cov`` (and ``prewhitened=True`` when the images were made from data whitened
+    by :func:`prewhiten` with that covariance) the result is in the data's signal units, so one
+    coil and several coils give the same scale (module docstring).
+    """
     if method == "adaptive":
-        return adaptive_combine(images, kernel, noise_cov)
+        return adaptive_combine(images, kernel, noise_cov, prewhitened)
     if method == "sos":
         x = np.asarray(images)
-        if noise_cov is not None:
-            x = np.tensordot(whitening_matrix(noise_cov), x, axes=(1, 0))
+        if noise_cov is not None and prewhitened:  # unwhiten: the RSS of the images in signal units
+            x = np.tensordot(_cholesky(_check_cov(x, noise_cov)), x, axes=(1, 0))
         return sos_combine(x)
     raise InputError(f"coil combination must be 'adaptive' or 'sos', got {method!r}")

@@ -29,6 +29,7 @@ EMPTY_COLUMNS = {
     "ttests": [
         "test",
         "measure",
+        "unit",
         "timepoint",
         "a",
         "b",
@@ -42,8 +43,10 @@ EMPTY_COLUMNS = {
         "df",
         "p",
         "cohen_dz",
+        "p_holm",
+        "p_bh",
     ],
-    "summary": ["timepoint", "tissue", "measure", "n", "mean", "sd", "min", "max"],
+    "summary": ["timepoint", "tissue", "measure", "unit", "n", "mean", "sd", "min", "max"],
     "counts": ["timepoint", "lesions_expected", "sessions_measured", "missing"],
 }
 
@@ -82,6 +85,28 @@ def md_table(rows: list[dict], columns: list[str], formats: dict | None = None) 
     return "\n".join(out) + "\n"
 
 
+def time_axis(timepoints: list[str]) -> tuple[dict[str, float], str, bool]:
+    """x positions of the time points for the time-course figures: days after treatment from the
+    labels (pre = 0, 48h = 2, 1w = 7, 1m = 30.4, 3m = 91.3; :func:`recon.analysis.stats.timepoint_hours`),
+    or, when a label has no time (e.g. "visit2"), evenly spaced categories. Returns
+    (positions, x label, whether it is a real time axis)."""
+    from recon.analysis.stats import timepoint_hours
+
+    hours = [timepoint_hours(tp) for tp in timepoints]
+    if all(h is not None for h in hours):
+        return {tp: h / 24.0 for tp, h in zip(timepoints, hours)}, "days after treatment (pre = 0)", True
+    return {tp: float(i) for i, tp in enumerate(timepoints)}, "time point (labels without a time: evenly spaced)", False
+
+
+def _label_time_axis(ax, timepoints, xpos, xlabel, on_time_axis) -> None:
+    ax.set_xlabel(xlabel)
+    if not on_time_axis:
+        ax.set_xticks([xpos[tp] for tp in timepoints], timepoints)
+        return
+    top = ax.secondary_xaxis("top")  # the labels where they are on the time axis
+    top.set_xticks([xpos[tp] for tp in timepoints], timepoints, fontsize=7, rotation=90)
+
+
 def _figures(data: st.StudyData, tc: list[dict], vols: list[dict], out: Path) -> list[tuple[str, str]]:
     import matplotlib
 
@@ -89,7 +114,7 @@ def _figures(data: st.StudyData, tc: list[dict], vols: list[dict], out: Path) ->
     import matplotlib.pyplot as plt
 
     figs = []
-    xpos = {tp: i for i, tp in enumerate(data.timepoints)}
+    xpos, xlabel, on_time_axis = time_axis(data.timepoints)
     lesions = sorted({(r["subject"], r["lesion"]) for r in tc})
     if tc:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -99,8 +124,7 @@ def _figures(data: st.StudyData, tc: list[dict], vols: list[dict], out: Path) ->
             axes[0].plot(x, [r["tsc_mM"] for r in rr], "o-", label=f"{subj}/{les}")
             axes[1].plot(x, [r["ratio"] for r in rr], "o-", label=f"{subj}/{les}")
         for ax, yl in zip(axes, ("tumour TSC (mM)", f"tumour TSC / {data.ref}")):
-            ax.set_xticks(range(len(data.timepoints)), data.timepoints)
-            ax.set_xlabel("time point")
+            _label_time_axis(ax, data.timepoints, xpos, xlabel, on_time_axis)
             ax.set_ylabel(yl)
             ax.grid(alpha=0.3)
         axes[1].legend(fontsize=7, ncol=2)
@@ -113,11 +137,8 @@ def _figures(data: st.StudyData, tc: list[dict], vols: list[dict], out: Path) ->
         fig, ax = plt.subplots(figsize=(6, 4.2))
         for subj, les in sorted({(r["subject"], r["lesion"]) for r in vols}):
             rr = [r for r in vols if (r["subject"], r["lesion"]) == (subj, les)]
-            ax.plot(
-                [xpos[r["timepoint"]] for r in rr], [r["volume_mL"] for r in rr], "o-", label=f"{subj}/{les}"
-            )
-        ax.set_xticks(range(len(data.timepoints)), data.timepoints)
-        ax.set_xlabel("time point")
+            ax.plot([xpos[r["timepoint"]] for r in rr], [r["volume_mL"] for r in rr], "o-", label=f"{subj}/{les}")
+        _label_time_axis(ax, data.timepoints, xpos, xlabel, on_time_axis)
         ax.set_ylabel("tumour volume (mL)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
@@ -141,9 +162,7 @@ def _figures(data: st.StudyData, tc: list[dict], vols: list[dict], out: Path) ->
                     positions.append(ti + (k - (ntp - 1) / 2) * width)
                     labels.append(k)
         if groups:
-            bp = ax.boxplot(
-                groups, positions=positions, widths=width * 0.85, patch_artist=True, showfliers=True
-            )
+            bp = ax.boxplot(groups, positions=positions, widths=width * 0.85, patch_artist=True, showfliers=True)
             for patch, k in zip(bp["boxes"], labels):
                 patch.set_facecolor(colors[k % len(colors)])
                 patch.set_alpha(0.6)
@@ -202,10 +221,8 @@ def _markdown(data, tables, written, figs, thr, sessions_path) -> str:
     L.append("## Sessions per time point\n")
     L.append(md_table(tables["counts"], ["timepoint", "lesions_expected", "sessions_measured", "missing"]))
     L.append(f"\n## Baseline ({data.baseline}): per-tissue summary\n")
-    L.append(
-        "Lesion tissues (tumour, contralateral, oedema) are counted per lesion; CSF, WM and GM per subject.\n"
-    )
-    L.append(md_table(tables["summary"], ["tissue", "measure", "n", "mean", "sd", "min", "max"]))
+    L.append("Lesion tissues (tumour, contralateral, oedema) are counted per lesion; CSF, WM and GM per subject.\n")
+    L.append(md_table(tables["summary"], ["tissue", "measure", "unit", "n", "mean", "sd", "min", "max"]))
     L.append("\n## Per-session values (the study's table)\n")
     cols = (
         ["subject", "lesion", "timepoint"]
@@ -216,7 +233,11 @@ def _markdown(data, tables, written, figs, thr, sessions_path) -> str:
     L.append("\n## Paired t-tests\n")
     L.append(
         "Two-sided paired t-tests (scipy.stats.ttest_rel) on complete pairs only; n = pairs used, "
-        "missing = units with only one side. Effect size Cohen's d_z = mean(diff) / SD(diff).\n"
+        "missing = units with only one side. Effect size Cohen's d_z = mean(diff) / SD(diff). "
+        f"Means in the measure's unit (mM for TSC, 1 for ratios). The {sum(1 for r in tables['ttests'] if math.isfinite(r['p']))} "
+        "tests with a p-value form one family: p_holm is Holm's step-down adjustment (family-wise error "
+        "rate), p_bh Benjamini-Hochberg's (false discovery rate); judge significance by these, not by "
+        "the raw p.\n"
     )
     L.append(
         md_table(
@@ -233,9 +254,11 @@ def _markdown(data, tables, written, figs, thr, sessions_path) -> str:
                 "t",
                 "df",
                 "p",
+                "p_holm",
+                "p_bh",
                 "cohen_dz",
             ],
-            {"p": fmt_p, "t": lambda v: fmt(v, 3), "cohen_dz": lambda v: fmt(v, 3)},
+            {"p": fmt_p, "p_holm": fmt_p, "p_bh": fmt_p, "t": lambda v: fmt(v, 3), "cohen_dz": lambda v: fmt(v, 3)},
         )
     )
     if tables["timecourse"]:

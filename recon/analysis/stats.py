@@ -54,9 +54,7 @@ def paired_ttest(a: dict, b: dict, universe=None) -> PairedTest:
     from scipy import stats
 
     keys_all = set(a) | set(b) | (set(universe) if universe is not None else set())
-    keys = sorted(
-        (k for k in keys_all if k in a and k in b and np.isfinite(a[k]) and np.isfinite(b[k])), key=str
-    )
+    keys = sorted((k for k in keys_all if k in a and k in b and np.isfinite(a[k]) and np.isfinite(b[k])), key=str)
     x = np.array([a[k] for k in keys], float)
     y = np.array([b[k] for k in keys], float)
     n = len(keys)
@@ -71,9 +69,35 @@ def paired_ttest(a: dict, b: dict, universe=None) -> PairedTest:
         res = stats.ttest_rel(x, y)
         t, p = float(res.statistic), float(res.pvalue)
         dz = float(d.mean() / sd)
-    return PairedTest(
-        n, len(keys_all) - n, float(x.mean()), float(y.mean()), float(d.mean()), sd, t, max(n - 1, 0), p, dz
-    )
+    return PairedTest(n, len(keys_all) - n, float(x.mean()), float(y.mean()), float(d.mean()), sd, t, max(n - 1, 0), p, dz)
+
+
+def adjust_pvalues(p) -> tuple[np.ndarray, np.ndarray]:
+    """Multiple-comparison adjusted p-values (Holm, Benjamini-Hochberg) of the finite entries of ``p``.
+
+    Holm (1979) step-down controls the family-wise error rate: with the m finite p-values sorted
+    ascending, p_holm(i) = max_{j <= i} min(1, (m - j + 1) p(j)). Benjamini-Hochberg (1995)
+    controls the false discovery rate: :func:`scipy.stats.false_discovery_control` (method "bh").
+    NaN entries (tests that could not be computed) stay NaN and do not count in m.
+    Returns (p_holm, p_bh) as float arrays of the shape of ``p``.
+    """
+    from scipy import stats
+
+    p = np.asarray(p, dtype=float)
+    holm = np.full(p.shape, np.nan)
+    bh = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    m = int(ok.sum())
+    if m == 0:
+        return holm, bh
+    pv = p[ok]
+    order = np.argsort(pv, kind="stable")
+    stepped = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * pv[order]))
+    h = np.empty(m)
+    h[order] = stepped
+    holm[ok] = h
+    bh[ok] = stats.false_discovery_control(pv, method="bh")
+    return holm, bh
 
 
 def ellipsoid_volume_mm3(a_mm: float, b_mm: float, m_mm: float, c: float) -> float:

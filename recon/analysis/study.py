@@ -43,7 +43,7 @@ import numpy as np
 
 from recon.analysis import roi as roimod
 from recon.analysis.roi import TISSUE_ALIASES, tissue_of  # noqa: F401  (re-exported)
-from recon.analysis.stats import ellipsoid_volume_mm3, order_timepoints, paired_ttest, timepoint_hours
+from recon.analysis.stats import adjust_pvalues, ellipsoid_volume_mm3, order_timepoints, paired_ttest, timepoint_hours
 from recon.errors import ConfigError, InputError
 
 log = logging.getLogger("recon.analysis.study")
@@ -98,9 +98,7 @@ def read_sessions(path: str | os.PathLike) -> list[Session]:
         raise InputError("sessions table not found", p)
     try:
         with open(p, newline="", encoding="utf-8-sig") as f:
-            lines = [
-                (n, ln) for n, ln in enumerate(f, start=1) if ln.strip() and not ln.lstrip().startswith("#")
-            ]
+            lines = [(n, ln) for n, ln in enumerate(f, start=1) if ln.strip() and not ln.lstrip().startswith("#")]
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read sessions table: {e}", p) from e
     if len(lines) < 2:
@@ -122,9 +120,7 @@ def read_sessions(path: str | os.PathLike) -> list[Session]:
         )
     dim_cols = [c for c in ("a_mm", "b_mm", "m_mm", "c") if c in colmap]
     if dim_cols and len(dim_cols) != 4:
-        raise InputError(
-            f"volume columns need all of a_mm, b_mm, m_mm, c; found only {', '.join(dim_cols)}", p
-        )
+        raise InputError(f"volume columns need all of a_mm, b_mm, m_mm, c; found only {', '.join(dim_cols)}", p)
     out: list[Session] = []
     seen: set[tuple[str, str, str]] = set()
     for n, ln in lines[1:]:
@@ -187,9 +183,7 @@ def measure_study(
         raise ConfigError(f"baseline {baseline!r} is not a time point of the study ({', '.join(tps)})")
     for t in tps:
         if timepoint_hours(t) is None:
-            log.warning(
-                "time point %r is not a recognised label (pre, 48h, 1w, 1m, ...): ordered as it appears", t
-            )
+            log.warning("time point %r is not a recognised label (pre, 48h, 1w, 1m, ...): ordered as it appears", t)
     ref_t = tissue_of(ref)
     data = StudyData(sessions, tps, baseline, ref_t, [])
     images: dict[str, roimod.Image] = {}
@@ -229,18 +223,14 @@ def measure_study(
         tsc = {t: float(np.mean(v)) for t, v in by_t.items()}
         data.tsc[key] = tsc
         refv = tsc.get(ref_t)
-        data.ratio[key] = (
-            {t: (v / refv if refv else float("nan")) for t, v in tsc.items()} if refv is not None else {}
-        )
+        data.ratio[key] = {t: (v / refv if refv else float("nan")) for t, v in tsc.items()} if refv is not None else {}
         if refv is None:
             log.warning("%s line %d: no %s ROI, so no ratios for this session", sessions_path, s.line, ref_t)
         for row in data.roi_rows[-len(res) :]:
             row["ratio_ref"] = data.ratio[key].get(row["tissue"], float("nan"))
     if not data.tsc:
         raise InputError("no session has an image: nothing to measure", sessions_path)
-    data.tissues = [t for t in TISSUE_ORDER if t in tissues_seen] + [
-        t for t in tissues_seen if t not in TISSUE_ORDER
-    ]
+    data.tissues = [t for t in TISSUE_ORDER if t in tissues_seen] + [t for t in tissues_seen if t not in TISSUE_ORDER]
     return data
 
 
@@ -297,6 +287,7 @@ def summary_table(data: StudyData, tp: str | None = None) -> list[dict]:
                     "timepoint": tp,
                     "tissue": t,
                     "measure": measure if measure == "tsc_mM" else f"ratio_{data.ref}",
+                    "unit": "mM" if measure == "tsc_mM" else "1",
                     **_desc(vals.values()),
                 }
             )
@@ -323,10 +314,17 @@ def lesion_table(data: StudyData) -> list[dict]:
 
 
 def ttest_table(data: StudyData) -> list[dict]:
-    """Paired t-tests: tissue comparisons at each time point, and each time point vs baseline."""
+    """Paired t-tests: tissue comparisons at each time point, and each time point vs baseline.
+
+    The whole table is one family for the multiple-comparison corrections: ``p_holm`` (Holm,
+    family-wise error rate) and ``p_bh`` (Benjamini-Hochberg, false discovery rate) adjust the
+    raw ``p`` over every test with a finite p (:func:`recon.analysis.stats.adjust_pvalues`).
+    Means and SDs are in ``unit`` (mM for TSC, 1 for ratios).
+    """
     rows = []
     for measure in ("tsc", "ratio"):
         mname = "tsc_mM" if measure == "tsc" else f"ratio_{data.ref}"
+        unit = "mM" if measure == "tsc" else "1"
         for a, b in COMPARISONS:
             if a not in data.tissues or b not in data.tissues:
                 continue
@@ -342,7 +340,15 @@ def ttest_table(data: StudyData) -> list[dict]:
                     uni = {(k[0],) for k in uni}
                 r = paired_ttest(va, vb, universe=uni)
                 rows.append(
-                    {"test": f"{a} vs {b}", "measure": mname, "timepoint": tp, "a": a, "b": b, **r.as_dict()}
+                    {
+                        "test": f"{a} vs {b}",
+                        "measure": mname,
+                        "unit": unit,
+                        "timepoint": tp,
+                        "a": a,
+                        "b": b,
+                        **r.as_dict(),
+                    }
                 )
         for t in data.tissues:
             if measure == "ratio" and t == data.ref:
@@ -356,12 +362,16 @@ def ttest_table(data: StudyData) -> list[dict]:
                     {
                         "test": f"{t}: {tp} vs {data.baseline}",
                         "measure": mname,
+                        "unit": unit,
                         "timepoint": tp,
                         "a": f"{t}@{tp}",
                         "b": f"{t}@{data.baseline}",
                         **r.as_dict(),
                     }
                 )
+    holm, bh = adjust_pvalues([r["p"] for r in rows])
+    for r, h, q in zip(rows, holm, bh):
+        r["p_holm"], r["p_bh"] = float(h), float(q)
     return rows
 
 
@@ -452,11 +462,7 @@ def rebound_table(data: StudyData, tissue: str = "tumour", threshold_mM: float =
     last = data.timepoints[-1]
     rows = []
     for subj, les in sorted({(s.subject, s.lesion) for s in data.sessions}):
-        series = [
-            (tp, data.tsc[(subj, les, tp)][tissue])
-            for tp in data.timepoints
-            if tissue in data.tsc.get((subj, les, tp), {})
-        ]
+        series = [(tp, data.tsc[(subj, les, tp)][tissue]) for tp in data.timepoints if tissue in data.tsc.get((subj, les, tp), {})]
         present = [tp for tp, _ in series]
         missing = [tp for tp in data.timepoints if tp not in present]
         row = {

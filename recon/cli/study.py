@@ -16,18 +16,17 @@ def register(sub) -> None:
     p.add_argument("sessions", help="sessions table (CSV)")
     p.add_argument("--out", required=True, help="output folder (written atomically)")
     p.add_argument("--ref", default="CSF", help="reference tissue for ratios (CSF)")
+    p.add_argument("--baseline", default=None, help="baseline time point label (default: the earliest, e.g. pre)")
     p.add_argument(
-        "--baseline", default=None, help="baseline time point label (default: the earliest, e.g. pre)"
-    )
-    p.add_argument(
-        "--rise-threshold-mm",
+        "--rise-threshold-mM",
+        dest="rise_threshold_mM",
         type=float,
         default=0.0,
-        help="flag a lesion when TSC at the last time point exceeds the previous one by > this (mM; 0)",
+        help="flag a lesion when TSC at the last time point exceeds the previous one by more than this concentration (mM; 0)",
     )
-    p.add_argument(
-        "--supersample", type=int, default=None, help="sub-voxel points per axis for sphere ROIs (32)"
-    )
+    # the old spelling read as millimetres: kept as a deprecated alias
+    p.add_argument("--rise-threshold-mm", dest="rise_threshold_old", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--supersample", type=int, default=None, help="sub-voxel points per axis for sphere ROIs (32)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=run)
 
@@ -42,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from recon.errors import ConfigError, OutputError
     from recon.log import stage
 
+    if args.rise_threshold_old is not None:
+        import logging
+
+        logging.getLogger("recon.cli").warning("--rise-threshold-mm is deprecated (it is a concentration): use --rise-threshold-mM")
+        args.rise_threshold_mM = args.rise_threshold_old
     out = Path(args.out)
     if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
         raise OutputError("output directory exists and is not empty (use --force to overwrite)", out)
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     with stage("ROI measurements"):
         data = measure_study(args.sessions, ref=args.ref, baseline=args.baseline, supersample=ss)
     with stage("tables, figures, report"), atomic_dir(out, overwrite=args.force) as tmp:
-        written = write_study_outputs(data, tmp, args.rise_threshold_mm, sessions_path=args.sessions)
+        written = write_study_outputs(data, tmp, args.rise_threshold_mM, sessions_path=args.sessions)
     n_files = sum(1 for f in out.iterdir() if f.is_file())
     print(f"wrote {out}/ ({n_files} files: {len(written) - 1} CSV tables, figures, report.md)")
     return 0

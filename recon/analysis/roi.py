@@ -82,6 +82,10 @@ def tissue_of(name: str, explicit: str | None = None) -> str:
 
 
 STAT_COLUMNS = ("mean", "sd", "min", "max", "volume_mm3", "n_voxels", "weight_sum", "ratio_ref")
+TABLE_COLUMNS = ("image", "roi", "unit", *STAT_COLUMNS, "mean_pvc", "pvc_model")
+"""Columns of the ``narecon roi`` table: ``unit`` is the unit of mean, sd, min, max and mean_pvc
+(:func:`image_unit`); volume in mm^3; ratio_ref dimensionless; ``mean_pvc`` the partial-volume
+corrected mean (:mod:`recon.analysis.pvc`) and ``pvc_model`` its assumptions."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +102,7 @@ class SphereROI:
         if (self.center_mm is None) == (self.center_vox is None):
             raise ConfigError(f"ROI {self.name!r}: give exactly one of a centre in mm or in voxels")
         if not (self.radius_mm > 0 and math.isfinite(self.radius_mm)):
-            raise ConfigError(
-                f"ROI {self.name!r}: radius must be a positive number of mm, got {self.radius_mm}"
-            )
+            raise ConfigError(f"ROI {self.name!r}: radius must be a positive number of mm, got {self.radius_mm}")
 
     def center_in_mm(self, affine: np.ndarray) -> np.ndarray:
         """The centre in scanner mm, converting voxel indices through ``affine`` if needed."""
@@ -130,6 +132,7 @@ class Image:
     affine: np.ndarray
     path: str = ""
     name: str = ""
+    unit: str = ""
 
     @property
     def voxel_volume_mm3(self) -> float:
@@ -152,9 +155,12 @@ class RoiResult:
     ratio_ref: float = float("nan")
     tissue: str | None = None
     weights: list[tuple[int, int, int, float]] = field(default_factory=list, repr=False)
+    unit: str = ""
+    mean_pvc: float = float("nan")
+    pvc_model: str = ""
 
     def row(self) -> dict:
-        return {"image": self.image, "roi": self.roi, **{c: getattr(self, c) for c in STAT_COLUMNS}}
+        return {c: getattr(self, c) for c in TABLE_COLUMNS}
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,7 +190,27 @@ def load_image(path: str | os.PathLike, name: str | None = None) -> Image:
     affine = np.asarray(img.affine, dtype=float)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) == 0:
         raise InputError("NIfTI affine is singular or not finite", p)
-    return Image(data, affine, str(p), name or p.name)
+    try:
+        descrip = bytes(img.header["descrip"]).decode("latin-1", "ignore") if "descrip" in img.header else ""
+    except (TypeError, ValueError, KeyError):
+        descrip = ""
+    return Image(data, affine, str(p), name or p.name, image_unit(p.name, descrip))
+
+
+def image_unit(filename: str, descrip: str = "") -> str:
+    """Unit of a volume's values from narecon's NIfTI description or file name: ``mM`` (TSC),
+    ``Hz`` (field map), ``1`` (ratio maps), ``signal`` (echo magnitudes in the unit chain's signal
+    units), else ``image units``."""
+    d, f = descrip.lower(), filename.lower()
+    if "tsc" in d and "mm" in d or re.search(r"(^|[_\-.])(tsc|mm)([_\-.]|$)", f) or f.endswith("_mm.nii.gz"):
+        return "mM"
+    if "hz" in d or re.search(r"(^|[_\-.])(b0|hz)([_\-.]|$)", f):
+        return "Hz"
+    if "ratio" in d or f.startswith("ratio"):
+        return "1"
+    if "echo" in d or f.startswith("echo"):
+        return "signal"
+    return "image units"
 
 
 _NUM = ("x", "y", "z", "i", "j", "k", "radius_mm")
@@ -218,8 +244,7 @@ def read_roi_table(path: str | os.PathLike) -> list[ROI]:
     has_mask = bool(cols & {"mask", "mask_path", "path", "file"})
     if not (((has_mm or has_vox) and "radius_mm" in cols) or has_mask):
         raise InputError(
-            "ROI table needs columns x,y,z (mm) or i,j,k (voxels) with radius_mm, or mask [label]; "
-            f"found {sorted(cols)}",
+            f"ROI table needs columns x,y,z (mm) or i,j,k (voxels) with radius_mm, or mask [label]; found {sorted(cols)}",
             p,
         )
     rois: list[ROI] = []
@@ -249,9 +274,7 @@ def read_roi_table(path: str | os.PathLike) -> list[ROI]:
                 try:
                     label = float(row["label"])
                 except ValueError:
-                    raise InputError(
-                        f"line {n} (ROI {name!r}): label {row['label']!r} is not a number", p
-                    ) from None
+                    raise InputError(f"line {n} (ROI {name!r}): label {row['label']!r} is not a number", p) from None
             rois.append(MaskROI(name, str(mpath), label, tissue))
             continue
         if "radius_mm" not in num:
@@ -263,9 +286,7 @@ def read_roi_table(path: str | os.PathLike) -> list[ROI]:
         elif all(v is not None for v in vox) and not any(v is not None for v in mm):
             kw = {"center_vox": tuple(vox)}
         else:
-            raise InputError(
-                f"line {n} (ROI {name!r}): give x,y,z (mm) or i,j,k (voxels), completely and not both", p
-            )
+            raise InputError(f"line {n} (ROI {name!r}): give x,y,z (mm) or i,j,k (voxels), completely and not both", p)
         try:
             rois.append(SphereROI(name, num["radius_mm"], tissue=tissue, **kw))
         except ConfigError as e:
@@ -399,9 +420,7 @@ def roi_weights(roi: ROI, image: Image, supersample: int = SUPERSAMPLE) -> tuple
         return _weights_cache[key]
     labels, laff = _load_labels(roi.path)
     if not same_grid(labels.shape, laff, image.data.shape, image.affine):
-        log.info(
-            "ROI %s: resampling %s onto the grid of %s (nearest neighbour)", roi.name, roi.path, image.path
-        )
+        log.info("ROI %s: resampling %s onto the grid of %s (nearest neighbour)", roi.name, roi.path, image.path)
         labels = resample_labels_nearest(labels, laff, image.data.shape, image.affine)
     sel = (labels != 0) if roi.label is None else np.isclose(labels, roi.label)
     idx = np.argwhere(sel)
@@ -426,11 +445,7 @@ def weighted_stats(values: np.ndarray, weights: np.ndarray) -> dict:
     v2 = float((w * w).sum())
     mean = float((w * v).sum() / v1)
     denom = v1 - v2 / v1
-    sd = (
-        float(math.sqrt(max((w * (v - mean) ** 2).sum() / denom, 0.0)))
-        if n > 1 and denom > 0
-        else float("nan")
-    )
+    sd = float(math.sqrt(max((w * (v - mean) ** 2).sum() / denom, 0.0))) if n > 1 and denom > 0 else float("nan")
     return {
         "mean": mean,
         "sd": sd,
@@ -463,12 +478,8 @@ def measure(
         for roi in rois:
             idx, w = roi_weights(roi, img, supersample)
             if len(idx) == 0:
-                where = (
-                    roi.center_in_mm(img.affine).round(2).tolist() if isinstance(roi, SphereROI) else roi.path
-                )
-                raise InputError(
-                    f"ROI {roi.name!r} ({where}) has no voxel inside image {img.path}", source or None
-                )
+                where = roi.center_in_mm(img.affine).round(2).tolist() if isinstance(roi, SphereROI) else roi.path
+                raise InputError(f"ROI {roi.name!r} ({where}) has no voxel inside image {img.path}", source or None)
             vals = img.data[idx[:, 0], idx[:, 1], idx[:, 2]]
             st = weighted_stats(vals, w)
             if isinstance(roi, SphereROI):
@@ -486,6 +497,7 @@ def measure(
                 roi=roi.name,
                 volume_mm3=st["weight_sum"] * img.voxel_volume_mm3,
                 tissue=roi.tissue,
+                unit=img.unit,
                 **st,
             )
             if keep_weights:
@@ -508,7 +520,7 @@ def write_table(results: list[RoiResult], path: str | os.PathLike) -> None:
     from recon.atomic import atomic_file
 
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=["image", "roi", *STAT_COLUMNS])
+        wr = csv.DictWriter(f, fieldnames=list(TABLE_COLUMNS))
         wr.writeheader()
         for r in results:
             wr.writerow(r.row())

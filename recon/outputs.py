@@ -102,6 +102,7 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
                 b0_hz=result.fieldmap_hz,
                 tubes=cal.tubes if cal is not None else None,
                 fit=cal.result.fit if cal is not None and cal.result.tubes else None,
+                affine=affine,
                 title=f"narecon {Path(acq.sources[0]).name if acq.sources else 'acquisition'}: "
                 f"{result.b0_method} B0 correction, {cal_dict['method']}",
             )

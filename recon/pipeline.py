@@ -52,6 +52,7 @@ class KSpace:
     t_s: np.ndarray
     projections: np.ndarray
     prewhitened: bool = False
+    noise_cov: np.ndarray | None = None  # (coil, coil) covariance the data were whitened with
 
 
 @dataclasses.dataclass
@@ -227,7 +228,7 @@ def density_weights(traj, opts: RunOptions, plans: Plans | None = None, timer: S
 
 def prepare_kspace(acq, traj, dcf: np.ndarray, timer: StageTimer | None = None) -> KSpace:
     """Stage 4: projections in trajectory order (one ordering for all echoes), prewhitened coils."""
-    from recon.io.coils import prewhiten
+    from recon.io.coils import noise_covariance, prewhiten
 
     timer = timer or StageTimer()
     where = acq.sources[0] if acq.sources else None
@@ -246,10 +247,11 @@ def prepare_kspace(acq, traj, dcf: np.ndarray, timer: StageTimer | None = None) 
         log.warning(
             "%d of %d projections acquired: density weights of the full trajectory are used", len(common), traj.n_projections
         )
-    prewhitened = False
+    prewhitened, cov = False, None
     if acq.n_coils > 1 and acq.noise is not None:
         with timer.stage("noise prewhitening"):
-            data = prewhiten(data, acq.noise)
+            cov = noise_covariance(acq.noise)
+            data = prewhiten(data, cov=cov)
         prewhitened = True
     sub = traj.subset(common) if len(common) < traj.n_projections else traj
     return KSpace(
@@ -259,6 +261,7 @@ def prepare_kspace(acq, traj, dcf: np.ndarray, timer: StageTimer | None = None) 
         t_s=sub.t,
         projections=common,
         prewhitened=prewhitened,
+        noise_cov=cov,
     )
 
 
@@ -278,13 +281,14 @@ def grid(op, ks: KSpace, te_s, timer: StageTimer | None = None) -> np.ndarray:
         return correct("none", op, ks.data, ks.dcf, te_s, ks.t_s, np.zeros(op.shape))
 
 
-def combine(images: np.ndarray) -> np.ndarray:
-    """(echo, coil, N0, N1, N2) -> (echo, N0, N1, N2): adaptive (Walsh) combination of coils."""
+def combine(images: np.ndarray, noise_cov: np.ndarray | None = None) -> np.ndarray:
+    """(echo, coil, N0, N1, N2) -> (echo, N0, N1, N2): adaptive (Walsh) combination of coils; with the
+    covariance the data were whitened with, back in the data's signal units (recon.io.coils)."""
     from recon.io.coils import combine_coils
 
     if images.shape[1] == 1:
         return images[:, 0]
-    return np.stack([combine_coils(im, "adaptive") for im in images])
+    return np.stack([combine_coils(im, "adaptive", noise_cov=noise_cov, prewhitened=noise_cov is not None) for im in images])
 
 
 def choose_b0_method(acq, opts: RunOptions) -> str:
@@ -396,7 +400,7 @@ def correct_b0(
                 )
                 per_coil.append(res.echoes)
                 iters.append(res.iterations)
-            images = combine(np.stack(per_coil, axis=1))
+            images = combine(np.stack(per_coil, axis=1), ks.noise_cov)
         info = {"iterations": iters, "objective_last": res.objective[-1] if res.objective else None, **res.settings}
         return images, ("iterative" if method != "none" else "none (iterative decay model)"), info
     if method == "none":
@@ -413,7 +417,7 @@ def correct_b0(
             n_segments=opts.b0_segments,
             mask=support_mask(np.abs(combined_plain[0])),
         )
-    return combine(corr), method, None
+    return combine(corr, ks.noise_cov), method, None
 
 
 def relaxation_map(acq, traj, dcf, images, smooth_vox: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
@@ -597,7 +601,7 @@ def reconstruct(
 
     affine = nifti_affine(acq.geometry, traj.fov_m, matrix)
     plain = grid(op, ks, acq.te_s, timer)
-    combined_plain = combine(plain)
+    combined_plain = combine(plain, ks.noise_cov)
     method = choose_b0_method(acq, opts)
     fmap = field_map(op, ks, acq, plain, combined_plain, affine, method, opts, plans, timer)
     images, method, iter_info = correct_b0(op, ks, acq, plain, combined_plain, fmap, method, opts, plans, timer)

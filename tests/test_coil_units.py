@@ -71,3 +71,28 @@ def test_four_coils_match_one_coil_of_the_same_phantom():
     assert (four[inside] / rss[inside]).mean() / one[inside].mean() == pytest.approx(1.0, abs=0.03)
     # without the covariance the image stays in noise units (what the pipeline wrote before)
     assert np.median(np.abs(combine_coils(imgs, "adaptive"))[inside] / four[inside]) > 100
+
+
+def test_reconstruct_four_coils_in_the_units_of_one_coil():
+    """recon.reconstruct (prewhitening, gridding, B0 correction, combination) on the simulator's
+    4-coil and 1-coil scans of one phantom: echo images agree once the true RSS sensitivity is
+    divided out (without the covariance they came out ~1000x larger, in noise units)."""
+    from scipy import ndimage
+
+    import recon
+    from recon.sim import HeadPhantom, grid_points, simulate
+    from recon.trajectory import tpi
+
+    traj = tpi(fov_m=0.224, res_m=0.014, p=0.3, undersampling=2.0)
+    ph = HeadPhantom()
+    opts = {"calibration": "none", "qa": False}
+    res = {
+        nc: recon.reconstruct(simulate(ph, traj, snr=2000, n_coils=nc, n_threads=1).acquisition, opts, trajectory=traj)
+        for nc in (1, 4)
+    }
+    rss = np.sqrt((np.abs(ph.receive_sensitivity(grid_points(traj.matrix, traj.fov_m), 4)) ** 2).sum(0))
+    one = np.abs(res[1].echoes[0])
+    inside = ndimage.binary_erosion(one > 0.5 * np.percentile(one, 99))
+    for e in range(2):
+        ratio = np.abs(res[4].echoes[e])[inside] / (rss[inside] * np.abs(res[1].echoes[e])[inside])
+        assert np.median(ratio) == pytest.approx(1.0, abs=0.04)

@@ -1,6 +1,6 @@
-"""CUDA C sources of narecon's GPU NUFFT (shipped as package ``recon._kernels``).
+"""CUDA C sources of narecon's GPU NUFFT (shipped inside the wheel as package ``recon._kernels``).
 
-``recon/_kernels`` is a symbolic link to the top-level ``kernels/`` folder, so an editable
-install reads the sources in place and a wheel carries copies; locate them with
-:func:`recon.nufft.cupy_backend.kernel_dir`.
+pyproject.toml maps this folder to ``recon._kernels`` at build time (``[tool.setuptools.package-dir]``),
+so the tree needs no symbolic link; in a source checkout the sources are read in place. Locate them
+with :func:`recon.nufft.cupy_backend.kernel_dir`.
 """

@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from recon.benchtraj import (
+from recon.bench import (
     ball_psf,
     decay_csf,
     decay_tissue,
@@ -80,7 +80,7 @@ def test_psf_widens_monotonically_with_readout():
 
 
 def test_pseudo_replica_sd_matches_analytic_noise_propagation():
-    from recon.benchtraj import analytic_noise_sd
+    from recon.bench import analytic_noise_sd
     from recon.nufft import NUFFT
 
     tr = tpi(fov_m=FOV, res_m=RES, p=0.3, gmax_t_per_m=4e-3)

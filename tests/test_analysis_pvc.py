@@ -120,3 +120,25 @@ def test_roi_cli_writes_units_and_the_corrected_mean(tmp_path, capsys):
     assert main(args) == 0  # printed table: a unit column and the model line
     printed = capsys.readouterr().out
     assert " mM " in printed and "mean_pvc: GTM" in printed
+
+
+def test_pvc_refuses_rois_far_below_the_point_response():
+    """A 2 mm sphere on 5.6 mm voxels (the shipped sample's grid) keeps ~3 % of its signal: the
+    correction would amplify errors ~60x, so mean_pvc is NaN and the model says why; at the
+    protocol's 3.5 mm voxels it is reported with its recovery and amplification."""
+    from recon.analysis.pvc import MAX_AMPLIFICATION, apply_pvc
+
+    img = BACKGROUND * _fov()
+    im = Image(img, AFF, "a", "a", "mM")
+    rois = [SphereROI("s", 2.0, center_mm=(10.3, -5.2, 3.1))]
+    res = measure([im], rois, ref=None)
+    apply_pvc(res, [im], rois, FWHM)
+    assert res[0].pvc_amplification < MAX_AMPLIFICATION and 0.05 < res[0].pvc_recovery < 0.15
+    assert res[0].mean_pvc == pytest.approx(BACKGROUND, abs=0.5)
+    coarse = np.diag([5.6, 5.6, 5.6, 1.0])
+    coarse[:3, 3] = -5.6 * 20
+    im2 = Image(np.full((40, 40, 40), 40.0), coarse, "b", "b", "mM")
+    res2 = measure([im2], rois, ref=None)
+    apply_pvc(res2, [im2], rois)  # default FWHM: 1.6 voxels = 9 mm
+    assert res2[0].pvc_amplification > MAX_AMPLIFICATION and math.isnan(res2[0].mean_pvc)
+    assert res2[0].pvc_model.startswith("not reliable") and "% of its own signal" in res2[0].pvc_model

@@ -82,10 +82,12 @@ def tissue_of(name: str, explicit: str | None = None) -> str:
 
 
 STAT_COLUMNS = ("mean", "sd", "min", "max", "volume_mm3", "n_voxels", "weight_sum", "ratio_ref")
-TABLE_COLUMNS = ("image", "roi", "unit", *STAT_COLUMNS, "mean_pvc", "pvc_model")
+TABLE_COLUMNS = ("image", "roi", "unit", *STAT_COLUMNS, "mean_pvc", "pvc_recovery", "pvc_amplification", "pvc_model")
 """Columns of the ``narecon roi`` table: ``unit`` is the unit of mean, sd, min, max and mean_pvc
 (:func:`image_unit`); volume in mm^3; ratio_ref dimensionless; ``mean_pvc`` the partial-volume
-corrected mean (:mod:`recon.analysis.pvc`) and ``pvc_model`` its assumptions."""
+corrected mean (:mod:`recon.analysis.pvc`), ``pvc_recovery`` the fraction of the ROI's own signal
+that stays in it, ``pvc_amplification`` the error amplification of the correction and
+``pvc_model`` its assumptions (or why it is not reported)."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,8 @@ class RoiResult:
     weights: list[tuple[int, int, int, float]] = field(default_factory=list, repr=False)
     unit: str = ""
     mean_pvc: float = float("nan")
+    pvc_recovery: float = float("nan")
+    pvc_amplification: float = float("nan")
     pvc_model: str = ""
 
     def row(self) -> dict:

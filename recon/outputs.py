@@ -7,6 +7,8 @@ Files (in DIR, written into a temporary sibling and renamed: nothing or everythi
 * ``echo1.nii.gz``, ``echo2.nii.gz`` magnitude images of the (B0-corrected) echoes, in the
   unit chain's units (signal per unit concentration before calibration);
 * ``b0_hz.nii.gz`` off-resonance field map in Hz at the imaged nucleus (zeros without one);
+* ``mask.nii.gz`` object mask of echo 1 (1 inside; rule in :mod:`recon.calibrate.mask`); the TSC
+  statistics outside it are in calibration.json (``background_outside_mask_mM``);
 * ``ratio_csf.nii.gz`` TSC / mean TSC in the ratio region, when one is given;
 * ``calibration.json`` fit, tubes, warnings, relaxation factors;
 * ``recon.h5`` complex echo images, field map, density weights, trajectory parameters,
@@ -81,6 +83,8 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
         for e in range(result.echoes.shape[0]):
             nii(f"echo{e + 1}.nii.gz", np.abs(result.echoes[e]), f"narecon echo {e + 1} magnitude TE {acq.te_s[e] * 1e3:.3f} ms")
         nii("b0_hz.nii.gz", result.fieldmap_hz, f"narecon B0 Hz ({acq.nucleus})")
+        if result.mask is not None:
+            nii("mask.nii.gz", result.mask.astype(np.float32), "narecon object mask (recon.calibrate.mask rule)")
         if result.ratio is not None:
             nii("ratio_csf.nii.gz", result.ratio, "narecon TSC ratio to reference region")
         (tmp / "calibration.json").write_text(json.dumps(cal_dict, indent=2, default=json_default))
@@ -103,6 +107,8 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
                 tubes=cal.tubes if cal is not None else None,
                 fit=cal.result.fit if cal is not None and cal.result.tubes else None,
                 affine=affine,
+                mask=result.mask,
+                background=result.background,
                 title=f"narecon {Path(acq.sources[0]).name if acq.sources else 'acquisition'}: "
                 f"{result.b0_method} B0 correction, {cal_dict['method']}",
             )

@@ -85,6 +85,8 @@ class ReconResult:
     tsc_mM: np.ndarray | None = None
     ratio: np.ndarray | None = None
     calibration: Any = None
+    mask: np.ndarray | None = None
+    background: dict[str, Any] | None = None
     relaxation_info: dict[str, Any] | None = None
     fieldmap_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     iterative_info: dict[str, Any] | None = None
@@ -102,6 +104,8 @@ class ReconResult:
         d = self.calibration.result.to_dict()
         if self.relaxation_info is not None:
             d["relaxation_map"] = self.relaxation_info
+        if self.background is not None:
+            d["background_outside_mask_mM"] = self.background
         return d
 
     def summary(self) -> dict[str, Any]:
@@ -516,6 +520,14 @@ def calibrate_images(
     return cal, tsc, ratio, relax_info
 
 
+def object_support(images: np.ndarray, affine: np.ndarray, tsc: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any] | None]:
+    """Stage 10: the object mask of echo 1 (:func:`recon.calibrate.mask.object_mask`) and TSC statistics outside it."""
+    from recon.calibrate.mask import background_stats, object_mask
+
+    mask = object_mask(np.abs(images[0]), affine)
+    return mask, (background_stats(tsc, mask) if tsc is not None else None)
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
     import platform
@@ -606,6 +618,7 @@ def reconstruct(
     fmap = field_map(op, ks, acq, plain, combined_plain, affine, method, opts, plans, timer)
     images, method, iter_info = correct_b0(op, ks, acq, plain, combined_plain, fmap, method, opts, plans, timer)
     cal, tsc, ratio, relax_info = calibrate_images(images, affine, acq, ks, traj, opts, timer)
+    mask, background = object_support(images, affine, tsc)
     return ReconResult(
         echoes=images,
         fieldmap_hz=fmap.hz,
@@ -618,6 +631,8 @@ def reconstruct(
         tsc_mM=tsc,
         ratio=ratio,
         calibration=cal,
+        mask=mask,
+        background=background,
         relaxation_info=relax_info,
         fieldmap_info=fmap.info,
         iterative_info=iter_info,
@@ -680,5 +695,6 @@ __all__ = [
     "field_map",
     "correct_b0",
     "calibrate_images",
+    "object_support",
     "relaxation_map",
 ]

@@ -38,6 +38,7 @@ def test_outputs_written(sample_run):
         "echo1.nii.gz",
         "echo2.json",
         "echo2.nii.gz",
+        "mask.nii.gz",
         "qa.png",
         "recon.h5",
         "tsc_mM.json",
@@ -45,6 +46,11 @@ def test_outputs_written(sample_run):
     ]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".narecon-tmp")]
     assert summary["b0_method"] == "tb-cpr"
+    # the object mask and the TSC outside it (sample: about 9 +- 5 mM of noise floor, not tens of mM)
+    mask = np.asarray(nib.load(out / "mask.nii.gz").dataobj) > 0.5
+    assert 0.05 < mask.mean() < 0.5
+    bg = summary["calibration"]["background_outside_mask_mM"]
+    assert bg["n_voxels"] > 1000 and abs(bg["mean"]) < 20
     # the PNG is a real image
     assert (out / "qa.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

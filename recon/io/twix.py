@@ -35,8 +35,10 @@ import contextlib
 import io
 import logging
 import math
+import mmap
 import os
 import struct
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -130,8 +132,7 @@ def _check_container(path: Path, size: int) -> tuple[bool, int, int]:
             if off < 8 or off >= size:
                 if off >= size and off < 1 << 40:
                     raise RawDataError(
-                        f"last measurement starts at byte {off} but the file has only {size} bytes "
-                        "(truncated)",
+                        f"last measurement starts at byte {off} but the file has only {size} bytes (truncated)",
                         path,
                     )
                 raise RawDataError("not a Siemens twix file (invalid multi-RAID measurement offset)", path)
@@ -146,13 +147,9 @@ def _check_container(path: Path, size: int) -> tuple[bool, int, int]:
         hdr_len, n_buf = struct.unpack("<II", init[:8])
         name = init[8:].split(b"\0", 1)[0]
         if name not in _BUFFER_NAMES or not 1 <= n_buf <= 64:
-            raise RawDataError(
-                "not a Siemens twix raw data file (no VB or VD/VE/XA measurement header found)", path
-            )
+            raise RawDataError("not a Siemens twix raw data file (no VB or VD/VE/XA measurement header found)", path)
         if off + hdr_len > size:
-            raise RawDataError(
-                f"measurement header claims {hdr_len} bytes but the file ends at {size} (truncated)", path
-            )
+            raise RawDataError(f"measurement header claims {hdr_len} bytes but the file ends at {size} (truncated)", path)
     return ve, off, end
 
 
@@ -224,19 +221,15 @@ def header_values(hdr: dict, ve: bool) -> dict[str, Any]:
     out["protocol"] = str(_get(y, "tProtocolName") or "").strip('"')
     out["sequence"] = str(_get(y, "tSequenceFileName") or "").strip('"')
     wip = _get(y, "sWipMemBlock") or _get(y, "sWiPMemBlock") or {}
-    out["wip_long"] = {
-        i: int(v) for i, v in _list_entries(wip.get("alFree")).items() if isinstance(v, (int, float))
-    }
-    out["wip_double"] = {
-        i: float(v) for i, v in _list_entries(wip.get("adFree")).items() if isinstance(v, (int, float))
-    }
+    out["wip_long"] = {i: int(v) for i, v in _list_entries(wip.get("alFree")).items() if isinstance(v, (int, float))}
+    out["wip_double"] = {i: float(v) for i, v in _list_entries(wip.get("adFree")).items() if isinstance(v, (int, float))}
     if isinstance(wip.get("tFree"), str):
         out["wip_string"] = wip["tFree"]
     ppos = _get(meas, "tPatientPosition") or _get(config, "PatientPosition") or ""
     out["geometry"] = siemens_geometry(sl, patient_position=str(ppos)) if sl else None
-    coil = _get(
-        y, "sCoilSelectMeas", "aRxCoilSelectData", 0, "asList", 0, "sCoilElementID", "tCoilID"
-    ) or _get(y, "asCoilSelectMeas", 0, "asList", 0, "sCoilElementID", "tCoilID")
+    coil = _get(y, "sCoilSelectMeas", "aRxCoilSelectData", 0, "asList", 0, "sCoilElementID", "tCoilID") or _get(
+        y, "asCoilSelectMeas", 0, "asList", 0, "sCoilElementID", "tCoilID"
+    )
     out["coil"] = None if coil is None else str(coil).strip('"')
     out["readout_os"] = _num(_get(meas, "flReadoutOSFactor"), default=None)
     out["averages"] = _get(y, "lAverages")
@@ -244,129 +237,240 @@ def header_values(hdr: dict, ve: bool) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- one file
-def _walk_mdbs(fid, ve: bool, start: int, end: int, size: int, path: Path) -> tuple[list, dict]:
-    """Walk the data blocks from ``start``; return (mdbs, stats). See the module docstring."""
-    import twixtools.mdb
-    from twixtools import mdh_def
+#: the measurement data header fields the reader uses, at their byte offsets (twixtools.mdh_def
+#: ``Scan_header`` for VD/VE/XA, ``VB17_header`` for VB; a test checks them against its ctypes structs)
+_MDH_FIELDS = ("FlagsAndDMALength", "EvalInfoMask", "SamplesInScan", "UsedChannels", "Lin", "Eco")
+_MDH_FMT = ("<u4", "<u8", "<u2", "<u2", "<u2", "<u2")
+_VE_MDH = np.dtype({"names": _MDH_FIELDS, "formats": _MDH_FMT, "offsets": (0, 40, 48, 50, 52, 60), "itemsize": _VE_SCAN_HDR})
+_VB_MDH = np.dtype({"names": _MDH_FIELDS, "formats": _MDH_FMT, "offsets": (0, 20, 28, 30, 32, 40), "itemsize": _VB_HDR})
+_HEAD = struct.Struct("<I16xQHH")  # FlagsAndDMALength .. EvalInfoMask, SamplesInScan, UsedChannels (VB layout)
+_HEAD_VE = struct.Struct("<I36xQHH")
 
+# EvalInfoMask bits (twixtools.mdh_def.mask_id)
+_ACQEND, _SYNCDATA, _PHASCOR, _PATREFSCAN, _PATREFANDIMASCAN, _NOISEADJSCAN = 1 << 0, 1 << 5, 1 << 21, 1 << 22, 1 << 23, 1 << 25
+#: flags that disqualify an image scan (twixtools.mdh_def.is_image_scan): ACQEND, RTFEEDBACK,
+#: HPFEEDBACK, SYNCDATA, REFPHASESTABSCAN, PHASESTABSCAN, PHASCOR, NOISEADJSCAN, noname60
+_NOT_IMAGE = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 5) | (1 << 14) | (1 << 15) | (1 << 21) | (1 << 25) | (1 << 60)
+
+#: raw samples beyond this magnitude are no ADC's output: a corrupt file (|x|^2 overflows float32 at 1.8e19)
+MAX_RAW_MAGNITUDE = 1e18
+
+_twixprot_module = None
+
+
+def _twixprot():
+    """twixtools' protocol parser module, loaded without the ``twixtools`` package.
+
+    ``import twixtools`` (any submodule runs the package ``__init__``) imports matplotlib.pyplot
+    (``twixtools.pmu``), tqdm and scipy: 1-2 s. ``twixprot`` itself needs only ``re``, ``struct``
+    and numpy, so it is loaded from its file under a private name.
+    """
+    global _twixprot_module
+    if _twixprot_module is None:
+        mod = sys.modules.get("twixtools.twixprot")
+        if mod is None:
+            import importlib.util
+
+            spec = importlib.util.find_spec("twixtools")
+            if spec is None or not spec.submodule_search_locations:
+                raise ImportError("twixtools is not installed (pip install twixtools)")
+            path = Path(next(iter(spec.submodule_search_locations))) / "twixprot.py"
+            sub = importlib.util.spec_from_file_location("recon.io._twixtools_twixprot", path)
+            mod = importlib.util.module_from_spec(sub)
+            sub.loader.exec_module(mod)
+        _twixprot_module = mod
+    return _twixprot_module
+
+
+def _walk_mdbs(buf, ve: bool, start: int, end: int, size: int) -> tuple[np.ndarray, dict]:
+    """Walk the data blocks of ``buf`` (the whole file) from ``start``; return (block offsets, stats).
+
+    One pass over the block headers with :mod:`struct` (the chain of lengths is sequential);
+    the header fields of the kept blocks are then read at once through a structured dtype.
+    See the module docstring for the stopping rules.
+    """
     hsize = _VE_SCAN_HDR if ve else _VB_HDR
-    mdbs: list = []
+    head = _HEAD_VE if ve else _HEAD
+    per_cha = _VE_CHAN_HDR if ve else _VB_HDR
+    extra = hsize if ve else 0
+    kept: list[int] = []
     stats = {"n_syncdata": 0, "acqend": False, "truncated": False, "corrupt_at": None, "stop_reason": ""}
     pos = start
     while pos + hsize <= end:
-        fid.seek(pos)
-        # the block's own length from its header, checked against the file size before twixtools reads it
-        h = (mdh_def.Scan_header if ve else mdh_def.VB17_header).from_buffer_copy(fid.read(hsize))
-        special = mdh_def.is_flag_set(h, "ACQEND") or mdh_def.is_flag_set(h, "SYNCDATA")
-        need = int(h.UsedChannels) * ((_VE_CHAN_HDR if ve else _VB_HDR) + 8 * int(h.SamplesInScan)) + (
-            hsize if ve else 0
-        )
-        if not special and pos + need > size:
-            stats["truncated"] = True
-            stats["stop_reason"] = (
-                f"file ends inside the readout at byte {pos} ({pos + need - size} bytes missing)"
-            )
-            break
-        fid.seek(pos)
-        try:
-            with _quiet():
-                m = twixtools.mdb.Mdb(fid, ve)
-        except Exception as e:  # noqa: BLE001 - any parse failure ends the walk here
-            stats["corrupt_at"], stats["stop_reason"] = pos, f"unreadable block header ({e})"
-            break
-        if m.is_flag_set("ACQEND"):
+        flags_len, mask, ns, ch = head.unpack_from(buf, pos)
+        need = ch * (per_cha + 8 * ns) + extra  # twixtools' dma_len of a readout block
+        if mask & _ACQEND:
             stats["acqend"] = True
             break
-        dl = int(m.dma_len)
-        if m.is_flag_set("SYNCDATA"):
+        if mask & _SYNCDATA:
+            dl = flags_len % (1 << 25)
             if dl < hsize:
                 stats["corrupt_at"], stats["stop_reason"] = pos, f"SYNCDATA block of impossible length {dl}"
                 break
             stats["n_syncdata"] += 1
             pos += dl
             continue
-        if m.mdh.UsedChannels == 0 or m.mdh.SamplesInScan == 0 or dl < hsize:
-            stats["corrupt_at"] = pos
-            stats["stop_reason"] = (
-                f"block with {m.mdh.UsedChannels} channels x {m.mdh.SamplesInScan} samples at byte {pos}"
-            )
-            break
-        if pos + dl > size:
+        if pos + need > size:
             stats["truncated"] = True
-            stats["stop_reason"] = (
-                f"file ends inside the readout at byte {pos} ({pos + dl - size} bytes missing)"
-            )
+            stats["stop_reason"] = f"file ends inside the readout at byte {pos} ({pos + need - size} bytes missing)"
             break
-        mdbs.append(m)
-        pos += dl
+        if ch == 0 or ns == 0 or need < hsize:
+            stats["corrupt_at"] = pos
+            stats["stop_reason"] = f"block with {ch} channels x {ns} samples at byte {pos}"
+            break
+        kept.append(pos)
+        pos += need
     else:
         if not stats["acqend"]:
             stats["truncated"] = pos < end or end >= size
             stats["stop_reason"] = "no ACQEND block at the end of the measurement"
-    return mdbs, stats
+    stats["end_pos"] = pos
+    return np.asarray(kept, dtype=np.int64), stats
+
+
+def _headers(buf, offsets: np.ndarray, ve: bool) -> np.ndarray:
+    """The mdh fields of the blocks at ``offsets`` (structured array, one record per block)."""
+    dt = _VE_MDH if ve else _VB_MDH
+    if len(offsets) == 0:
+        return np.zeros(0, dt)
+    step = np.diff(offsets)
+    if len(offsets) > 1 and np.all(step == step[0]) and step[0] >= dt.itemsize:
+        # evenly spaced blocks: one strided view
+        arr = np.frombuffer(buf, dtype=np.uint8)
+        view = np.lib.stride_tricks.as_strided(arr[offsets[0] :], shape=(len(offsets), dt.itemsize), strides=(step[0], 1))
+        return np.ascontiguousarray(view).view(dt)[:, 0]
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    rows = raw[offsets[:, None] + np.arange(dt.itemsize)]
+    return rows.view(dt)[:, 0]
+
+
+def _gather(buf, offsets: np.ndarray, ve: bool, n_cha: int, n_col: int) -> np.ndarray:
+    """Samples (n_blocks, n_cha, n_col) complex64 of the readout blocks at ``offsets`` (a copy)."""
+    initial = _VE_SCAN_HDR if ve else 0
+    inter = _VE_CHAN_HDR if ve else _VB_HDR
+    stride = inter + 8 * n_col
+    first = offsets + initial + inter  # byte offset of channel 0's first sample
+    out = np.empty((len(offsets), n_cha, n_col), np.complex64)
+    if len(offsets) == 0:
+        return out
+    base = int(first[0] % 8)
+    if np.all(first % 8 == base) and stride % 8 == 0:
+        # every sample on one 8-byte lattice: rows of a sliding window over a complex64 view
+        c8 = np.frombuffer(buf, dtype=np.complex64, offset=base, count=(len(buf) - base) // 8)
+        rows = np.lib.stride_tricks.sliding_window_view(c8, n_col)
+        idx = (first - base) // 8
+        starts = idx[:, None] + np.arange(n_cha) * (stride // 8)
+        out = rows[starts]  # fancy indexing gathers the rows (np.take would copy the whole window first)
+    else:  # pragma: no cover - Siemens blocks are 8-byte multiples; kept for odd header lengths
+        dt = np.dtype([("skip", np.void, inter), ("data", np.complex64, n_col)])
+        for i, off in enumerate(offsets.tolist()):
+            out[i] = np.frombuffer(buf, dtype=dt, count=n_cha, offset=off + initial)["data"]
+    return out
+
+
+def _count_beyond(buf, ve: bool, pos: int, size: int) -> int:
+    """Readout blocks that lie complete between ``pos`` and the end of the file."""
+    offs, _ = _walk_mdbs(buf, ve, pos, size, size)
+    if len(offs) == 0:
+        return 0
+    h = _headers(buf, offs, ve)
+    return int(np.count_nonzero((h["EvalInfoMask"] & np.uint64(_NOT_IMAGE)) == 0))
+
+
+def _read_header(path: Path, fid, meas_off: int) -> tuple[dict, int]:
+    """Parse the protocol header of the measurement at ``meas_off``; return (header dict, its length)."""
+    prot = _twixprot()
+    fid.seek(meas_off)
+    hdr_len = struct.unpack("<I", fid.read(4))[0]
+    try:
+        fid.seek(meas_off)
+        with _quiet() as msg:
+            hdr = prot.parse_twix_hdr(fid)
+    except Exception as e:  # noqa: BLE001 - twixtools raises anything on corrupt headers
+        raise RawDataError(f"cannot parse the twix protocol header ({type(e).__name__}: {e})", path) from e
+    for line in msg.getvalue().splitlines():
+        if line.strip():
+            log.debug("twixtools: %s", line.strip())
+    return hdr, hdr_len
 
 
 def _read_one(path: Path) -> dict[str, Any]:
     """Parse one file: header values, image readouts (as arrays) and noise readouts."""
-    import twixtools
-
     if not path.exists():
         raise InputError("raw data file not found", path)
     if path.is_dir():
         raise InputError("is a directory, expected a raw data file", path)
     size = path.stat().st_size
     ve, meas_off, meas_end = _check_container(path, size)
-    try:
-        with _quiet() as msg:
-            tw = twixtools.read_twix(
-                str(path),
-                include_scans=[-1],
-                parse_data=False,
-                parse_pmu=False,
-                parse_geometry=False,
-                verbose=False,
-            )
-        meas = tw[-1]
-        hdr = meas["hdr"]
-    except Exception as e:  # noqa: BLE001 - twixtools raises anything on corrupt headers
-        raise RawDataError(f"cannot parse the twix protocol header ({type(e).__name__}: {e})", path) from e
-    for line in msg.getvalue().splitlines():
-        if line.strip():
-            log.debug("twixtools: %s", line.strip())
-    if not isinstance(hdr, dict) or not hdr.get("MeasYaps"):
-        raise RawDataError("twix header has no MeasYaps (ASCCONV) protocol: corrupt or foreign file", path)
-    try:
-        hv = header_values(hdr, ve)
-    except Exception as e:  # noqa: BLE001 - a corrupt header can hold values of any type
-        raise RawDataError(f"corrupt twix protocol header ({type(e).__name__}: {e})", path) from e
-    hdr_len = int(meas["hdr_str"].size)
     with open(path, "rb") as fid:
-        mdbs, stats = _walk_mdbs(fid, ve, meas_off + hdr_len, meas_end, size, path)
-        noise_m = [m for m in mdbs if m.is_flag_set("NOISEADJSCAN")]
-        img = [m for m in mdbs if m.is_image_scan()]
-        n_other = len(mdbs) - len(noise_m) - len(img)
-        if not img:
-            why = f"; reading stopped: {stats['stop_reason']}" if stats["stop_reason"] else ""
-            raise RawDataError(f"no imaging readouts found ({len(mdbs)} data blocks{why})", path)
-        shapes = collections.Counter((int(m.mdh.UsedChannels), int(m.mdh.SamplesInScan)) for m in img)
-        (n_cha, n_col), _ = shapes.most_common(1)[0]
-        keep = [m for m in img if (m.mdh.UsedChannels, m.mdh.SamplesInScan) == (n_cha, n_col)]
-        dropped = {f"{c}x{s}": n for (c, s), n in shapes.items() if (c, s) != (n_cha, n_col)}
-        data = np.empty((len(keep), n_cha, n_col), np.complex64)
+        hdr, hdr_len = _read_header(path, fid, meas_off)
+        if not isinstance(hdr, dict) or not hdr.get("MeasYaps"):
+            raise RawDataError("twix header has no MeasYaps (ASCCONV) protocol: corrupt or foreign file", path)
         try:
-            for i, m in enumerate(keep):
-                data[i] = m.data
-            noise = [np.asarray(m.data) for m in noise_m if m.mdh.UsedChannels == n_cha]
-        except Exception as e:  # noqa: BLE001 - the walk validated sizes; anything else is corruption
-            raise RawDataError(f"cannot read readout data ({type(e).__name__}: {e})", path) from e
-        eco = np.array([m.mdh.Counter.Eco for m in keep], dtype=np.int64)
-        lin = np.array([m.mdh.Counter.Lin for m in keep], dtype=np.int64)
-    noise_arr = np.concatenate(noise, axis=1).astype(np.complex64) if noise else None
+            hv = header_values(hdr, ve)
+        except Exception as e:  # noqa: BLE001 - a corrupt header can hold values of any type
+            raise RawDataError(f"corrupt twix protocol header ({type(e).__name__}: {e})", path) from e
+        # read-only map of the file, released with its last view (not closed here: a view held by
+        # an exception's traceback would make mmap.close() raise BufferError over the real error)
+        buf = mmap.mmap(fid.fileno(), 0, access=mmap.ACCESS_READ)
+    return _read_blocks(path, buf, ve, meas_off + hdr_len, meas_end, size, hv)
+
+
+def _read_blocks(path: Path, buf, ve: bool, start: int, end: int, size: int, hv: dict) -> dict[str, Any]:
+    offsets, stats = _walk_mdbs(buf, ve, start, end, size)
+    h = _headers(buf, offsets, ve)
+    mask = h["EvalInfoMask"]
+    is_noise = (mask & np.uint64(_NOISEADJSCAN)) != 0
+    is_img = (mask & np.uint64(_NOT_IMAGE)) == 0
+    is_img &= ~(((mask & np.uint64(_PATREFSCAN)) != 0) & ((mask & np.uint64(_PATREFANDIMASCAN)) == 0))
+    n_noise = int(is_noise.sum())
+    n_other = len(offsets) - n_noise - int(is_img.sum())
+    if not is_img.any():
+        why = f"; reading stopped: {stats['stop_reason']}" if stats["stop_reason"] else ""
+        raise RawDataError(f"no imaging readouts found ({len(offsets)} data blocks{why})", path)
+    ch, ns = h["UsedChannels"].astype(np.int64), h["SamplesInScan"].astype(np.int64)
+    shapes = collections.Counter(zip(ch[is_img].tolist(), ns[is_img].tolist()))
+    (n_cha, n_col), _ = shapes.most_common(1)[0]
+    keep = is_img & (ch == n_cha) & (ns == n_col)
+    dropped = {f"{c}x{s}": n for (c, s), n in shapes.items() if (c, s) != (n_cha, n_col)}
+    data = _gather(buf, offsets[keep], ve, n_cha, n_col)
+    eco = h["Eco"][keep].astype(np.int64)
+    lin = h["Lin"][keep].astype(np.int64)
+    noise_sel = is_noise & (ch == n_cha)
+    noise_arr = None
+    if noise_sel.any():
+        cols = np.unique(ns[noise_sel])
+        parts = [_gather(buf, offsets[noise_sel & (ns == c)], ve, n_cha, int(c)) for c in cols.tolist()]
+        if len(cols) == 1:
+            noise_arr = np.ascontiguousarray(parts[0].transpose(1, 0, 2).reshape(n_cha, -1))
+        else:  # readouts of different lengths: concatenate in file order
+            order = np.flatnonzero(noise_sel)
+            blocks = {int(c): iter(p) for c, p in zip(cols.tolist(), parts)}
+            noise_arr = np.concatenate([next(blocks[int(ns[i])]) for i in order], axis=1)
+    del h
+    _check_magnitude(path, data)
+    n_beyond = 0
+    if (
+        not stats["acqend"]
+        and stats["corrupt_at"] is None
+        and end < size
+        and stats["end_pos"] + (_VE_SCAN_HDR if ve else _VB_HDR) > end
+    ):
+        n_beyond = _count_beyond(buf, ve, stats["end_pos"], size)
+        if n_beyond:
+            log.warning(
+                "%s: %d readout(s) lie past the measurement length declared in the file header "
+                "(bytes %d..%d of %d) and were not read",
+                path,
+                n_beyond,
+                end,
+                size,
+                size,
+            )
     n_dropped = sum(dropped.values())
     if n_dropped:
         log.warning(
-            "%s: dropped %d readout(s) whose channels x samples differ from the %d x %d imaging "
-            "readouts (%s)",
+            "%s: dropped %d readout(s) whose channels x samples differ from the %d x %d imaging readouts (%s)",
             path,
             n_dropped,
             n_cha,
@@ -378,8 +482,10 @@ def _read_one(path: Path) -> dict[str, Any]:
             "%s: %s; kept the %d complete imaging readouts before that point",
             path,
             stats["stop_reason"],
-            len(keep),
+            len(data),
         )
+    stats.pop("end_pos", None)
+    stats["n_beyond_declared_end"] = n_beyond
     return dict(
         path=path,
         ve=ve,
@@ -388,7 +494,7 @@ def _read_one(path: Path) -> dict[str, Any]:
         eco=eco,
         lin=lin,
         noise=noise_arr,
-        n_noise_scans=len(noise_m),
+        n_noise_scans=n_noise,
         n_other=n_other,
         dropped=dropped,
         n_dropped=n_dropped,
@@ -396,6 +502,16 @@ def _read_one(path: Path) -> dict[str, Any]:
         n_cha=n_cha,
         n_col=n_col,
     )
+
+
+def _check_magnitude(path: Path, data: np.ndarray) -> None:
+    """Refuse samples that are NaN, infinite or beyond :data:`MAX_RAW_MAGNITUDE` (a corrupt file)."""
+    if data.size == 0:
+        return
+    peak = float(np.max(np.abs(data.view(np.float32))))  # NaN propagates through max
+    if not peak <= MAX_RAW_MAGNITUDE:
+        what = "NaN or infinite samples" if not np.isfinite(peak) else f"samples of magnitude {peak:.3g}"
+        raise RawDataError(f"raw data contain {what} (no ADC gives more than {MAX_RAW_MAGNITUDE:g}): corrupt file", path)
 
 
 def _assign_echoes(r: dict, echo_from: str, n_echoes: int | None) -> tuple[np.ndarray, np.ndarray, list]:
@@ -431,16 +547,25 @@ def _assign_echoes(r: dict, echo_from: str, n_echoes: int | None) -> tuple[np.nd
     m = min(counts)
     if m == 0:
         raise RawDataError(
-            f"echo(es) {[e for e, c in enumerate(counts) if c == 0]} have no readouts "
-            f"(readouts per echo: {counts})",
+            f"echo(es) {[e for e, c in enumerate(counts) if c == 0]} have no readouts (readouts per echo: {counts})",
             path,
         )
     if len(set(counts)) > 1:
         notes.append(f"unequal readouts per echo {counts}: kept the first {m} of each")
-        log.warning(
-            "%s: unequal readouts per echo %s (truncated?): kept the first %d of each", path, counts, m
-        )
+        log.warning("%s: unequal readouts per echo %s (truncated?): kept the first %d of each", path, counts, m)
     groups = [g[:m] for g in groups]
+    for e, g in enumerate(groups):
+        n_dup = len(g) - len(np.unique(proj[g]))
+        if n_dup:
+            notes.append(f"echo {e}: {n_dup} duplicated projection counter(s)")
+            log.warning(
+                "%s: echo %d has %d readout(s) whose projection counter (%s) repeats an earlier one "
+                "(repeated or averaged readouts?): each is gridded at its own trajectory position",
+                path,
+                e,
+                n_dup,
+                "Lin" if echo_from == "eco" else "order",
+            )
     out = np.stack([data[g] for g in groups])  # (echo, proj, coil, sample)
     out = np.ascontiguousarray(out.transpose(0, 2, 1, 3))  # (echo, coil, proj, sample)
     pidx = np.stack([proj[g] for g in groups])
@@ -580,9 +705,7 @@ def read_twix(
         ):
             diffs.append(f"dwell {first.dwell_s} vs {a.dwell_s} s")
         if diffs:
-            raise RawDataError(
-                f"cannot combine with {first.sources[0]} as echoes: " + "; ".join(diffs), a.sources[0]
-            )
+            raise RawDataError(f"cannot combine with {first.sources[0]} as echoes: " + "; ".join(diffs), a.sources[0])
     te = [t for a in accs for t in a.te_s]
     if te_s is not None:
         te = [float(t) for t in te_s]

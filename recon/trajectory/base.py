@@ -10,6 +10,7 @@ n_samples) is the k-space volume each sample represents, in 1/m^3 (see
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,13 @@ GAMMA_BAR_23NA_HZ_PER_T = 11.262e6
 GAMMA_BAR_1H_HZ_PER_T = 42.577478e6
 """Gyromagnetic ratio / 2pi of 1H in Hz/T."""
 
+MIN_EXTENT_FRACTION = 0.1
+"""Smallest plausible max |k| per axis as a fraction of the grid's Nyquist limit matrix / (2 FOV):
+a trajectory that reaches less cannot be meant for this grid (all zero, or wrong units)."""
+
+_CHUNK = 256
+"""Projections per block in the passes over k that need temporaries (checks, kmax)."""
+
 
 def _as3(v, name: str, dtype=float) -> tuple:
     a = np.atleast_1d(np.asarray(v, dtype=dtype))
@@ -29,6 +37,18 @@ def _as3(v, name: str, dtype=float) -> tuple:
     if a.shape != (3,):
         raise TrajectoryError(f"{name} must be a scalar or 3 values, got shape {a.shape}")
     return tuple(a.tolist())
+
+
+def _gradient_checks(g: np.ndarray, dt: float) -> tuple[float, float]:
+    """Max |G| (T/m) and max slew (T/m/s) of waveforms (n, n_t, 3), including the switch-on from 0
+    at the start of the readout (NaN pads ended waveforms and is ignored)."""
+    if g.shape[1] == 0:
+        return -np.inf, -np.inf
+    gmag = np.sqrt(np.einsum("ijk,ijk->ij", g, g))
+    g0 = np.concatenate([np.zeros_like(g[:, :1]), g], axis=1)
+    d = np.diff(g0, axis=1)
+    slew = np.sqrt(np.einsum("ijk,ijk->ij", d, d)) / dt
+    return float(np.nanmax(gmag)), float(np.nanmax(slew))
 
 
 @dataclasses.dataclass
@@ -74,38 +94,69 @@ class Trajectory:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        """Raise :class:`TrajectoryError` if shapes, units or values are inconsistent."""
+        """Raise :class:`TrajectoryError` if shapes, units or values are inconsistent.
+
+        Besides shapes: finite k, t, dcf; t non-negative and strictly increasing along each
+        readout; positive finite FOV, matrix, dwell and gyromagnetic ratio; k neither beyond 3x
+        the grid's Nyquist limit (wrong units) nor so small that it cannot be a trajectory for
+        this grid (all zero, or scaled by 1e-3: the largest |k| x FOV below
+        :data:`MIN_EXTENT_FRACTION` of matrix / 2). The passes over k reduce without
+        temporaries the size of k (min and max, which propagate NaN).
+        """
         if self.k.ndim != 3 or self.k.shape[-1] != 3:
             raise TrajectoryError(f"k must have shape (n_projections, n_samples, 3), got {self.k.shape}")
         n_proj, n_samp, _ = self.k.shape
         if n_proj < 1 or n_samp < 1:
             raise TrajectoryError(f"k is empty: shape {self.k.shape}")
-        if not np.all(np.isfinite(self.k)):
+        if not all(math.isfinite(f) and f > 0 for f in self.fov_m) or any(m <= 0 for m in self.matrix):
+            raise TrajectoryError(f"fov_m {self.fov_m} and matrix {self.matrix} must be positive and finite")
+        if not (math.isfinite(self.dwell_s) and self.dwell_s > 0):
+            raise TrajectoryError(f"dwell time must be positive, got {self.dwell_s} s")
+        if not (math.isfinite(self.gamma_hz_per_t) and self.gamma_hz_per_t != 0):
+            raise TrajectoryError(f"gyromagnetic ratio must be finite and non-zero, got {self.gamma_hz_per_t} Hz/T")
+        # whole-array min and max (fast, and NaN propagates); per-axis passes only when needed
+        lo, hi = float(self.k.min()), float(self.k.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise TrajectoryError("k contains NaN or infinite values")
         if self.t.shape not in ((n_samp,), (n_proj, n_samp)):
             raise TrajectoryError(
                 f"t must have shape ({n_samp},) or ({n_proj}, {n_samp}) to match k {self.k.shape}, got {self.t.shape}"
             )
-        if not np.all(np.isfinite(self.t)):
+        tmin = float(self.t.min())
+        if not (math.isfinite(tmin) and math.isfinite(float(self.t.max()))):
             raise TrajectoryError("t contains NaN or infinite values")
-        if any(f <= 0 for f in self.fov_m) or any(m <= 0 for m in self.matrix):
-            raise TrajectoryError(f"fov_m {self.fov_m} and matrix {self.matrix} must be positive")
-        if self.dwell_s <= 0:
-            raise TrajectoryError(f"dwell time must be positive, got {self.dwell_s} s")
+        if tmin < 0:
+            raise TrajectoryError(f"t must count from the first ADC sample (>= 0 s), but reaches {tmin:g} s")
+        if n_samp > 1:
+            dt_min = float(np.diff(self.t, axis=-1).min())
+            if dt_min <= 0:
+                raise TrajectoryError(f"t must increase along each readout, but two consecutive samples differ by {dt_min:g} s")
         if self.dcf is not None:
             self.dcf = np.asarray(self.dcf, dtype=np.float64)
             if self.dcf.shape != (n_proj, n_samp):
                 raise TrajectoryError(f"dcf shape {self.dcf.shape} does not match k {self.k.shape[:2]}")
-            if not np.all(np.isfinite(self.dcf)) or np.any(self.dcf < 0):
+            dmin = float(self.dcf.min())
+            if not (math.isfinite(dmin) and math.isfinite(float(self.dcf.max()))) or dmin < 0:
                 raise TrajectoryError("dcf must be finite and non-negative")
         # k beyond the grid's Nyquist limit by more than a few percent means wrong units (1/cm? rad/m?)
         kn = np.asarray(self.matrix) / (2 * np.asarray(self.fov_m))
-        kabs = np.abs(self.k).max(axis=(0, 1))
+        kall = max(abs(lo), abs(hi))
+        if kall > 3 * kn.min() or kall < MIN_EXTENT_FRACTION * kn.max():
+            kabs = np.array([np.abs(self.k[..., d]).max() for d in range(3)])
+        else:  # both checks below pass whatever the split over the axes
+            return
         if np.any(kabs > 1.5 * kn * 2):
             raise TrajectoryError(
                 f"k reaches {kabs.round(2).tolist()} 1/m, more than 3x the grid's Nyquist limit "
                 f"{kn.round(2).tolist()} 1/m for matrix {self.matrix} and FOV {self.fov_m} m: "
                 "k must be in cycles/m (not 1/cm, rad/m or grid units)"
+            )
+        extent = float(np.max(kabs / kn))
+        if extent < MIN_EXTENT_FRACTION:
+            raise TrajectoryError(
+                f"k reaches only {kabs.tolist()} 1/m ({extent:.3g} of the Nyquist limit {kn.round(2).tolist()} 1/m "
+                f"for matrix {self.matrix} and FOV {self.fov_m} m): "
+                + ("k is all zero" if extent == 0 else "k must be in cycles/m (not scaled by 1e-3, or in m^-1 per mm)")
             )
 
     def __repr__(self) -> str:
@@ -133,7 +184,11 @@ class Trajectory:
     @property
     def kmax_reached(self) -> float:
         """Largest |k| of any sample in cycles/m."""
-        return float(np.sqrt((self.k**2).sum(-1)).max())
+        m = 0.0
+        for i in range(0, self.n_projections, _CHUNK):
+            kb = self.k[i : i + _CHUNK]
+            m = max(m, float(np.einsum("ijk,ijk->ij", kb, kb).max()))
+        return math.sqrt(m)
 
     def sample_times(self) -> np.ndarray:
         """Sample times broadcast to (n_proj, n_samp) in s (from the first ADC sample)."""
@@ -154,18 +209,16 @@ class Trajectory:
         differences of k at the dwell time.
         """
         if self.waveforms is not None:
-            g = np.asarray(self.waveforms["g_t_per_m"])
-            dt = float(self.waveforms["raster_s"])
-        else:
-            g = self.gradient_t_per_m()
-            dt = self.dwell_s
-        gmag = np.sqrt((g**2).sum(-1))
-        # slew including the switch-on from 0 at the start of the readout (NaN pads ended waveforms)
-        g0 = np.concatenate([np.zeros_like(g[:, :1]), g], axis=1)
-        slew = np.sqrt((np.diff(g0, axis=1) ** 2).sum(-1)) / dt
+            gmax, smax = _gradient_checks(np.asarray(self.waveforms["g_t_per_m"]), float(self.waveforms["raster_s"]))
+        else:  # finite differences of k at the dwell time, a block of projections at a time
+            gmax = smax = -np.inf
+            for i in range(0, self.n_projections, _CHUNK):
+                g = np.diff(self.k[i : i + _CHUNK], axis=1) / (self.gamma_hz_per_t * self.dwell_s)
+                gm, sm = _gradient_checks(g, self.dwell_s)
+                gmax, smax = max(gmax, gm), max(smax, sm)
         return {
-            "max_gradient_t_per_m": float(np.nanmax(gmag)),
-            "max_slew_t_per_m_per_s": float(np.nanmax(slew)),
+            "max_gradient_t_per_m": float(gmax),
+            "max_slew_t_per_m_per_s": float(smax),
             "kmax_reached_per_m": self.kmax_reached,
             "readout_s": self.readout_s,
             "n_projections": self.n_projections,

@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import numpy as np
 
-try:  # the two passes are sequential scalar loops: compiled with numba where installed
-    from numba import njit
-except ImportError:  # pragma: no cover - numba is a core dependency; pure Python still works
-
-    def njit(*a, **k):
-        return (lambda f: f) if not a or not callable(a[0]) else a[0]
+_COMPILED = None
 
 
-@njit(cache=True)
 def _passes(v, lim, kap, ds, amax):
+    """The forward/backward passes, compiled with numba on first use (importing numba costs ~0.5 s,
+    so it is imported only when a slew-limited design needs it)."""
+    global _COMPILED
+    if _COMPILED is None:
+        try:
+            from numba import njit
+        except ImportError:  # pragma: no cover - numba is a core dependency; pure Python still works
+            _COMPILED = _passes_py
+        else:
+            _COMPILED = njit(cache=True)(_passes_py)
+    return _COMPILED(v, lim, kap, ds, amax)
+
+
+def _passes_py(v, lim, kap, ds, amax):
     n = v.shape[0]
     for i in range(n - 1):  # forward: accelerate within the slew budget
         at2 = amax * amax - (v[i] * v[i] * kap[i]) ** 2

@@ -96,6 +96,25 @@ def _psi(k: np.ndarray, k0: float, taper: float) -> np.ndarray:
     return psi
 
 
+def _rotate_cones(cone_k: np.ndarray, n_per_cone, rot: np.ndarray) -> np.ndarray:
+    """k (n_proj, n_samp, 3): each cone's path (n_cones, n_samp, 3) rotated about z by ``rot``.
+
+    Written cone by cone into one output array (no gathered copy of the cone paths), with the
+    same arithmetic as the rotation matrix [[c, -s], [s, c]].
+    """
+    n_cones, n_samp, _ = cone_k.shape
+    k = np.empty((len(rot), n_samp, 3))
+    i = 0
+    for n, m in enumerate(np.asarray(n_per_cone).tolist()):
+        c, s = np.cos(rot[i : i + m])[:, None], np.sin(rot[i : i + m])[:, None]
+        x, y = cone_k[n, None, :, 0], cone_k[n, None, :, 1]
+        k[i : i + m, :, 0] = c * x - s * y
+        k[i : i + m, :, 1] = s * x + c * y
+        k[i : i + m, :, 2] = cone_k[n, None, :, 2]
+        i += m
+    return k
+
+
 def tpi(
     fov_m: float = 0.224,
     res_m: float = 0.0035,
@@ -190,9 +209,7 @@ def tpi(
             break
         smax_design *= 0.95 * smax_t_per_m_per_s / slew
     else:
-        raise TrajectoryError(
-            f"could not meet the slew limit {smax_t_per_m_per_s} T/m/s on a {grad_raster_s * 1e6:g} us raster"
-        )
+        raise TrajectoryError(f"could not meet the slew limit {smax_t_per_m_per_s} T/m/s on a {grad_raster_s * 1e6:g} us raster")
 
     t_end = max(tp[-1] for tp, _ in profiles.values())
     n_samp = int(math.ceil(t_end / dwell_s - 1e-9))
@@ -201,12 +218,7 @@ def tpi(
 
     cone_idx = np.repeat(np.arange(n_r), n_phi)
     rot = np.concatenate([2 * np.pi * np.arange(m) / m for m in n_phi])
-    c, s_ = np.cos(rot)[:, None], np.sin(rot)[:, None]
-    base = cone_k[cone_idx]
-    k = np.empty_like(base)
-    k[..., 0] = c * base[..., 0] - s_ * base[..., 1]
-    k[..., 1] = s_ * base[..., 0] + c * base[..., 1]
-    k[..., 2] = base[..., 2]
+    k = _rotate_cones(cone_k, n_phi, rot)
     solid = 4 * np.pi * np.sin(theta) * np.sin(np.pi / (2 * n_r)) / n_phi
     matrix = int(round(fov_m / res_m))
     params = {

@@ -133,10 +133,14 @@ class Plans:
         from recon.trajectory import compute_dcf
 
         def build():
-            return compute_dcf(traj, method, **options)
+            return compute_dcf(traj, method, plans=self, **options)
 
         key = lambda: (array_digest(traj.k), method, json.dumps(options, sort_keys=True, default=str))  # noqa: E731
         return self.get("dcf", key, build)
+
+    def spreader(self, key: Callable[[], Hashable] | None, builder: Callable[[], Any]) -> Any:
+        """A spread/interpolate-only gridder (e.g. the Pipe-Menon convolution's finufft plans) under ``key()``."""
+        return self.get("spreader", key, builder)
 
     def nufft(self, k: np.ndarray, shape: Sequence[int], fov: float | Sequence[float], **kw: Any):
         """``recon.nufft.NUFFT(k, shape, fov, **kw)``, reused for bit-identical k and settings."""

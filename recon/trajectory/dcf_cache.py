@@ -1,0 +1,231 @@
+"""Disk cache of density weights, keyed by the trajectory's content.
+
+Pipe-Menon weights of a trajectory file cost a few NUFFT-equivalents; a site that reconstructs
+every scan with the same trajectory file should pay them once. :func:`cached_dcf` returns the
+weights of a trajectory and where they came from:
+
+* ``traj.dcf`` when the trajectory carries weights (method ``auto``): "from trajectory file";
+* ``analytic`` weights are computed (cheaper than reading them back);
+* other methods (``pipe``) are looked up in the cache directory under a key made of the
+  trajectory file's content hash (BLAKE2b of its bytes; of k, FOV and matrix when there is no
+  file), the method, its options and :data:`recon.trajectory.dcf.PIPE_VERSION`; on a miss they
+  are computed and stored.
+
+Cache directory: ``$NARECON_CACHE_DIR/dcf`` if set, else ``platformdirs.user_cache_dir("narecon")/dcf``
+when platformdirs is installed, else ``$XDG_CACHE_HOME/narecon/dcf`` (default ``~/.cache``).
+Entries are ``<key>.npy`` (float64, n_projections x n_samples), written atomically (temporary
+file and rename, so concurrent workers never read half a file); a hit refreshes the entry's
+modification time, and after each store the least recently used entries are removed until the
+directory holds at most ``NARECON_CACHE_MAX_MB`` (default 2048) MB. An entry that does not load
+or does not fit the trajectory is removed and recomputed. ``NARECON_CACHE_DIR=off`` (or ``0``)
+disables the cache. The command ``narecon cache info`` / ``narecon cache clear`` shows or
+empties it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recon.trajectory.base import Trajectory
+
+if TYPE_CHECKING:
+    from recon.plans import Plans
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MB = 2048
+"""Default size bound of the DCF cache directory in MB (``NARECON_CACHE_MAX_MB``)."""
+
+_SUFFIX = ".npy"
+
+
+def cache_dir() -> Path | None:
+    """The DCF cache directory (not created here), or None when the cache is switched off."""
+    env = os.environ.get("NARECON_CACHE_DIR")
+    if env is not None:
+        if env.strip().lower() in ("", "0", "off", "none", "false"):
+            return None
+        return Path(env).expanduser() / "dcf"
+    try:
+        import platformdirs
+    except ImportError:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "narecon"
+    else:
+        base = Path(platformdirs.user_cache_dir("narecon"))
+    return base / "dcf"
+
+
+def max_bytes() -> int:
+    """Size bound of the cache directory in bytes (``NARECON_CACHE_MAX_MB``, default :data:`DEFAULT_MAX_MB`)."""
+    try:
+        mb = float(os.environ.get("NARECON_CACHE_MAX_MB", DEFAULT_MAX_MB))
+    except ValueError:
+        mb = DEFAULT_MAX_MB
+    return int(max(mb, 0) * 1024 * 1024)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """BLAKE2b digest of a file's bytes (read in 8 MB blocks)."""
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dcf_key(traj: Trajectory, method: str, options: dict[str, Any] | None = None, source_path=None) -> str:
+    """Cache key of the weights of ``traj`` by ``method``: content hash, grid, method, options, version."""
+    from recon.plans import array_digest
+    from recon.trajectory.dcf import PIPE_VERSION
+
+    content = file_digest(source_path) if source_path is not None else array_digest(traj.k)
+    desc = json.dumps(
+        {
+            "content": content,
+            "shape": list(traj.k.shape),
+            "fov_m": list(traj.fov_m),
+            "matrix": list(traj.matrix),
+            "method": method,
+            "options": options or {},
+            "version": PIPE_VERSION,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.blake2b(desc.encode(), digest_size=20).hexdigest()
+
+
+def resolve_method(traj: Trajectory, method: str) -> str:
+    """``auto`` -> ``analytic`` for the built-in generators (tpi, radial), else ``pipe``."""
+    if method != "auto":
+        return method
+    return "analytic" if traj.params.get("generator") in ("tpi", "radial") else "pipe"
+
+
+def cached_dcf(
+    traj: Trajectory,
+    method: str = "auto",
+    *,
+    source_path: str | os.PathLike | None = None,
+    plans: Plans | None = None,
+    **options: Any,
+) -> tuple[np.ndarray, str]:
+    """Density weights (n_proj, n_samp) in 1/m^3 of ``traj`` and how they were obtained.
+
+    ``method``: a name of :data:`recon.trajectory.dcf.DCF_METHODS` or ``auto`` (the file's own
+    weights if it has them, else analytic for built-in generators and pipe otherwise).
+    ``source_path``: the trajectory file, whose content hash keys the cache. ``plans``: handed
+    to the method (and its in-memory cache is used first). Returns ``(dcf, how)`` with ``how``
+    one of "from trajectory file", "computed (analytic)", "cached (pipe)", "computed (pipe)",
+    "computed (pipe, not cached: ...)".
+    """
+    from recon.plans import plans_or_default
+
+    if method == "auto" and traj.dcf is not None:
+        return traj.dcf, "from trajectory file"
+    method = resolve_method(traj, method)
+    pl = plans_or_default(plans)
+    if method == "analytic":
+        return pl.dcf(traj, method, **options), "computed (analytic)"
+    d = cache_dir()
+    if d is None:
+        return pl.dcf(traj, method, **options), f"computed ({method}, cache off)"
+    try:
+        key = dcf_key(traj, method, options, source_path)
+    except OSError as e:
+        return pl.dcf(traj, method, **options), f"computed ({method}, not cached: {e.strerror})"
+    entry = d / f"{key}{_SUFFIX}"
+    w = _load(entry, traj.k.shape[:2])
+    if w is not None:
+        log.info("density weights (%s) from the cache %s", method, entry)
+        return w, f"cached ({method})"
+    w = pl.dcf(traj, method, **options)
+    why = _store(entry, w)
+    return w, f"computed ({method})" if why is None else f"computed ({method}, not cached: {why})"
+
+
+def _load(entry: Path, shape: tuple) -> np.ndarray | None:
+    if not entry.is_file():
+        return None
+    try:
+        w = np.load(entry, allow_pickle=False)
+        ok = w.shape == tuple(shape) and w.dtype == np.float64 and np.isfinite(w).all() and (w >= 0).all()
+    except (OSError, ValueError) as e:
+        log.warning("DCF cache entry %s unreadable (%s): recomputing", entry, e)
+        ok = False
+    if not ok:
+        entry.unlink(missing_ok=True)
+        return None
+    try:
+        os.utime(entry)  # least recently used is evicted first
+    except OSError:
+        pass
+    return w
+
+
+def _store(entry: Path, w: np.ndarray) -> str | None:
+    """Write ``w`` atomically and bound the directory; returns None or why it was not stored."""
+    from recon.atomic import atomic_file
+    from recon.errors import OutputError
+
+    bound = max_bytes()
+    if w.nbytes > bound:
+        return f"{w.nbytes / 1e6:.0f} MB exceeds the cache bound NARECON_CACHE_MAX_MB"
+    try:
+        with atomic_file(entry) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(w, dtype=np.float64), allow_pickle=False)
+    except (OSError, OutputError) as e:
+        log.warning("cannot store density weights in the cache %s: %s", entry.parent, e)
+        return str(e)
+    _evict(entry.parent, bound, keep=entry)
+    return None
+
+
+def entries(d: Path | None = None) -> list[Path]:
+    """Cache entries, least recently used first."""
+    d = cache_dir() if d is None else d
+    if d is None or not d.is_dir():
+        return []
+    files = [p for p in d.iterdir() if p.suffix == _SUFFIX and p.is_file() and not p.name.startswith(".")]
+    return sorted(files, key=lambda p: p.stat().st_mtime)
+
+
+def _evict(d: Path, bound: int, keep: Path | None = None) -> None:
+    files = entries(d)
+    total = sum(p.stat().st_size for p in files)
+    for p in files:
+        if total <= bound:
+            break
+        if keep is not None and p == keep:
+            continue
+        total -= p.stat().st_size
+        p.unlink(missing_ok=True)
+
+
+def info() -> dict[str, Any]:
+    """Directory, entry count, total size and bound of the cache (JSON-ready)."""
+    d = cache_dir()
+    files = entries(d)
+    return {
+        "directory": None if d is None else str(d),
+        "enabled": d is not None,
+        "entries": len(files),
+        "size_bytes": int(sum(p.stat().st_size for p in files)),
+        "max_bytes": max_bytes(),
+    }
+
+
+def clear() -> int:
+    """Remove every cache entry; returns how many were removed."""
+    files = entries()
+    for p in files:
+        p.unlink(missing_ok=True)
+    return len(files)

@@ -220,14 +220,16 @@ def check_trajectory(acq, traj, source: str) -> None:
 
 def density_weights(traj, opts: RunOptions, plans: Plans | None = None, timer: StageTimer | None = None) -> tuple[np.ndarray, str]:
     """Stage 3: density weights (n_proj, n_samp) in 1/m^3 and the method's name."""
-    method = opts.dcf
-    if method == "auto":
-        if traj.dcf is not None:
-            return traj.dcf, "from trajectory file"
-        method = "analytic" if traj.params.get("generator") in ("tpi", "radial", "xenon-radial") else "pipe"
+    from recon.trajectory.dcf_cache import cached_dcf, resolve_method
+
+    if opts.dcf == "auto" and traj.dcf is not None:
+        return traj.dcf, "from trajectory file"
+    method = resolve_method(traj, opts.dcf)
     timer = timer or StageTimer()
     with timer.stage(f"density compensation ({method})"):
-        return plans_or_default(plans).dcf(traj, method), method
+        dcf, how = cached_dcf(traj, method, plans=plans)  # Pipe-Menon weights: disk cache by content
+    log.info("density weights: %s", how)
+    return dcf, method
 
 
 def prepare_kspace(acq, traj, dcf: np.ndarray, timer: StageTimer | None = None) -> KSpace:

@@ -135,8 +135,12 @@ class Plans:
         def build():
             return compute_dcf(traj, method, plans=self, **options)
 
-        key = lambda: (array_digest(traj.k), method, json.dumps(options, sort_keys=True, default=str))  # noqa: E731
-        return self.get("dcf", key, build)
+        return self.get("dcf", lambda: self.dcf_key(traj, method, **options), build)
+
+    @staticmethod
+    def dcf_key(traj: Any, method: str, **options: Any) -> tuple:
+        """Cache key of :meth:`dcf`: a digest of k with the method and its options."""
+        return (array_digest(traj.k), method, json.dumps(options, sort_keys=True, default=str))
 
     def spreader(self, key: Callable[[], Hashable] | None, builder: Callable[[], Any]) -> Any:
         """A spread/interpolate-only gridder (e.g. the Pipe-Menon convolution's finufft plans) under ``key()``."""

@@ -183,3 +183,28 @@ def test_cli_cache_info_and_clear(cache, file_traj, capsys):
     assert main(["cache", "clear"]) == 0
     assert "removed 1" in capsys.readouterr().out
     assert dc.info()["entries"] == 0
+
+
+def test_plan_cache_is_consulted_before_the_disk(cache, file_traj):
+    tr, p = file_traj
+    plans = Plans(PlanCache())
+    w1, how1 = dc.cached_dcf(tr, "pipe", plans=plans)
+    w2, how2 = dc.cached_dcf(tr, "pipe", plans=plans)
+    assert (how1, how2) == ("computed (pipe)", "cached in memory (pipe)")
+    assert w2 is w1
+    fresh = Plans(PlanCache())
+    assert dc.cached_dcf(tr, "pipe", plans=fresh)[1] == "cached (pipe)"
+    assert dc.cached_dcf(tr, "pipe", plans=fresh)[1] == "cached in memory (pipe)"
+
+
+def test_pipeline_density_stage_uses_the_cache(cache, file_traj):
+    from recon.options import RunOptions
+    from recon.pipeline import density_weights
+
+    tr, _ = file_traj
+    opts = RunOptions()
+    w1, m1 = density_weights(tr, opts)
+    w2, m2 = density_weights(tr, opts)
+    assert m1 == m2 == "pipe"
+    np.testing.assert_array_equal(w1, w2)
+    assert dc.info()["entries"] == 1

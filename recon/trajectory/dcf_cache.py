@@ -102,11 +102,15 @@ def dcf_key(traj: Trajectory, method: str, options: dict[str, Any] | None = None
     return hashlib.blake2b(desc.encode(), digest_size=20).hexdigest()
 
 
+#: generators whose trajectories have analytic weights (``--dcf auto`` picks ``analytic`` for them)
+ANALYTIC_GENERATORS = ("tpi", "radial", "xenon-radial")
+
+
 def resolve_method(traj: Trajectory, method: str) -> str:
-    """``auto`` -> ``analytic`` for the built-in generators (tpi, radial), else ``pipe``."""
+    """``auto`` -> ``analytic`` for the built-in generators (:data:`ANALYTIC_GENERATORS`), else ``pipe``."""
     if method != "auto":
         return method
-    return "analytic" if traj.params.get("generator") in ("tpi", "radial") else "pipe"
+    return "analytic" if traj.params.get("generator") in ANALYTIC_GENERATORS else "pipe"
 
 
 def cached_dcf(
@@ -134,6 +138,10 @@ def cached_dcf(
     pl = plans_or_default(plans)
     if method == "analytic":
         return pl.dcf(traj, method, **options), "computed (analytic)"
+    if pl.cache is not None:  # a batch worker's in-memory cache first (no disk read)
+        w = pl.cache.peek("dcf", pl.dcf_key(traj, method, **options))
+        if w is not None:
+            return w, f"cached in memory ({method})"
     d = cache_dir()
     if d is None:
         return pl.dcf(traj, method, **options), f"computed ({method}, cache off)"
@@ -145,6 +153,8 @@ def cached_dcf(
     w = _load(entry, traj.k.shape[:2])
     if w is not None:
         log.info("density weights (%s) from the cache %s", method, entry)
+        if pl.cache is not None:
+            pl.cache.get_or_build("dcf", pl.dcf_key(traj, method, **options), lambda: w)
         return w, f"cached ({method})"
     w = pl.dcf(traj, method, **options)
     why = _store(entry, w)

@@ -66,16 +66,22 @@ def compute_dcf(traj: Trajectory, method: str = "analytic", *, plans: Plans | No
 
 @register_dcf("analytic")
 def dcf_analytic(traj: Trajectory) -> np.ndarray:
-    """Analytic weights for centre-out trajectories (TPI, radial): Omega * k^2 * d|k|/dt * dwell."""
-    kr = np.sqrt((traj.k**2).sum(-1))
-    t = traj.sample_times()
+    """Analytic weights for centre-out trajectories (TPI, radial): Omega * k^2 * d|k|/dt * dwell.
+
+    Computed a block of projections at a time (no k-sized temporaries).
+    """
     if traj.n_samples < 2:
         raise InputError("analytic density compensation needs at least 2 samples per projection")
-    vr = np.gradient(kr, axis=1) / np.gradient(t, axis=1)
-    vr = np.clip(vr, 0.0, None)  # samples parked at kmax after a readout ends carry no new volume
     omega = traj.solid_angle if traj.solid_angle is not None else np.full(traj.n_projections, 4 * np.pi / traj.n_projections)
-    dt = np.gradient(t, axis=1)
-    w = omega[:, None] * kr**2 * vr * dt
+    w = np.empty(traj.k.shape[:2])
+    dt1 = np.gradient(traj.t) if traj.t.ndim == 1 else None
+    for i in range(0, traj.n_projections, 256):
+        sl = slice(i, i + 256)
+        kr = np.sqrt((traj.k[sl] ** 2).sum(-1))
+        dt = dt1 if dt1 is not None else np.gradient(traj.t[sl], axis=1)
+        vr = np.gradient(kr, axis=1) / dt
+        vr = np.clip(vr, 0.0, None)  # samples parked at kmax after a readout ends carry no new volume
+        w[sl] = omega[sl, None] * kr**2 * vr * dt
     w[:, 0] = 0.0
     return w
 

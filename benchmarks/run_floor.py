@@ -1,0 +1,254 @@
+"""``narecon run`` and its stages against their floor, at one protocol, in one process.
+
+Floor: read the raw file's bytes + one two-echo finufft type-1 adjoint (plan, setpts with
+float32 points, execute; eps 1e-4 as the pipeline's NUFFT). Stages: raw reading (twix and the
+same scan as ISMRMRD), the built-in TPI trajectory, density weights (analytic, the lean
+Pipe-Menon; optionally the previous 30-iteration Pipe-Menon), and the whole run
+(``recon.reconstruct`` + ``recon.write_run``) with the built-in TPI and with a trajectory file
+(a site's own file without weights: Pipe-Menon from the disk cache after the first run; the
+cold first run is measured separately with the cache off). Rounds are interleaved (every
+measurement once per round), medians and ranges are reported with the machine's load average.
+Peak memory: ``resource.getrusage`` max RSS of one subprocess per configuration.
+Start-up: ``import recon.cli`` + ``build_parser()`` in fresh interpreters.
+
+    python benchmarks/run_floor.py --matrix 64 --rounds 3 [--old-pipe] [--readme]
+
+Simulated data go to ``benchmarks/_work/`` (git-ignored; made once with ``python -m recon
+simulate``); results to ``benchmarks/results/run_floor_<N>.json``; ``--readme`` rewrites the
+table between the ``run_floor`` markers of benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+
+def simulate(n: int, work: Path) -> Path:
+    d = work / f"sim{n}"
+    if not (d / "raw.dat").exists() or not (d / "raw.h5").exists():
+        subprocess.run(
+            [sys.executable, "-m", "recon", "simulate", "--matrix", str(n), "--out", str(d), "--ismrmrd", "--force"],
+            cwd=ROOT,
+            check=True,
+        )
+    return d
+
+
+def trajectory_file(raw: Path, work: Path, n: int) -> Path:
+    """The built-in TPI of the scan written as a site's trajectory file (no weights, generator 'site')."""
+    import h5py
+
+    from recon.io import build_trajectory, load_profile, read_raw
+    from recon.trajectory import write_trajectory
+
+    p = work / f"traj{n}_site.h5"
+    if not p.exists():
+        tr = build_trajectory(read_raw(raw), load_profile(None))
+        tr.dcf = None
+        write_trajectory(tr, p)
+        with h5py.File(p, "r+") as f:
+            f.attrs["generator"] = "site"
+    return p
+
+
+def floor_adjoint(acq, traj):
+    """One two-echo finufft type-1 adjoint: plan + setpts (float32 points) + execute."""
+    import finufft
+    import numpy as np
+
+    from recon.nufft import default_threads
+
+    k = traj.k.reshape(-1, 3)
+    pts = [np.ascontiguousarray(2 * np.pi * k[:, d] * traj.fov_m[d] / traj.matrix[d], dtype=np.float32) for d in range(3)]
+    data = np.ascontiguousarray(acq.data[:, 0].reshape(acq.n_echoes, -1), dtype=np.complex64)
+    t0 = time.perf_counter()
+    p = finufft.Plan(1, tuple(traj.matrix), acq.n_echoes, 1e-4, +1, dtype="complex64", nthreads=default_threads())
+    p.setpts(*pts)
+    p.execute(data)
+    return time.perf_counter() - t0
+
+
+def measure(fn) -> float:
+    gc.collect()
+    t = time.perf_counter()
+    fn()
+    el = time.perf_counter() - t
+    gc.collect()
+    return el
+
+
+def startup(rounds: int) -> list[float]:
+    code = "import time; t = time.perf_counter(); import recon.cli; recon.cli.build_parser(); print(time.perf_counter() - t)"
+    out = []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+        out.append(time.perf_counter() - t)
+        float(r.stdout)
+    return out
+
+
+_CHILD = """
+import os, resource, sys, tempfile, time
+sys.path.insert(0, {root!r})
+t0 = time.perf_counter()
+import recon
+from recon.options import RunOptions
+opts = RunOptions.from_mapping({opts!r})
+res = recon.reconstruct({raw!r}, opts)
+with tempfile.TemporaryDirectory() as d:
+    recon.write_run(res, os.path.join(d, "out"))
+print(time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def peak_memory(raw: Path, opts: dict, env: dict | None = None) -> tuple[float, float]:
+    """(wall s including imports, max RSS in bytes) of one whole run in a fresh interpreter."""
+    code = _CHILD.format(root=str(ROOT), opts=opts, raw=str(raw))
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, check=True)
+    wall, rss = r.stdout.split()[-2:]
+    return float(wall), float(rss)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--matrix", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=HERE / "_work")
+    ap.add_argument("--old-pipe", action="store_true", help="also time the previous 30-iteration Pipe-Menon (slow)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--readme", action="store_true", help="write the table into benchmarks/README.md")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    n = args.matrix
+    d = simulate(n, args.work)
+    raw, raw_h5 = d / "raw.dat", d / "raw.h5"
+    traj_path = trajectory_file(raw, args.work, n)
+    cache = Path(tempfile.mkdtemp(prefix="narecon_dcf_bench_"))
+    os.environ["NARECON_CACHE_DIR"] = str(cache)
+
+    import recon
+    from recon.io import build_trajectory, load_profile, read_raw
+    from recon.options import RunOptions
+    from recon.trajectory import compute_dcf, read_trajectory
+
+    acq = read_raw(raw)
+    traj = build_trajectory(acq, load_profile(None))
+    site = read_trajectory(traj_path)
+    opts_tpi = RunOptions()
+    opts_file = RunOptions.from_mapping({"traj": str(traj_path)})
+    outdir = Path(tempfile.mkdtemp(prefix="narecon_bench_out_"))
+
+    def whole(opts):
+        def run():
+            res = recon.reconstruct(str(raw), opts)
+            recon.write_run(res, outdir / "o", force=True)
+
+        return run
+
+    # warm the disk cache for the trajectory file (the cold first run is measured separately below)
+    t_first = measure(whole(opts_file))
+    tests = {
+        "floor: read bytes": lambda: raw.read_bytes(),
+        "floor: two-echo adjoint": None,  # timed inside (plan + setpts + execute)
+        "read twix": lambda: read_raw(raw),
+        "read ISMRMRD (same scan)": lambda: read_raw(raw_h5),
+        "trajectory (built-in TPI)": lambda: build_trajectory(acq, load_profile(None)),
+        "DCF analytic": lambda: compute_dcf(traj, "analytic"),
+        "DCF Pipe-Menon (lean)": lambda: compute_dcf(site, "pipe"),
+        "run, built-in TPI": whole(opts_tpi),
+        "run, trajectory file (DCF cached)": whole(opts_file),
+    }
+    if args.old_pipe:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from test_dcf_fast import pipe_reference
+
+        tests["DCF Pipe-Menon (previous, 30 it.)"] = lambda: pipe_reference(site)
+    times: dict[str, list[float]] = {k: [] for k in tests}
+    loads = []
+    for _ in range(args.rounds):
+        loads.append(os.getloadavg()[0])
+        for name, fn in tests.items():
+            times[name].append(floor_adjoint(acq, traj) if fn is None else measure(fn))
+    times["run, trajectory file (first run, cold cache)"] = [t_first]
+    floor = [a + b for a, b in zip(times["floor: read bytes"], times["floor: two-echo adjoint"])]
+    times["floor (read bytes + adjoint)"] = floor
+    adj = statistics.median(times["floor: two-echo adjoint"])
+    f_med = statistics.median(floor)
+    res = {
+        "matrix": n,
+        "samples": [int(acq.n_projections), int(acq.n_samples), int(acq.n_echoes)],
+        "raw_bytes": raw.stat().st_size,
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        "load_average_1min": loads,
+        "startup_s": startup(max(3, args.rounds)),
+        "stages_s": times,
+        "floor_median_s": f_med,
+        "adjoint_median_s": adj,
+    }
+    if not args.no_memory:
+        env = dict(os.environ)
+        res["peak_rss_bytes"] = {
+            "run, built-in TPI": peak_memory(raw, {}, env)[1],
+            "run, trajectory file (DCF cached)": peak_memory(raw, {"traj": str(traj_path)}, env)[1],
+        }
+    out = HERE / "results" / f"run_floor_{n}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    table = render(res)
+    print(table)
+    if args.readme:
+        write_readme(table, n)
+    return 0
+
+
+def render(res: dict) -> str:
+    med = statistics.median
+    f = res["floor_median_s"]
+    adj = res["adjoint_median_s"]
+    lines = [
+        f"{res['matrix']}^3 protocol ({res['samples'][0]} x {res['samples'][1]} samples, {res['samples'][2]} echoes, "
+        f"{res['raw_bytes'] / 1e6:.0f} MB raw); {res['rounds']} interleaved rounds on {res['cpus']} cores, "
+        f"1-min load average {min(res['load_average_1min']):.1f}-{max(res['load_average_1min']):.1f}.",
+        "",
+        "| measurement | median s | range s | / floor | / adjoint |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in res["stages_s"].items():
+        lines.append(f"| {name} | {med(v):.3f} | {min(v):.3f}-{max(v):.3f} | {med(v) / f:.2f} | {med(v) / adj:.1f} |")
+    s = res["startup_s"]
+    lines.append(f"| start-up: `import recon.cli` + parser (fresh interpreter) | {med(s):.3f} | {min(s):.3f}-{max(s):.3f} | | |")
+    for name, b in (res.get("peak_rss_bytes") or {}).items():
+        lines.append(f"| peak RSS, {name} (subprocess, max RSS) | {b / 2**20:.0f} MiB | | {b / res['raw_bytes']:.1f}x raw | |")
+    return "\n".join(lines)
+
+
+def write_readme(table: str, n: int) -> None:
+    p = HERE / "README.md"
+    text = p.read_text()
+    start, end = f"<!-- run_floor {n} start -->", f"<!-- run_floor {n} end -->"
+    block = f"{start}\n{table}\n{end}"
+    if start in text and end in text:
+        a, b = text.index(start), text.index(end) + len(end)
+        text = text[:a] + block + text[b:]
+    else:
+        text = text.rstrip() + f"\n\n## `narecon run` against its floor ({n}^3; `benchmarks/run_floor.py`)\n\n{block}\n"
+    p.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

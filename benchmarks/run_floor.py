@@ -90,14 +90,19 @@ def measure(fn) -> float:
     return el
 
 
-def startup(rounds: int) -> list[float]:
-    code = "import time; t = time.perf_counter(); import recon.cli; recon.cli.build_parser(); print(time.perf_counter() - t)"
-    out = []
+def startup(rounds: int) -> dict[str, list[float]]:
+    """Wall time of fresh interpreters: bare, ``import numpy``, ``import recon.cli`` + parser (interleaved)."""
+    codes = {
+        "bare interpreter": "pass",
+        "import numpy": "import numpy",
+        "import recon.cli + parser": "import recon.cli; recon.cli.build_parser()",
+    }
+    out: dict[str, list[float]] = {k: [] for k in codes}
     for _ in range(rounds):
-        t = time.perf_counter()
-        r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-        out.append(time.perf_counter() - t)
-        float(r.stdout)
+        for name, code in codes.items():
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+            out[name].append(time.perf_counter() - t)
     return out
 
 
@@ -230,8 +235,8 @@ def render(res: dict) -> str:
     ]
     for name, v in res["stages_s"].items():
         lines.append(f"| {name} | {med(v):.3f} | {min(v):.3f}-{max(v):.3f} | {med(v) / f:.2f} | {med(v) / adj:.1f} |")
-    s = res["startup_s"]
-    lines.append(f"| start-up: `import recon.cli` + parser (fresh interpreter) | {med(s):.3f} | {min(s):.3f}-{max(s):.3f} | | |")
+    for name, s in res["startup_s"].items():
+        lines.append(f"| start-up (fresh interpreter, wall): {name} | {med(s):.3f} | {min(s):.3f}-{max(s):.3f} | | |")
     for name, b in (res.get("peak_rss_bytes") or {}).items():
         lines.append(f"| peak RSS, {name} (subprocess, max RSS) | {b / 2**20:.0f} MiB | | {b / res['raw_bytes']:.1f}x raw | |")
     return "\n".join(lines)

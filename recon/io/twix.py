@@ -1,28 +1,37 @@
 """Siemens twix (.dat) reader: VB, VD/VE and XA files to an :class:`~recon.io.acquisition.Acquisition`.
 
-twixtools (0.24) does the parsing that is hard to get right: the container detection
-(``helpers.idea_version_check``), the protocol header (``read_twix(..., parse_data=False)``,
-``twixprot``), the measurement data header structs and their flags (``twixtools.mdb.Mdb``,
-``mdh_def``). The loop over the data blocks (mdbs) is our own thin layer, because twixtools'
-loop does not stop at the end of the file (a truncated file yields thousands of empty
-0-channel mdbs up to the length claimed by the raid header) and never advances on a block
-whose computed DMA length is 0 (a VB block with 0 channels, or a corrupt SYNCDATA length),
-which would hang on corrupt files. Our loop:
+twixtools (0.24) does the parsing that is hard to get right: the protocol header
+(``twixprot.parse_twix_hdr``, loaded on its own so that the read path does not import the
+``twixtools`` package, whose ``__init__`` imports matplotlib, tqdm and scipy), and it defines the
+measurement data header layout (``mdh_def``) and the block rules (``Mdb``) that this reader
+follows field for field (a test checks the offsets against twixtools' structs and the result
+bit for bit against the ``Mdb`` walk). The loop over the data blocks (mdbs) is our own: twixtools'
+loop does not stop at the end of the file (a truncated file yields thousands of empty 0-channel
+mdbs up to the length claimed by the raid header) and never advances on a block whose computed
+DMA length is 0 (a VB block with 0 channels, or a corrupt SYNCDATA length), which would hang on
+corrupt files. One pass over the block headers (``struct`` on a read-only map of the file)
+finds the blocks; the header fields of all kept blocks are then read through one structured
+dtype and the samples gathered by one fancy index. The walk:
 
 * walks the blocks of the **last** measurement of a multi-RAID file,
 * stops at ACQEND, at the end of the file (a readout that the file cuts is dropped and the
   truncation reported with counts) and at the first block whose header is impossible
   (0 channels, DMA length shorter than its own header),
+* reports complete readouts that lie past the measurement length declared in the raid header
+  (they are not read: the header is what the scanner wrote),
 * skips SYNCDATA (PMU) blocks, keeps NOISEADJSCAN readouts separately as noise samples,
-  keeps image scans (``mdb.is_image_scan()``, the same rule as twixtools and BART), and drops
+  keeps image scans (the rule of ``twixtools.mdh_def.is_image_scan``, as in BART), and drops
   image readouts whose sample or channel count differs from the most common one (counted,
-  reported in ``header['dropped_adcs']``).
+  reported in ``header['dropped_adcs']``),
+* refuses samples that are NaN, infinite or beyond :data:`MAX_RAW_MAGNITUDE` (corrupt data
+  that would overflow later), naming the file.
 
 Echo assignment: ``echo_from="eco"`` (default) takes the echo from the Eco counter and the
 projection from the Lin counter; ``echo_from="order"`` takes echo ``k % n_echoes`` of the
 k-th kept readout (for sequences that put several ADCs in one TR without setting Eco; the
 projection is then ``k // n_echoes``). Either way the number of echoes is checked against
-``lContrasts``/``alTE`` of the header. Two or more files (one echo each, e.g. echo1.dat
+``lContrasts``/``alTE`` of the header, and a projection counter that repeats within an echo is
+reported (warning and ``header['notes']``). Two or more files (one echo each, e.g. echo1.dat
 echo2.dat) combine into one multi-echo acquisition.
 
 Header values are converted to SI units (see :func:`header_values`).

@@ -5,6 +5,7 @@ path's imports; the bulk ISMRMRD reader against ``ismrmrd.Dataset.read_acquisiti
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import subprocess
@@ -19,6 +20,24 @@ from twix_reference import read_one_reference
 from recon.errors import NareconError, RawDataError
 from recon.io import read_raw, read_twix, write_ismrmrd, write_twix
 from recon.io.twix import _VB_MDH, _VE_MDH, _read_one
+
+
+@contextlib.contextmanager
+def _warnings(name: str = "recon.io.twix"):
+    """Messages logged at WARNING or above on ``name`` (own handler: the CLI's logging set-up in
+    other tests may stop propagation to the root logger that caplog listens on)."""
+    records: list[logging.LogRecord] = []
+    h = logging.Handler(logging.WARNING)
+    h.emit = records.append
+    lg = logging.getLogger(name)
+    old = lg.level
+    lg.addHandler(h)
+    lg.setLevel(logging.WARNING)
+    try:
+        yield records
+    finally:
+        lg.removeHandler(h)
+        lg.setLevel(old)
 
 
 def _same(a: dict, b: dict) -> None:
@@ -104,7 +123,7 @@ def test_damaged_files_behave_as_before(shared_twix, tmp_path, name):
     assert outcome["same"] >= 5 and outcome["both refused"] >= 2, outcome
 
 
-def test_data_past_the_declared_length_is_reported(shared_twix, tmp_path, caplog):
+def test_data_past_the_declared_length_is_reported(shared_twix, tmp_path):
     """A raid entry whose length ends 10 readouts early: those readouts are not read, and said so."""
     src = shared_twix / "twixtools_gre.dat"
     full = read_twix(src)
@@ -120,23 +139,23 @@ def test_data_past_the_declared_length_is_reported(shared_twix, tmp_path, caplog
     struct.pack_into("<Q", blob, entry + 16, new_len)
     p = tmp_path / "short.dat"
     p.write_bytes(bytes(blob))
-    with caplog.at_level(logging.WARNING, logger="recon.io.twix"):
+    with _warnings() as records:
         acq = read_twix(p)
     assert acq.n_projections == full.n_projections - 10
     np.testing.assert_array_equal(acq.data, full.data[:, :, : acq.n_projections])
-    msg = " ".join(r.getMessage() for r in caplog.records)
+    msg = " ".join(r.getMessage() for r in records)
     assert "10 readout(s) lie past the measurement length" in msg and "short.dat" in msg
 
 
-def test_duplicated_projection_counters_warn(rng, tmp_path, caplog):
+def test_duplicated_projection_counters_warn(rng, tmp_path):
     acq = make_acq(rng, n_proj=8)
     acq.projection_index = np.array([[0, 1, 2, 3, 3, 5, 6, 7]] * 2)
     p = tmp_path / "dup.dat"
     write_twix(acq, p)
-    with caplog.at_level(logging.WARNING, logger="recon.io.twix"):
+    with _warnings() as records:
         back = read_twix(p)
     np.testing.assert_array_equal(back.projection_index, acq.projection_index)
-    assert any("repeats an earlier one" in r.getMessage() for r in caplog.records)
+    assert any("repeats an earlier one" in r.getMessage() for r in records)
     assert any("duplicated projection" in n for n in back.header["notes"])
 
 

@@ -1,4 +1,4 @@
-"""Trajectory validation: the early errors of issue 16 (t, FOV, gamma, k scale), named by file
+"""Trajectory validation: the early errors of issue 16 (t, FOV, gamma, k all zero), named by file
 when read; the lean passes (blocked checks, kmax, TPI rotation) against the plain numpy formulas."""
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ def _plain(tr: Trajectory, **changes) -> dict:
         (lambda tr: {"fov_m": (0.224, float("nan"), 0.224)}, "positive and finite"),
         (lambda tr: {"gamma_hz_per_t": float("nan")}, "gyromagnetic ratio"),
         (lambda tr: {"k": np.zeros_like(tr.k)}, "k is all zero"),
-        (lambda tr: {"k": tr.k * 1e-3}, "k reaches only"),
         (lambda tr: {"k": tr.k * 100}, "more than 3x the grid's Nyquist limit"),
         (lambda tr: {"k": np.where(np.arange(tr.n_samples)[None, :, None] == 3, np.nan, tr.k)}, "NaN or infinite"),
     ],
@@ -45,7 +44,7 @@ def test_implausible_trajectories_are_refused(small, change, match):
 
 def test_plausible_extremes_pass(small):
     Trajectory(**_plain(small))
-    Trajectory(**_plain(small, k=small.k * 0.2))  # a 5x coarser acquisition on this grid is still a trajectory
+    Trajectory(**_plain(small, k=small.k * 0.03))  # a short readout on a fine grid is still a trajectory
     sub = small.subset(slice(0, 1))  # one projection: small extent on two axes
     assert sub.n_projections == 1
     per_proj_t = np.broadcast_to(small.t, small.k.shape[:2]).copy()

@@ -22,10 +22,6 @@ GAMMA_BAR_23NA_HZ_PER_T = 11.262e6
 GAMMA_BAR_1H_HZ_PER_T = 42.577478e6
 """Gyromagnetic ratio / 2pi of 1H in Hz/T."""
 
-MIN_EXTENT_FRACTION = 0.1
-"""Smallest plausible max |k| per axis as a fraction of the grid's Nyquist limit matrix / (2 FOV):
-a trajectory that reaches less cannot be meant for this grid (all zero, or wrong units)."""
-
 _CHUNK = 256
 """Projections per block in the passes over k that need temporaries (checks, kmax)."""
 
@@ -97,11 +93,11 @@ class Trajectory:
         """Raise :class:`TrajectoryError` if shapes, units or values are inconsistent.
 
         Besides shapes: finite k, t, dcf; t non-negative and strictly increasing along each
-        readout; positive finite FOV, matrix, dwell and gyromagnetic ratio; k neither beyond 3x
-        the grid's Nyquist limit (wrong units) nor so small that it cannot be a trajectory for
-        this grid (all zero, or scaled by 1e-3: the largest |k| x FOV below
-        :data:`MIN_EXTENT_FRACTION` of matrix / 2). The passes over k reduce without
-        temporaries the size of k (min and max, which propagate NaN).
+        readout; positive finite FOV, matrix, dwell and gyromagnetic ratio; k not all zero and
+        not beyond 3x the grid's Nyquist limit (wrong units; k too small for the data is
+        :func:`recon.trajectory.units.check_trajectory_units`' job, which knows the raw header).
+        The passes over k are whole-array min and max (no temporaries; NaN propagates), per
+        axis only when the whole-array bound is inconclusive.
         """
         if self.k.ndim != 3 or self.k.shape[-1] != 3:
             raise TrajectoryError(f"k must have shape (n_projections, n_samples, 3), got {self.k.shape}")
@@ -138,25 +134,19 @@ class Trajectory:
             dmin = float(self.dcf.min())
             if not (math.isfinite(dmin) and math.isfinite(float(self.dcf.max()))) or dmin < 0:
                 raise TrajectoryError("dcf must be finite and non-negative")
-        # k beyond the grid's Nyquist limit by more than a few percent means wrong units (1/cm? rad/m?)
+        if lo == hi == 0:
+            raise TrajectoryError("k is all zero: not a trajectory (k must be in cycles/m)")
+        # k beyond the grid's Nyquist limit by more than a few percent means wrong units (1/cm? rad/m?);
+        # k too small for the data is checked against the raw header by recon.trajectory.units
         kn = np.asarray(self.matrix) / (2 * np.asarray(self.fov_m))
-        kall = max(abs(lo), abs(hi))
-        if kall > 3 * kn.min() or kall < MIN_EXTENT_FRACTION * kn.max():
-            kabs = np.array([np.abs(self.k[..., d]).max() for d in range(3)])
-        else:  # both checks below pass whatever the split over the axes
-            return
+        if max(abs(lo), abs(hi)) <= 3 * kn.min():
+            return  # passes whatever the split over the axes
+        kabs = np.array([np.abs(self.k[..., d]).max() for d in range(3)])
         if np.any(kabs > 1.5 * kn * 2):
             raise TrajectoryError(
                 f"k reaches {kabs.round(2).tolist()} 1/m, more than 3x the grid's Nyquist limit "
                 f"{kn.round(2).tolist()} 1/m for matrix {self.matrix} and FOV {self.fov_m} m: "
                 "k must be in cycles/m (not 1/cm, rad/m or grid units)"
-            )
-        extent = float(np.max(kabs / kn))
-        if extent < MIN_EXTENT_FRACTION:
-            raise TrajectoryError(
-                f"k reaches only {kabs.tolist()} 1/m ({extent:.3g} of the Nyquist limit {kn.round(2).tolist()} 1/m "
-                f"for matrix {self.matrix} and FOV {self.fov_m} m): "
-                + ("k is all zero" if extent == 0 else "k must be in cycles/m (not scaled by 1e-3, or in m^-1 per mm)")
             )
 
     def __repr__(self) -> str:

@@ -15,6 +15,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_dcf_cache(tmp_path_factory):
+    """Density weights computed by tests go to a temporary cache, never into the user's ~/.cache/narecon."""
+    if "NARECON_CACHE_DIR" not in os.environ:
+        os.environ["NARECON_CACHE_DIR"] = str(tmp_path_factory.mktemp("narecon-cache"))
+    yield
+
+
 def shared_twix_dir() -> Path | None:
     env = os.environ.get("NARECON_SHARED_DATA")
     cand = [Path(env) / "twix"] if env else []

@@ -62,7 +62,7 @@ def check_trajectory_units(traj, acq, source: str | None = None) -> dict[str, fl
     if not np.any(ax):
         return {"kmax_ratio": float("nan"), "centre_sample": -1, "centre_k_fraction": float("nan"), "reference": "none"}
     kn = mat[ax] / (2 * fov[ax])
-    kabs = np.abs(traj.k).max(axis=(0, 1))[ax]
+    kabs = np.array([max(-float(traj.k[..., d].min()), float(traj.k[..., d].max())) for d in range(3)])[ax]  # no |k| temporary
     ratio = float(np.max(kabs / kn))
     lo, hi = KMAX_RATIO_RANGE
     if not (lo <= ratio <= hi):

@@ -25,7 +25,7 @@ Public API
   :mod:`recon.b0.segments`).
 """
 
-from recon.b0.correct import CORRECTIONS, TimeBinnedGridder, correct, mfi_coefficients, register_correction
+from recon.b0.correction import CORRECTIONS, TimeBinnedGridder, correct, mfi_coefficients, register_correction
 from recon.b0.fieldmap import (
     GAMMA_RATIO_NA_H,
     estimate_fieldmap,

@@ -186,7 +186,7 @@ def refine_fieldmap(
     digital phantom (25 ms readout, +57 Hz hot spot) one pass lowers the error inside the brain
     from 2.4 to 1.9 Hz RMS (benchmarks/b0.md).
     """
-    from recon.b0.correct import correct
+    from recon.b0.correction import correct
 
     f = np.asarray(fieldmap_hz, dtype=np.float64).copy()
     te = list(np.atleast_1d(te_s))

@@ -12,11 +12,20 @@ the unit chain of DESIGN.md holds.
 
 Backends register themselves in :data:`BACKENDS` (``finufft`` on the CPU here; the GPU
 backends ``cupy`` and ``cufinufft`` register from their own modules) and are created through
-:class:`NUFFT`; callers never touch a backend directly.
+:class:`NUFFT`; callers never touch a backend directly. Every backend subclasses
+:class:`NufftBackend` (the abstract base: what a backend must provide).
 """
 
 from __future__ import annotations
 
-from recon.nufft.operator import BACKENDS, NUFFT, available_backends, default_threads, gridding, register_backend
+from recon.nufft.operator import (
+    BACKENDS,
+    NUFFT,
+    NufftBackend,
+    available_backends,
+    default_threads,
+    gridding,
+    register_backend,
+)
 
-__all__ = ["NUFFT", "BACKENDS", "register_backend", "available_backends", "default_threads", "gridding"]
+__all__ = ["NUFFT", "NufftBackend", "BACKENDS", "register_backend", "available_backends", "default_threads", "gridding"]

@@ -12,11 +12,11 @@ import numpy as np
 
 from recon.device import cuda_unavailable_reason, is_device_array
 from recon.errors import InputError
-from recon.nufft.operator import register_backend
+from recon.nufft.operator import NufftBackend, register_backend
 
 
 @register_backend("cufinufft")
-class CufinufftBackend:
+class CufinufftBackend(NufftBackend):
     """cuFINUFFT plans on the current CUDA device; options are passed to ``cufinufft.Plan``."""
 
     @classmethod
@@ -63,7 +63,7 @@ class CufinufftBackend:
         self._adj.setpts(*pts)
 
     def _in(self, a, shape):
-        if tuple(a.shape) != shape:
+        if tuple(a.shape) != shape:  # kept: cuFINUFFT reads device memory by these shapes
             raise InputError(f"expected an array of shape {shape}, got {tuple(a.shape)}")
         on_dev = is_device_array(a)
         return self.cp.ascontiguousarray(self.cp.asarray(a, dtype=self.dtype)), on_dev

@@ -43,7 +43,7 @@ import numpy as np
 
 from recon.device import cuda_unavailable_reason, is_device_array
 from recon.errors import BackendUnavailableError, InputError
-from recon.nufft.operator import default_threads, register_backend
+from recon.nufft.operator import NufftBackend, default_threads, register_backend
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ class CupyLauncher:
 # the plan
 
 
-class CudaNufftPlan:
+class CudaNufftPlan(NufftBackend):
     """One trajectory's NUFFT plan on a platform (CUDA device or host emulation).
 
     Parameters (as for every backend, see :func:`recon.nufft.operator.register_backend`):
@@ -521,7 +521,7 @@ class CudaNufftPlan:
         on_dev = is_device_array(a)
         if self.platform.name == "host" and on_dev:
             raise InputError("the cuda-host backend takes numpy arrays, got a CuPy array")
-        if tuple(a.shape) != shape:
+        if tuple(a.shape) != shape:  # kept: the raw kernels index memory by these shapes
             raise InputError(f"expected an array of shape {shape}, got {tuple(a.shape)}")
         return on_dev
 

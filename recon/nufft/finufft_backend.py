@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recon.nufft.operator import default_threads, register_backend
+from recon.nufft.operator import NufftBackend, default_threads, register_backend
 
 
 def choose_upsampfac(n_points: int, shape) -> float | None:
@@ -33,8 +33,14 @@ def choose_threads(n_points: int, n_trans: int) -> int:
 
 
 @register_backend("finufft")
-class FinufftBackend:
-    """FINUFFT type 2 (forward, isign -1) and type 1 (adjoint, isign +1) with modeord 0."""
+class FinufftBackend(NufftBackend):
+    """FINUFFT type 2 (forward, isign -1) and type 1 (adjoint, isign +1) with modeord 0.
+
+    Takes the operator's points (float32 radians for complex64) as they are: finufft keeps
+    references to them, no copy.
+    """
+
+    point_input = "radians"
 
     @classmethod
     def subset_options(cls, n_points: int, shape, options: dict) -> dict:
@@ -51,19 +57,18 @@ class FinufftBackend:
             return f"finufft is not installed ({e})"
         return None
 
-    def __init__(self, k_grid, shape, n_trans, eps, dtype, n_threads=None, upsampfac="auto", **opts):
+    def __init__(self, points, shape, n_trans, eps, dtype, n_threads=None, upsampfac="auto", **opts):
         import finufft
 
         self.shape = tuple(shape)
         self.n_trans = n_trans
         self.dtype = np.dtype(dtype)
-        real = np.float32 if self.dtype == np.complex64 else np.float64
         # x = 2 pi k fov / N maps the mode index (j - floor(N/2)) to exp(-+ i 2 pi k r_j)
-        n = np.asarray(self.shape, dtype=np.float64)
-        pts = [np.ascontiguousarray((2 * np.pi * k_grid[:, d] / n[d]).astype(real)) for d in range(3)]
-        kw = dict(nthreads=n_threads or choose_threads(len(k_grid), n_trans), modeord=0)
+        pts = list(points)
+        m = len(pts[0])
+        kw = dict(nthreads=n_threads or choose_threads(m, n_trans), modeord=0)
         if upsampfac == "auto":
-            upsampfac = choose_upsampfac(len(k_grid), shape)
+            upsampfac = choose_upsampfac(m, shape)
         if upsampfac is not None:
             kw["upsampfac"] = float(upsampfac)
         kw.update(opts)

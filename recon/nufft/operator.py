@@ -1,15 +1,17 @@
-"""NUFFT operator front end, backend registry and gridding reconstruction."""
+"""NUFFT operator front end, backend registry (with the abstract backend base) and gridding reconstruction."""
 
 from __future__ import annotations
 
 import importlib
 import logging
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from recon.errors import BackendUnavailableError, InputError, TrajectoryError
+from recon.linop import LinearOperator
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +32,42 @@ DEFAULT_EPS = 1e-4
 """Default requested relative accuracy of the NUFFT (the reconstruction's default too)."""
 
 
-def register_backend(name: str) -> Callable[[type], type]:
-    """Class decorator: register a backend class under ``name``.
+class NufftBackend(ABC):
+    """Abstract NUFFT backend: planned once for ``n_trans`` simultaneous transforms of one trajectory.
 
-    A backend class is constructed as ``cls(k_grid, shape, n_trans, eps, dtype, **options)``
-    with ``k_grid`` (M, 3) float64 in units of cycles per FOV (i.e. k * fov, per axis) and must
-    provide ``forward(x) -> y`` for x (n_trans, *shape) and ``adjoint(y) -> x`` for
-    y (n_trans, M), plus a class method ``available() -> str | None`` that returns None when it
-    can run here and otherwise the reason it cannot.
+    Constructed by :class:`NUFFT` (never by callers) as ``cls(points, shape, n_trans, eps, dtype,
+    **options)``. ``points`` depends on the class attribute ``point_input``:
+
+    * ``"radians"``: a tuple of three contiguous arrays x_d = 2 pi k_d fov_d / N_d (M,) in the real
+      dtype of ``dtype`` (float32 for complex64), in [-3 pi, 3 pi]: what finufft takes (no copy);
+    * ``"k_grid"`` (default): one (M, 3) float64 array k * fov in cycles per FOV.
+
+    Inputs are already shape-checked by :class:`NUFFT` (the operator contract): ``forward(x)``
+    gets (n_trans, *shape) and returns (n_trans, M); ``adjoint(y)`` the reverse. Arrays may be
+    numpy or, for GPU backends, CuPy (device in, device out). ``available()`` returns None when
+    the backend can run here, else the reason it cannot.
     """
 
+    backend_name: str = ""
+    point_input: str = "k_grid"
+
+    @classmethod
+    @abstractmethod
+    def available(cls) -> str | None: ...
+
+    @abstractmethod
+    def forward(self, x): ...
+
+    @abstractmethod
+    def adjoint(self, y): ...
+
+
+def register_backend(name: str) -> Callable[[type], type]:
+    """Class decorator: register a :class:`NufftBackend` subclass under ``name``."""
+
     def deco(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, NufftBackend)):
+            raise TypeError(f"NUFFT backend {name!r} must subclass recon.nufft.operator.NufftBackend")
         BACKENDS[name] = cls
         cls.backend_name = name
         return cls
@@ -84,7 +111,7 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-class NUFFT:
+class NUFFT(LinearOperator):
     """3D type-1/type-2 NUFFT between an image grid and non-uniform k-space samples.
 
     Parameters
@@ -100,7 +127,13 @@ class NUFFT:
     options : passed to the backend (e.g. ``n_threads``, ``upsampfac``).
 
     The operator is planned once per number of simultaneous transforms and reused; a batch
-    ``(n, *shape)`` (echoes, coils, frequency segments) is transformed in one call.
+    ``(n, *shape)`` (echoes, coils, frequency segments) is transformed in one call. It follows
+    :class:`recon.linop.LinearOperator` (ishape = shape, oshape = k.shape[:-1]); GPU backends
+    take and return CuPy arrays without host copies.
+
+    Set-up cost: the sample positions are converted once, in one pass per axis, to the points
+    the backend takes (float32 radians for finufft with complex64), and checked (finite, within
+    1.5 x the grid) on those points; measured in benchmarks/README.md ("NUFFT set-up").
     """
 
     def __init__(
@@ -117,8 +150,6 @@ class NUFFT:
         k = np.asarray(k)
         if k.ndim < 1 or k.shape[-1] != 3:
             raise TrajectoryError(f"k must have shape (..., 3), got {k.shape}")
-        if not np.all(np.isfinite(k)):
-            raise TrajectoryError("k contains NaN or infinite values")
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) != 3 or min(self.shape) < 1:
             raise InputError(f"image shape must be 3 positive integers, got {shape}")
@@ -138,19 +169,34 @@ class NUFFT:
         self.device = device
         self.backend_name = backend or _DEVICE_DEFAULT[device]
         self._cls = _load_backend(self.backend_name)
-        self.kshape = k.shape[:-1]
-        # keep a reference to the caller's k (no copy: plans hold their own point arrays)
+        self.kshape = tuple(k.shape[:-1])
+        self.ishape, self.oshape = self.shape, self.kshape
+        # keep a reference to the caller's k (no copy); the backend points are made once here
         self._k = k
         self._fov_a = fov_a
-        kext = np.abs(k.reshape(-1, 3)).max(axis=0) * fov_a  # cycles per FOV
-        limit = np.asarray(self.shape) * 1.5
-        if np.any(kext > limit):
+        self._pts = self._make_points(k)
+        self.options = options
+        self._plans: dict[int, object] = {}
+
+    def _make_points(self, k: np.ndarray) -> tuple[np.ndarray, ...]:
+        """x_d = 2 pi k_d fov_d / N_d, one pass per axis into the real dtype; checked on the result."""
+        real = np.float32 if self.dtype == np.complex64 else np.float64
+        pts = []
+        for d in range(3):
+            out = np.empty(self.kshape, dtype=real)
+            np.multiply(k[..., d], 2 * np.pi * self._fov_a[d] / self.shape[d], out=out, casting="unsafe")
+            pts.append(out.reshape(-1))
+        lo = np.array([p.min() if p.size else 0.0 for p in pts], dtype=np.float64)
+        hi = np.array([p.max() if p.size else 0.0 for p in pts], dtype=np.float64)
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):  # min/max propagate NaN
+            raise TrajectoryError("k contains NaN or infinite values")
+        kext = np.maximum(np.abs(lo), np.abs(hi)) * np.asarray(self.shape) / (2 * np.pi)  # cycles per FOV
+        if np.any(kext > np.asarray(self.shape) * 1.5 * (1 + 1e-6)):
             raise TrajectoryError(
                 f"k extends to {kext.round(1).tolist()} cycles/FOV, beyond "
                 f"1.5 x the grid {list(self.shape)}: check the units of k (cycles/m) and the FOV (m)"
             )
-        self.options = options
-        self._plans: dict[int, object] = {}
+        return tuple(pts)
 
     @property
     def k(self) -> np.ndarray:
@@ -173,32 +219,22 @@ class NUFFT:
     def _plan(self, n_trans: int):
         p = self._plans.get(n_trans)
         if p is None:
-            p = self._cls(self._k_grid(), self.shape, n_trans, self.eps, self.dtype, **self.options)
+            pts = self._pts if self._cls.point_input == "radians" else self._k_grid()
+            p = self._cls(pts, self.shape, n_trans, self.eps, self.dtype, **self.options)
             self._plans[n_trans] = p
         return p
 
-    def _batch(self, a, core: tuple, what: str):
-        if tuple(a.shape[len(a.shape) - len(core) :]) != core:
-            raise InputError(f"{what} must have shape (..., {', '.join(map(str, core))}), got {tuple(a.shape)}")
-        lead = a.shape[: len(a.shape) - len(core)]
-        n = int(np.prod(lead)) if lead else 1
-        return lead, n
-
-    def forward(self, image):
+    def _forward(self, image, lead):
         """Image (..., N0, N1, N2) -> k-space data (..., *k.shape[:-1])."""
-        lead, n = self._batch(image, self.shape, "image")
+        n = int(np.prod(lead)) if lead else 1
         out = self._plan(n).forward(image.reshape((n,) + self.shape))
         return out.reshape(lead + self.kshape)
 
-    def adjoint(self, data):
+    def _adjoint(self, data, lead):
         """k-space data (..., *k.shape[:-1]) -> image (..., N0, N1, N2)."""
-        lead, n = self._batch(data, self.kshape, "data")
+        n = int(np.prod(lead)) if lead else 1
         out = self._plan(n).adjoint(data.reshape((n, self.n_samples)))
         return out.reshape(lead + self.shape)
-
-    def normal(self, image):
-        """A^H A applied to an image batch."""
-        return self.adjoint(self.forward(image))
 
     def __repr__(self) -> str:
         return (

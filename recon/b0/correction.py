@@ -47,6 +47,7 @@ from recon.b0.segments import (
 )
 from recon.errors import InputError
 from recon.nufft import NUFFT, gridding
+from recon.plans import Plans, plans_or_default
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,10 @@ CORRECTIONS: dict[str, Callable[..., np.ndarray]] = {}
 
 
 def register_correction(name: str):
-    """Register ``f(op, data, dcf, te_s, t_s, fieldmap_hz, n_segments=None, mask=None, **opts)``.
+    """Register ``f(op, data, dcf, te_s, t_s, fieldmap_hz, n_segments=None, mask=None, plans=None, **opts)``.
 
-    ``data`` is (n_echo, ..., *op.kshape); the function returns (n_echo, ..., *op.shape).
+    ``data`` is (n_echo, ..., *op.kshape), numpy or CuPy; the function returns (n_echo, ..., *op.shape)
+    in the same array module. Every NUFFT it builds goes through ``plans_or_default(plans).nufft``.
     """
 
     def deco(f):
@@ -79,6 +81,7 @@ def correct(
     *,
     n_segments: int | None = None,
     mask: np.ndarray | None = None,
+    plans: Plans | None = None,
     **options,
 ) -> np.ndarray:
     """B0-corrected gridding reconstruction of every echo.
@@ -94,16 +97,21 @@ def correct(
     fieldmap_hz : off-resonance df (N0, N1, N2) in Hz (DESIGN.md sign).
     n_segments : time bins (tb-cpr) or frequencies (fs-cpr, mfi); default by the documented rule.
     mask : voxels whose field values set the segment rule (default: all voxels).
+    plans : plan factory for the NUFFTs the method builds (tb-cpr's per-bin plans); None: fresh plans.
     options : method options (``tol_rad`` for tb-cpr, ``oversampling`` and ``max_batch`` for
         fs-cpr/mfi).
 
     Returns
     -------
-    Complex images (n_echo, ..., N0, N1, N2) in the object's units (DESIGN.md unit chain).
+    Complex images (n_echo, ..., N0, N1, N2) in the object's units (DESIGN.md unit chain), in the
+    array module of ``data`` (numpy, or CuPy with a GPU backend: no host copies of the data).
     """
+    from recon.device import is_device_array
+
     if method not in CORRECTIONS:
         raise InputError(f"unknown B0 correction {method!r}; choose one of {sorted(CORRECTIONS)}")
-    data = np.asarray(data)
+    if not is_device_array(data):
+        data = np.asarray(data)
     te = np.atleast_1d(np.asarray(te_s, dtype=np.float64))
     nk = len(op.kshape)
     if data.ndim < nk + 1 or tuple(data.shape[data.ndim - nk :]) != tuple(op.kshape):
@@ -112,27 +120,41 @@ def correct(
         )
     if len(te) != data.shape[0]:
         raise InputError(f"{len(te)} echo times for {data.shape[0]} echoes in the data")
-    f = np.asarray(fieldmap_hz, dtype=np.float64)
+    from recon.device import to_host
+
+    f = np.asarray(to_host(fieldmap_hz), dtype=np.float64)  # small: the segment rules run on the host
     if f.shape != op.shape:
         raise InputError(f"field map shape {f.shape} does not match the image grid {op.shape}")
     if np.shape(dcf) != tuple(op.kshape):
         raise InputError(f"density weights have shape {np.shape(dcf)}, data samples {op.kshape}")
     if mask is not None and np.shape(mask) != op.shape:
         raise InputError(f"mask shape {np.shape(mask)} does not match the image grid {op.shape}")
-    return CORRECTIONS[method](op, data, dcf, te, t_s, f, n_segments=n_segments, mask=mask, **options)
+    if mask is not None:
+        from recon.device import to_host
+
+        mask = to_host(mask)
+    return CORRECTIONS[method](op, data, dcf, te, t_s, f, n_segments=n_segments, mask=mask, plans=plans, **options)
 
 
 # ---------------------------------------------------------------------------------------- none
 @register_correction("none")
-def correct_none(op, data, dcf, te_s, t_s, fieldmap_hz, n_segments=None, mask=None) -> np.ndarray:
+def correct_none(op, data, dcf, te_s, t_s, fieldmap_hz, n_segments=None, mask=None, plans=None) -> np.ndarray:
     """Plain gridding of every echo (no B0 correction)."""
     return gridding(op, data, dcf)
 
 
 # -------------------------------------------------------------------------------------- tb-cpr
-def _op_k(op: NUFFT) -> np.ndarray:
-    """Sample positions (M, 3) in cycles/m of a NUFFT."""
-    return np.asarray(op.k, dtype=np.float64).reshape(-1, 3)
+def _time_columns(op: NUFFT, t_s: np.ndarray) -> tuple[int, np.ndarray]:
+    """The sample layout (P, C) with one time per column: (P, times (C,) in s).
+
+    Readout times given per readout sample (n_samp,) (or broadcast that way) give C = n_samp
+    distinct times shared by all P projections; times given per sample give P = 1, C = M.
+    """
+    t = sample_times(op, t_s)
+    lead = t.ndim - 1
+    if t.ndim >= 1 and all(t.strides[i] == 0 or t.shape[i] == 1 for i in range(lead)):
+        return int(np.prod(t.shape[:lead])) if lead else 1, np.array(t[(0,) * lead], dtype=np.float64)
+    return 1, np.array(t, dtype=np.float64).reshape(-1)
 
 
 class TimeBinnedGridder:
@@ -145,54 +167,80 @@ class TimeBinnedGridder:
     n_bins : number of bins of equal duration over the readout.
     dcf : density weights (op.kshape) in 1/m^3 (used for the bin centre times).
     eps : NUFFT accuracy of the bin plans (default: the operator's).
+    plans : plan factory the bin plans are built through (:mod:`recon.plans`; a cached one
+        reuses them for the next scan of the same trajectory).
+
+    Layout (why it is cheap): the samples are viewed as (P, C) with one time per column (C = the
+    distinct readout times, 1238 for the study protocol), the columns sorted by time once, and a
+    bin is a contiguous range of sorted columns. A bin's points and data are slices (no fancy
+    indexing when the times are already sorted, as for every readout), and the demodulation at
+    the centre frequency is computed over the C distinct times, not per sample.
     """
 
-    def __init__(self, op: NUFFT, t_s: np.ndarray, n_bins: int, dcf: np.ndarray, eps: float | None = None):
-        t = sample_times(op, t_s).ravel()
+    def __init__(
+        self,
+        op: NUFFT,
+        t_s: np.ndarray,
+        n_bins: int,
+        dcf: np.ndarray,
+        eps: float | None = None,
+        plans: Plans | None = None,
+    ):
         n_bins = int(n_bins)
         if n_bins < 1:
             raise InputError(f"number of time bins must be >= 1, got {n_bins}")
-        t0, t1 = float(t.min()), float(t.max())
+        p_rows, t_col = _time_columns(op, t_s)
+        n_col = t_col.size
+        order = np.argsort(t_col, kind="stable")
+        self._sorted = bool(np.all(order == np.arange(n_col)))
+        t_sorted = t_col[order]
+        t0, t1 = float(t_sorted[0]), float(t_sorted[-1])
         edges = np.linspace(t0, t1, n_bins + 1)
-        idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, n_bins - 1)
-        order = np.argsort(idx, kind="stable")
-        counts = np.bincount(idx, minlength=n_bins)
-        starts = np.concatenate([[0], np.cumsum(counts)])
-        k = _op_k(op)
-        w = np.asarray(dcf, dtype=np.float64).ravel()
+        idx = np.clip(np.searchsorted(edges, t_sorted, side="right") - 1, 0, n_bins - 1)
+        starts = np.searchsorted(idx, np.arange(n_bins + 1), side="left")  # idx is sorted
+        k2 = np.asarray(op.k).reshape(p_rows, n_col, 3)
+        w2 = np.asarray(dcf).reshape(p_rows, n_col)
+        w_col = w2.sum(axis=0, dtype=np.float64)  # density weight per column (for the bin times)
         opts = op.subset_options()  # same spreading kernel as the full plan (per-bin sample counts would pick another)
+        factory = plans_or_default(plans)
         self.op = op
-        self.bins: list[tuple[np.ndarray, NUFFT]] = []
+        self.shape = (p_rows, n_col)
+        self.bins: list[tuple[slice | np.ndarray, NUFFT]] = []
         tau = []
         for b in range(n_bins):
-            sel = order[starts[b] : starts[b + 1]]
-            if sel.size == 0:
+            s0, s1 = int(starts[b]), int(starts[b + 1])
+            if s1 <= s0:
                 continue
-            wb = w[sel]
-            tau.append(float(np.sum(wb * t[sel]) / wb.sum()) if wb.sum() > 0 else float(t[sel].mean()))
-            nb = NUFFT(
-                k[sel],
-                op.shape,
-                op.fov,
-                backend=op.backend_name,
-                device=op.device,
-                eps=eps or op.eps,
-                dtype=op.dtype,
-                **opts,
+            cols: slice | np.ndarray = slice(s0, s1) if self._sorted else order[s0:s1]
+            wb, tb = w_col[cols], t_col[cols]
+            tau.append(float(np.sum(wb * tb) / wb.sum()) if wb.sum() > 0 else float(tb.mean()))
+            kb = k2[:, cols]
+            nb = factory.nufft(
+                kb, op.shape, op.fov, backend=op.backend_name, device=op.device, eps=eps or op.eps, dtype=op.dtype, **opts
             )
-            self.bins.append((sel, nb))
+            self.bins.append((cols, nb))
         self.tau_s = np.asarray(tau)
-        self.t_flat = t
+        self.t_col = t_col
 
     @property
     def n_bins(self) -> int:
         return len(self.bins)
 
-    def grid(self, weighted: np.ndarray) -> np.ndarray:
-        """Density-weighted data (B, M) -> bin images (B, n_bins, N0, N1, N2)."""
-        out = np.empty((weighted.shape[0], self.n_bins) + self.op.shape, dtype=self.op.dtype)
-        for i, (sel, nb) in enumerate(self.bins):
-            out[:, i] = nb.adjoint(np.ascontiguousarray(weighted[:, sel]))
+    def grid(self, data, factor=None):
+        """Data (B, *op.kshape) (or (B, M)) times ``factor`` (op.kshape) -> bin images (B, n_bins, N0, N1, N2).
+
+        ``factor`` (density weights, demodulation) multiplies each bin's data while it is cut out,
+        so the bin arrays are made in one pass; None: the data are already weighted.
+        """
+        from recon.device import get_array_module
+
+        xp = get_array_module(data)
+        y2 = data.reshape((-1,) + self.shape)
+        f2 = None if factor is None else factor.reshape(self.shape)
+        out = xp.empty((y2.shape[0], self.n_bins) + self.op.shape, dtype=self.op.dtype)
+        for i, (cols, nb) in enumerate(self.bins):
+            yb = y2[:, :, cols] * f2[:, cols] if f2 is not None else xp.ascontiguousarray(y2[:, :, cols])
+            out[:, i] = nb.adjoint(yb.astype(self.op.dtype, copy=False))
         return out
 
 
@@ -213,32 +261,41 @@ def correct_tb_cpr(
     mask=None,
     tol_rad: float = DEFAULT_TOL_RAD,
     bin_eps: float | None = 1e-4,
+    plans: Plans | None = None,
 ) -> np.ndarray:
     """Time-binned conjugate phase (see the module docstring).
 
     ``bin_eps``: NUFFT accuracy of the bin plans, max(op.eps, bin_eps); the default 1e-4 is far
     below the binning error (~1e-2) and narrows the spreading kernel (cost). None: op.eps.
+
+    All echoes (and leading axes) go through each bin's plan in one call: the demodulation at
+    the centre frequency f_c splits into exp(+i 2 pi f_c t) (shared, over the distinct times t)
+    and a constant exp(+i 2 pi f_c TE_e) per echo applied to the image.
     """
+    from recon.device import get_array_module
+
+    xp = get_array_module(data)
     fc, half, _ = _centre(fieldmap_hz, mask)
-    t = sample_times(op, t_s)
+    p_rows, t_col = _time_columns(op, t_s)
     if n_segments is None:
-        n_segments = n_time_bins(half, float(t.max() - t.min()), tol_rad)
-    gr = TimeBinnedGridder(op, t, n_segments, dcf, eps=max(op.eps, bin_eps) if bin_eps else None)
+        n_segments = n_time_bins(half, float(t_col.max() - t_col.min()), tol_rad)
+    gr = TimeBinnedGridder(op, t_s, n_segments, dcf, eps=max(op.eps, bin_eps) if bin_eps else None, plans=plans)
     log.debug("tb-cpr: %d time bins, centre %.1f Hz, half span %.1f Hz", gr.n_bins, fc, half)
     n_echo = data.shape[0]
     lead = data.shape[1 : data.ndim - len(op.kshape)]
     rdt = np.float32 if op.dtype == np.complex64 else np.float64
-    w = np.asarray(dcf, dtype=np.float64).ravel()
-    delta = (fieldmap_hz - fc).astype(rdt)
-    out = np.empty((n_echo,) + lead + op.shape, dtype=op.dtype)
+    demod = np.exp(2j * np.pi * fc * t_col).astype(op.dtype)  # (C,) over the distinct times
+    factor = xp.asarray(dcf, dtype=rdt).reshape(gr.shape) * xp.asarray(demod)[None, :]
+    bins = gr.grid(data, factor)  # (n_echo * B, n_bins, *shape)
+    bins = bins.reshape((n_echo, -1, gr.n_bins) + op.shape)
+    delta = xp.asarray(fieldmap_hz - fc, dtype=rdt)
+    out = xp.empty((n_echo,) + lead + op.shape, dtype=op.dtype)
     for e in range(n_echo):
-        demod = (w * np.exp(2j * np.pi * fc * (te_s[e] + gr.t_flat))).astype(op.dtype)
-        y = data[e].reshape((-1, gr.t_flat.size)) * demod
-        bins = gr.grid(y)  # (B, n_bins, *shape)
-        acc = np.zeros((y.shape[0],) + op.shape, dtype=op.dtype)
+        acc = xp.zeros((bins.shape[1],) + op.shape, dtype=op.dtype)
         for b in range(gr.n_bins):
-            ph = np.exp((2j * np.pi * (te_s[e] + gr.tau_s[b])) * delta).astype(op.dtype)
-            acc += bins[:, b] * ph
+            ph = xp.exp(delta * rdt(2 * np.pi * (te_s[e] + gr.tau_s[b])) * op.dtype.type(1j))
+            acc += bins[e, :, b] * ph
+        acc *= op.dtype.type(np.exp(2j * np.pi * fc * te_s[e]))
         out[e] = acc.reshape(lead + op.shape)
     return out
 
@@ -305,6 +362,7 @@ def correct_fs_cpr(
     mask=None,
     oversampling: float | None = None,
     max_batch: int | None = None,
+    plans: Plans | None = None,
 ) -> np.ndarray:
     """Frequency-segmented conjugate phase with linear interpolation between frequencies."""
     lead = data.shape[1 : data.ndim - len(op.kshape)]
@@ -349,6 +407,7 @@ def correct_mfi(
     oversampling: float | None = None,
     max_batch: int | None = None,
     table_step_hz: float = 0.25,
+    plans: Plans | None = None,
 ) -> np.ndarray:
     """Multi-frequency interpolation with least-squares coefficients over the readout window."""
     lead = data.shape[1 : data.ndim - len(op.kshape)]

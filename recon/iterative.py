@@ -17,13 +17,21 @@ The operator is scaled as A' = sqrt(W dV) A_e and y' = sqrt(W / dV) y so that A'
 A'^H y' is the gridding image; the quadratic regularisers then have weights relative to the
 identity (lamda = 0.01 means 1 % of the data term's curvature).
 
-Solvers come from SigPy (``sigpy.app.LinearLeastSquares``): conjugate gradient for the
-quadratic regularisers (``tikhonov`` lamda ||x||^2, ``gradient`` lamda ||D x||^2 by stacking
-sqrt(lamda) D under A), primal-dual hybrid gradient for total variation (``tv``: lamda ||D x||_1).
-Our operators enter SigPy as :class:`OperatorLinop`, so SigPy's numpy/CuPy handling applies
-and NUFFT plans are built once and reused across iterations. A Toeplitz embedding of A^H A
-is not used: with the time segments it would need L^2 kernels; the plain L NUFFT pairs per
-iteration cost less for the L (4-12) used here.
+Solvers come from SigPy: conjugate gradient (``sigpy.alg.ConjugateGradient``) on the normal
+equations (A'^H A' + lamda R) x = A'^H y' for the quadratic regularisers (``tikhonov`` R = I,
+``gradient`` R = D^H D with SigPy's finite differences D), primal-dual hybrid gradient
+(``sigpy.app.LinearLeastSquares``) for total variation (``tv``: lamda ||D x||_1), with our
+operators entering SigPy through the :mod:`recon.linop` contract.
+
+Normal operator (``normal="toeplitz"``, the default for CG): A'^H A' by Toeplitz embedding
+(:class:`recon.b0.toeplitz.ToeplitzNormal`: L (L + 1) / 2 FFT kernels per echo on the 2N grid,
+computed once by one batched adjoint NUFFT; each iteration then costs 2 L FFTs per echo on the
+2N grid instead of 2 L NUFFTs of all samples). ``normal="nufft"`` applies A'^H A' through the
+NUFFTs (the reference; what TV always uses). Measured in benchmarks/README.md.
+
+Cost per iteration: no objective is computed unless asked (``objective=True``); progress
+(iteration, CG residual, time left) is logged at INFO, or drawn as a tqdm bar on a terminal.
+Arrays may be numpy or CuPy (GPU NUFFT backend): the solver uses the array module of ``data``.
 
 Decay handling (:data:`DECAY_MODELS`): ``none``; ``r2star-map`` (a known R2* map in 1/s,
 or estimated from the echo ratio of a first reconstruction: R2* = -ln(|x2|/|x1|) / (TE2-TE1),
@@ -40,6 +48,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from recon.errors import InputError
+from recon.linop import LinearOperator, sigpy_linop
 from recon.options import DEFAULT_ITER_LAMDA
 
 log = logging.getLogger(__name__)
@@ -61,38 +70,75 @@ def _sigpy():
 
 def make_linop(op, ishape: Sequence[int], oshape: Sequence[int], name: str = "narecon"):
     """Wrap an object with ``forward``/``adjoint`` into a SigPy ``Linop`` (shapes checked by SigPy)."""
-    sp = _sigpy()
-
-    class OperatorLinop(sp.linop.Linop):
-        def __init__(self, fwd, adj, ish, osh, repr_name):
-            self._fwd, self._adj = fwd, adj
-            super().__init__(tuple(osh), tuple(ish), repr_str=repr_name)
-
-        def _apply(self, input):
-            return self._fwd(input)
-
-        def _adjoint_linop(self):
-            return OperatorLinop(self._adj, self._fwd, self.oshape, self.ishape, self.repr_str + "^H")
-
-    return OperatorLinop(op.forward, op.adjoint, ishape, oshape, name)
+    _sigpy()
+    return sigpy_linop(op.forward, op.adjoint, ishape, oshape, name)
 
 
-class _Scaled:
-    """sqrt(w dV) * sample_decay * A(x), with A a time-segmented or plain operator."""
+class _Scaled(LinearOperator):
+    """sqrt(w dV) * sample_decay * A(x), with A a time-segmented or plain operator (the contract's shapes)."""
 
-    def __init__(self, a, scale, shape, kshape):
-        self.a, self.scale, self.shape, self.kshape = a, scale, shape, kshape
+    def __init__(self, a, scale):
+        self.a, self.scale = a, scale
+        self.ishape, self.oshape = tuple(a.ishape), tuple(a.oshape)
+        self._dev: dict = {}
 
-    def forward(self, x):
-        return self.a.forward(x) * self.scale
+    def _scale(self, xp):
+        if xp is np:
+            return self.scale
+        if xp.__name__ not in self._dev:
+            self._dev[xp.__name__] = xp.asarray(self.scale)
+        return self._dev[xp.__name__]
 
-    def adjoint(self, y):
-        return self.a.adjoint(y * np.conj(self.scale))
+    def _forward(self, x, lead):
+        from recon.device import get_array_module
+
+        return self.a._forward(x, lead) * self._scale(get_array_module(x))
+
+    def _adjoint(self, y, lead):
+        from recon.device import get_array_module
+
+        xp = get_array_module(y)
+        return self.a._adjoint(y * xp.conj(self._scale(xp)), lead)
+
+
+class _Progress:
+    """Per-iteration progress: a tqdm bar on a terminal, else INFO log lines (iteration, residual, time left)."""
+
+    def __init__(self, total: int, desc: str = "iterative"):
+        import sys
+        import time
+
+        self.total, self.t0, self._time = total, time.perf_counter(), time.perf_counter
+        self.bar = None
+        if sys.stderr.isatty() and log.isEnabledFor(logging.INFO):
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, unit="it", leave=False)
+            except ImportError:  # pragma: no cover - tqdm ships with the install
+                self.bar = None
+
+    def update(self, it: int, resid: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(residual=f"{resid:.3g}", refresh=False)
+            self.bar.update(1)
+            return
+        el = self._time() - self.t0
+        left = el / it * (self.total - it)
+        log.info("iteration %d/%d: relative residual %.3g, %.1f s/iteration, <= %.0f s left", it, self.total, resid, el / it, left)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @dataclasses.dataclass
 class IterativeResult:
-    """x (complex image at t = 0), echo images x exp(-z TE_e), the R2* map used, objective history."""
+    """x (complex image at t = 0), echo images x exp(-z TE_e), the R2* map used, histories.
+
+    ``objective``: the objective per iteration when asked for (``objective=True``), else empty;
+    ``residual``: the relative CG residual ||r_i|| / ||r_0|| per iteration (free; empty for TV).
+    """
 
     x: np.ndarray
     echoes: np.ndarray
@@ -100,10 +146,12 @@ class IterativeResult:
     objective: list
     iterations: int
     settings: dict
+    residual: list = dataclasses.field(default_factory=list)
 
 
-def r2star_from_echoes(x1: np.ndarray, x2: np.ndarray, te1_s: float, te2_s: float,
-                       t2star_min_s: float = 2e-3, smooth_vox: float = 1.0) -> np.ndarray:
+def r2star_from_echoes(
+    x1: np.ndarray, x2: np.ndarray, te1_s: float, te2_s: float, t2star_min_s: float = 2e-3, smooth_vox: float = 1.0
+) -> np.ndarray:
     """R2* (1/s) from two echo images: -ln(|x2|/|x1|)/(TE2-TE1), clipped to [0, 1/t2star_min], smoothed."""
     from scipy.ndimage import gaussian_filter
 
@@ -142,13 +190,18 @@ def reconstruct_iterative(
     n_segments: int | None = None,
     mask: np.ndarray | None = None,
     callback=None,
+    objective: bool = False,
+    normal: str = "toeplitz",
+    plans=None,
+    progress: bool = True,
 ) -> IterativeResult:
     """Joint least-squares reconstruction of all echoes sharing one image.
 
     Parameters
     ----------
     nufft : the plain :class:`recon.nufft.NUFFT` of the trajectory (plan reused).
-    data : (n_echo, *nufft.kshape) k-space data in value * m^3 (coil-combined or single coil).
+    data : (n_echo, *nufft.kshape) k-space data in value * m^3 (coil-combined or single coil);
+        numpy, or CuPy with a GPU NUFFT backend (the result is then on the device too).
     dcf : density weights (nufft.kshape) in 1/m^3 (the data weighting W).
     te_s : echo times in s; t_s : sample times from the first ADC sample in s.
     fieldmap_hz : off-resonance map in Hz (None: no B0 in the model).
@@ -157,107 +210,177 @@ def reconstruct_iterative(
     regulariser, lamda : one of :data:`REGULARISERS` and its weight (relative to the unit-
         curvature data term).
     max_iter, tol : iteration limit and relative-change tolerance (CG stops on its residual).
-    x0 : warm start (default: the gridding image of echo 1, decay-compensated at TE1).
-    callback : called as ``callback(iteration, x, objective)`` after each iteration.
+    x0 : warm start (default: the gridding image of echo 1, decay-compensated at TE1; a caller
+        that has the gridding images passes them, saving one adjoint).
+    callback : called as ``callback(iteration, x, objective)`` after each iteration (objective is
+        None unless ``objective=True``).
+    objective : compute the objective after every iteration (costs one forward per echo).
+    normal : ``toeplitz`` (default) or ``nufft``: how A'^H A' is applied in CG (module docstring).
+    plans : plan factory (:mod:`recon.plans`) for the Toeplitz kernel NUFFT.
+    progress : report progress (INFO log lines, or a tqdm bar on a terminal).
     """
     sp = _sigpy()
     from recon.b0.operator import TimeSegmentedOperator, sample_times
+    from recon.device import get_array_module, is_device_array, to_host
     from recon.nufft import gridding
 
     if decay not in DECAY_MODELS:
         raise InputError(f"decay model must be one of {DECAY_MODELS}, got {decay!r}")
     if regulariser not in REGULARISERS:
         raise InputError(f"regulariser must be one of {REGULARISERS}, got {regulariser!r}")
-    data = np.asarray(data)
+    if normal not in ("toeplitz", "nufft"):
+        raise InputError(f"normal operator must be 'toeplitz' or 'nufft', got {normal!r}")
+    xp = get_array_module(data)
+    if not is_device_array(data):
+        data = np.asarray(data)
     te = [float(t) for t in np.atleast_1d(te_s)]
-    if data.shape != (len(te),) + tuple(nufft.kshape):
-        raise InputError(f"data must be (n_echo={len(te)}, {', '.join(map(str, nufft.kshape))}), got {data.shape}")
-    if not np.all(np.isfinite(data)):
+    if tuple(data.shape) != (len(te),) + tuple(nufft.kshape):
+        raise InputError(f"data must be (n_echo={len(te)}, {', '.join(map(str, nufft.kshape))}), got {tuple(data.shape)}")
+    if not bool(xp.all(xp.isfinite(data))):
         raise InputError("k-space data contain NaN or infinite values")
     shape = nufft.shape
     dv = float(np.prod(np.asarray(nufft.fov) / np.asarray(shape)))
-    w = np.asarray(dcf, dtype=np.float64)
+    w = np.asarray(to_host(dcf), dtype=np.float64)
     t_full = sample_times(nufft, t_s)
-    f = np.zeros(shape) if fieldmap_hz is None else np.asarray(fieldmap_hz, dtype=np.float64)
+    f = np.zeros(shape) if fieldmap_hz is None else np.asarray(to_host(fieldmap_hz), dtype=np.float64)
 
     if decay == "r2star-map" and r2star_hz is None:
         if len(te) < 2:
             raise InputError("estimating an R2* map needs two echoes (or give r2star_hz)")
-        g = gridding(nufft, data[:2], w)
+        g = to_host(gridding(nufft, data[:2], xp.asarray(w)))
         r2star_hz = r2star_from_echoes(g[0], g[1], te[0], te[1])
-    r2 = r2star_hz if decay == "r2star-map" else None
+    r2 = None if decay != "r2star-map" else np.asarray(to_host(r2star_hz), dtype=np.float64)
 
-    ops, segments = [], []
-    for e, te_e in enumerate(te):
+    ops, segments, terms = [], [], []
+    for te_e in te:
         a = TimeSegmentedOperator(nufft, t_s, f, te_s=te_e, r2star_hz=r2, n_segments=n_segments, mask=mask)
         segments.append(a.n_segments)
         scale = np.sqrt(w * dv)
         d = _sample_decay(decay, te_e + t_full)
         if d is not None:
             scale = scale * d
-        ops.append(make_linop(_Scaled(a, scale.astype(nufft.dtype), shape, nufft.kshape), shape, nufft.kshape,
-                              f"A_echo{e + 1}"))
-    A = sp.linop.Vstack(ops) if len(ops) > 1 else ops[0]
-    y = np.concatenate([(np.sqrt(w / dv) * data[e]).astype(nufft.dtype).ravel() for e in range(len(te))])
-    if len(ops) == 1:
-        y = y.reshape(nufft.kshape)
+        ops.append(_Scaled(a, scale.astype(nufft.dtype)))
+        terms.append(a.toeplitz_term(scale**2))
+    y = [xp.asarray(np.sqrt(w / dv), dtype=nufft.dtype) * data[e] for e in range(len(te))]
 
     if x0 is None:
-        x0 = gridding(nufft, data[0], w)
+        x0 = to_host(gridding(nufft, data[0], xp.asarray(w)))
         comp = np.exp(2j * np.pi * f * te[0])  # undo the TE1 phase so the start matches x(t=0)
         if r2 is not None:
             comp = comp * np.exp(r2 * te[0])
-        x0 = (x0 * comp).astype(nufft.dtype)
-    x = np.array(x0, dtype=nufft.dtype, copy=True)
+        x0 = x0 * comp
+    x = xp.array(xp.asarray(x0), dtype=nufft.dtype, copy=True)
 
     D = sp.linop.FiniteDifference(shape)
+    residuals: list = []
     history: list = []
 
-    def objective(xv):
-        r = A(xv) - y
-        val = float(np.vdot(r, r).real)
+    def data_objective(xv):
+        val = 0.0
+        for op, ye in zip(ops, y):
+            r = op.forward(xv) - ye
+            val += float(xp.vdot(r, r).real)
         if regulariser == "tikhonov":
-            val += lamda * float(np.vdot(xv, xv).real)
+            val += lamda * float(xp.vdot(xv, xv).real)
         elif regulariser == "gradient":
             g = D(xv)
-            val += lamda * float(np.vdot(g, g).real)
+            val += lamda * float(xp.vdot(g, g).real)
         elif regulariser == "tv":
-            val += lamda * float(np.abs(D(xv)).sum())
+            val += lamda * float(xp.abs(D(xv)).sum())
         return val
 
-    if regulariser in ("none", "tikhonov"):
-        app = sp.app.LinearLeastSquares(A, y, x=x, lamda=lamda if regulariser == "tikhonov" else 0, max_iter=max_iter,
-                                        tol=0, show_pbar=False)
-    elif regulariser == "gradient":
-        Aa = sp.linop.Vstack([A, np.sqrt(lamda) * D]) if lamda > 0 else A
-        ya = np.concatenate([y.ravel(), np.zeros(D.oshape, dtype=y.dtype).ravel()]) if lamda > 0 else y
-        app = sp.app.LinearLeastSquares(Aa, ya, x=x, max_iter=max_iter, tol=0, show_pbar=False)
+    if regulariser == "tv":
+        A = sp.linop.Vstack([op.sigpy(f"A_echo{e + 1}") for e, op in enumerate(ops)]) if len(ops) > 1 else ops[0].sigpy()
+        yv = xp.concatenate([ye.ravel() for ye in y]) if len(ops) > 1 else y[0]
+        app = sp.app.LinearLeastSquares(
+            A,
+            yv,
+            x=x,
+            proxg=sp.prox.L1Reg(D.oshape, lamda),
+            G=D,
+            max_iter=max_iter,
+            show_pbar=False,
+            sigma=1.0,
+            tau=1.0 / (1.0 + 8.0),
+        )
+        alg, get_x = app.alg, (lambda: app.x)
     else:
-        app = sp.app.LinearLeastSquares(A, y, x=x, proxg=sp.prox.L1Reg(D.oshape, lamda), G=D, max_iter=max_iter,
-                                        show_pbar=False, sigma=1.0, tau=1.0 / (1.0 + 8.0))
+        if normal == "toeplitz":
+            from recon.b0.toeplitz import ToeplitzNormal
+
+            tn = ToeplitzNormal(nufft, terms, plans=plans)
+            log.debug("iterative: %r", tn)
+            data_normal = tn.normal
+        else:
+
+            def data_normal(v):
+                return sum(op.adjoint(op.forward(v)) for op in ops)
+
+        lam = float(lamda) if regulariser in ("tikhonov", "gradient") else 0.0
+
+        def normal_op(v):
+            out = data_normal(v)
+            if lam > 0:
+                out = out + lam * (v if regulariser == "tikhonov" else D.H(D(v)))
+            return out
+
+        rhs = sum(op.adjoint(ye) for op, ye in zip(ops, y))
+        # construct with the real max_iter: SigPy's CG aliases its search direction when max_iter == 1
+        alg = sp.alg.ConjugateGradient(normal_op, rhs, x, max_iter=max_iter, tol=0)
+        get_x = lambda: alg.x  # noqa: E731
+    r0 = getattr(alg, "resid", None) or 1.0
     # drive the SigPy algorithm one iteration at a time for progress, callbacks and our stopping rule
-    # (construct with the real max_iter: SigPy's CG aliases its search direction when max_iter == 1)
+    bar = _Progress(max_iter) if progress else None
     it = 0
-    x_prev = x.copy()
-    while not app.alg.done():
-        app.alg.update()
-        it += 1
-        obj = objective(app.x)
-        history.append(obj)
-        change = float(np.linalg.norm(app.x - x_prev) / max(np.linalg.norm(app.x), 1e-30))
-        log.debug("iteration %d: objective %.6g, relative change %.3g", it, obj, change)
-        if callback is not None:
-            callback(it, app.x, obj)
-        x_prev = app.x.copy()
-        if change < tol:
-            break
-    x = app.x
-    z = 2j * np.pi * f + (0 if r2 is None else r2)
-    echoes = np.stack([x * np.exp(-z * te_e) for te_e in te])
+    x_prev = get_x().copy()
+    try:
+        while not alg.done():
+            alg.update()
+            it += 1
+            xv = get_x()
+            obj = data_objective(xv) if objective else None
+            if obj is not None:
+                history.append(obj)
+            res_rel = float(alg.resid) / r0 if hasattr(alg, "resid") else float("nan")
+            if hasattr(alg, "resid"):
+                residuals.append(res_rel)
+            change = float(xp.linalg.norm(xv - x_prev) / max(float(xp.linalg.norm(xv)), 1e-30))
+            log.debug("iteration %d: residual %.3g, relative change %.3g", it, res_rel, change)
+            if bar is not None:
+                bar.update(it, res_rel if hasattr(alg, "resid") else change)
+            if callback is not None:
+                callback(it, xv, obj)
+            x_prev = xv.copy()
+            if change < tol:
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    x = get_x()
+    z = xp.asarray(2j * np.pi * f + (0 if r2 is None else r2))
+    echoes = xp.stack([x * xp.exp(-z * te_e) for te_e in te])
     if decay == "tissue":
-        echoes = echoes * np.asarray([_sample_decay("tissue", np.array([te_e]))[0] for te_e in te])[:, None, None, None]
-    log.info("iterative reconstruction: %d iterations, objective %.4g -> %.4g", it,
-             history[0] if history else float("nan"), history[-1] if history else float("nan"))
-    return IterativeResult(x=x, echoes=echoes, r2star_hz=r2, objective=history, iterations=it,
-                           settings={"decay": decay, "regulariser": regulariser, "lamda": lamda, "max_iter": max_iter,
-                                     "tol": tol, "segments": segments})
+        echoes = echoes * xp.asarray([_sample_decay("tissue", np.array([te_e]))[0] for te_e in te])[:, None, None, None]
+    log.info(
+        "iterative reconstruction: %d iterations (%s normal operator), relative residual %s",
+        it,
+        normal if regulariser != "tv" else "nufft",
+        f"{residuals[-1]:.3g}" if residuals else "n/a",
+    )
+    return IterativeResult(
+        x=x,
+        echoes=echoes,
+        r2star_hz=r2,
+        objective=history,
+        iterations=it,
+        settings={
+            "decay": decay,
+            "regulariser": regulariser,
+            "lamda": lamda,
+            "max_iter": max_iter,
+            "tol": tol,
+            "segments": segments,
+            "normal": normal if regulariser != "tv" else "nufft",
+        },
+        residual=residuals,
+    )

@@ -40,6 +40,8 @@ class LinearOperator(ABC):
 
     ishape: tuple[int, ...]
     oshape: tuple[int, ...]
+    iname: str = "image"  # names of the input and output arrays in shape errors
+    oname: str = "data"
 
     @abstractmethod
     def _forward(self, x, lead: tuple[int, ...]): ...
@@ -52,15 +54,15 @@ class LinearOperator(ABC):
 
     def forward(self, x):
         """A x for x of shape (..., *ishape) -> (..., *oshape)."""
-        return self._forward(x, check_shape(x, self.ishape, "input"))
+        return self._forward(x, check_shape(x, self.ishape, self.iname))
 
     def adjoint(self, y):
         """A^H y for y of shape (..., *oshape) -> (..., *ishape)."""
-        return self._adjoint(y, check_shape(y, self.oshape, "data"))
+        return self._adjoint(y, check_shape(y, self.oshape, self.oname))
 
     def normal(self, x):
         """A^H A x for x of shape (..., *ishape)."""
-        return self._normal(x, check_shape(x, self.ishape, "input"))
+        return self._normal(x, check_shape(x, self.ishape, self.iname))
 
     def sigpy(self, name: str | None = None):
         """A SigPy ``Linop`` view of this operator (unbatched: ishape -> oshape; SigPy checks shapes)."""

@@ -45,9 +45,7 @@ def dense():
 
 def test_tb_cpr_with_one_time_per_bin_is_exact(dense):
     d = dense
-    x = correct(
-        "tb-cpr", d["op"], d["data"], d["w"], TE, d["t"], d["df"], n_segments=d["n_samp"], bin_eps=None
-    )
+    x = correct("tb-cpr", d["op"], d["data"], d["w"], TE, d["t"], d["df"], n_segments=d["n_samp"], bin_eps=None)
     assert _rel(x, d["truth"]) < 1e-8
 
 
@@ -62,10 +60,7 @@ def test_methods_at_default_rule_approach_exact_conjugate_phase(dense, method, t
 
 def test_more_segments_reduce_the_error(dense):
     d = dense
-    errs = [
-        _rel(correct("tb-cpr", d["op"], d["data"], d["w"], TE, d["t"], d["df"], n_segments=L), d["truth"])
-        for L in (4, 8, 16)
-    ]
+    errs = [_rel(correct("tb-cpr", d["op"], d["data"], d["w"], TE, d["t"], d["df"], n_segments=L), d["truth"]) for L in (4, 8, 16)]
     assert errs[0] > errs[1] > errs[2]
 
 

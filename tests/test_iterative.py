@@ -45,8 +45,10 @@ def test_linop_wrapper_adjoint(rng):
         L(np.zeros((5, 5, 5), complex))
 
 
-@pytest.mark.parametrize("decay", ["none", "r2star-map", "tissue"])
-def test_matches_dense_weighted_least_squares(rng, decay):
+@pytest.mark.parametrize(
+    "decay, normal", [("none", "toeplitz"), ("r2star-map", "toeplitz"), ("tissue", "toeplitz"), ("r2star-map", "nufft")]
+)
+def test_matches_dense_weighted_least_squares(rng, decay, normal):
     """Joint two-echo LS solution equals the dense-matrix solution (B0 + decay in the model)."""
     shape, fov, k, t, w = _problem(rng)
     op = NUFFT(k, shape, fov, eps=1e-7, dtype=np.complex128)
@@ -65,8 +67,22 @@ def test_matches_dense_weighted_least_squares(rng, decay):
     e_all, y_all = np.vstack(blocks), np.concatenate(ys)
     x_ls = np.linalg.lstsq(sw[:, None] * e_all, sw * y_all, rcond=None)[0]
     res = reconstruct_iterative(
-        op, np.stack(ys), w, tes, t, f, decay=decay, r2star_hz=r2, regulariser="none", max_iter=60, tol=1e-10, n_segments=16
+        op,
+        np.stack(ys),
+        w,
+        tes,
+        t,
+        f,
+        decay=decay,
+        r2star_hz=r2,
+        regulariser="none",
+        max_iter=60,
+        tol=1e-10,
+        n_segments=16,
+        normal=normal,
+        objective=True,
     )
+    assert res.settings["normal"] == normal
     err = np.linalg.norm(res.x.ravel() - x_ls) / np.linalg.norm(x_ls)
     assert err < 5e-3
     # the objective decreases monotonically for CG on the normal equations' residual norm in the data term
@@ -86,6 +102,8 @@ def test_warm_start_is_gridding(rng):
 
     res = reconstruct_iterative(op, y, w, (0.0,), t, None, regulariser="none", max_iter=3, callback=cb)
     assert sorted(seen) == [1, 2, 3] and res.iterations == 3
+    assert set(seen.values()) == {None} and res.objective == []  # no objective unless asked
+    assert len(res.residual) == 3 and res.residual[-1] < 1
     # the model's normal-equation right-hand side equals the gridding image
     g = gridding(op, y[0], w)
     assert np.all(np.isfinite(g))

@@ -115,9 +115,7 @@ def correct(
     te = np.atleast_1d(np.asarray(te_s, dtype=np.float64))
     nk = len(op.kshape)
     if data.ndim < nk + 1 or tuple(data.shape[data.ndim - nk :]) != tuple(op.kshape):
-        raise InputError(
-            f"data must have shape (n_echo, ..., {', '.join(map(str, op.kshape))}), got {data.shape}"
-        )
+        raise InputError(f"data must have shape (n_echo, ..., {', '.join(map(str, op.kshape))}), got {data.shape}")
     if len(te) != data.shape[0]:
         raise InputError(f"{len(te)} echo times for {data.shape[0]} echoes in the data")
     from recon.device import to_host
@@ -344,9 +342,7 @@ def _segment_images(op, data, dcf, te_s, t_s, fieldmap_hz, mask, n_segments, ove
     nlead = int(np.prod(lead)) if lead else 1
     for e in range(data.shape[0]):
         t_abs = te_s[e] + t
-        freqs = _frequencies(
-            fieldmap_hz, mask, float(t_abs.max()), n_segments, oversampling or FREQ_OVERSAMPLING[method]
-        )
+        freqs = _frequencies(fieldmap_hz, mask, float(t_abs.max()), n_segments, oversampling or FREQ_OVERSAMPLING[method])
         yield e, t_abs, freqs, _frequency_images(op, data[e], w, t_abs, freqs, max_batch or _default_batch(op, nlead))
 
 

@@ -28,7 +28,9 @@ from __future__ import annotations
 import numpy as np
 
 from recon.b0.segments import ls_time_coefficients, n_time_bins, rate_histogram
+from recon.device import get_array_module
 from recon.errors import InputError
+from recon.linop import LinearOperator
 from recon.nufft import NUFFT
 
 OPERATOR_TOL_RAD = 1.0
@@ -40,12 +42,10 @@ def sample_times(op: NUFFT, t_s: np.ndarray) -> np.ndarray:
     try:
         return np.broadcast_to(t, op.kshape)
     except ValueError as e:
-        raise InputError(
-            f"sample times of shape {t.shape} do not match the trajectory samples {op.kshape}"
-        ) from e
+        raise InputError(f"sample times of shape {t.shape} do not match the trajectory samples {op.kshape}") from e
 
 
-class TimeSegmentedOperator:
+class TimeSegmentedOperator(LinearOperator):
     """Encoding with B0 (and optional R2*) for one echo: ``forward(image)``, ``adjoint(data)``.
 
     Parameters
@@ -61,7 +61,10 @@ class TimeSegmentedOperator:
     mask : voxels whose rates the interpolator is fitted to (default: all).
 
     Shapes: ``forward`` takes (..., N0, N1, N2) and returns (..., *nufft.kshape); ``adjoint`` the
-    reverse. Leading axes (coils, batch) are transformed together with the L segments in one call.
+    reverse (the :class:`recon.linop.LinearOperator` contract checks them). Leading axes (coils,
+    batch) are transformed together with the L segments in one call. Inputs may be numpy or CuPy
+    (with a GPU NUFFT backend): the coefficient arrays are copied to the device once.
+    :meth:`toeplitz_term` gives what :class:`recon.b0.toeplitz.ToeplitzNormal` needs.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class TimeSegmentedOperator:
         self.nufft = nufft
         self.shape = nufft.shape
         self.kshape = nufft.kshape
+        self.ishape, self.oshape = tuple(self.shape), tuple(self.kshape)
         f = np.asarray(fieldmap_hz, dtype=np.float64)
         if f.shape != self.shape:
             raise InputError(f"field map shape {f.shape} does not match the image grid {self.shape}")
@@ -90,9 +94,16 @@ class TimeSegmentedOperator:
                 raise InputError("R2* must be finite and non-negative (1/s)")
         if mask is not None and np.shape(mask) != self.shape:
             raise InputError(f"mask shape {np.shape(mask)} does not match the image grid {self.shape}")
-        t_full = float(te_s) + sample_times(nufft, t_s)
-        t_unique, inverse = np.unique(t_full.ravel(), return_inverse=True)
-        t0, t1 = float(t_unique[0]), float(t_unique[-1])
+        t_rel = sample_times(nufft, t_s)
+        lead = t_rel.ndim - 1
+        if t_rel.ndim >= 1 and all(t_rel.strides[i] == 0 or t_rel.shape[i] == 1 for i in range(lead)):
+            # one time per readout sample (the usual case): coefficients over those times only
+            t_line = np.asarray(t_rel[(0,) * lead], dtype=np.float64)
+            bshape = (1,) * lead + t_line.shape
+        else:
+            t_line, bshape = np.asarray(t_rel, dtype=np.float64).ravel(), self.kshape
+        t_unique, inverse = np.unique(t_line, return_inverse=True)
+        r0, r1 = float(t_unique[0]), float(t_unique[-1])
         sel = np.ones(self.shape, bool) if mask is None else np.asarray(mask, bool)
         if n_segments is None:
             fv = f[sel] if sel.any() else np.zeros(1)
@@ -100,52 +111,58 @@ class TimeSegmentedOperator:
             if r2 is not None:
                 rv = r2[sel] if sel.any() else np.zeros(1)
                 half = float(np.hypot(half, 0.5 * (rv.max() - rv.min()) / (2 * np.pi)))
-            n_segments = n_time_bins(half, t1 - t0, tol_rad) + 1
+            n_segments = n_time_bins(half, r1 - r0, tol_rad) + 1
         n_segments = int(n_segments)
         if n_segments < 1:
             raise InputError(f"number of time segments must be >= 1, got {n_segments}")
         self.n_segments = n_segments
-        self.tau_s = np.linspace(t0, t1, n_segments) if n_segments > 1 else np.array([0.5 * (t0 + t1)])
+        tau_rel = np.linspace(r0, r1, n_segments) if n_segments > 1 else np.array([0.5 * (r0 + r1)])
+        self.tau_s = float(te_s) + tau_rel
         rates, counts = rate_histogram(f, r2, sel)
-        b = ls_time_coefficients(t_unique, self.tau_s, rates, counts)  # (L, n_unique)
+        if r2 is None:
+            # shift-invariant fit (|exp(-z TE)| = 1): on times from the first ADC sample, so every
+            # echo gets bit-identical coefficients (and shares Toeplitz kernels)
+            b = ls_time_coefficients(t_unique, tau_rel, rates, counts)  # (L, n_unique)
+        else:
+            b = ls_time_coefficients(float(te_s) + t_unique, self.tau_s, rates, counts)
         rdt = np.float32 if nufft.dtype == np.complex64 else np.float64
-        self._b = b[:, inverse].reshape((n_segments,) + self.kshape).astype(nufft.dtype)
+        # (L, *bshape), broadcastable to (L, *kshape): per readout time, not per sample
+        self._b = b[:, inverse.ravel()].reshape((n_segments,) + tuple(bshape)).astype(nufft.dtype)
         z = 2j * np.pi * f + (0.0 if r2 is None else r2)
         self._e = np.exp(-z[None] * self.tau_s.reshape(-1, 1, 1, 1)).astype(nufft.dtype)  # (L, *shape)
         self._real = rdt
         self.te_s = float(te_s)
 
-    def _check(self, a, core, what):
-        a = np.asarray(a)
-        if tuple(a.shape[a.ndim - len(core) :]) != tuple(core):
-            raise InputError(f"{what} must have shape (..., {', '.join(map(str, core))}), got {a.shape}")
-        return a.shape[: a.ndim - len(core)]
+    def _arrays(self, xp):
+        """(b, e) in the array module ``xp`` (device copies made once)."""
+        if xp is np:
+            return self._b, self._e
+        dev = self.__dict__.setdefault("_dev", {})
+        if xp.__name__ not in dev:
+            dev[xp.__name__] = (xp.asarray(self._b), xp.asarray(self._e))
+        return dev[xp.__name__]
 
-    def forward(self, image: np.ndarray) -> np.ndarray:
+    def _forward(self, image, lead):
         """Image (..., N0, N1, N2) -> data (..., *kshape): sum_l b_l(t) NUFFT(x exp(-z tau_l))."""
-        lead = self._check(image, self.shape, "image")
-        x = np.asarray(image, dtype=self.nufft.dtype)
-        seg = x[..., None, :, :, :] * self._e  # (..., L, *shape)
+        xp = get_array_module(image)
+        b, e = self._arrays(xp)
+        x = image.astype(self.nufft.dtype, copy=False)
+        seg = x[..., None, :, :, :] * e  # (..., L, *shape)
         y = self.nufft.forward(seg)  # (..., L, *kshape)
-        out = np.einsum(
-            "...lm,lm->...m", y.reshape(lead + (self.n_segments, -1)), self._b.reshape(self.n_segments, -1)
-        )
-        return out.reshape(lead + self.kshape)
+        return (y * b).sum(axis=-1 - len(self.kshape))
 
-    def adjoint(self, data: np.ndarray) -> np.ndarray:
+    def _adjoint(self, data, lead):
         """Data (..., *kshape) -> image (..., N0, N1, N2): sum_l conj(exp(-z tau_l)) NUFFT^H(conj(b_l) y)."""
-        lead = self._check(data, self.kshape, "data")
-        y = np.asarray(data, dtype=self.nufft.dtype)
-        seg = y.reshape(lead + (1, -1)) * np.conj(self._b.reshape(self.n_segments, -1))
-        x = self.nufft.adjoint(seg.reshape(lead + (self.n_segments,) + self.kshape))  # (..., L, *shape)
-        return np.einsum("...lijk, lijk -> ...ijk", x, np.conj(self._e))
+        xp = get_array_module(data)
+        b, e = self._arrays(xp)
+        y = data.astype(self.nufft.dtype, copy=False)
+        seg = y.reshape(lead + (1,) + self.kshape) * xp.conj(b)  # (..., L, *kshape)
+        x = self.nufft.adjoint(seg)  # (..., L, *shape)
+        return (x * xp.conj(e)).sum(axis=-4)
 
-    def normal(self, image: np.ndarray) -> np.ndarray:
-        """A^H A applied to an image batch."""
-        return self.adjoint(self.forward(image))
+    def toeplitz_term(self, weights: np.ndarray) -> tuple:
+        """``(b, weights, e)`` of this operator for :class:`recon.b0.toeplitz.ToeplitzNormal`."""
+        return self._b, weights, self._e
 
     def __repr__(self) -> str:
-        return (
-            f"TimeSegmentedOperator(shape={self.shape}, samples={self.kshape}, segments={self.n_segments}, "
-            f"te_s={self.te_s:g})"
-        )
+        return f"TimeSegmentedOperator(shape={self.shape}, samples={self.kshape}, segments={self.n_segments}, te_s={self.te_s:g})"

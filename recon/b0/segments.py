@@ -115,11 +115,7 @@ def rate_histogram(
         rates = 2j * np.pi * fc
         counts = cnt.astype(np.float64)
     else:
-        rv = (
-            np.asarray(r2star_hz, dtype=np.float64)[sel]
-            if np.ndim(r2star_hz)
-            else np.full(fv.shape, float(r2star_hz))
-        )
+        rv = np.asarray(r2star_hz, dtype=np.float64)[sel] if np.ndim(r2star_hz) else np.full(fv.shape, float(r2star_hz))
         rl, rh = rv.min(), rv.max()
         if rh - rl < 1e-6:
             n_r = 1

@@ -134,3 +134,47 @@ def test_gpu_request_without_gpu_is_a_clear_error():
         with pytest.raises(BackendUnavailableError) as e:
             NUFFT(np.zeros((4, 3)), (8, 8, 8), 0.2, device="gpu")
         assert "cupy" in str(e.value).lower() or "gpu" in str(e.value).lower()
+
+
+def test_input_validation_on_the_float32_points(rng):
+    """Finiteness and extent are checked on the points the backend gets (one pass per axis)."""
+    k = _random_k(rng, (8, 8, 8), (0.2,) * 3, 100)
+    bad = k.copy()
+    bad[17, 1] = np.inf
+    with pytest.raises(TrajectoryError, match="NaN or infinite"):
+        NUFFT(bad, (8, 8, 8), 0.2)
+    edge = k.copy()
+    edge[3, 2] = 1.5 * 8 / 0.2 * 1.0001  # just past 1.5 x the grid (cycles/FOV)
+    with pytest.raises(TrajectoryError, match="beyond"):
+        NUFFT(edge, (8, 8, 8), 0.2)
+    edge[3, 2] = 1.5 * 8 / 0.2 * 0.999
+    NUFFT(edge, (8, 8, 8), 0.2)
+    # strided k (a view of every other sample) gives the same operator as its contiguous copy
+    x = _cplx(rng, (8, 8, 8)).astype(np.complex64)
+    view = np.concatenate([k, k])[::2]
+    np.testing.assert_array_equal(NUFFT(view, (8, 8, 8), 0.2).forward(x), NUFFT(view.copy(), (8, 8, 8), 0.2).forward(x))
+
+
+@pytest.mark.parametrize("upsampfac", [1.25, 2.0])
+def test_both_upsampling_choices_meet_the_accuracy(rng, upsampfac):
+    """choose_upsampfac may pick either kernel: both reach the requested accuracy (exact NUDFT)."""
+    shape, fov = (16, 16, 16), (0.2,) * 3
+    k = _random_k(rng, shape, fov, 4000)
+    for eps in (1e-4, 1e-6):
+        op = NUFFT(k, shape, fov, eps=eps, dtype=np.complex128, upsampfac=upsampfac)
+        x = _cplx(rng, shape)
+        idx = rng.choice(len(k), 25, replace=False)
+        ref = nudft_forward_at(x, k, fov, idx)
+        assert np.linalg.norm(op.forward(x)[idx] - ref) / np.linalg.norm(ref) <= 10 * eps
+
+
+def test_upsampling_rule_follows_the_measurements():
+    """The measured cases of benchmarks/README.md ("NUFFT upsampling"): 4.85 M samples."""
+    from recon.nufft.finufft_backend import choose_upsampfac
+
+    m = 3920 * 1238
+    assert choose_upsampfac(m, (64,) * 3, 1e-4) == 2.0  # dense, fine grid 128^3: 2.0 fastest
+    assert choose_upsampfac(m, (128,) * 3, 1e-4) == 1.25  # 2.3 per voxel, fine grid 256^3: 1.25 (2.0 was 2.4-2.8x slower)
+    assert choose_upsampfac(m, (128,) * 3, 1e-6) == 1.25
+    assert choose_upsampfac(m, (64,) * 3, 1e-6) == 1.25  # the wide 2.0 kernel at 1e-6 loses
+    assert choose_upsampfac(1000, (64,) * 3, 1e-4) is None  # very sparse: finufft's own choice

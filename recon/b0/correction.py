@@ -199,7 +199,8 @@ class TimeBinnedGridder:
         k2 = np.asarray(op.k).reshape(p_rows, n_col, 3)
         w2 = np.asarray(dcf).reshape(p_rows, n_col)
         w_col = w2.sum(axis=0, dtype=np.float64)  # density weight per column (for the bin times)
-        opts = op.subset_options()  # same spreading kernel as the full plan (per-bin sample counts would pick another)
+        # same spreading kernel as the full plan (per-bin sample counts would pick another), at the bins' accuracy
+        opts = op.subset_options(eps=eps or op.eps)
         factory = plans_or_default(plans)
         self.op = op
         self.shape = (p_rows, n_col)
@@ -299,15 +300,23 @@ def correct_tb_cpr(
 
 
 # ------------------------------------------------------------------------------ fs-cpr and mfi
-def _frequency_images(op, data_e, w, t_abs, freqs, max_batch):
-    """Gridded images at each demodulation frequency: (B, L, *shape)."""
-    y = data_e.reshape((-1, t_abs.size))
-    out = np.empty((y.shape[0], len(freqs)) + op.shape, dtype=op.dtype)
+def _frequency_images(op, y, w2, t_abs, freqs, max_batch):
+    """Gridded images at each demodulation frequency: (B, L, *shape).
+
+    ``y`` (B, P, C) data in the (projection, time column) layout, ``w2`` (P, C) density weights,
+    ``t_abs`` (C,) the column times from excitation: the demodulation is computed over the C
+    distinct times and broadcast over the P rows.
+    """
+    from recon.device import get_array_module
+
+    xp = get_array_module(y)
+    rdt = np.float32 if op.dtype == np.complex64 else np.float64
+    out = xp.empty((y.shape[0], len(freqs)) + op.shape, dtype=op.dtype)
     step = max(1, int(max_batch))
     for s in range(0, len(freqs), step):
         fs = np.asarray(freqs[s : s + step])
-        demod = (w[None, :] * np.exp(2j * np.pi * fs[:, None] * t_abs[None, :])).astype(op.dtype)  # (l, M)
-        batch = y[:, None, :] * demod[None]  # (B, l, M)
+        demod = xp.asarray(np.exp(2j * np.pi * fs[:, None] * t_abs[None, :]).astype(op.dtype))  # (l, C)
+        batch = y[:, None] * (w2.astype(rdt, copy=False)[None] * demod[:, None, :])[None]  # (B, l, P, C)
         out[:, s : s + len(fs)] = op.adjoint(batch.reshape((y.shape[0], len(fs)) + op.kshape))
     return out
 
@@ -336,14 +345,18 @@ def _segment_images(op, data, dcf, te_s, t_s, fieldmap_hz, mask, n_segments, ove
     Shared by the frequency-segment methods (fs-cpr, mfi); the images come from one batched
     NUFFT of the data demodulated at every frequency, shape (lead, L, N0, N1, N2).
     """
-    t = sample_times(op, t_s).ravel()
-    w = np.asarray(dcf, dtype=np.float64).ravel()
+    from recon.device import get_array_module
+
+    xp = get_array_module(data)
+    p_rows, t_col = _time_columns(op, t_s)
+    w2 = xp.asarray(dcf).reshape(p_rows, t_col.size)
     lead = data.shape[1 : data.ndim - len(op.kshape)]
     nlead = int(np.prod(lead)) if lead else 1
     for e in range(data.shape[0]):
-        t_abs = te_s[e] + t
+        t_abs = te_s[e] + t_col
         freqs = _frequencies(fieldmap_hz, mask, float(t_abs.max()), n_segments, oversampling or FREQ_OVERSAMPLING[method])
-        yield e, t_abs, freqs, _frequency_images(op, data[e], w, t_abs, freqs, max_batch or _default_batch(op, nlead))
+        y = data[e].reshape((-1, p_rows, t_col.size))
+        yield e, t_abs, freqs, _frequency_images(op, y, w2, t_abs, freqs, max_batch or _default_batch(op, nlead))
 
 
 @register_correction("fs-cpr")
@@ -361,8 +374,11 @@ def correct_fs_cpr(
     plans: Plans | None = None,
 ) -> np.ndarray:
     """Frequency-segmented conjugate phase with linear interpolation between frequencies."""
+    from recon.device import get_array_module
+
+    xp = get_array_module(data)
     lead = data.shape[1 : data.ndim - len(op.kshape)]
-    out = np.empty((data.shape[0],) + lead + op.shape, dtype=op.dtype)
+    out = xp.empty((data.shape[0],) + lead + op.shape, dtype=op.dtype)
     segs = _segment_images(op, data, dcf, te_s, t_s, fieldmap_hz, mask, n_segments, oversampling, max_batch, "fs-cpr")
     for e, _t_abs, freqs, imgs in segs:
         if len(freqs) == 1:
@@ -370,9 +386,10 @@ def correct_fs_cpr(
             continue
         pos = np.clip((fieldmap_hz - freqs[0]) / (freqs[1] - freqs[0]), 0, len(freqs) - 1)
         i0 = np.minimum(np.floor(pos).astype(np.intp), len(freqs) - 2)
-        a = (pos - i0).astype(np.float32)
-        g0 = np.take_along_axis(imgs, i0[None, None], axis=1)[:, 0]
-        g1 = np.take_along_axis(imgs, (i0 + 1)[None, None], axis=1)[:, 0]
+        a = xp.asarray((pos - i0).astype(np.float32))
+        i0 = xp.asarray(i0)
+        g0 = xp.take_along_axis(imgs, i0[None, None], axis=1)[:, 0]
+        g1 = xp.take_along_axis(imgs, (i0 + 1)[None, None], axis=1)[:, 0]
         out[e] = ((1 - a) * g0 + a * g1).reshape(lead + op.shape)
         log.debug("fs-cpr echo %d: %d frequencies %.1f..%.1f Hz", e, len(freqs), freqs[0], freqs[-1])
     return out
@@ -406,8 +423,11 @@ def correct_mfi(
     plans: Plans | None = None,
 ) -> np.ndarray:
     """Multi-frequency interpolation with least-squares coefficients over the readout window."""
+    from recon.device import get_array_module
+
+    xp = get_array_module(data)
     lead = data.shape[1 : data.ndim - len(op.kshape)]
-    out = np.empty((data.shape[0],) + lead + op.shape, dtype=op.dtype)
+    out = xp.empty((data.shape[0],) + lead + op.shape, dtype=op.dtype)
     fmin, fmax = float(fieldmap_hz.min()), float(fieldmap_hz.max())
     segs = _segment_images(op, data, dcf, te_s, t_s, fieldmap_hz, mask, n_segments, oversampling, max_batch, "mfi")
     for e, t_abs, freqs, imgs in segs:
@@ -417,7 +437,7 @@ def correct_mfi(
         pos = np.clip((fieldmap_hz - table[0]) / (table[1] - table[0]), 0, len(table) - 1)
         i0 = np.minimum(np.floor(pos).astype(np.intp), len(table) - 2)
         a = (pos - i0)[..., None].astype(np.float32)
-        c = (1 - a) * coef[i0] + a * coef[i0 + 1]  # (*shape, L)
-        out[e] = np.einsum("blijk,ijkl->bijk", imgs, c).reshape(lead + op.shape)
+        c = xp.asarray((1 - a) * coef[i0] + a * coef[i0 + 1])  # (*shape, L)
+        out[e] = xp.einsum("blijk,ijkl->bijk", imgs, c).reshape(lead + op.shape)
         log.debug("mfi echo %d: %d frequencies %.1f..%.1f Hz", e, len(freqs), freqs[0], freqs[-1])
     return out

@@ -49,10 +49,15 @@ def support_mask(magnitude: np.ndarray, threshold: float = 0.15, min_voxels: int
     """Signal support: |x| (lightly smoothed) above ``threshold`` x its 99.5th percentile.
 
     Holes are filled and connected components smaller than ``min_voxels`` are dropped (noise).
+    ``magnitude`` may be a CuPy array (its magnitude comes to the host); the mask is a numpy array.
     """
-    m = np.abs(np.asarray(magnitude))
+    from recon.device import get_array_module, to_host
+
+    xp = get_array_module(magnitude)
+    m = xp.abs(magnitude if xp is not np else np.asarray(magnitude))
     if m.ndim > 3:
-        m = np.sqrt((m.reshape((-1,) + m.shape[-3:]) ** 2).sum(0))
+        m = xp.sqrt((m.reshape((-1,) + tuple(m.shape[-3:])) ** 2).sum(0))
+    m = to_host(m)  # N^3 reals: the morphology runs on the host
     ms = ndimage.gaussian_filter(m.astype(np.float64), 0.7)
     ref = np.percentile(ms, 99.5)
     if not ref > 0:
@@ -106,9 +111,36 @@ def estimate_fieldmap(
     mask : support where the phase is trusted; default :func:`support_mask` of |echo 1|.
     method : ``smooth`` (Gaussian, ``sigma_vox``) or ``poly`` (order ``poly_order`` fit).
     unwrap : unwrap the phase spatially (needed when |df| may exceed the unaliased range).
+        CuPy echo images are accepted: the Hermitian product is formed on the device, the
+        regularisation and unwrapping (scipy/scikit-image) run on the host on that one N^3 array,
+        and the map is returned as a CuPy array.
     extrapolate_vox : voxels past the mask that receive extrapolated values (0 elsewhere).
     mask_threshold : relative threshold of the default mask.
     """
+    from recon.device import get_array_module, to_host
+
+    xp = get_array_module(img_e1)
+    if xp is not np:  # device images: only the Hermitian product (N^3) comes to the host
+        if tuple(img_e1.shape) != tuple(img_e2.shape) or img_e1.ndim < 3:
+            raise InputError(f"echo images must have the same shape (..., N0, N1, N2), got {img_e1.shape} and {img_e2.shape}")
+        z = to_host((img_e2 * xp.conj(img_e1)).reshape((-1,) + tuple(img_e1.shape[-3:])).sum(0))
+        mask = support_mask(img_e1, mask_threshold) if mask is None else to_host(mask)
+        # x2 conj(x1) with x1 = 1, x2 = z is z itself: the host path below from the product
+        return xp.asarray(
+            estimate_fieldmap(
+                np.ones(z.shape),
+                z,
+                0.0,
+                float(te2_s) - float(te1_s),
+                mask,
+                method=method,
+                sigma_vox=sigma_vox,
+                poly_order=poly_order,
+                unwrap=unwrap,
+                extrapolate_vox=extrapolate_vox,
+                mask_threshold=mask_threshold,
+            )
+        )
     x1 = np.asarray(img_e1)
     x2 = np.asarray(img_e2)
     if x1.shape != x2.shape or x1.ndim < 3:
@@ -174,6 +206,7 @@ def refine_fieldmap(
     mask: np.ndarray | None = None,
     passes: int = 1,
     method: str = "tb-cpr",
+    plans=None,
     **estimate_options,
 ) -> np.ndarray:
     """Refine a dual-echo field map with the echoes corrected by it (Hz).
@@ -184,17 +217,20 @@ def refine_fieldmap(
     difference of the corrected echoes measures the residual field, -2 pi (df - map) dTE; adding
     it sharpens the map. Each pass costs one B0-corrected reconstruction of both echoes. On the
     digital phantom (25 ms readout, +57 Hz hot spot) one pass lowers the error inside the brain
-    from 2.4 to 1.9 Hz RMS (benchmarks/b0.md).
+    from 2.4 to 1.9 Hz RMS (benchmarks/b0.md). ``plans`` is handed to :func:`recon.b0.correct`
+    (tb-cpr's bin plans); ``data`` may be a CuPy array (the map is then returned as one).
     """
     from recon.b0.correction import correct
+    from recon.device import get_array_module, to_host
 
-    f = np.asarray(fieldmap_hz, dtype=np.float64).copy()
+    xp = get_array_module(data)
+    f = np.asarray(to_host(fieldmap_hz), dtype=np.float64).copy()
     te = list(np.atleast_1d(te_s))
     for _ in range(int(passes)):
-        x = correct(method, op, data, dcf, te, t_s, f, mask=mask)
+        x = correct(method, op, data, dcf, te, t_s, f, mask=mask, plans=plans)
         res = estimate_fieldmap(x[0], x[1], te[0], te[1], mask=mask, unwrap=False, **estimate_options)
-        f = f + res
-    return f
+        f = f + to_host(res)
+    return f if xp is np else xp.asarray(f)
 
 
 def load_fieldmap_nifti(

@@ -1,11 +1,13 @@
 """CPU backend: FINUFFT (Flatiron Institute) plans, kept and reused per trajectory.
 
-Upsampling choice: for the dense 3D MRI problems narecon sees (millions of samples onto a
-64^3-128^3 grid, i.e. many samples per grid point) the spreading dominates and an upsampling
-factor of 2.0 (narrower kernel, 8x the FFT size but a small FFT) is faster than FINUFFT's own
-default of 1.25; for sparse problems 1.25 wins. ``upsampfac="auto"`` (the default) picks 2.0 when
-there are more than 2 samples per image voxel and the upsampled grid stays under 2^24 points,
-else leaves FINUFFT's choice. See benchmarks/README.md for the measurements behind it.
+Upsampling choice (``upsampfac="auto"``, the default; :func:`choose_upsampfac`), measured with
+benchmarks/finufft_upsampfac.py on the study protocol's 4.85 M samples (benchmarks/README.md):
+2.0 (narrow kernel, 8x the FFT size) wins only while the fine grid is small and the problem
+dense: at 64^3 (18.5 samples per voxel, fine grid 128^3) and eps 1e-4 it is 1.4-2x faster than
+1.25 and than finufft's default. On a 128^3 grid (2.3 samples per voxel, fine grid 256^3) the
+FFT dominates and 1.25 is 1.6-2.8x faster than 2.0 and 1.45-2.5x faster than finufft's default;
+at eps 1e-6 the 2.0 kernel is wide too and 1.25 wins even at 64^3. Very sparse problems keep
+finufft's own choice.
 """
 
 from __future__ import annotations
@@ -14,13 +16,26 @@ import numpy as np
 
 from recon.nufft.operator import NufftBackend, default_threads, register_backend
 
+DENSE_SAMPLES_PER_VOXEL = 4.0
+"""Samples per image voxel above which the 2.0 kernel can pay for its 8x FFT."""
+SMALL_FINE_GRID = 2**22
+"""Largest fine grid (points) of upsampling 2.0 where its FFT stays cheap (128^3 at 2x 64^3 -> 2^21)."""
+SPARSE_SAMPLES_PER_VOXEL = 0.5
 
-def choose_upsampfac(n_points: int, shape) -> float | None:
-    """Upsampling factor for a problem (None: let FINUFFT choose)."""
+
+def choose_upsampfac(n_points: int, shape, eps: float | None = None) -> float | None:
+    """Upsampling factor for a problem (None: let FINUFFT choose); the rule of the module docstring.
+
+    ``eps`` is the requested accuracy (None: treated as 1e-4, the pipeline's default).
+    """
     n_vox = int(np.prod(shape))
-    if n_points > 2 * n_vox and 8 * n_vox <= 2**24:
+    density = n_points / max(n_vox, 1)
+    tol = 1e-4 if eps is None else float(eps)
+    if density < SPARSE_SAMPLES_PER_VOXEL:
+        return None
+    if density >= DENSE_SAMPLES_PER_VOXEL and 8 * n_vox <= SMALL_FINE_GRID and tol >= 1e-5:
         return 2.0
-    return None
+    return 1.25
 
 
 def choose_threads(n_points: int, n_trans: int) -> int:
@@ -43,10 +58,10 @@ class FinufftBackend(NufftBackend):
     point_input = "radians"
 
     @classmethod
-    def subset_options(cls, n_points: int, shape, options: dict) -> dict:
+    def subset_options(cls, n_points: int, shape, options: dict, eps: float | None = None) -> dict:
         """Options for a plan over a subset of ``n_points`` samples that keeps their upsampling factor."""
         if "upsampfac" not in options:
-            options = {**options, "upsampfac": choose_upsampfac(n_points, shape) or "auto"}
+            options = {**options, "upsampfac": choose_upsampfac(n_points, shape, eps) or "auto"}
         return options
 
     @classmethod
@@ -68,7 +83,7 @@ class FinufftBackend(NufftBackend):
         m = len(pts[0])
         kw = dict(nthreads=n_threads or choose_threads(m, n_trans), modeord=0)
         if upsampfac == "auto":
-            upsampfac = choose_upsampfac(m, shape)
+            upsampfac = choose_upsampfac(m, shape, eps)
         if upsampfac is not None:
             kw["upsampfac"] = float(upsampfac)
         kw.update(opts)

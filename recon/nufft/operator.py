@@ -211,10 +211,14 @@ class NUFFT(LinearOperator):
     def n_samples(self) -> int:
         return int(np.prod(self.kshape))
 
-    def subset_options(self) -> dict:
-        """Backend options for a NUFFT over a subset of these samples with the same spreading kernel."""
+    def subset_options(self, eps: float | None = None) -> dict:
+        """Backend options for a NUFFT over a subset of these samples with the same spreading kernel.
+
+        ``eps``: the accuracy the subset plans will request (default: this operator's).
+        """
         hook = getattr(self._cls, "subset_options", None)
-        return hook(self.n_samples, self.shape, dict(self.options)) if hook else dict(self.options)
+        tol = self.eps if eps is None else float(eps)
+        return hook(self.n_samples, self.shape, dict(self.options), tol) if hook else dict(self.options)
 
     def _plan(self, n_trans: int):
         p = self._plans.get(n_trans)

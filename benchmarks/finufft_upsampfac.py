@@ -25,6 +25,50 @@ from pathlib import Path
 import numpy as np
 
 
+def setup_rounds(k, shape, fov, eps, rounds):
+    """NUFFT set-up (points + plan + setpts) of recon.nufft.NUFFT against finufft's own plan + setpts
+    with float32 points already made, at the same upsampling, and against the former set-up path
+    (float64 finiteness and extent passes, a float64 k * fov copy, then float32 points per axis)."""
+    import finufft
+
+    from recon.nufft import NUFFT
+    from recon.nufft.finufft_backend import choose_threads, choose_upsampfac
+
+    n = np.asarray(shape, dtype=np.float64)
+    uf = choose_upsampfac(len(k), shape, eps) or 1.25
+    kw = dict(nthreads=choose_threads(len(k), 1), modeord=0, upsampfac=uf)
+    pts = [np.ascontiguousarray((2 * np.pi * fov / n[d] * k[:, d]).astype(np.float32)) for d in range(3)]
+
+    def ours():
+        NUFFT(k, shape, fov, eps=eps, upsampfac=uf)._plan(1)
+
+    def own():
+        finufft.Plan(2, shape, 1, eps, -1, dtype="complex64", **kw).setpts(*pts)
+
+    def before():
+        kk = np.asarray(k)
+        assert np.all(np.isfinite(kk))
+        np.abs(kk.reshape(-1, 3)).max(axis=0)
+        kg = kk.reshape(-1, 3).astype(np.float64) * fov
+        p = [np.ascontiguousarray((2 * np.pi * kg[:, d] / n[d]).astype(np.float32)) for d in range(3)]
+        finufft.Plan(2, shape, 1, eps, -1, dtype="complex64", **kw).setpts(*p)
+
+    jobs = {"finufft plan+setpts": own, "NUFFT (now)": ours, "NUFFT (before)": before}
+    times = {j: [] for j in jobs}
+    rng = np.random.default_rng(2)
+    for _ in range(rounds):
+        for j in rng.permutation(list(jobs)):
+            t = time.perf_counter()
+            jobs[j]()
+            times[j].append(time.perf_counter() - t)
+    ref = np.asarray(times["finufft plan+setpts"])
+    print(f"\nset-up at {shape}, eps {eps:g}, upsampfac {uf}: median s, ratio to finufft's own per round: median (range)")
+    for j, t in times.items():
+        r = np.asarray(t) / ref
+        print(f"| {j} | {np.median(t):.3f} | {np.median(r):.2f} ({r.min():.2f}-{r.max():.2f}) |")
+    return times
+
+
 def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's recon
@@ -54,6 +98,10 @@ def main(argv=None) -> int:
     n = np.asarray(shape, dtype=np.float64)
     kg = prob["k"] * prob["fov"]
     pts = [np.ascontiguousarray((2 * np.pi * kg[:, d] / n[d]).astype(np.float32)) for d in range(3)]
+    if args.setup:
+        for eps in args.eps:
+            setup_rounds(prob["k"], shape, prob["fov"], eps, args.setup)
+        return 0
     x, y = prob["x"], prob["y"]
     configs = []
     for eps in args.eps:

@@ -241,7 +241,7 @@ def reconstruct_iterative(
     shape = nufft.shape
     dv = float(np.prod(np.asarray(nufft.fov) / np.asarray(shape)))
     w = np.asarray(to_host(dcf), dtype=np.float64)
-    t_full = sample_times(nufft, t_s)
+    sample_times(nufft, t_s)  # checks the shape of t_s
     f = np.zeros(shape) if fieldmap_hz is None else np.asarray(to_host(fieldmap_hz), dtype=np.float64)
 
     if decay == "r2star-map" and r2star_hz is None:
@@ -252,16 +252,18 @@ def reconstruct_iterative(
     r2 = None if decay != "r2star-map" else np.asarray(to_host(r2star_hz), dtype=np.float64)
 
     ops, segments, terms = [], [], []
+    base = w * dv  # per-sample weights W dV shared by the echoes; decay is a factor per readout time
+    sqrt_base = np.sqrt(base).astype(np.float32 if nufft.dtype == np.complex64 else np.float64)
     for te_e in te:
         a = TimeSegmentedOperator(nufft, t_s, f, te_s=te_e, r2star_hz=r2, n_segments=n_segments, mask=mask)
         segments.append(a.n_segments)
-        scale = np.sqrt(w * dv)
-        d = _sample_decay(decay, te_e + t_full)
-        if d is not None:
-            scale = scale * d
-        ops.append(_Scaled(a, scale.astype(nufft.dtype)))
-        terms.append(a.toeplitz_term(scale**2))
-    y = [xp.asarray(np.sqrt(w / dv), dtype=nufft.dtype) * data[e] for e in range(len(te))]
+        d = _sample_decay(decay, te_e + a.t_compact_s)  # None or the decay in b's (readout-time) layout
+        scale = sqrt_base if d is None else sqrt_base * d.astype(sqrt_base.dtype)
+        ops.append(_Scaled(a, scale))
+        terms.append(a.toeplitz_term(None if d is None else d**2))
+    sqrt_wdv = xp.asarray(np.sqrt(w / dv), dtype=sqrt_base.dtype)
+    # y'_e = sqrt(W / dV) y_e is only kept when the objective is asked for
+    y = [sqrt_wdv * data[e] for e in range(len(te))] if objective else None
 
     if x0 is None:
         x0 = to_host(gridding(nufft, data[0], xp.asarray(w)))
@@ -277,7 +279,7 @@ def reconstruct_iterative(
 
     def data_objective(xv):
         val = 0.0
-        for op, ye in zip(ops, y):
+        for op, ye in zip(ops, y):  # only called with objective=True (y kept)
             r = op.forward(xv) - ye
             val += float(xp.vdot(r, r).real)
         if regulariser == "tikhonov":
@@ -291,7 +293,8 @@ def reconstruct_iterative(
 
     if regulariser == "tv":
         A = sp.linop.Vstack([op.sigpy(f"A_echo{e + 1}") for e, op in enumerate(ops)]) if len(ops) > 1 else ops[0].sigpy()
-        yv = xp.concatenate([ye.ravel() for ye in y]) if len(ops) > 1 else y[0]
+        ys = y if y is not None else [sqrt_wdv * data[e] for e in range(len(te))]
+        yv = xp.concatenate([ye.ravel() for ye in ys]) if len(ops) > 1 else ys[0]
         app = sp.app.LinearLeastSquares(
             A,
             yv,
@@ -308,7 +311,7 @@ def reconstruct_iterative(
         if normal == "toeplitz":
             from recon.b0.toeplitz import ToeplitzNormal
 
-            tn = ToeplitzNormal(nufft, terms, plans=plans)
+            tn = ToeplitzNormal(nufft, terms, plans=plans, base_weights=base)
             log.debug("iterative: %r", tn)
             data_normal = tn.normal
         else:
@@ -324,7 +327,7 @@ def reconstruct_iterative(
                 out = out + lam * (v if regulariser == "tikhonov" else D.H(D(v)))
             return out
 
-        rhs = sum(op.adjoint(ye) for op, ye in zip(ops, y))
+        rhs = sum(op.adjoint(sqrt_wdv * data[e] if y is None else y[e]) for e, op in enumerate(ops))
         # construct with the real max_iter: SigPy's CG aliases its search direction when max_iter == 1
         alg = sp.alg.ConjugateGradient(normal_op, rhs, x, max_iter=max_iter, tol=0)
         get_x = lambda: alg.x  # noqa: E731

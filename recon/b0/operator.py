@@ -126,6 +126,7 @@ class TimeSegmentedOperator(LinearOperator):
         else:
             b = ls_time_coefficients(float(te_s) + t_unique, self.tau_s, rates, counts)
         rdt = np.float32 if nufft.dtype == np.complex64 else np.float64
+        self.t_compact_s = t_line.reshape(bshape)  # readout times (from the first ADC sample) in b's layout
         # (L, *bshape), broadcastable to (L, *kshape): per readout time, not per sample
         self._b = b[:, inverse.ravel()].reshape((n_segments,) + tuple(bshape)).astype(nufft.dtype)
         z = 2j * np.pi * f + (0.0 if r2 is None else r2)
@@ -160,9 +161,14 @@ class TimeSegmentedOperator(LinearOperator):
         x = self.nufft.adjoint(seg)  # (..., L, *shape)
         return (x * xp.conj(e)).sum(axis=-4)
 
-    def toeplitz_term(self, weights: np.ndarray) -> tuple:
-        """``(b, weights, e)`` of this operator for :class:`recon.b0.toeplitz.ToeplitzNormal`."""
-        return self._b, weights, self._e
+    def toeplitz_term(self, time_factor: np.ndarray | None = None) -> tuple:
+        """``(b, time_factor, e)`` of this operator for :class:`recon.b0.toeplitz.ToeplitzNormal`.
+
+        With ``base_weights`` W there, the term is A^H diag(W time_factor) A; ``time_factor`` is a
+        per-sample weight in the layout of the coefficients (one value per readout time, e.g. a
+        decay squared), or None.
+        """
+        return self._b, time_factor, self._e
 
     def __repr__(self) -> str:
         return f"TimeSegmentedOperator(shape={self.shape}, samples={self.kshape}, segments={self.n_segments}, te_s={self.te_s:g})"

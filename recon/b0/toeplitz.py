@@ -50,6 +50,38 @@ def _fft_module(xp):
     return (lambda a, axes: xp.fft.fftn(a, axes=axes), lambda a, axes: xp.fft.ifftn(a, axes=axes))
 
 
+def _fft1_module(xp):
+    """(fft, ifft) along one axis with zero-padding to ``n`` (scipy.fft threaded on the host, cupy.fft on a GPU)."""
+    if xp is np:
+        import scipy.fft
+
+        from recon.nufft.operator import default_threads
+
+        w = default_threads()
+        return (
+            lambda a, n, axis: scipy.fft.fft(a, n=n, axis=axis, workers=w),
+            lambda a, axis: scipy.fft.ifft(a, axis=axis, workers=w, overwrite_x=True),
+        )
+    return (lambda a, n, axis: xp.fft.fft(a, n=n, axis=axis), lambda a, axis: xp.fft.ifft(a, axis=axis))
+
+
+def padded_fft(x, shape2, xp):
+    """FFT on the 2N grid of x (..., N0, N1, N2) zero-padded at the end of each axis, pruned:
+    the zero blocks are never transformed (58 % of the work of a full 2N FFT)."""
+    fft, _ = _fft1_module(xp)
+    a = fft(x, shape2[2], -1)
+    a = fft(a, shape2[1], -2)
+    return fft(a, shape2[0], -3)
+
+
+def cropped_ifft(z, shape, xp):
+    """The first N0 x N1 x N2 corner of the inverse FFT of z (..., 2N0, 2N1, 2N2), pruned likewise."""
+    _, ifft = _fft1_module(xp)
+    a = ifft(z, -3)[..., : shape[0], :, :]
+    a = ifft(xp.ascontiguousarray(a), -2)[..., : shape[1], :]
+    return ifft(xp.ascontiguousarray(a), -1)[..., : shape[2]]
+
+
 def kernel_nufft(nufft, plans: Plans | None = None):
     """The NUFFT of ``nufft``'s samples onto the 2N grid with twice the FOV (through ``plans``)."""
     shape2 = tuple(2 * s for s in nufft.shape)
@@ -89,43 +121,95 @@ class ToeplitzNormal(LinearOperator):
     (it is Hermitian), so the contract's shape check applies.
     """
 
-    def __init__(self, nufft, terms: Sequence[tuple], plans: Plans | None = None):
+    def __init__(
+        self,
+        nufft,
+        terms: Sequence[tuple],
+        plans: Plans | None = None,
+        base_weights: np.ndarray | None = None,
+        rank_tol: float = 1e-7,
+    ):
         self.nufft = nufft
         self.ishape = self.oshape = tuple(nufft.shape)
         self.oname = "image"
         self.shape2 = tuple(2 * s for s in nufft.shape)
+        kshape = tuple(nufft.kshape)
+        if base_weights is None:  # per-term full weights: each term its own base
+            groups = [(np.asarray(w, dtype=np.float64), [(b, None, e)]) for b, w, e in terms]
+        else:
+            groups = [(np.asarray(base_weights, dtype=np.float64), list(terms))]
         self._terms = []
-        cache: list[tuple] = []  # (b, weights, kernels) already computed
+        self.n_psf = 0  # adjoint NUFFTs spent on kernels
         op2 = None
-        for b, weights, e in terms:
-            w = np.broadcast_to(np.asarray(weights, dtype=np.float64), tuple(nufft.kshape))
-            bb = np.ones((1,) + (1,) * len(nufft.kshape), dtype=nufft.dtype) if b is None else np.asarray(b)
-            n_seg = bb.shape[0]
-            kern = None
-            for b_c, w_c, k_c in cache:
-                if b_c.shape == bb.shape and np.array_equal(b_c, bb) and np.array_equal(w_c, w):
-                    kern = k_c
-                    break
-            if kern is None:
-                pairs = [(i, j) for i in range(n_seg) for j in range(i, n_seg)]
-                kern = np.empty((len(pairs),) + self.shape2, dtype=nufft.dtype)
-                wr = w.astype(np.float32 if nufft.dtype == np.complex64 else np.float64)
-                op2 = op2 or kernel_nufft(nufft, plans)
-                step = 2  # weights of two pairs at a time (each a full sample array; the fine grid x 2)
-                for s0 in range(0, len(pairs), step):
-                    c = np.stack([wr * (np.conj(bb[i]) * bb[j]) for i, j in pairs[s0 : s0 + step]])
-                    kern[s0 : s0 + step] = psf_kernels(op2, c)
-                cache.append((bb, w, kern))
-                log.debug("Toeplitz kernels: %d segment pairs on %s", len(pairs), self.shape2)
-            ee = None if e is None else np.asarray(e, dtype=nufft.dtype)
-            self._terms.append((n_seg, kern, ee))
+        for base, gterms in groups:
+            # the kernel weights of every (echo, segment pair): base(m) x q(t_m), q = tf conj(b_i) b_j
+            rows = []
+            for b, tf, _e in gterms:
+                bb = np.ones((1,) + (1,) * len(kshape), dtype=nufft.dtype) if b is None else np.asarray(b)
+                n_seg = bb.shape[0]
+                for i in range(n_seg):
+                    for j in range(i, n_seg):
+                        q = np.conj(bb[i]) * bb[j] * (1.0 if tf is None else np.asarray(tf))
+                        rows.append(q)
+            cshape = np.broadcast_shapes(*(r.shape for r in rows))
+            op2 = op2 or kernel_nufft(nufft, plans)
+            kern_u, where = self._group_kernels(op2, base, [np.broadcast_to(r, cshape) for r in rows], rank_tol)
+            p = 0
+            for b, _tf, e in gterms:
+                n_seg = 1 if b is None else len(b)
+                n_pair = n_seg * (n_seg + 1) // 2
+                ee = None if e is None else np.asarray(e, dtype=nufft.dtype)
+                self._terms.append((n_seg, kern_u, where[p : p + n_pair], ee))
+                p += n_pair
         self._dev: dict[str, list] = {}
+
+    def _group_kernels(self, op2, base, rows, rank_tol):
+        """Kernels of base x q_k for all rows q_k: identical rows computed once; rows defined per
+        readout time go through a truncated SVD, Q = U S V^H, so only rank(Q) adjoint NUFFTs run."""
+        nufft = self.nufft
+        real = np.float32 if nufft.dtype == np.complex64 else np.float64
+        kshape = tuple(nufft.kshape)
+        uniq, where = [], []
+        for r in rows:
+            for u, ur in enumerate(uniq):
+                if np.array_equal(ur, r):
+                    where.append(u)
+                    break
+            else:
+                where.append(len(uniq))
+                uniq.append(r)
+        q = np.stack([np.asarray(u, dtype=np.complex128).reshape(-1) for u in uniq])  # (n_u, C)
+        if q.shape[1] <= 100_000:  # per readout time: low-rank combination
+            u_, s_, vh = np.linalg.svd(q, full_matrices=False)
+            r = max(1, int(np.sum(s_ > rank_tol * s_[0]))) if s_[0] > 0 else 1
+            comps = [vh[i].reshape(np.shape(uniq[0])) for i in range(r)]
+            coef = u_[:, :r] * s_[:r]  # (n_u, r)
+        else:  # per sample: one NUFFT per distinct row
+            comps, coef = list(uniq), np.eye(len(uniq))
+        basis = np.empty((len(comps),) + self.shape2, dtype=nufft.dtype)
+        step = 2  # two weight arrays (each a full sample array) and fine grids at a time
+        wb = np.broadcast_to(base, kshape).astype(real)
+        for s0 in range(0, len(comps), step):
+            c = np.stack([wb * np.asarray(v, dtype=nufft.dtype) for v in comps[s0 : s0 + step]])
+            basis[s0 : s0 + step] = psf_kernels(op2, c)
+        self.n_psf += len(comps)
+        log.debug(
+            "Toeplitz kernels: %d weight functions, %d distinct, %d adjoint NUFFTs on %s",
+            len(rows),
+            len(uniq),
+            len(comps),
+            self.shape2,
+        )
+        flat = basis.reshape(len(comps), -1)
+        kern_u = (coef.astype(nufft.dtype) @ flat).reshape((len(uniq),) + self.shape2)
+        del flat, basis
+        # rows that are the same function share one kernel array
+        return kern_u, where
 
     @property
     def kernel_bytes(self) -> int:
-        """Bytes held by the distinct kernels."""
-        seen = {id(k): k.nbytes for _, k, _ in self._terms}
-        return int(sum(seen.values()))
+        """Bytes held by the kernels (one array per distinct weight function)."""
+        return int(sum({id(k): k.nbytes for _, k, _, _ in self._terms}.values()))
 
     def _terms_for(self, xp):
         if xp is np:
@@ -134,27 +218,22 @@ class ToeplitzNormal(LinearOperator):
         if key not in self._dev:
             moved = {}
             terms = []
-            for n_seg, kern, ee in self._terms:
+            for n_seg, kern, where, ee in self._terms:
                 if id(kern) not in moved:
                     moved[id(kern)] = xp.asarray(kern)
-                terms.append((n_seg, moved[id(kern)], None if ee is None else xp.asarray(ee)))
+                terms.append((n_seg, moved[id(kern)], where, None if ee is None else xp.asarray(ee)))
             self._dev[key] = terms
         return self._dev[key]
 
     def _normal(self, x, lead):
         xp = get_array_module(x)
-        fftn, ifftn = _fft_module(xp)
-        n0, n1, n2 = self.ishape
-        axes = (-3, -2, -1)
         x = x.astype(self.nufft.dtype, copy=False)
         out = xp.zeros(lead + self.ishape, dtype=self.nufft.dtype)
-        for n_seg, kern, ee in self._terms_for(xp):
-            pad = xp.zeros(lead + (n_seg,) + self.shape2, dtype=self.nufft.dtype)
-            for j in range(n_seg):
-                pad[..., j, :n0, :n1, :n2] = x if ee is None else x * ee[j]
-            spec = fftn(pad, axes)  # (..., L, 2N0, 2N1, 2N2)
-            idx = {}
-            p = 0
+        tmp = xp.empty(lead + self.shape2, dtype=self.nufft.dtype)
+        for n_seg, kern, where, ee in self._terms_for(xp):
+            xs = x[..., None, :, :, :] if ee is None else x[..., None, :, :, :] * ee  # (..., L, N0, N1, N2)
+            spec = padded_fft(xs, self.shape2, xp)  # (..., L, 2N0, 2N1, 2N2)
+            idx, p = {}, 0
             for i in range(n_seg):
                 for j in range(i, n_seg):
                     idx[(i, j)] = p
@@ -162,11 +241,10 @@ class ToeplitzNormal(LinearOperator):
             for i in range(n_seg):
                 z = xp.zeros(lead + self.shape2, dtype=self.nufft.dtype)
                 for j in range(n_seg):
-                    if i <= j:
-                        z += kern[idx[(i, j)]] * spec[..., j, :, :, :]
-                    else:
-                        z += xp.conj(kern[idx[(j, i)]]) * spec[..., j, :, :, :]
-                zi = ifftn(z, axes)[..., :n0, :n1, :n2]
+                    kij = kern[where[idx[(i, j)]]] if i <= j else xp.conj(kern[where[idx[(j, i)]]])
+                    xp.multiply(kij, spec[..., j, :, :, :], out=tmp)
+                    z += tmp
+                zi = cropped_ifft(z, self.ishape, xp)
                 out += zi if ee is None else zi * xp.conj(ee[i])
         return out
 

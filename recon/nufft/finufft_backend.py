@@ -7,7 +7,7 @@ dense: at 64^3 (18.5 samples per voxel, fine grid 128^3) and eps 1e-4 it is 1.4-
 1.25 and than finufft's default. On a 128^3 grid (2.3 samples per voxel, fine grid 256^3) the
 FFT dominates and 1.25 is 1.6-2.8x faster than 2.0 and 1.45-2.5x faster than finufft's default;
 at eps 1e-6 the 2.0 kernel is wide too and 1.25 wins even at 64^3. Very sparse problems keep
-finufft's own choice.
+finufft's own choice; below eps 1e-8 only 2.0 reaches the accuracy.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def choose_upsampfac(n_points: int, shape, eps: float | None = None) -> float | 
     n_vox = int(np.prod(shape))
     density = n_points / max(n_vox, 1)
     tol = 1e-4 if eps is None else float(eps)
+    if tol < 1e-8:  # 1.25 cannot reach it (finufft warns); only 2.0 can
+        return 2.0
     if density < SPARSE_SAMPLES_PER_VOXEL:
         return None
     if density >= DENSE_SAMPLES_PER_VOXEL and 8 * n_vox <= SMALL_FINE_GRID and tol >= 1e-5:

@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--matrix", type=int, help="grid the samples onto N^3 instead of the protocol's matrix")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--setup", type=int, default=0, metavar="ROUNDS", help="only time the set-up, ROUNDS interleaved rounds")
     args = ap.parse_args(argv)
 
     prob = make_problem(args.quick)

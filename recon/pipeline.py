@@ -352,7 +352,7 @@ def field_map(
     if passes > 0:
         with timer.stage(f"field map refinement ({passes} pass)"):
             mask = support_mask(np.abs(combined_plain[0]))
-            hz = refine_fieldmap(op, ks.data, ks.dcf, acq.te_s, ks.t_s, hz, mask=mask, passes=passes)
+            hz = refine_fieldmap(op, ks.data, ks.dcf, acq.te_s, ks.t_s, hz, mask=mask, passes=passes, plans=plans)
     return FieldMap(
         hz,
         {
@@ -403,6 +403,8 @@ def correct_b0(
                     lamda=opts.iter_lamda,
                     max_iter=int(opts.iter_max),
                     mask=mask,
+                    plans=plans,
+                    gridded=plain[:, c],
                 )
                 per_coil.append(res.echoes)
                 iters.append(res.iterations)
@@ -422,6 +424,7 @@ def correct_b0(
             fmap.hz,
             n_segments=opts.b0_segments,
             mask=support_mask(np.abs(combined_plain[0])),
+            plans=plans,
         )
     return combine(corr, ks.noise_cov), method, None
 

@@ -33,9 +33,7 @@ def _echoes(rho, df, rng, noise=0.0):
     for te in (TE1, TE2):
         x = rho * np.exp(-2j * np.pi * df * te)
         if noise:
-            x = x + noise * (rng.standard_normal(rho.shape) + 1j * rng.standard_normal(rho.shape)) / np.sqrt(
-                2
-            )
+            x = x + noise * (rng.standard_normal(rho.shape) + 1j * rng.standard_normal(rho.shape)) / np.sqrt(2)
         out.append(x)
     return out
 

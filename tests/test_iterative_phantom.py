@@ -30,8 +30,10 @@ def test_iterative_lower_nrmse_and_bias_no_worse(tmp_path):
     info = json.loads((tmp_path / "sim" / "truth.json").read_text())
     head = ndimage.binary_dilation(truth > 0, iterations=1)
     res = {}
-    for name, opts in (("fs-cpr", RunOptions(b0="fs-cpr", qa=False)),
-                       ("iterative", RunOptions(b0="iterative", iter_max=10, qa=False))):
+    for name, opts in (
+        ("fs-cpr", RunOptions(b0="fs-cpr", qa=False)),
+        ("iterative", RunOptions(b0="iterative", iter_max=10, qa=False)),
+    ):
         run(raw, tmp_path / name, opts)
         t = nib.load(tmp_path / name / "tsc_mM.nii.gz").get_fdata()
         nrmse = np.linalg.norm((t - truth)[head]) / np.linalg.norm(truth[head])

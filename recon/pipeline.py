@@ -409,7 +409,12 @@ def correct_b0(
                 per_coil.append(res.echoes)
                 iters.append(res.iterations)
             images = combine(np.stack(per_coil, axis=1), ks.noise_cov)
-        info = {"iterations": iters, "objective_last": res.objective[-1] if res.objective else None, **res.settings}
+        info = {
+            "iterations": iters,
+            "objective_last": res.objective[-1] if res.objective else None,
+            "residual_last": res.residual[-1] if res.residual else None,
+            **res.settings,
+        }
         return images, ("iterative" if method != "none" else "none (iterative decay model)"), info
     if method == "none":
         return combined_plain, "none", None

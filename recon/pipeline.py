@@ -271,6 +271,19 @@ def prepare_kspace(acq, traj, dcf: np.ndarray, timer: StageTimer | None = None) 
     )
 
 
+def to_compute_device(ks: KSpace, opts: RunOptions) -> KSpace:
+    """The one device boundary: with ``device = gpu`` the k-space data and weights move to the GPU once.
+
+    Gridding, field map, B0 correction and the iterative solver then run on the device (their
+    array module follows their input); images come back once, in :func:`combine`.
+    """
+    if opts.device != "gpu":
+        return ks
+    from recon.device import to_device
+
+    return dataclasses.replace(ks, data=to_device(ks.data), dcf=to_device(ks.dcf, dtype=np.float32))
+
+
 def plan_nufft(ks: KSpace, matrix, fov_m, opts: RunOptions, plans: Plans | None = None, timer: StageTimer | None = None):
     """Stage 5: the NUFFT operator of the acquired samples (from the caller's plans)."""
     timer = timer or StageTimer()
@@ -290,8 +303,10 @@ def grid(op, ks: KSpace, te_s, timer: StageTimer | None = None) -> np.ndarray:
 def combine(images: np.ndarray, noise_cov: np.ndarray | None = None) -> np.ndarray:
     """(echo, coil, N0, N1, N2) -> (echo, N0, N1, N2): adaptive (Walsh) combination of coils; with the
     covariance the data were whitened with, back in the data's signal units (recon.io.coils)."""
+    from recon.device import to_host
     from recon.io.coils import combine_coils
 
+    images = to_host(images)  # the device boundary back: coil combination and calibration run on the host
     if images.shape[1] == 1:
         return images[:, 0]
     return np.stack([combine_coils(im, "adaptive", noise_cov=noise_cov, prewhitened=noise_cov is not None) for im in images])
@@ -384,6 +399,7 @@ def correct_b0(
 
     timer = timer or StageTimer()
     if method == "iterative" or opts.recon == "iterative":
+        from recon.device import to_host
         from recon.iterative import reconstruct_iterative
 
         with timer.stage(f"iterative reconstruction ({opts.iter_regulariser}, decay {opts.iter_decay})"):
@@ -406,7 +422,7 @@ def correct_b0(
                     plans=plans,
                     gridded=plain[:, c],
                 )
-                per_coil.append(res.echoes)
+                per_coil.append(to_host(res.echoes))
                 iters.append(res.iterations)
             images = combine(np.stack(per_coil, axis=1), ks.noise_cov)
         info = {
@@ -622,11 +638,15 @@ def reconstruct(
     from recon.io.geometry import nifti_affine
 
     affine = nifti_affine(acq.geometry, traj.fov_m, matrix)
-    plain = grid(op, ks, acq.te_s, timer)
+    dks = to_compute_device(ks, opts)
+    plain = grid(op, dks, acq.te_s, timer)
     combined_plain = combine(plain, ks.noise_cov)
     method = choose_b0_method(acq, opts)
-    fmap = field_map(op, ks, acq, plain, combined_plain, affine, method, opts, plans, timer)
-    images, method, iter_info = correct_b0(op, ks, acq, plain, combined_plain, fmap, method, opts, plans, timer)
+    fmap = field_map(op, dks, acq, plain, combined_plain, affine, method, opts, plans, timer)
+    images, method, iter_info = correct_b0(op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer)
+    from recon.device import to_host
+
+    fmap = FieldMap(to_host(fmap.hz), fmap.info)
     cal, tsc, ratio, relax_info = calibrate_images(images, affine, acq, ks, traj, opts, timer)
     mask, background = object_support(images, affine, tsc)
     return ReconResult(
@@ -698,6 +718,7 @@ __all__ = [
     "load_trajectory",
     "density_weights",
     "prepare_kspace",
+    "to_compute_device",
     "plan_nufft",
     "grid",
     "combine",

@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from recon.atomic import atomic_file
+from recon.atomic import atomic_file, hdf5_in_memory
 from recon.errors import TrajectoryError
 from recon.trajectory.base import Trajectory
 
@@ -26,10 +26,8 @@ _REQUIRED_ATTRS = ("fov_m", "matrix", "gamma_hz_per_t", "dwell_s")
 
 
 def write_trajectory(traj: Trajectory, path: str | os.PathLike, overwrite: bool = True) -> None:
-    """Write ``traj`` to an HDF5 trajectory file atomically."""
-    import h5py
-
-    with atomic_file(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as f:
+    """Write ``traj`` to an HDF5 trajectory file atomically (built in memory, then written: a full disk is one OutputError)."""
+    with atomic_file(path, overwrite=overwrite) as tmp, hdf5_in_memory(tmp) as f:
         f.create_dataset("k", data=traj.k, compression="gzip", compression_opts=4, shuffle=True)
         f.create_dataset("t", data=traj.t)
         if traj.dcf is not None:

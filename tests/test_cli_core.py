@@ -49,8 +49,8 @@ def test_refuses_overwrite_and_user_error_format(tmp_path):
     assert out.read_text() == "x"
 
 
-def test_bad_parameter_is_one_line_error():
-    p = subprocess.run([sys.executable, "-m", "recon", "traj", "tpi", "--p", "2", "--out", "/nonexistent/x.h5"],
+def test_bad_parameter_is_one_line_error(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "recon", "traj", "tpi", "--p", "2", "--out", str(tmp_path / "x.h5")],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "twist fraction" in p.stderr
 

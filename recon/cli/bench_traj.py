@@ -21,8 +21,10 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from recon.atomic import check_output
     from recon.bench import run_bench
 
+    check_output(args.out, force=args.force, inputs=[args.variants], kind="dir")
     rows = run_bench(args.variants, args.out, quick=args.quick, force=args.force, only=args.only)
     print(f"{len(rows)} variant(s) benchmarked; results in {args.out}/results.md and results.csv")
     return 0

@@ -45,12 +45,13 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from recon.analysis import roi as R
-    from recon.errors import ConfigError, OutputError
+    from recon.atomic import check_output
+    from recon.errors import ConfigError
     from recon.log import stage
 
     for out in (args.out, args.weights):
-        if out and os.path.exists(out) and not args.force:
-            raise OutputError("exists (use --force to overwrite)", out)
+        if out:
+            check_output(out, force=args.force, inputs=[*args.images, args.rois], kind="file")
     ss = R.SUPERSAMPLE if args.supersample is None else args.supersample
     if ss < 1:
         raise ConfigError(f"--supersample must be >= 1, got {ss}")

@@ -115,14 +115,12 @@ def make_trajectory(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    from recon.errors import ConfigError, OutputError
+    from recon.atomic import check_output
+    from recon.errors import ConfigError
     from recon.log import stage
     from recon.sim import HeadPhantom, simulate, write_simulation
 
-    if os.path.exists(args.out) and not args.force and (not os.path.isdir(args.out) or os.listdir(args.out)):
-        raise OutputError("output directory exists and is not empty (use --force to overwrite)", args.out)
+    check_output(args.out, force=args.force, inputs=[args.traj_file], kind="dir")
     if args.snr < 0 or not math.isfinite(args.snr) and args.snr != math.inf:
         raise ConfigError(f"--snr must be >= 0 (0 = noise-free), got {args.snr}")
     with stage("trajectory"):

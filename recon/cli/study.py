@@ -32,13 +32,12 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from recon.analysis import roi as R
     from recon.analysis.report import write_study_outputs
     from recon.analysis.study import measure_study
-    from recon.atomic import atomic_dir
-    from recon.errors import ConfigError, OutputError
+    from recon.atomic import atomic_dir, check_output
+    from recon.errors import ConfigError
     from recon.log import stage
 
     if args.rise_threshold_old is not None:
@@ -46,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
         logging.getLogger("recon.cli").warning("--rise-threshold-mm is deprecated (it is a concentration): use --rise-threshold-mM")
         args.rise_threshold_mM = args.rise_threshold_old
-    out = Path(args.out)
-    if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
-        raise OutputError("output directory exists and is not empty (use --force to overwrite)", out)
+    out = check_output(args.out, force=args.force, inputs=[args.sessions], kind="dir")
     ss = R.SUPERSAMPLE if args.supersample is None else args.supersample
     if ss < 1:
         raise ConfigError(f"--supersample must be >= 1, got {ss}")

@@ -211,13 +211,9 @@ def run(args: argparse.Namespace) -> int:
         undersampling=args.undersampling,
         grad_raster_s=args.raster_us * 1e-6,
     )
-    import os
+    from recon.atomic import check_output
 
-    from recon.atomic import atomic_file  # noqa: F401  (checked early: refuse before computing)
-    from recon.errors import OutputError
-
-    if os.path.exists(args.out) and not args.force:
-        raise OutputError("exists (use --force to overwrite)", args.out)
+    check_output(args.out, force=args.force, kind="file")  # refuse before computing
     with stage(f"{args.kind} design"):
         traj = tpi(**common) if args.kind == "tpi" else density_adapted_radial(n_projections=args.projections, **common)
     if args.dcf != "none":

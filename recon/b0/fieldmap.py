@@ -249,6 +249,9 @@ def load_fieldmap_nifti(
     target_shape : sodium matrix (N0, N1, N2).
     nucleus : ``1H`` (scale by 0.2645) or ``23Na`` (already sodium Hz).
     order : spline order of the resampling (1 = trilinear); points outside the map get 0 Hz.
+
+    Refused before reading the voxels: grids above the limit ``fieldmap_voxels`` (or the memory
+    limit); after reading: values beyond +-``fieldmap_hz`` (:mod:`recon.limits`). NaN/inf become 0 Hz.
     """
     import nibabel as nib
     from nibabel.processing import resample_from_to
@@ -257,17 +260,38 @@ def load_fieldmap_nifti(
         raise InputError(f"field map nucleus must be '1H' or '23Na', got {nucleus!r}", path)
     if not os.path.exists(path):
         raise InputError("field map file not found", path)
+    from recon import limits
+
+    def why(e: Exception) -> str:
+        text = str(e).strip()
+        return f"{type(e).__name__}: {text}" if text else f"{type(e).__name__} (the file is truncated or corrupt)"
+
     try:
         img = nib.load(os.fspath(path))
-        data = np.asarray(img.dataobj, dtype=np.float64)
+        shape = tuple(int(v) for v in img.shape)
     except Exception as e:  # nibabel raises several types for foreign/corrupt files
-        raise InputError(f"cannot read the field map as NIfTI: {e}", path) from e
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(f"field map must be a 3D volume, got shape {data.shape}", path)
+        raise InputError(f"cannot read the field map as NIfTI: {why(e)}", path) from e
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise InputError(f"field map must be a 3D volume, got shape {shape}", path)
+    n_vox = float(np.prod(shape, dtype=np.float64))
+    limits.check("fieldmap_voxels", n_vox, f"field map grid {shape}", path, need_bytes=n_vox * 8 * 3)
+    limits.check_bytes(n_vox * 8 * 3, f"field map grid {shape} (float64, resampled)", path)
+    try:
+        data = np.asarray(img.dataobj, dtype=np.float64).reshape(shape)
+    except Exception as e:
+        raise InputError(f"cannot read the field map as NIfTI: {why(e)}", path) from e
     if not np.all(np.isfinite(data)):
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    peak = float(np.max(np.abs(data))) if data.size else 0.0
+    lim = limits.get("fieldmap_hz")
+    if peak > lim:
+        raise InputError(
+            f"field map reaches |{peak:.6g}| Hz ({nucleus}), beyond the plausible +-{lim:g} Hz: not a field map in Hz? "
+            f"(raise the limit with {limits.ENV}=fieldmap_hz=<Hz>)",
+            path,
+        )
     src = nib.Nifti1Image(data, img.affine)
     out = resample_from_to(
         src,

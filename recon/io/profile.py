@@ -188,7 +188,12 @@ def trajectory_params(acq, profile: dict[str, Any] | None = None) -> dict[str, A
                 )
             out[name] = spec["map"][key]
             continue
-        v = _apply_scale(float(v), float(spec.get("scale", 1.0)))
+        try:
+            v = _apply_scale(float(v), float(spec.get("scale", 1.0)))
+        except (TypeError, ValueError):
+            raise ConfigError(f"parameter {name!r}: header field {spec['from']} = {v!r} is not a number", src) from None
+        if not math.isfinite(v):
+            raise ConfigError(f"parameter {name!r}: header field {spec['from']} = {v!r} is not a finite number", src)
         out[name] = int(round(v)) if PARAMS[name] is int else v
     if out.get("gamma_hz_per_t") is None:
         g = gamma_for(getattr(acq, "nucleus", ""))
@@ -242,10 +247,18 @@ def encode_params(
 
 
 def generate_trajectory(acq, profile: dict[str, Any] | None = None):
-    """Generate the trajectory that ``profile`` describes for ``acq`` (no check against the data)."""
+    """Generate the trajectory that ``profile`` describes for ``acq`` (no check against the data).
+
+    Its size is estimated from the design parameters first (:func:`recon.limits.check_design`):
+    a design above the limits is a LimitError before anything is allocated."""
+    from recon import limits
     from recon.trajectory import density_adapted_radial, tpi
 
     prm = trajectory_params(acq, profile)
+    src = ", ".join(acq.sources) if getattr(acq, "sources", None) else None
+    if prm.get("n_projections") is not None:
+        limits.check("trajectory_points", float(prm["n_projections"]), "header n_projections", src)
+    limits.check_design(prm, src)  # before building: one edited header digit must not allocate 13 GiB
     kw = {k: prm[k] for k in _GENERATOR_KW if k in prm}
     if kw.get("gmax_t_per_m") is not None and prm.get("readout_s") is not None:
         kw["gmax_t_per_m"] = None  # an explicit readout duration wins over a default amplitude

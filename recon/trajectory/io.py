@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from recon.atomic import atomic_file, hdf5_in_memory
-from recon.errors import TrajectoryError
+from recon.errors import InputError, TrajectoryError
 from recon.trajectory.base import Trajectory
 
 FORMAT = "narecon-trajectory"
@@ -75,8 +75,101 @@ def _attr(v):
     return v
 
 
+#: most elements an attribute may have (the generator's parameters are scalars or short lists)
+_MAX_ATTR_ELEMENTS = 100_000
+
+
+def _check_links_and_storage(f, path: str) -> None:
+    """Refuse soft/external links, external storage and virtual datasets anywhere in the file.
+
+    They let a trajectory file read other files (``/etc/passwd`` into ``solid_angle``)."""
+    import h5py
+
+    def walk(group, prefix: str) -> None:
+        for name in group:
+            link = group.get(name, getlink=True)
+            where = f"{prefix}{name}"
+            if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+                kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+                raise TrajectoryError(f"{where} is {kind}; links are not allowed in trajectory files", path)
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                walk(obj, where + "/")
+            elif isinstance(obj, h5py.Dataset):
+                if obj.external:
+                    raise TrajectoryError(f"{where} uses external storage (data in another file); not allowed", path)
+                if obj.is_virtual:
+                    raise TrajectoryError(f"{where} is a virtual dataset (data in other files); not allowed", path)
+
+    walk(f, "")
+
+
+def _check_shapes(f, path: str) -> None:
+    """Check the declared shapes and types of the datasets (before reading any) against each other and the limits."""
+    from recon import limits
+
+    def numeric(name: str):
+        d = f[name]
+        if not hasattr(d, "shape") or d.dtype.kind not in "fiu":
+            raise TrajectoryError(f"{name} must be a numeric dataset, got {getattr(d, 'dtype', type(d).__name__)}", path)
+        return d.shape
+
+    k = numeric("k")
+    if len(k) != 3 or k[2] != 3:
+        raise TrajectoryError(f"k must have shape (n_proj, n_samp, 3), declared {k}", path)
+    n_proj, n_samp = int(k[0]), int(k[1])
+    limits.check_trajectory_shape(n_proj, n_samp, "declared k", path)
+    t = numeric("t")
+    if t not in ((n_samp,), (n_proj, n_samp)):
+        raise TrajectoryError(f"t must have shape ({n_samp},) or ({n_proj}, {n_samp}), declared {t}", path)
+    if "dcf" in f and numeric("dcf") != (n_proj, n_samp):
+        raise TrajectoryError(f"dcf must have shape ({n_proj}, {n_samp}), declared {f['dcf'].shape}", path)
+    if "solid_angle" in f and numeric("solid_angle") != (n_proj,):
+        raise TrajectoryError(f"solid_angle must have shape ({n_proj},), declared {f['solid_angle'].shape}", path)
+    per_point = 3 + (len(t) == 2) + ("dcf" in f)  # k, a 2-D t, dcf: float64 values per k-space point
+    total = 8.0 * n_proj * n_samp * per_point + 8.0 * (n_proj + n_samp)
+    if "gradients" in f:
+        g = f["gradients"]
+        for name in ("g_t_per_m", "group", "rotation_rad"):
+            if name not in g or not hasattr(g[name], "shape") or g[name].dtype.kind not in "fiu":
+                raise TrajectoryError(f"gradients/{name} is missing or not numeric", path)
+        gw = g["g_t_per_m"].shape
+        if len(gw) != 3 or gw[2] != 3:
+            raise TrajectoryError(f"gradients/g_t_per_m must have shape (n_groups, n_raster, 3), declared {gw}", path)
+        limits.check_trajectory_shape(int(gw[0]), int(gw[1]), "declared gradients/g_t_per_m", path)
+        for name in ("group", "rotation_rad"):
+            if g[name].size > 10 * max(n_proj, 1) * 3:
+                raise TrajectoryError(f"gradients/{name} declares {g[name].size} values for {n_proj} projections", path)
+        total += 8.0 * (gw[0] * gw[1] * 3 + g["group"].size + g["rotation_rad"].size)
+    limits.check_bytes(total, f"reading the trajectory datasets (k {n_proj} x {n_samp} x 3, t, dcf)", path)
+    for a in f.attrs:
+        try:
+            size = f.attrs.get_id(a).shape
+        except (KeyError, OSError, TypeError):
+            continue
+        n = 1
+        for s_ in size or ():
+            n *= int(s_)
+        if n > _MAX_ATTR_ELEMENTS:
+            raise TrajectoryError(f"attribute {a!r} declares {n} elements (at most {_MAX_ATTR_ELEMENTS})", path)
+
+
+def _check_matrix_fov(f, path: str) -> None:
+    from recon import limits
+
+    limits.check_matrix(f.attrs["matrix"], "matrix attribute", path)
+    fov = np.asarray(f.attrs["fov_m"], dtype=np.float64).reshape(-1)
+    if fov.size not in (1, 3) or not np.all(np.isfinite(fov)) or np.any(fov <= 0) or np.any(fov > 10):
+        raise TrajectoryError(f"fov_m must be 1 or 3 positive finite lengths in m (at most 10 m), got {fov.tolist()}", path)
+
+
 def read_trajectory(path: str | os.PathLike) -> Trajectory:
-    """Read an HDF5 trajectory file; raises :class:`TrajectoryError` naming the file if invalid."""
+    """Read an HDF5 trajectory file; raises :class:`TrajectoryError` naming the file if invalid.
+
+    Before any dataset is read, links, external storage and virtual datasets are refused and
+    the declared shapes are checked against each other and :mod:`recon.limits` (so a small or
+    compressed file cannot make narecon allocate more than its limits allow).
+    """
     import h5py
 
     path = os.fspath(path)
@@ -93,6 +186,12 @@ def read_trajectory(path: str | os.PathLike) -> Trajectory:
             raise TrajectoryError(
                 f"missing {', '.join(missing)} (need datasets k, t and attributes {', '.join(_REQUIRED_ATTRS)})", path
             )
+        try:
+            _check_links_and_storage(f, path)
+            _check_shapes(f, path)
+            _check_matrix_fov(f, path)
+        except (KeyError, ValueError, TypeError, OSError) as e:
+            raise TrajectoryError(f"unreadable trajectory file: {e}", path) from e
         try:
             k = f["k"][()]
             t = f["t"][()]
@@ -120,7 +219,7 @@ def read_trajectory(path: str | os.PathLike) -> Trajectory:
                 solid_angle=solid,
                 waveforms=wf,
             )
-        except TrajectoryError as e:
-            raise TrajectoryError(e.message, path) from e
+        except InputError as e:
+            raise type(e)(e.message, path) from e
         except (KeyError, ValueError, TypeError, OSError) as e:
             raise TrajectoryError(f"unreadable trajectory file: {e}", path) from e

@@ -13,6 +13,15 @@
   ``ngpus=K``) and, where dask-cuda is installed, runs ``dask cuda worker`` so that each GPU of
   a job is one worker.
 
+Security: the local cluster speaks TLS with a per-run temporary certificate
+(:meth:`distributed.security.Security.temporary`, held in memory only): a client without that
+certificate (another local process) cannot connect and so cannot run code on the workers.
+SLURM/PBS clusters use TLS too, with temporary certificates that dask-jobqueue writes to its
+``shared_temp_directory`` (default: the current directory; it must be readable by the jobs and
+by nobody else), or the certificate files of ``--tls-ca-file/--tls-cert/--tls-key``; those files
+are also how narecon connects to an existing ``tls://`` scheduler. A ``tcp://`` scheduler is
+unauthenticated (a warning says so). Dashboards are off unless ``dashboard`` is given.
+
 Dask is imported lazily: ``import recon`` never needs it, and asking for a cluster without it
 raises :class:`~recon.errors.BackendUnavailableError` saying what to install.
 """
@@ -23,6 +32,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +43,63 @@ log = logging.getLogger("recon.batch")
 _HINT = "install it with `pip install 'narecon[dist]'`"
 LOCAL = "local"
 JOBQUEUE = ("slurm", "pbs")
+#: the command each job scheduler needs on PATH
+SUBMIT_COMMAND = {"slurm": "sbatch", "pbs": "qsub"}
+#: a local worker below this memory limit cannot even import narecon (it would be restarted for ever)
+MIN_WORKER_MEMORY = 512 * 2**20
+#: seconds a batch waits for a first worker of a cluster it started before failing its scans
+WORKER_START_TIMEOUT_S = 120.0
+
+
+def parse_memory_limit(value: str | float | None, minimum: float | None = MIN_WORKER_MEMORY) -> str | float | None:
+    """Check ``--memory-limit``: ``auto``/None pass through, a size (``8GB``, ``512MiB``) becomes bytes.
+
+    Raises ConfigError for anything else or for a size below ``minimum`` bytes."""
+    from recon.limits import gib, parse_size
+
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return "auto" if value is not None else None
+    n = parse_size(value, "--memory-limit")
+    if minimum is not None and n < minimum:
+        raise ConfigError(
+            f"--memory-limit {value} is below the {gib(minimum)} a worker needs to start (it would be restarted for ever)"
+        )
+    return int(n)
+
+
+def make_security(tls_ca_file: str | None = None, tls_cert: str | None = None, tls_key: str | None = None):
+    """A :class:`distributed.security.Security` from certificate files (None when none is given).
+
+    ``tls_cert`` (PEM; may hold the key too) and ``tls_ca_file`` are required together; the same
+    certificate serves the client, scheduler and workers; encryption is required."""
+    if not (tls_ca_file or tls_cert or tls_key):
+        return None
+    if not (tls_ca_file and tls_cert):
+        raise ConfigError("TLS needs --tls-ca-file and --tls-cert (and --tls-key unless the certificate holds the key)")
+    for opt, path in (("--tls-ca-file", tls_ca_file), ("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{opt}: file not found", path)
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=tls_ca_file,
+        tls_client_cert=tls_cert,
+        tls_client_key=tls_key,
+        tls_scheduler_cert=tls_cert,
+        tls_scheduler_key=tls_key,
+        tls_worker_cert=tls_cert,
+        tls_worker_key=tls_key,
+        require_encryption=True,
+    )
+
+
+def _temporary_security():
+    from distributed.security import Security
+
+    try:
+        return Security.temporary()
+    except ImportError as e:
+        raise BackendUnavailableError(f"the batch's TLS certificates need the cryptography package ({e}); {_HINT}") from e
 
 
 def require_distributed():
@@ -87,6 +154,8 @@ class BatchCluster:
     client: Any
     resources: dict[str, float] | None
     description: str
+    #: seconds without any worker after which the batch fails its remaining scans (None: wait)
+    worker_timeout_s: float | None = None
 
 
 def jobqueue_kwargs(
@@ -129,16 +198,34 @@ def jobqueue_kwargs(
             kw["worker_command"] = "dask_cuda.cli worker"
         elif k > 1:
             raise ConfigError(
-                f"--gpus-per-worker {k} needs dask-cuda (one worker per GPU); install dask-cuda "
-                "or use --gpus-per-worker 1"
+                f"--gpus-per-worker {k} needs dask-cuda (one worker per GPU); install dask-cuda or use --gpus-per-worker 1"
             )
     return kw
 
 
-def _connect(distributed, cluster):
-    """A client of ``cluster``; the cluster is closed if connecting fails."""
+def _dashboard_kwargs(dashboard: str | None) -> dict[str, Any]:
+    """LocalCluster keywords: a dashboard only at an address asked for."""
+    return {"dashboard_address": dashboard or None}
+
+
+#: Dask configuration without any HTTP route (Dask's HTTP server still binds a port; it serves nothing)
+NO_HTTP_ROUTES = {"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}
+
+
+def _start_local(cls, **kw):
+    """Start a local cluster; a cluster whose workers cannot start is one BackendUnavailableError."""
     try:
-        return distributed.Client(cluster)
+        return cls(**kw)
+    except (RuntimeError, OSError, TimeoutError) as e:
+        raise BackendUnavailableError(
+            f"the local Dask cluster could not start its workers ({e}); check --memory-limit and --workers"
+        ) from e
+
+
+def _connect(distributed, cluster):
+    """A client of ``cluster`` (with the cluster's security); the cluster is closed if connecting fails."""
+    try:
+        return distributed.Client(cluster, security=getattr(cluster, "security", None))
     except BaseException:
         cluster.close()
         raise
@@ -153,6 +240,10 @@ def open_client(
     device: str = "cpu",
     allowed_failures: int = 3,
     threads_per_worker: int | None = None,
+    tls_ca_file: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    dashboard: str | None = None,
 ) -> Iterator[BatchCluster]:
     """A connected Dask client for the batch (:class:`BatchCluster`); a cluster it started is closed after.
 
@@ -165,13 +256,24 @@ def open_client(
     allowed_failures : how often a task may be on a worker that died (killed, out of memory)
         before it is declared failed (set on clusters this command starts).
     threads_per_worker : CPU threads of each local worker's NUFFT/NumPy (default: cores / workers).
+    tls_ca_file, tls_cert, tls_key : certificate files (PEM) for SLURM/PBS and ``tls://`` schedulers;
+        the local cluster uses a temporary certificate of its own unless these are given.
+    dashboard : address to bind the scheduler's dashboard to (e.g. ``127.0.0.1:8787``); none by default.
     """
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if scheduler in JOBQUEUE:
+        mem_checked = parse_memory_limit(memory_limit, minimum=None)
+    else:
+        mem_checked = parse_memory_limit(memory_limit)
     distributed = require_distributed()
     import dask
 
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    security = make_security(tls_ca_file, tls_cert, tls_key)
+    timeout_s: float | None = None
     cfg = {"distributed.scheduler.allowed-failures": int(allowed_failures), "distributed.worker.daemon": False}
+    if not dashboard:  # no dashboard, no JSON/info/metrics/proxy pages either
+        cfg.update(NO_HTTP_ROUTES)
     cluster = None
     resources = None
     with dask.config.set(cfg):
@@ -181,8 +283,14 @@ def open_client(
             if device == "gpu" and has_dask_cuda():
                 from dask_cuda import LocalCUDACluster
 
-                cluster = LocalCUDACluster(
-                    n_workers=workers, threads_per_worker=1, memory_limit=memory_limit, dashboard_address=None
+                cluster = _start_local(
+                    LocalCUDACluster,
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    memory_limit=mem_checked,
+                    **_dashboard_kwargs(dashboard),
+                    security=security or _temporary_security(),
+                    protocol="tls",
                 )
                 desc = f"local dask-cuda cluster, {len(cluster.workers)} worker(s), one per GPU"
             else:
@@ -194,27 +302,36 @@ def open_client(
                         n,
                     )
                 threads = threads_per_worker or max(1, cpu_count() // n)
-                cluster = distributed.LocalCluster(
+                cluster = _start_local(
+                    distributed.LocalCluster,
                     n_workers=n,
                     threads_per_worker=1,
                     processes=True,
-                    memory_limit=memory_limit,
-                    dashboard_address=None,
+                    memory_limit=mem_checked,
+                    **_dashboard_kwargs(dashboard),
                     env=thread_env(threads),
                     host="127.0.0.1",
+                    security=security or _temporary_security(),
+                    protocol="tls://",
                 )
-                desc = (
-                    f"local Dask cluster, {n} worker process(es), {threads} thread(s) each, memory limit {memory_limit}"
-                )
+                desc = f"local Dask cluster, {n} worker process(es), {threads} thread(s) each, memory limit {memory_limit}"
             client = _connect(distributed, cluster)
+            timeout_s = WORKER_START_TIMEOUT_S
         elif scheduler in JOBQUEUE:
             try:
                 import dask_jobqueue
             except ImportError as e:
                 raise BackendUnavailableError(f"--scheduler {scheduler} needs dask-jobqueue ({e}); {_HINT}") from e
+            if shutil.which(SUBMIT_COMMAND[scheduler]) is None:
+                raise BackendUnavailableError(
+                    f"--scheduler {scheduler} needs the {SUBMIT_COMMAND[scheduler]} command, which is not on PATH "
+                    f"(run narecon batch on a {scheduler.upper()} login node)"
+                )
             cls = dask_jobqueue.SLURMCluster if scheduler == "slurm" else dask_jobqueue.PBSCluster
             mem = memory_limit if isinstance(memory_limit, str) and memory_limit != "auto" else None
             kw = jobqueue_kwargs(scheduler, gpus_per_worker, mem)
+            kw["security"] = security if security is not None else True  # True: temporary certificates
+            kw["scheduler_options"] = {"dashboard_address": dashboard} if dashboard else {"dashboard": False}
             cluster = cls(**kw)
             log.info("%s job script:\n%s", scheduler.upper(), cluster.job_script())
             cluster.scale(jobs=workers or 1)
@@ -228,14 +345,22 @@ def open_client(
                 )
             if workers is not None:
                 log.warning("--workers is ignored with an existing scheduler (%s)", scheduler)
+            if scheduler.startswith("tls://") and security is None:
+                raise ConfigError(f"{scheduler}: a TLS scheduler needs --tls-ca-file and --tls-cert (and --tls-key)")
+            if not scheduler.startswith("tls://"):
+                log.warning(
+                    "the scheduler %s is not authenticated: anyone who can reach it can run code on its workers "
+                    "(use a tls:// scheduler with --tls-ca-file/--tls-cert/--tls-key)",
+                    scheduler,
+                )
             try:
-                client = distributed.Client(scheduler, timeout="30s")
-            except OSError as e:
+                client = distributed.Client(scheduler, timeout="30s", **({"security": security} if security else {}))
+            except (OSError, TypeError, AssertionError) as e:
                 raise BackendUnavailableError(f"cannot connect to the Dask scheduler {scheduler}: {e}") from e
             desc = f"Dask scheduler {scheduler}"
     log.info("%s", desc)
     try:
-        yield BatchCluster(client, resources, desc)
+        yield BatchCluster(client, resources, desc, timeout_s)
     finally:
         try:
             client.close()

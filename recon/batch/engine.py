@@ -224,6 +224,46 @@ def _brief(result: Any) -> Any:
 # ----------------------------------------------------------------------------- driver side
 
 
+_TIMED_OUT: set = set()
+
+
+def _completed(client: Any, futures: list, worker_timeout_s: float | None, poll_s: float = 2.0) -> Iterator[Any]:
+    """Yield futures as they finish; when no worker has been up for ``worker_timeout_s`` the rest are
+    yielded too, marked in ``_TIMED_OUT`` (the caller fails them with the reason)."""
+    from distributed import as_completed, wait
+
+    if worker_timeout_s is None:
+        yield from as_completed(futures)
+        return
+    pending = set(futures)
+    no_worker_since: float | None = None
+    while pending:
+        try:
+            wait(list(pending), timeout=poll_s, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            pass
+        for f in [f for f in pending if f.done()]:
+            pending.discard(f)
+            yield f
+        if not pending:
+            return
+        try:
+            n_workers = len(client.scheduler_info().get("workers", {}))
+        except Exception:
+            n_workers = 0
+        now = time.monotonic()
+        if n_workers:
+            no_worker_since = None
+        elif no_worker_since is None:
+            no_worker_since = now
+        elif now - no_worker_since > worker_timeout_s:
+            for f in list(pending):
+                _TIMED_OUT.add(f)
+                f.cancel()
+                yield f
+            return
+
+
 @dataclasses.dataclass
 class BatchReport:
     """Rows (one per scan, manifest order) and counts of a finished batch."""
@@ -325,9 +365,38 @@ def write_summary(path: Path, rows: Sequence[dict[str, Any]]) -> None:
                         "error": " ".join(str(r.get("error") or "").split())})
 
 
+def check_batch_output(out_dir: str | os.PathLike, specs: Sequence[ScanSpec]) -> Path:
+    """Refuse, before any cluster starts, a batch DIR that cannot work: its parent missing or not a folder,
+    DIR a file, or a scan folder DIR/<id>/ that is or contains one of that scan's inputs (a redo would
+    delete it). Returns DIR as a Path."""
+    from recon.atomic import check_output
+    from recon.batch.manifest import RESERVED_IDS
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputError("the batch output is a file, not a folder", out)
+    if not out.exists():
+        check_output(out, kind="dir")  # the parent must exist and be writable
+    problems = []
+    for spec in specs:
+        if spec.id.casefold() in RESERVED_IDS:
+            problems.append(f"{spec.id}: a reserved name")
+            continue
+        if not out.exists():
+            continue  # nothing can be inside a folder that does not exist yet
+        try:
+            check_output(out / spec.id, force=True, inputs=[p for _, p in spec.input_files()], kind="dir")
+        except OutputError as e:
+            problems.append(str(e))
+    if problems:
+        raise OutputError("refused before starting: " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""), out)
+    return out
+
+
 def run_batch(specs: Sequence[ScanSpec], out_dir: str | os.PathLike, client: Any, *,
               recon_fn: ReconFn | None = None, force: bool = False, plan_cache: bool = True,
-              resources: dict[str, float] | None = None, progress: bool = True) -> BatchReport:
+              resources: dict[str, float] | None = None, progress: bool = True,
+              worker_timeout_s: float | None = None) -> BatchReport:
     """Run every scan of ``specs`` on the Dask ``client``; outputs in ``out_dir/<id>/``.
 
     recon_fn : ``reconstruct``-like function run per scan (default the full pipeline); must be
@@ -335,16 +404,18 @@ def run_batch(specs: Sequence[ScanSpec], out_dir: str | os.PathLike, client: Any
     force : redo every scan even when complete.
     plan_cache : reuse trajectory/density weights/NUFFT plans across scans of a worker.
     resources : Dask resources each task asks for (e.g. ``{"scan": 1}`` on jobqueue workers).
+    worker_timeout_s : when the cluster has had no worker for this long (workers that cannot start,
+        or die at once), the scans not finished fail with that reason instead of waiting for ever
+        (None: wait, e.g. for SLURM jobs in a queue).
     Returns a :class:`BatchReport`; ``DIR/batch_summary.csv`` is written before it returns.
     """
-    from distributed import as_completed
     from distributed.client import FutureCancelledError
     from distributed.scheduler import KilledWorker
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
+    out = check_batch_output(out_dir, specs)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create the batch output directory: {e.strerror}", out) from e
     if not os.access(out, os.W_OK):
@@ -383,8 +454,16 @@ def run_batch(specs: Sequence[ScanSpec], out_dir: str | os.PathLike, client: Any
             n_skip = sum(r["status"] == "skipped" for r in rows.values())
             log.info("%d scan(s) to reconstruct, %d complete already (skipped), %d failed before starting",
                      len(futures), n_skip, len(rows) - n_skip)
-            for fut in as_completed(list(futures)):
+            for fut in _completed(client, list(futures), worker_timeout_s):
                 sid = futures[fut]
+                if fut in _TIMED_OUT:
+                    _TIMED_OUT.discard(fut)
+                    row = {"id": sid, "status": "failed", "seconds": None, "device": "",
+                           "error": f"no Dask worker was running for {worker_timeout_s:g} s: the workers could not start "
+                                    "or keep dying (memory limit too low? see the worker log)"}
+                    rows[sid] = row
+                    bar.update(row)
+                    continue
                 try:
                     row = fut.result()
                 except KilledWorker as e:

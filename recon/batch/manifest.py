@@ -36,6 +36,8 @@ from recon.errors import ConfigError, NareconError
 COLUMNS = ("id", "raw", "raw2", "traj", "profile", "tubes", "config")
 REQUIRED = ("id", "raw")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: names the batch itself writes into DIR (compared case-insensitively; hidden names are refused by _ID_RE)
+RESERVED_IDS = ("batch_summary.csv", "batch_summary.csv.tmp", "dask-worker-space", "dask-scratch-space")
 #: RunOptions fields whose value is a file: their content is hashed, not their path.
 FILE_OPTIONS = ("traj", "profile", "fieldmap", "calibration")
 
@@ -164,6 +166,8 @@ def read_manifest(path: str | os.PathLike, base_options: dict[str, Any] | None =
         elif not _ID_RE.match(sid):
             errs.append("id must be letters, digits, '.', '_' or '-' and start with a letter or digit "
                         "(it names the output folder)")
+        elif sid.casefold() in RESERVED_IDS:
+            errs.append(f"id {sid!r} is a name the batch writes itself ({', '.join(RESERVED_IDS)}); choose another")
         elif sid.casefold() in seen:
             errs.append(f"duplicate id (first on line {seen[sid.casefold()]})")
         else:

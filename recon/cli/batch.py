@@ -64,14 +64,27 @@ def register(sub) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar (log lines only)")
     g = p.add_argument_group("reconstruction options for every scan (the schema of narecon run; they win over every config)")
     add_arguments(g, exclude=BATCH_EXCLUDED)
+    s = p.add_argument_group(
+        "security",
+        "the local cluster always uses TLS with a temporary certificate of this run; SLURM/PBS use "
+        "temporary certificates too unless these files are given; a tls:// scheduler needs them",
+    )
+    s.add_argument("--tls-ca-file", help="CA certificate (PEM) that signed the scheduler's and workers' certificates")
+    s.add_argument("--tls-cert", help="certificate (PEM) of this client (and of the scheduler/workers narecon starts)")
+    s.add_argument("--tls-key", help="private key (PEM) of --tls-cert, unless that file holds it")
+    s.add_argument(
+        "--dashboard",
+        metavar="ADDRESS",
+        help="serve the Dask dashboard at ADDRESS (e.g. 127.0.0.1:8787); off by default",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from recon.batch.cluster import open_client
-    from recon.batch.engine import run_batch
+    from recon.batch.cluster import open_client, parse_memory_limit
+    from recon.batch.engine import check_batch_output, run_batch
     from recon.batch.manifest import load_global_config, read_manifest
     from recon.options import RunOptions, from_args
 
@@ -81,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     if cli:
         RunOptions.from_mapping(cli)
         specs = [dataclasses.replace(s, options={**s.options, **cli}) for s in specs]
+    # everything that can be checked is checked before a cluster starts
+    check_batch_output(args.out, specs)
+    if args.scheduler not in ("slurm", "pbs"):
+        parse_memory_limit(args.memory_limit)
     device = base.get("device", "cpu")
     if any(s.options.get("device", "cpu") == "gpu" for s in specs):
         device = "gpu"
@@ -91,6 +108,10 @@ def run(args: argparse.Namespace) -> int:
         memory_limit=args.memory_limit,
         device=device,
         allowed_failures=args.allowed_failures,
+        tls_ca_file=args.tls_ca_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        dashboard=args.dashboard,
     ) as bc:
         report = run_batch(
             specs,
@@ -100,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             plan_cache=args.plan_cache,
             resources=bc.resources,
             progress=args.progress,
+            worker_timeout_s=bc.worker_timeout_s,
         )
     print(
         f"{len(report.rows)} scan(s): {report.count('done')} done, {report.count('skipped')} skipped, "

@@ -13,11 +13,12 @@ memory : bytes one reconstruction (or one input array) may need; default 80 % of
     memory (at least 2 GiB).
 trajectory_points : projections x samples of one trajectory (default 1e8; a 2 mm TPI has ~3e7).
 matrix : largest reconstruction matrix per axis (default 512).
-b0_segments : time bins / frequencies of the B0 correction (default 256).
-b0_refine : field-map refinement passes (default 20).
 fieldmap_voxels : voxels of an external field map (default 2**25 = 320^3 ~ 33.5 M).
 fieldmap_hz : largest plausible |field map| in Hz at the map's nucleus (default 5000 Hz,
     17 ppm of 1H at 7 T).
+
+The bounds of run options (``b0_segments`` <= 256, ``b0_refine`` <= 5, ``matrix`` <= 512) are in
+the option schema (:mod:`recon.options`); :func:`estimate_recon_memory` bounds their product.
 """
 
 from __future__ import annotations
@@ -51,8 +52,6 @@ DEFAULTS: dict[str, float] = {
     "memory": float(max(2 << 30, int(0.8 * _physical_memory()))),
     "trajectory_points": 1e8,
     "matrix": 512,
-    "b0_segments": 256,
-    "b0_refine": 20,
     "fieldmap_voxels": float(2**25),
     "fieldmap_hz": 5000.0,
 }

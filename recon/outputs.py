@@ -116,11 +116,14 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
 
 
 def write_h5(path: str | os.PathLike, result: Any, provenance: dict[str, Any], cal_dict: dict[str, Any]) -> None:
-    """recon.h5: complex echoes, field map, density weights, affine, trajectory parameters, provenance."""
-    import h5py
+    """recon.h5: complex echoes, field map, density weights, affine, trajectory parameters, provenance.
+
+    Built in memory and written with plain file I/O (:func:`recon.atomic.hdf5_in_memory`): a full disk is an
+    OutputError, never an HDF5 crash."""
+    from recon.atomic import hdf5_in_memory
 
     traj = result.trajectory
-    with h5py.File(path, "w") as f:
+    with hdf5_in_memory(path) as f:
         f.attrs["format"] = "narecon-recon"
         f.attrs["format_version"] = 1
         f.create_dataset("echoes", data=np.asarray(result.echoes, dtype=np.complex64), compression="gzip")

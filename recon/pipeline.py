@@ -284,6 +284,25 @@ def to_compute_device(ks: KSpace, opts: RunOptions) -> KSpace:
     return dataclasses.replace(ks, data=to_device(ks.data), dcf=to_device(ks.dcf, dtype=np.float32))
 
 
+def check_memory(acq, traj, matrix, opts: RunOptions) -> None:
+    """Refuse, before any grid is allocated, a reconstruction above the memory limit (:mod:`recon.limits`)."""
+    from recon import limits
+
+    src = ", ".join(acq.sources) if getattr(acq, "sources", None) else None
+    limits.check_matrix(matrix, "matrix", src)
+    est = limits.estimate_recon_memory(
+        matrix,
+        traj.n_projections,
+        traj.n_samples,
+        n_coils=acq.n_coils,
+        n_echoes=acq.n_echoes,
+        b0_method=choose_b0_method(acq, opts),
+        n_segments=opts.b0_segments or 1,
+        iterative=opts.b0 == "iterative",
+    )
+    limits.check_recon_memory(est, f"the reconstruction at matrix {'x'.join(map(str, matrix))}", src)
+
+
 def plan_nufft(ks: KSpace, matrix, fov_m, opts: RunOptions, plans: Plans | None = None, timer: StageTimer | None = None):
     """Stage 5: the NUFFT operator of the acquired samples (from the caller's plans)."""
     timer = timer or StageTimer()
@@ -633,6 +652,7 @@ def reconstruct(
         traj, traj_source = load_trajectory(acq, opts, plans, timer)
     dcf, dcf_method = density_weights(traj, opts, plans, timer)
     matrix = (int(opts.matrix),) * 3 if opts.matrix else tuple(traj.matrix)
+    check_memory(acq, traj, matrix, opts)
     ks = prepare_kspace(acq, traj, dcf, timer)
     op = plan_nufft(ks, matrix, traj.fov_m, opts, plans, timer)
     from recon.io.geometry import nifti_affine

@@ -254,17 +254,27 @@ def generate_trajectory(acq, profile: dict[str, Any] | None = None):
     from recon import limits
     from recon.trajectory import density_adapted_radial, tpi
 
-    prm = trajectory_params(acq, profile)
     src = ", ".join(acq.sources) if getattr(acq, "sources", None) else None
+    try:
+        prm = trajectory_params(acq, profile)
+    except ConfigError as e:
+        if src is None or e.path is None or e.path == src:
+            raise
+        raise ConfigError(f"{e.message} (sequence profile {e.path})", src) from e
     if prm.get("n_projections") is not None:
         limits.check("trajectory_points", float(prm["n_projections"]), "header n_projections", src)
     limits.check_design(prm, src)  # before building: one edited header digit must not allocate 13 GiB
     kw = {k: prm[k] for k in _GENERATOR_KW if k in prm}
     if kw.get("gmax_t_per_m") is not None and prm.get("readout_s") is not None:
         kw["gmax_t_per_m"] = None  # an explicit readout duration wins over a default amplitude
-    if prm["generator"] == "radial":
-        return density_adapted_radial(n_projections=prm.get("n_projections"), **kw)
-    traj = tpi(**kw)
+    try:
+        if prm["generator"] == "radial":
+            return density_adapted_radial(n_projections=prm.get("n_projections"), **kw)
+        traj = tpi(**kw)
+    except TrajectoryError as e:
+        if e.path is not None or src is None:
+            raise
+        raise TrajectoryError(f"trajectory design from the header: {e.message}", src) from e
     if prm.get("n_projections") is not None and prm["n_projections"] != traj.n_projections:
         raise TrajectoryError(
             f"the profile's TPI parameters give {traj.n_projections} projections but the header "

@@ -16,6 +16,8 @@ matrix : largest reconstruction matrix per axis (default 512).
 fieldmap_voxels : voxels of an external field map (default 2**25 = 320^3 ~ 33.5 M).
 fieldmap_hz : largest plausible |field map| in Hz at the map's nucleus (default 5000 Hz,
     17 ppm of 1H at 7 T).
+raw_abs : largest plausible |real| or |imaginary| part of a raw sample (default 1e20; scanner data
+    are below 1e3, and 1e36 overflows float32 in the gridding sums).
 
 The bounds of run options (``b0_segments`` <= 256, ``b0_refine`` <= 5, ``matrix`` <= 512) are in
 the option schema (:mod:`recon.options`); :func:`estimate_recon_memory` bounds their product.
@@ -54,6 +56,7 @@ DEFAULTS: dict[str, float] = {
     "matrix": 512,
     "fieldmap_voxels": float(2**25),
     "fieldmap_hz": 5000.0,
+    "raw_abs": 1e20,
 }
 #: limits given in bytes (accept size suffixes, printed as GiB)
 _BYTES = {"memory"}

@@ -155,6 +155,16 @@ def load_acquisition(source: Any, opts: RunOptions, timer: StageTimer | None = N
     )
     if not np.all(np.isfinite(acq.data)):
         raise InputError("raw data contain NaN or infinite samples", where)
+    from recon import limits
+
+    data = np.asarray(acq.data)
+    peak = max(float(np.max(np.abs(data.real))), float(np.max(np.abs(data.imag)))) if data.size else 0.0  # no overflow
+    if peak > limits.get("raw_abs"):
+        raise InputError(
+            f"raw samples reach {peak:.3g}, beyond the plausible {limits.get('raw_abs'):g} (corrupt data; "
+            "gridding would overflow)",
+            where,
+        )
     if opts.skip_projections or opts.drop_projections:
         from recon.trajectory.importers import drop_readouts, parse_index_list
 

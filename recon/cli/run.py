@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
 
     base = load_config(args.config) if args.config else {}
     opts = RunOptions.from_mapping(from_args(args, base), args.config)
+    if args.config:  # the config is an input too: never inside (or replaced by) the output
+        from recon.atomic import check_output
+
+        check_output(args.out, force=bool(opts.force), inputs=[args.config])
     summary = run_pipeline(list(args.raw), args.out, opts)
     cal = summary["calibration"]
     if args.json:

@@ -64,6 +64,8 @@ def check_trajectory_units(traj, acq, source: str | None = None) -> dict[str, fl
     kn = mat[ax] / (2 * fov[ax])
     kabs = np.array([max(-float(traj.k[..., d].min()), float(traj.k[..., d].max())) for d in range(3)])[ax]  # no |k| temporary
     ratio = float(np.max(kabs / kn))
+    if not ratio > 0:  # all-zero k (or NaN): no unit explains it
+        raise TrajectoryError("trajectory k is zero on every resolved axis (no k-space coverage)", src)
     lo, hi = KMAX_RATIO_RANGE
     if not (lo <= ratio <= hi):
         unit = _likely_unit(ratio, float(fov[ax][0]), float(kn[0]))

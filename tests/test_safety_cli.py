@@ -32,6 +32,9 @@ CASES = {
     "study-out-contains-sessions": (["study", "{d}/proj/sessions.csv", "--out", "{d}/proj", "--force"], "contains the input"),
     "bench-traj-out-contains-variants": (["bench-traj", "{d}/proj/variants.toml", "--out", "{d}/proj", "--force"], "contains"),
     "bench-traj-missing-parent": (["bench-traj", "{d}/proj/variants.toml", "--out", "{d}/no/out"], "does not exist"),
+    "traj-design-too-large": (["traj", "tpi", "--res-mm", "0.05", "--out", "{d}/t.h5"], "trajectory_points"),
+    "traj-radial-projections": (["traj", "radial", "--projections", "1000000000", "--out", "{d}/t.h5"], "trajectory_points"),
+    "simulate-matrix-huge": (["simulate", "--matrix", "100000", "--out", "{d}/sim"], "above the limit matrix"),
 }
 
 
@@ -39,7 +42,7 @@ CASES = {
 def test_output_refused_before_work(place, capsys, case):
     argv, msg = CASES[case]
     before = sorted(p.relative_to(place) for p in place.rglob("*"))
-    rc = main([a.format(d=place) for a in argv])
+    rc = main(["-q", *[a.format(d=place) for a in argv]])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("narecon: error:") and msg in err[0], err
     assert sorted(p.relative_to(place) for p in place.rglob("*")) == before  # nothing created, nothing removed

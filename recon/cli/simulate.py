@@ -107,6 +107,10 @@ def make_trajectory(args: argparse.Namespace):
         dwell_s=args.dwell_us * 1e-6,
         undersampling=args.traj_undersampling,
     )
+    from recon import limits
+
+    limits.check_matrix(args.matrix, "--matrix")
+    limits.check_design({"generator": args.traj, "n_projections": args.traj_projections, **kw})
     if args.traj == "radial":
         return density_adapted_radial(n_projections=args.traj_projections, **kw)
     if args.traj_projections is not None:

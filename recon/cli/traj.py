@@ -214,6 +214,9 @@ def run(args: argparse.Namespace) -> int:
     from recon.atomic import check_output
 
     check_output(args.out, force=args.force, kind="file")  # refuse before computing
+    from recon import limits
+
+    limits.check_design({"generator": args.kind, "n_projections": getattr(args, "projections", None), **common})
     with stage(f"{args.kind} design"):
         traj = tpi(**common) if args.kind == "tpi" else density_adapted_radial(n_projections=args.projections, **common)
     if args.dcf != "none":

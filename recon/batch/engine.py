@@ -107,8 +107,10 @@ def same_result(a: dict | None, b: dict | None) -> bool:
     """True when two fingerprints describe the same result (input contents, options, version)."""
     if not a or not b:
         return False
-    key = lambda f: ([(i["role"], i["sha256"]) for i in f.get("inputs", [])],  # noqa: E731
-                     f.get("options_sha256"), f.get("narecon"))
+
+    def key(f: dict) -> tuple:
+        return ([(i["role"], i["sha256"]) for i in f.get("inputs", [])], f.get("options_sha256"), f.get("narecon"))
+
     return key(a) == key(b)
 
 
@@ -201,11 +203,17 @@ def run_scan(payload: dict[str, Any], recon_fn: ReconFn | None = None) -> dict[s
         else:
             result = recon_fn(list(payload["raw"]), scan_dir, opts)
         seconds = time.perf_counter() - t0
-        write_marker(scan_dir, {
-            "id": sid, "fingerprint": payload["fingerprint"], "seconds": round(seconds, 3), "device": device,
-            "completed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "summary": _brief(result),
-        })
+        write_marker(
+            scan_dir,
+            {
+                "id": sid,
+                "fingerprint": payload["fingerprint"],
+                "seconds": round(seconds, 3),
+                "device": device,
+                "completed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "summary": _brief(result),
+            },
+        )
         row.update(status="done", seconds=seconds)
     except NareconError as e:
         row.update(error=str(e), seconds=time.perf_counter() - t0)
@@ -343,8 +351,17 @@ class _Progress:
         if row["status"] == "failed":
             log.warning("[%d/%d] %s failed: %s", n, self.total, row["id"], row["error"])
         elif row["status"] == "done":
-            log.info("[%d/%d] %s done in %.1f s on %s (done %d, skipped %d, failed %d)", n, self.total, row["id"],
-                     row["seconds"], row["device"], c["done"], c["skipped"], c["failed"])
+            log.info(
+                "[%d/%d] %s done in %.1f s on %s (done %d, skipped %d, failed %d)",
+                n,
+                self.total,
+                row["id"],
+                row["seconds"],
+                row["device"],
+                c["done"],
+                c["skipped"],
+                c["failed"],
+            )
         else:
             log.debug("[%d/%d] %s skipped (complete)", n, self.total, row["id"])
 
@@ -361,8 +378,13 @@ def write_summary(path: Path, rows: Sequence[dict[str, Any]]) -> None:
         w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({**r, "seconds": "" if r["seconds"] is None else f"{float(r['seconds']):.3f}",
-                        "error": " ".join(str(r.get("error") or "").split())})
+            w.writerow(
+                {
+                    **r,
+                    "seconds": "" if r["seconds"] is None else f"{float(r['seconds']):.3f}",
+                    "error": " ".join(str(r.get("error") or "").split()),
+                }
+            )
 
 
 def check_batch_output(out_dir: str | os.PathLike, specs: Sequence[ScanSpec]) -> Path:
@@ -393,10 +415,18 @@ def check_batch_output(out_dir: str | os.PathLike, specs: Sequence[ScanSpec]) ->
     return out
 
 
-def run_batch(specs: Sequence[ScanSpec], out_dir: str | os.PathLike, client: Any, *,
-              recon_fn: ReconFn | None = None, force: bool = False, plan_cache: bool = True,
-              resources: dict[str, float] | None = None, progress: bool = True,
-              worker_timeout_s: float | None = None) -> BatchReport:
+def run_batch(
+    specs: Sequence[ScanSpec],
+    out_dir: str | os.PathLike,
+    client: Any,
+    *,
+    recon_fn: ReconFn | None = None,
+    force: bool = False,
+    plan_cache: bool = True,
+    resources: dict[str, float] | None = None,
+    progress: bool = True,
+    worker_timeout_s: float | None = None,
+) -> BatchReport:
     """Run every scan of ``specs`` on the Dask ``client``; outputs in ``out_dir/<id>/``.
 
     recon_fn : ``reconstruct``-like function run per scan (default the full pipeline); must be
@@ -433,48 +463,80 @@ def run_batch(specs: Sequence[ScanSpec], out_dir: str | os.PathLike, client: Any
                 try:
                     fp = fingerprint(spec, prev)
                 except OSError as e:
-                    rows[spec.id] = {"id": spec.id, "status": "failed", "seconds": 0.0, "device": "",
-                                     "error": f"{e.filename}: cannot read input: {e.strerror}"}
+                    rows[spec.id] = {
+                        "id": spec.id,
+                        "status": "failed",
+                        "seconds": 0.0,
+                        "device": "",
+                        "error": f"{e.filename}: cannot read input: {e.strerror}",
+                    }
                     bar.update(rows[spec.id])
                     continue
                 if not force and scan_dir.is_dir() and same_result(prev, fp):
-                    rows[spec.id] = {"id": spec.id, "status": "skipped", "seconds": None,
-                                     "device": marker.get("device", ""), "error": ""}
+                    rows[spec.id] = {
+                        "id": spec.id,
+                        "status": "skipped",
+                        "seconds": None,
+                        "device": marker.get("device", ""),
+                        "error": "",
+                    }
                     bar.update(rows[spec.id])
                     continue
                 if scan_dir.exists():
-                    why = ("--force" if same_result(prev, fp) else "inputs, options or version changed") if prev \
+                    why = (
+                        ("--force" if same_result(prev, fp) else "inputs, options or version changed")
+                        if prev
                         else "incomplete output"
+                    )
                     log.info("%s: output exists, redoing it (%s)", spec.id, why)
-                payload = {"id": spec.id, "raw": list(spec.raw), "options": dict(spec.options),
-                           "scan_dir": str(scan_dir), "fingerprint": fp, "plan_cache": plan_cache}
-                fut = client.submit(run_scan, payload, recon_fn, key=f"narecon-scan-{spec.id}-{time.time_ns()}",
-                                    pure=False, resources=resources)
+                payload = {
+                    "id": spec.id,
+                    "raw": list(spec.raw),
+                    "options": dict(spec.options),
+                    "scan_dir": str(scan_dir),
+                    "fingerprint": fp,
+                    "plan_cache": plan_cache,
+                }
+                fut = client.submit(
+                    run_scan, payload, recon_fn, key=f"narecon-scan-{spec.id}-{time.time_ns()}", pure=False, resources=resources
+                )
                 futures[fut] = spec.id
             n_skip = sum(r["status"] == "skipped" for r in rows.values())
-            log.info("%d scan(s) to reconstruct, %d complete already (skipped), %d failed before starting",
-                     len(futures), n_skip, len(rows) - n_skip)
+            log.info(
+                "%d scan(s) to reconstruct, %d complete already (skipped), %d failed before starting",
+                len(futures),
+                n_skip,
+                len(rows) - n_skip,
+            )
             for fut in _completed(client, list(futures), worker_timeout_s):
                 sid = futures[fut]
                 if fut in _TIMED_OUT:
                     _TIMED_OUT.discard(fut)
-                    row = {"id": sid, "status": "failed", "seconds": None, "device": "",
-                           "error": f"no Dask worker was running for {worker_timeout_s:g} s: the workers could not start "
-                                    "or keep dying (memory limit too low? see the worker log)"}
+                    row = {
+                        "id": sid,
+                        "status": "failed",
+                        "seconds": None,
+                        "device": "",
+                        "error": f"no Dask worker was running for {worker_timeout_s:g} s: the workers could not start "
+                        "or keep dying (memory limit too low? see the worker log)",
+                    }
                     rows[sid] = row
                     bar.update(row)
                     continue
                 try:
                     row = fut.result()
                 except KilledWorker as e:
-                    row = {"id": sid, "status": "failed", "seconds": None, "device": "",
-                           "error": f"the worker running this scan died repeatedly (killed, or over its memory "
-                                    f"limit): {e}"}
+                    row = {
+                        "id": sid,
+                        "status": "failed",
+                        "seconds": None,
+                        "device": "",
+                        "error": f"the worker running this scan died repeatedly (killed, or over its memory limit): {e}",
+                    }
                 except FutureCancelledError as e:
                     row = {"id": sid, "status": "failed", "seconds": None, "device": "", "error": f"cancelled: {e}"}
                 except Exception as e:  # e.g. the task could not be unpickled on the worker
-                    row = {"id": sid, "status": "failed", "seconds": None, "device": "",
-                           "error": f"{type(e).__name__}: {e}"}
+                    row = {"id": sid, "status": "failed", "seconds": None, "device": "", "error": f"{type(e).__name__}: {e}"}
                 rows[sid] = row
                 bar.update(row)
         finally:
@@ -487,6 +549,12 @@ def run_batch(specs: Sequence[ScanSpec], out_dir: str | os.PathLike, client: Any
         summary = out / SUMMARY
         write_summary(summary, ordered)
     report = BatchReport(ordered, time.perf_counter() - t0, summary)
-    log.info("batch finished in %.1f s: %d done, %d skipped, %d failed; summary %s", report.wall_s,
-             report.count("done"), report.count("skipped"), report.count("failed"), summary)
+    log.info(
+        "batch finished in %.1f s: %d done, %d skipped, %d failed; summary %s",
+        report.wall_s,
+        report.count("done"),
+        report.count("skipped"),
+        report.count("failed"),
+        summary,
+    )
     return report

@@ -125,8 +125,7 @@ def read_manifest(path: str | os.PathLike, base_options: dict[str, Any] | None =
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read the manifest as UTF-8 text: {e}", mpath) from e
     base_dir = mpath.resolve().parent
-    lines = [(n, ln) for n, ln in enumerate(text.splitlines(), start=1)
-             if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [(n, ln) for n, ln in enumerate(text.splitlines(), start=1) if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ConfigError("manifest is empty (need a header row: id,raw[,raw2,traj,profile,tubes,config])", mpath)
     rows = list(csv.reader(io.StringIO("\n".join(ln for _, ln in lines))))
@@ -164,8 +163,7 @@ def read_manifest(path: str | os.PathLike, base_options: dict[str, Any] | None =
         if not sid:
             errs.append("empty id")
         elif not _ID_RE.match(sid):
-            errs.append("id must be letters, digits, '.', '_' or '-' and start with a letter or digit "
-                        "(it names the output folder)")
+            errs.append("id must be letters, digits, '.', '_' or '-' and start with a letter or digit (it names the output folder)")
         elif sid.casefold() in RESERVED_IDS:
             errs.append(f"id {sid!r} is a name the batch writes itself ({', '.join(RESERVED_IDS)}); choose another")
         elif sid.casefold() in seen:

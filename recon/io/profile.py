@@ -100,8 +100,7 @@ def load_profile(path: str | os.PathLike | None = None) -> dict[str, Any]:
             ref = spec.get("from")
             if not isinstance(ref, str) or not (_REF.match(ref) or ref.startswith(("acq.", "header."))):
                 raise ConfigError(
-                    f"parameter {name!r}: 'from' must be wip_long[i], wip_double[i], acq.<name> "
-                    f"or header.<key>, got {ref!r}",
+                    f"parameter {name!r}: 'from' must be wip_long[i], wip_double[i], acq.<name> or header.<key>, got {ref!r}",
                     src,
                 )
             unknown = set(spec) - {"from", "scale", "default", "zero_is_none", "map"}
@@ -170,8 +169,7 @@ def trajectory_params(acq, profile: dict[str, Any] | None = None) -> dict[str, A
         except (KeyError, IndexError, TypeError):
             if "default" not in spec:
                 raise ConfigError(
-                    f"parameter {name!r}: header field {spec['from']} is absent and the profile "
-                    "gives no default",
+                    f"parameter {name!r}: header field {spec['from']} is absent and the profile gives no default",
                     src,
                 ) from None
             out[name] = _none(spec["default"])
@@ -207,9 +205,7 @@ def trajectory_params(acq, profile: dict[str, Any] | None = None) -> dict[str, A
     return out
 
 
-def encode_params(
-    params: dict[str, Any], profile: dict[str, Any] | None = None
-) -> tuple[dict[int, int], dict[int, float]]:
+def encode_params(params: dict[str, Any], profile: dict[str, Any] | None = None) -> tuple[dict[int, int], dict[int, float]]:
     """Inverse of :func:`trajectory_params` for writers: (wip_long, wip_double) for ``params``.
 
     Only parameters that the profile reads from ``wip_long[i]``/``wip_double[i]`` are encoded;
@@ -277,8 +273,7 @@ def generate_trajectory(acq, profile: dict[str, Any] | None = None):
         raise TrajectoryError(f"trajectory design from the header: {e.message}", src) from e
     if prm.get("n_projections") is not None and prm["n_projections"] != traj.n_projections:
         raise TrajectoryError(
-            f"the profile's TPI parameters give {traj.n_projections} projections but the header "
-            f"says {prm['n_projections']}",
+            f"the profile's TPI parameters give {traj.n_projections} projections but the header says {prm['n_projections']}",
             profile.get("_source") if profile else None,
         )
     return traj
@@ -312,14 +307,9 @@ def check_match(acq, traj) -> None:
         diffs.append(f"samples per readout: data {acq.n_samples}, trajectory {traj.n_samples}")
     pidx = np.asarray(acq.projection_index)
     if acq.n_projections != traj.n_projections:
-        diffs.append(
-            f"projections: data {acq.n_projections} readouts per echo, trajectory {traj.n_projections}"
-        )
+        diffs.append(f"projections: data {acq.n_projections} readouts per echo, trajectory {traj.n_projections}")
     if pidx.size and (pidx.max() >= traj.n_projections or pidx.min() < 0):
-        diffs.append(
-            f"projection index of the data reaches {int(pidx.max())}, trajectory has "
-            f"0..{traj.n_projections - 1}"
-        )
+        diffs.append(f"projection index of the data reaches {int(pidx.max())}, trajectory has 0..{traj.n_projections - 1}")
     if not (math.isfinite(acq.dwell_s) and math.isclose(acq.dwell_s, traj.dwell_s, rel_tol=1e-6)):
         diffs.append(f"dwell time: data {acq.dwell_s * 1e6:.6g} us, trajectory {traj.dwell_s * 1e6:.6g} us")
     if diffs:

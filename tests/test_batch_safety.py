@@ -21,6 +21,7 @@ from recon.cli import main  # noqa: E402
 from recon.errors import BackendUnavailableError, ConfigError, OutputError  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.timeout(600)  # a cluster that hangs fails its test instead of the whole suite
 
 
 def _manifest(tmp_path: Path, rows: str) -> Path:

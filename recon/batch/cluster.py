@@ -204,8 +204,13 @@ def jobqueue_kwargs(
 
 
 def _dashboard_kwargs(dashboard: str | None) -> dict[str, Any]:
-    """LocalCluster keywords: a dashboard only at an address asked for."""
-    return {"dashboard_address": dashboard or None}
+    """LocalCluster keywords: a dashboard only at an address asked for.
+
+    Without one, Dask's HTTP server (which always starts) gets a random loopback port and, through
+    :data:`NO_HTTP_ROUTES`, no pages."""
+    if dashboard:
+        return {"dashboard_address": dashboard}
+    return {"dashboard_address": None, "scheduler_kwargs": {"dashboard": False, "dashboard_address": "127.0.0.1:0"}}
 
 
 #: Dask configuration without any HTTP route (Dask's HTTP server still binds a port; it serves nothing)

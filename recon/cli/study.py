@@ -32,7 +32,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from recon.analysis import roi as R
     from recon.analysis.report import write_study_outputs
     from recon.analysis.study import measure_study

@@ -133,7 +133,10 @@ def test_edited_design_digit_is_refused_in_info_and_run(tmp_path, old, new):
     import json
 
     t = json.loads(p.stdout)["trajectory"]
-    assert "trajectory_points" in t["error"] and "GiB" in t["error"]
+    # info either refuses the design by its size or sees, without generating it, that it cannot match the data
+    refused = "trajectory_points" in t.get("error", "") and "GiB" in t["error"]
+    not_built = t.get("matches") is False and t.get("n_samples") is None
+    assert refused or not_built, t
     r = _run_limited(["run", str(edited), "--out", str(tmp_path / "out"), "--no-qa"])
     line = _one_line_error(r)
     assert "trajectory_points" in line and str(edited) in line
@@ -152,7 +155,7 @@ def _attrs(f, matrix=(40, 40, 40)):
 
 def _small_traj(path: Path, **extra):
     with h5py.File(path, "w") as f:
-        f.create_dataset("k", data=np.zeros((10, 20, 3)))
+        f.create_dataset("k", data=np.random.default_rng(0).uniform(-80, 80, (10, 20, 3)))
         f.create_dataset("t", data=np.arange(20) * 1e-5)
         for name, val in extra.items():
             f.create_dataset(name, data=val)

@@ -188,8 +188,14 @@ class RunOptions:
     )
     nucleus: str | None = _o(None, kind="str", nullable=True, help="nucleus for ISMRMRD files that do not name it")
     nucleus_check: str = _o("23Na", kind="str", help="refuse data of another nucleus than this one; off = accept any")
-    max_memory_gb: float = _o(
-        16.0, kind="float", unit="GiB", low=0.01, high=1e5, help="refuse reconstructions estimated to need more memory"
+    max_memory_gb: float | None = _o(
+        None,
+        kind="float",
+        unit="GiB",
+        low=0.01,
+        high=1e5,
+        nullable=True,
+        help="memory limit of the reconstruction (default: the 'memory' limit of recon.limits, 80 % of RAM or NARECON_LIMITS)",
     )
     skip_projections: int = _o(
         0, kind="int", low=0, high=10**7, help="leave out the readouts of the first N projections (steady state)"

@@ -310,7 +310,11 @@ def check_memory(acq, traj, matrix, opts: RunOptions) -> None:
         n_segments=opts.b0_segments or 1,
         iterative=opts.b0 == "iterative",
     )
-    limits.check_recon_memory(est, f"the reconstruction at matrix {'x'.join(map(str, matrix))}", src)
+    import contextlib
+
+    raised = limits.override(memory=opts.max_memory_gb * 2**30) if opts.max_memory_gb else contextlib.nullcontext()
+    with raised:
+        limits.check_recon_memory(est, f"the reconstruction at matrix {'x'.join(map(str, matrix))}", src)
 
 
 def plan_nufft(ks: KSpace, matrix, fov_m, opts: RunOptions, plans: Plans | None = None, timer: StageTimer | None = None):

@@ -18,7 +18,6 @@ Files (in DIR, written into a temporary sibling and renamed: nothing or everythi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,27 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from recon.util import json_default, sha256_file
+
 log = logging.getLogger("recon.outputs")
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def json_default(o: Any) -> Any:
-    """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
 def check_output_dir(out_dir: str | os.PathLike, *, force: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> None:

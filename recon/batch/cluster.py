@@ -120,10 +120,10 @@ def has_dask_cuda() -> bool:
 
 
 def cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    """CPU cores this process may use (:func:`recon.util.available_cpus`)."""
+    from recon.util import available_cpus
+
+    return available_cpus()
 
 
 def default_local_workers() -> int:

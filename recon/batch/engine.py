@@ -63,12 +63,7 @@ ReconFn = Callable[[list, Path, Any], Any]
 # ----------------------------------------------------------------------------- fingerprints
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from recon.util import sha256_file  # noqa: E402  (one definition; re-exported for callers)
 
 
 def options_hash(options: dict[str, Any]) -> str:

@@ -5,7 +5,6 @@ Units follow BIDS: times in s, angles in degrees, field in T, ImagingFrequency i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -21,20 +20,7 @@ def _finite(v) -> bool:
         return False
 
 
-def _jsonable(v):
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        v = dataclasses.asdict(v)
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)
+from recon.util import jsonable as _jsonable  # noqa: E402  (one JSON conversion for the project)
 
 
 def bids_sidecar(

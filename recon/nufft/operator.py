@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
@@ -105,10 +104,9 @@ def available_backends() -> dict[str, str | None]:
 
 def default_threads() -> int:
     """CPU threads this process may use (affinity-aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    from recon.util import available_cpus
+
+    return available_cpus()
 
 
 class NUFFT(LinearOperator):

@@ -171,7 +171,7 @@ def _check_variant(name: str, p: dict, path: Path) -> None:
 
 def build_trajectory(v: Variant, base_dir: str | os.PathLike = ".") -> Any:
     """The variant's :class:`recon.trajectory.Trajectory` with density weights (1/m^3) attached."""
-    from recon.trajectory import compute_dcf, density_adapted_radial, read_trajectory, tpi
+    from recon.trajectory import compute_dcf, design_trajectory, read_trajectory
 
     p = v.params
     if p["trajectory"] == "file":
@@ -195,8 +195,5 @@ def build_trajectory(v: Variant, base_dir: str | os.PathLike = ".") -> Any:
     )
     if gmax is None and common["readout_s"] is None:
         common["gmax_t_per_m"] = 4e-3
-    if p["trajectory"] == "tpi":
-        traj = tpi(**common)
-    else:
-        traj = density_adapted_radial(n_projections=p.get("projections"), **common)
+    traj = design_trajectory(p["trajectory"], n_projections=p.get("projections"), **common)
     return traj.with_dcf(compute_dcf(traj, p.get("dcf") or "analytic"))

@@ -196,7 +196,7 @@ def run_xenon(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from recon.log import stage
-    from recon.trajectory import compute_dcf, density_adapted_radial, tpi, write_trajectory
+    from recon.trajectory import compute_dcf, design_trajectory, write_trajectory
 
     gmax = None if args.readout_ms is not None else (args.gmax_mt_m if args.gmax_mt_m is not None else 4.0) * 1e-3
     common = dict(
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
 
     limits.check_design({"generator": args.kind, "n_projections": getattr(args, "projections", None), **common})
     with stage(f"{args.kind} design"):
-        traj = tpi(**common) if args.kind == "tpi" else density_adapted_radial(n_projections=args.projections, **common)
+        traj = design_trajectory(args.kind, n_projections=getattr(args, "projections", None), **common)
     if args.dcf != "none":
         with stage(f"density compensation ({args.dcf})"):
             traj = traj.with_dcf(compute_dcf(traj, args.dcf))

@@ -248,7 +248,7 @@ def generate_trajectory(acq, profile: dict[str, Any] | None = None):
     Its size is estimated from the design parameters first (:func:`recon.limits.check_design`):
     a design above the limits is a LimitError before anything is allocated."""
     from recon import limits
-    from recon.trajectory import density_adapted_radial, tpi
+    from recon.trajectory import design_trajectory
 
     src = ", ".join(acq.sources) if getattr(acq, "sources", None) else None
     try:
@@ -264,9 +264,9 @@ def generate_trajectory(acq, profile: dict[str, Any] | None = None):
     if kw.get("gmax_t_per_m") is not None and prm.get("readout_s") is not None:
         kw["gmax_t_per_m"] = None  # an explicit readout duration wins over a default amplitude
     try:
+        traj = design_trajectory(prm["generator"], n_projections=prm.get("n_projections"), **kw)
         if prm["generator"] == "radial":
-            return density_adapted_radial(n_projections=prm.get("n_projections"), **kw)
-        traj = tpi(**kw)
+            return traj
     except TrajectoryError as e:
         if e.path is not None or src is None:
             raise

@@ -47,6 +47,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from recon import physics as _physics
 from recon.errors import InputError
 from recon.linop import LinearOperator, sigpy_linop
 from recon.options import DEFAULT_ITER_LAMDA
@@ -55,7 +56,7 @@ log = logging.getLogger(__name__)
 
 DECAY_MODELS = ("none", "r2star-map", "tissue")
 REGULARISERS = ("none", "tikhonov", "gradient", "tv")
-TISSUE_BIEXP = ((0.6, 3.5e-3), (0.4, 23e-3))  # (fraction, T2* in s): WM-like, notes/sodium_domain.md
+TISSUE_BIEXP = tuple(zip(_physics.TISSUE.fractions, _physics.TISSUE.t2star_s))  # (fraction, T2* in s): recon.physics
 
 
 def _sigpy():

@@ -9,26 +9,24 @@ import pytest
 
 from recon.calibrate import CSF, SALINE_TUBE, TISSUE, ReadoutWeighting, RelaxationModel, relaxation_factors
 from recon.calibrate.relax import gaussian_spectrum, t1_saturation, t2star_factor
-from recon.errors import CalibrationError
+from recon.errors import CalibrationError, InputError
 
 
-@pytest.mark.parametrize(
-    "t1, expected", [(0.035, 0.993), (0.040, 0.987), (0.050, 0.969), (0.060, 0.945), (0.065, 0.931)]
-)
+@pytest.mark.parametrize("t1, expected", [(0.035, 0.993), (0.040, 0.987), (0.050, 0.969), (0.060, 0.945), (0.065, 0.931)])
 def test_t1_factor_at_90_degrees_matches_table(t1, expected):
     # notes/sodium_domain.md table (TR 174 ms, 90 deg); at 90 deg the factor is 1 - exp(-TR/T1)
-    assert t1_saturation(0.174, 90.0, t1) == pytest.approx(expected, abs=6e-4)
-    assert t1_saturation(0.174, 90.0, t1) == pytest.approx(1 - math.exp(-0.174 / t1), rel=1e-12)
+    assert t1_saturation(tr_s=0.174, flip_deg=90.0, t1_s=t1) == pytest.approx(expected, abs=6e-4)
+    assert t1_saturation(tr_s=0.174, flip_deg=90.0, t1_s=t1) == pytest.approx(1 - math.exp(-0.174 / t1), rel=1e-12)
 
 
 def test_t1_factor_at_ernst_angle_and_full_relaxation():
     tr, t1 = 0.02, 0.05
     e1 = math.exp(-tr / t1)
     ernst = math.degrees(math.acos(e1))
-    assert t1_saturation(tr, ernst, t1) == pytest.approx(math.sqrt((1 - e1) / (1 + e1)), rel=1e-12)
-    assert t1_saturation(100.0, 30.0, t1) == pytest.approx(0.5, rel=1e-9)  # TR >> T1: sin(a)
-    with pytest.raises(CalibrationError):
-        t1_saturation(-1, 90, t1)
+    assert t1_saturation(tr_s=tr, flip_deg=ernst, t1_s=t1) == pytest.approx(math.sqrt((1 - e1) / (1 + e1)), rel=1e-12)
+    assert t1_saturation(tr_s=100.0, flip_deg=30.0, t1_s=t1) == pytest.approx(0.5, rel=1e-9)  # TR >> T1: sin(a)
+    with pytest.raises(InputError):
+        t1_saturation(tr_s=-1, flip_deg=90, t1_s=t1)
 
 
 def test_t2star_at_te_matches_table():

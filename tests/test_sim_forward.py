@@ -46,7 +46,7 @@ def dense_model(phantom, traj, n_sim, n_coils, receive="uniform", tr_s=TR, flip_
         for e, te_e in enumerate(te):
             tau = te_e + t[sl]  # (m,)
             dec = np.stack(
-                [comp.decay(tau) * comp.tsc_mM * t1_saturation(tr_s, comp.t1_s, flip_deg) for comp in comps],
+                [comp.decay(tau) * comp.tsc_mM * t1_saturation(tr_s=tr_s, t1_s=comp.t1_s, flip_deg=flip_deg) for comp in comps],
                 axis=1,
             )  # (m, compartments)
             x = dec @ frac  # (m, voxels)
@@ -102,8 +102,8 @@ def test_t1_saturation_matches_bloch_steady_state():
         for _ in range(200):
             sig = mz * math.sin(a)
             mz = 1 - (1 - mz * math.cos(a)) * e1
-        assert t1_saturation(TR, t1, flip) == pytest.approx(sig, rel=1e-12)
-    assert t1_saturation(TR, 0.060, 90.0) == pytest.approx(1 - math.exp(-TR / 0.060), rel=1e-12)
+        assert t1_saturation(tr_s=TR, t1_s=t1, flip_deg=flip) == pytest.approx(sig, rel=1e-12)
+    assert t1_saturation(tr_s=TR, t1_s=0.060, flip_deg=90.0) == pytest.approx(1 - math.exp(-TR / 0.060), rel=1e-12)
 
 
 def test_decay_and_t1_factors_at_k0(small_traj):
@@ -118,9 +118,7 @@ def test_decay_and_t1_factors_at_k0(small_traj):
     info = res.truth.info["simulation"]
     n_sim = info["grid"]
     edge = info["voxel_volume_m3"] ** (1 / 3) / 2
-    tsc_sum = float(
-        ph.tsc_mM(grid_points(n_sim, small_traj.fov_m), max(ph.edge_m, edge)).astype(np.float64).sum()
-    )
+    tsc_sum = float(ph.tsc_mM(grid_points(n_sim, small_traj.fov_m), max(ph.edge_m, edge)).astype(np.float64).sum())
     k0 = np.linalg.norm(small_traj.k[:, 0], axis=-1)
     assert np.all(k0 < 1e-9)
     s0 = res.acquisition.data[:, 0, :, 0].mean(axis=1)  # (echo,)

@@ -34,10 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from recon.errors import InputError
-from recon.trajectory.base import GAMMA_BAR_1H_HZ_PER_T, GAMMA_BAR_23NA_HZ_PER_T
-
-GAMMA_RATIO_NA_H = GAMMA_BAR_23NA_HZ_PER_T / GAMMA_BAR_1H_HZ_PER_T
-"""gamma(23Na) / gamma(1H) = 0.2645: scales a proton field map in Hz to 23Na."""
+from recon.physics import GAMMA_RATIO_NA_H
 
 
 def unaliased_range_hz(te1_s: float, te2_s: float) -> float:

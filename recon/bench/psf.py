@@ -6,16 +6,17 @@ from collections.abc import Callable
 
 import numpy as np
 
+from recon import physics
+
 
 def decay_tissue(t_s):
     """Bi-exponential tissue T2* decay 0.6 exp(-t/3.5 ms) + 0.4 exp(-t/23 ms) (t in s)."""
-    t = np.asarray(t_s, dtype=np.float64)
-    return 0.6 * np.exp(-t / 3.5e-3) + 0.4 * np.exp(-t / 23e-3)
+    return physics.tissue_decay(t_s)
 
 
 def decay_csf(t_s):
     """Mono-exponential CSF T2* decay exp(-t/54 ms) (t in s)."""
-    return np.exp(-np.asarray(t_s, dtype=np.float64) / 54e-3)
+    return physics.csf_decay(t_s)
 
 
 def decay_none(t_s):

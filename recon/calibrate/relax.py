@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
+from recon import physics
 from recon.errors import CalibrationError
+from recon.physics import t1_saturation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +60,7 @@ class RelaxationModel:
         t2 = tuple(float(x) for x in np.atleast_1d(self.t2star_s))
         fr = tuple(float(x) for x in np.atleast_1d(self.fractions))
         if len(fr) != len(t2):
-            raise CalibrationError(
-                f"relaxation model {self.name!r}: {len(t2)} T2* values but {len(fr)} fractions"
-            )
+            raise CalibrationError(f"relaxation model {self.name!r}: {len(t2)} T2* values but {len(fr)} fractions")
         if self.t1_s <= 0 or min(t2) <= 0 or min(fr) < 0 or sum(fr) <= 0:
             raise CalibrationError(f"relaxation model {self.name!r}: T1, T2* must be > 0 and fractions >= 0")
         s = sum(fr)
@@ -70,8 +70,7 @@ class RelaxationModel:
 
     def decay(self, t_s) -> np.ndarray:
         """Normalised transverse decay d(t) = sum_i w_i exp(-t / T2*_i) at times ``t_s`` (s)."""
-        t = np.asarray(t_s, dtype=np.float64)
-        return sum(f * np.exp(-t / t2) for f, t2 in zip(self.fractions, self.t2star_s))
+        return physics.multiexp_decay(t_s, self.fractions, self.t2star_s)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,14 +81,16 @@ class RelaxationModel:
         }
 
 
-TISSUE = RelaxationModel(
-    "tissue (bi-exponential, brain parenchyma)", t1_s=0.035, t2star_s=(0.0035, 0.023), fractions=(0.6, 0.4)
-)
-"""Brain tissue: 60 % short (3.5 ms) / 40 % long (23 ms) T2*, T1 35 ms (7T literature, WM/GM-like)."""
-CSF = RelaxationModel("CSF/vitreous (mono-exponential)", t1_s=0.060, t2star_s=(0.054,))
-"""CSF or vitreous: mono-exponential T2* 54 ms (Fleysher 2009, 7T), T1 60 ms."""
-SALINE_TUBE = RelaxationModel("aqueous NaCl tube (mono-exponential)", t1_s=0.055, t2star_s=(0.050,))
-"""Calibration tube of aqueous saline: mono-exponential T2* 50 ms, T1 55 ms."""
+def _from_preset(p: physics.RelaxationPreset) -> RelaxationModel:
+    return RelaxationModel(p.name, t1_s=p.t1_s, t2star_s=p.t2star_s, fractions=p.fractions)
+
+
+TISSUE = _from_preset(physics.TISSUE)
+"""Brain tissue (:data:`recon.physics.TISSUE`): 60 % 3.5 ms / 40 % 23 ms T2*, T1 35 ms."""
+CSF = _from_preset(physics.CSF)
+"""CSF or vitreous (:data:`recon.physics.CSF`): mono-exponential T2* 54 ms, T1 60 ms."""
+SALINE_TUBE = _from_preset(physics.SALINE_TUBE)
+"""Calibration tube of aqueous saline (:data:`recon.physics.SALINE_TUBE`): T2* 50 ms, T1 55 ms."""
 PRESETS = {"tissue": TISSUE, "csf": CSF, "saline": SALINE_TUBE, "tube": SALINE_TUBE}
 
 
@@ -101,15 +102,6 @@ def get_model(model: RelaxationModel | str) -> RelaxationModel:
         return PRESETS[str(model).lower()]
     except KeyError:
         raise CalibrationError(f"unknown relaxation model {model!r}; presets: {sorted(PRESETS)}") from None
-
-
-def t1_saturation(tr_s: float, flip_deg: float, t1_s: float) -> float:
-    """Spoiled steady-state signal fraction ``sin(a) (1 - E1) / (1 - cos(a) E1)`` (dimensionless)."""
-    if tr_s <= 0 or t1_s <= 0:
-        raise CalibrationError(f"TR and T1 must be positive, got TR {tr_s} s, T1 {t1_s} s")
-    a = math.radians(flip_deg)
-    e1 = math.exp(-tr_s / t1_s)
-    return math.sin(a) * (1.0 - e1) / (1.0 - math.cos(a) * e1)
 
 
 def gaussian_spectrum(k_per_m, fwhm_m: float) -> np.ndarray:
@@ -152,9 +144,7 @@ class ReadoutWeighting:
         t = np.broadcast_to(np.asarray(traj.t), k.shape)
         w = np.asarray(dcf, dtype=np.float64)
         if w.shape != k.shape:
-            raise CalibrationError(
-                f"density weights of shape {w.shape} do not match the trajectory {k.shape}"
-            )
+            raise CalibrationError(f"density weights of shape {w.shape} do not match the trajectory {k.shape}")
         return cls(k.ravel(), np.ascontiguousarray(t).ravel(), w.ravel())
 
 
@@ -254,8 +244,8 @@ def relaxation_factors(
         tr_s=float(tr_s),
         flip_deg=float(flip_deg),
         te_s=float(te_s),
-        t1_target=t1_saturation(tr_s, flip_deg, target.t1_s),
-        t1_reference=t1_saturation(tr_s, flip_deg, reference.t1_s),
+        t1_target=t1_saturation(tr_s=tr_s, flip_deg=flip_deg, t1_s=target.t1_s),
+        t1_reference=t1_saturation(tr_s=tr_s, flip_deg=flip_deg, t1_s=reference.t1_s),
         t2star_target=t2star_factor(target, te_s, readout, target_fwhm_m),
         t2star_reference=t2star_factor(reference, te_s, readout, reference_fwhm_m),
         readout_model="gaussian-object centre over the readout" if over else "at TE",

@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from recon import physics
 from recon.config import parse_toml
 from recon.errors import ConfigError, TrajectoryError
 
@@ -54,8 +55,8 @@ _GENERATOR_KW = (
 
 #: gyromagnetic ratio / 2 pi in Hz/T by nucleus (magnitudes)
 GAMMA_BAR_HZ_PER_T = {
-    "1H": 42.577478e6,
-    "23Na": 11.262e6,
+    "1H": physics.GAMMA_BAR_1H_HZ_PER_T,
+    "23Na": physics.GAMMA_BAR_23NA_HZ_PER_T,
     "129Xe": 11.777e6,
     "31P": 17.235e6,
     "19F": 40.078e6,

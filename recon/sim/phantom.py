@@ -62,6 +62,7 @@ import numpy as np
 from scipy.special import erfc
 
 from recon.errors import InputError
+from recon.physics import TISSUE_PRIORS, biexp_decay, t1_saturation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,14 +81,11 @@ class Compartment:
 
     def decay(self, t_s) -> np.ndarray:
         """T2* decay factor at time(s) ``t_s`` after excitation (1 at t = 0)."""
-        t = np.asarray(t_s, dtype=np.float64)
-        return self.frac_short * np.exp(-t / self.t2s_short_s) + (1 - self.frac_short) * np.exp(
-            -t / self.t2s_long_s
-        )
+        return biexp_decay(t_s, self.frac_short, self.t2s_short_s, self.t2s_long_s)
 
     def t1_factor(self, tr_s: float, flip_deg: float) -> float:
         """Steady-state (spoiled) T1 saturation factor for ``tr_s`` and ``flip_deg``."""
-        return t1_saturation(tr_s, self.t1_s, flip_deg)
+        return t1_saturation(tr_s=tr_s, flip_deg=flip_deg, t1_s=self.t1_s)
 
     def pools(self) -> list[tuple[float, float]]:
         """[(fraction, T2* in s)]: the exponential pools of this compartment."""
@@ -97,19 +95,6 @@ class Compartment:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def t1_saturation(tr_s: float, t1_s: float, flip_deg: float) -> float:
-    """Spoiled steady-state signal relative to full relaxation: sin a (1 - E1) / (1 - cos a E1)."""
-    e1 = math.exp(-tr_s / t1_s)
-    a = math.radians(flip_deg)
-    return math.sin(a) * (1 - e1) / (1 - math.cos(a) * e1)
-
-
-def biexp_decay(t_s, frac_short: float, t2s_short_s: float, t2s_long_s: float) -> np.ndarray:
-    """f exp(-t/T2s) + (1 - f) exp(-t/T2l)."""
-    t = np.asarray(t_s, dtype=np.float64)
-    return frac_short * np.exp(-t / t2s_short_s) + (1 - frac_short) * np.exp(-t / t2s_long_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,33 +134,30 @@ def default_tubes(concentrations: Sequence[float] = (30.0, 60.0, 90.0, 120.0)) -
         (0.088, 0.072),
     ]  # right-ant, right-post, left-ant, left-post
     if len(concentrations) > len(pos):
-        raise InputError(
-            f"at most {len(pos)} default tube positions, got {len(concentrations)} concentrations"
-        )
-    return tuple(
-        Tube(f"tube_{c:g}mM", (x, y, 0.0), 0.013, 0.080, float(c)) for (x, y), c in zip(pos, concentrations)
-    )
+        raise InputError(f"at most {len(pos)} default tube positions, got {len(concentrations)} concentrations")
+    return tuple(Tube(f"tube_{c:g}mM", (x, y, 0.0), 0.013, 0.080, float(c)) for (x, y), c in zip(pos, concentrations))
 
 
-def _fluid(name, label, tsc, t2=0.054, t1=0.060, src=""):
-    return Compartment(name, label, tsc, t1, t2, t2, 0.0, src)
+def _comp(name: str, label: int, tsc: float, prior: str, src: str) -> Compartment:
+    r = TISSUE_PRIORS[prior]
+    return Compartment(name, label, tsc, r.t1_s, r.t2s_short_s, r.t2s_long_s, r.frac_short, src)
 
 
 DEFAULT_COMPARTMENTS: dict[str, Compartment] = {
     c.name: c
     for c in (
-        Compartment("grey_matter", 1, 40.0, 0.038, 0.0040, 0.026, 0.6, "Riemer 2018; Niesporek 7T; pynamr"),
-        Compartment("white_matter", 2, 36.0, 0.036, 0.0035, 0.023, 0.6, "Riemer 2018; Niesporek 7T"),
-        _fluid("csf_sulcal", 3, 145.0, src="Fleysher 2009 (7T T2* 54 ms)"),
-        _fluid("csf_ventricles", 4, 145.0, src="Fleysher 2009 (7T T2* 54 ms)"),
-        _fluid("vitreous", 5, 140.0, t2=0.050, src="pynamr eyes 145 mM; fluid"),
-        Compartment("oedema", 6, 70.0, 0.045, 0.005, 0.035, 0.45, "model: raised extracellular volume"),
-        Compartment("tumour_rim", 7, 65.0, 0.042, 0.0045, 0.030, 0.5, "Ouwerkerk 2003 (50-80 mM)"),
-        Compartment("necrotic_core", 8, 120.0, 0.055, 0.005, 0.045, 0.2, "pynamr core 0.9 x CSF"),
+        _comp("grey_matter", 1, 40.0, "grey_matter", "Riemer 2018; Niesporek 7T; pynamr"),
+        _comp("white_matter", 2, 36.0, "white_matter", "Riemer 2018; Niesporek 7T"),
+        _comp("csf_sulcal", 3, 145.0, "csf", "Fleysher 2009 (7T T2* 54 ms)"),
+        _comp("csf_ventricles", 4, 145.0, "csf", "Fleysher 2009 (7T T2* 54 ms)"),
+        _comp("vitreous", 5, 140.0, "vitreous", "pynamr eyes 145 mM; fluid"),
+        _comp("oedema", 6, 70.0, "oedema", "model: raised extracellular volume"),
+        _comp("tumour_rim", 7, 65.0, "tumour", "Ouwerkerk 2003 (50-80 mM)"),
+        _comp("necrotic_core", 8, 120.0, "necrotic_core", "pynamr core 0.9 x CSF"),
     )
 }
-TUBE_T1_S = 0.055
-TUBE_T2S_S = 0.050
+TUBE_T1_S = TISSUE_PRIORS["saline"].t1_s
+TUBE_T2S_S = TISSUE_PRIORS["saline"].t2s_long_s
 FIRST_TUBE_LABEL = 9
 MARKER_NAME = "marker"
 
@@ -341,9 +323,7 @@ class HeadPhantom:
             if self.tumour == "rim-core":
                 sh.append(("necrotic_core", "ellipsoid", (tc, (0.008, 0.009, 0.0075), 20.0, None), False))
         for sx in (-1, 1):  # eyes: anterior, inferior
-            sh.append(
-                ("vitreous", "ellipsoid", (c0 + [sx * 0.032, -0.080, -0.038], (0.011,) * 3, 0.0, None), False)
-            )
+            sh.append(("vitreous", "ellipsoid", (c0 + [sx * 0.032, -0.080, -0.038], (0.011,) * 3, 0.0, None), False))
         for t in self.tubes:
             sh.append(
                 (
@@ -402,9 +382,7 @@ class HeadPhantom:
             elif kind == "cylinder":
                 m = _smooth_step(_cylinder_distance(q, centre, rad, length), edge)
             else:
-                m = _smooth_step(np.abs(q[:, 0] - centre[0]) - prm[1], edge) * _smooth_step(
-                    -(q[:, 2] - centre[2] - prm[2]), edge
-                )
+                m = _smooth_step(np.abs(q[:, 0] - centre[0]) - prm[1], edge) * _smooth_step(-(q[:, 2] - centre[2] - prm[2]), edge)
             if in_brain:
                 m = m * (outer if idx is None else outer[idx])
             if first:  # the first shape is the brain's outer boundary
@@ -415,9 +393,7 @@ class HeadPhantom:
                     outer[idx] = m
             yield name, idx, m
 
-    def fractions(
-        self, points: np.ndarray, edge_m: float | None = None
-    ) -> tuple[list[Compartment], np.ndarray]:
+    def fractions(self, points: np.ndarray, edge_m: float | None = None) -> tuple[list[Compartment], np.ndarray]:
         """Volume fractions of every compartment at ``points`` (..., 3) in m.
 
         Returns the compartment list (see :meth:`table`) and an array (n_compartments, ...) of
@@ -493,9 +469,7 @@ class HeadPhantom:
         return out
 
 
-def grid_points(
-    matrix: Sequence[int], fov_m: Sequence[float], position_m=(0.0, 0.0, 0.0), supersample: int = 1
-) -> np.ndarray:
+def grid_points(matrix: Sequence[int], fov_m: Sequence[float], position_m=(0.0, 0.0, 0.0), supersample: int = 1) -> np.ndarray:
     """Voxel centre positions (N0, N1, N2, 3) in patient m of the DESIGN.md grid.
 
     With ``supersample`` s > 1 returns (s^3, N0, N1, N2, 3): s^3 points evenly spread inside each

@@ -16,11 +16,7 @@ from typing import Any
 import numpy as np
 
 from recon.errors import TrajectoryError
-
-GAMMA_BAR_23NA_HZ_PER_T = 11.262e6
-"""Gyromagnetic ratio / 2pi of 23Na in Hz/T."""
-GAMMA_BAR_1H_HZ_PER_T = 42.577478e6
-"""Gyromagnetic ratio / 2pi of 1H in Hz/T."""
+from recon.physics import GAMMA_BAR_1H_HZ_PER_T, GAMMA_BAR_23NA_HZ_PER_T  # noqa: F401  (re-exported)
 
 _CHUNK = 256
 """Projections per block in the passes over k that need temporaries (checks, kmax)."""

@@ -17,6 +17,7 @@ from recon.calibrate.calibration import (
     calibrate,
 )
 from recon.calibrate.fit import LinearFit, fit_line, reference_scale
+from recon.calibrate.model import SystemModel, fit_tubes
 from recon.calibrate.qa import qa_figure
 from recon.calibrate.relax import (
     CSF,
@@ -34,6 +35,8 @@ from recon.calibrate.tubes import Tube, TubeSpec, detect_tubes, read_tubes_file,
 
 __all__ = [
     "calibrate",
+    "SystemModel",
+    "fit_tubes",
     "Calibration",
     "CalibrationResult",
     "DEFAULT_TUBES_MM",

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from recon.atomic import atomic_file
-from recon.calibrate.fit import DEVIATION_WARN, R2_WARN, LinearFit, fit_line, reference_scale
+from recon.calibrate.fit import DEVIATION_WARN, R2_ERROR, R2_WARN, LinearFit, fit_line, reference_scale
+from recon.calibrate.model import SystemModel
 from recon.calibrate.relax import RelaxationFactors
 from recon.calibrate.tsc import divide_sensitivity, ratio_map, region_mean, signal_image, tsc_map
 from recon.calibrate.tubes import (
@@ -180,9 +181,10 @@ def calibrate(
     reference_mM: float = DEFAULT_REFERENCE_MM,
     reference_label: str = "CSF",
     ratio_region=None,
-    ratio_label: str = "CSF",
+    ratio_label: str | None = None,
     r2_min: float = R2_WARN,
     max_rel_dev: float = DEVIATION_WARN,
+    system: SystemModel | None = None,
 ) -> Calibration:
     """Calibrate the echo-1 image into a TSC map in mM.
 
@@ -204,7 +206,14 @@ def calibrate(
     reference_region : internal reference: a boolean mask or a list of (centre_mm, radius_mm).
     reference_mM : concentration of the internal reference region (default 145 mM).
     ratio_region : optional region (mask or spheres) for a ratio map TSC / mean TSC there.
+    ratio_label : name of the ratio region in calibration.json (default: the region as given).
     r2_min, max_rel_dev : warning thresholds for the fit.
+    system : the acquisition and reconstruction (:class:`~recon.calibrate.model.SystemModel`). When given,
+        tube values come from the point-response model (:mod:`recon.calibrate.model`) instead of eroded
+        ROI means; without it the erosion method is used (with a note in the warnings).
+
+    Degenerate calibrations raise :class:`CalibrationError`: two tubes at one place, a slope that does
+    not change over the tubes' range, or a line with R^2 below 0.5.
     """
     x, aff = _check_image(echo1, affine)
     if not np.all(np.isfinite(x)):
@@ -266,24 +275,42 @@ def calibrate(
         warnings += w
         for t in tubes:
             t.measure(s)
+        _check_distinct(tubes, tubes_file)
+        if system is not None:
+            warnings += _model_tubes(s, np.abs(x), aff, tubes, system, method == "auto", settings)
+            values = [t.model["amplitude"] for t in tubes]
+            ses = [t.model["amplitude_se"] for t in tubes]
+            sds = ses if all(v is not None and v > 0 for v in ses) else None
+            counts = None
+        else:
+            values = [t.mean for t in tubes]
+            sds, counts = [t.sd for t in tubes], [t.n_voxels for t in tubes]
+            settings["tube_values"] = "eroded ROI means (no system model given)"
         try:
-            fit = fit_line(
-                [t.concentration_mM for t in tubes],
-                [t.mean for t in tubes],
-                [t.sd for t in tubes],
-                [t.n_voxels for t in tubes],
-            )
+            fit = fit_line([t.concentration_mM for t in tubes], values, sds, counts)
         except CalibrationError as e:
             raise CalibrationError(e.message, tubes_file) from None
+        if fit.r2 is not None and fit.r2 < R2_ERROR:
+            raise CalibrationError(
+                f"calibration line R^2 = {fit.r2:.3f} (< {R2_ERROR}): the tube values do not follow their "
+                f"concentrations {fit.concentrations_mM} mM (wrong tubes, or none)",
+                tubes_file,
+            )
         warnings += fit.check(r2_min, max_rel_dev)
         label = "tubes-auto" if method == "auto" else "tubes-file"
+        if system is not None:
+            label += "-model"
     rel = 1.0 if relaxation is None else relaxation.relative
     tsc = tsc_map(s, fit.slope, fit.intercept, rel)
     ratio, ratio_ref = None, None
     if ratio_region is not None:
         rmask = _as_mask(ratio_region, x.shape, aff, "ratio reference region")
         ratio, ref_mean = ratio_map(tsc, rmask)
-        ratio_ref = {"label": ratio_label, "n_voxels": int(rmask.sum()), "mean_tsc_mM": ref_mean}
+        ratio_ref = {
+            "label": ratio_label or _region_label(ratio_region),
+            "n_voxels": int(rmask.sum()),
+            "mean_tsc_mM": ref_mean,
+        }
     result = CalibrationResult(
         label,
         sig_info,
@@ -304,3 +331,81 @@ def calibrate(
         "" if fit.r2 is None else f", R^2 = {fit.r2:.4f}",
     )
     return Calibration(tsc, s, ratio, result)
+
+
+def _region_label(region) -> str:
+    """A name for a region as the user gave it: its spheres in mm, or a mask."""
+    if isinstance(region, np.ndarray):
+        return "mask"
+    parts = []
+    for centre, radius in region:
+        parts.append("sphere (" + ", ".join(f"{float(v):g}" for v in centre) + f") mm r {float(radius):g} mm")
+    return "; ".join(parts)
+
+
+def _check_distinct(tubes: list[Tube], path) -> None:
+    """Two tubes at one place make a degenerate calibration."""
+    for i in range(len(tubes)):
+        for j in range(i + 1, len(tubes)):
+            d = float(np.linalg.norm(np.subtract(tubes[i].centre_mm, tubes[j].centre_mm)))
+            r = min(tubes[i].radius_mm, tubes[j].radius_mm)
+            if d < max(r, 1e-6):
+                raise CalibrationError(
+                    f"tubes {tubes[i].concentration_mM:g} and {tubes[j].concentration_mM:g} mM lie at one place "
+                    f"({d:.1f} mm apart, radius {r:.1f} mm): the calibration would be degenerate",
+                    path,
+                )
+
+
+def _other_objects(mag: np.ndarray, tubes: list[Tube], aff: np.ndarray) -> np.ndarray:
+    """Mask of everything bright that is not a tube (the head): for the fit neighbourhoods and warnings."""
+    from scipy import ndimage
+
+    from recon.calibrate.tubes import _cylinder_mask, voxel_sizes_mm
+
+    det = ndimage.gaussian_filter(mag, 0.7)
+    thr = 0.1 * float(np.percentile(det, 99.9))
+    lab, _ = ndimage.label(det > thr)
+    vox = voxel_sizes_mm(aff)
+    zone = np.zeros(mag.shape, bool)
+    full = tuple(slice(0, n) for n in mag.shape)
+    for t in tubes:
+        axis = np.asarray(t.axis_ras if t.axis_ras is not None else (0.0, 0.0, 1.0))
+        half = (t.length_mm or 2 * t.radius_mm) / 2 + 1.5 * float(vox.mean())
+        zone |= _cylinder_mask(mag.shape, aff, full, np.asarray(t.centre_mm), axis, t.radius_mm + 1.5 * float(vox.mean()), half)
+    tube_labels = set(np.unique(lab[zone]).tolist()) - {0}
+    others = (lab > 0) & ~np.isin(lab, list(tube_labels))
+    for tl in tube_labels:  # a component bridging tube and head: keep its part outside the tube zones
+        comp = lab == tl
+        if comp.sum() > 3 * max(int(zone[comp].sum()), 1):
+            others |= comp & ~zone
+    return others
+
+
+def _model_tubes(s, mag, aff, tubes: list[Tube], system: SystemModel, rerank: bool, settings: dict) -> list[str]:
+    """Fit the tubes through the point response; fills ``tube.model``; re-ranks detected tubes by amplitude."""
+    from recon.calibrate.model import fit_tubes, geometry_from_tube, geometry_warnings
+
+    others = _other_objects(mag, tubes, aff)
+    geoms = [geometry_from_tube(t, aff, system) for t in tubes]
+    names = [f"{t.concentration_mM:g} mM" for t in tubes]
+    warnings = geometry_warnings(geoms, system, others, names)
+    fits, w = fit_tubes(s, geoms, system, other_objects=others, erode_vox=settings["psf_fwhm_vox"])
+    warnings += w
+    for t, f in zip(tubes, fits):
+        t.model = f.to_dict()
+    if rerank:
+        conc = sorted(t.concentration_mM for t in tubes)
+        tubes.sort(key=lambda t: t.model["amplitude"])
+        for t, c in zip(tubes, conc):
+            t.concentration_mM = c
+    settings["tube_values"] = "point-response model (recon.calibrate.model)"
+    settings["system"] = {
+        "matrix": list(system.matrix),
+        "fov_m": list(system.fov_m),
+        "undersampling": system.undersampling,
+        "alias_free_radius_mm": system.alias_free_radius_m * 1e3,
+        "tube_t2star_s": system.tube_t2star_s,
+        "samples": int(np.prod(system.k.shape[:-1])),
+    }
+    return warnings

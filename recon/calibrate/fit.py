@@ -22,7 +22,9 @@ log = logging.getLogger("recon.calibrate")
 
 R2_WARN = 0.98
 """Warn when the calibration line's R^2 is below this."""
-DEVIATION_WARN = 0.10
+R2_ERROR = 0.5
+"""Below this R^2 the calibration is degenerate (no line through the tubes): a :class:`CalibrationError`."""
+DEVIATION_WARN = 0.05
 """Warn when a tube's back-calculated concentration deviates from its nominal value by more than this."""
 
 
@@ -67,10 +69,7 @@ class LinearFit:
             out.append(f"calibration R^2 = {self.r2:.4f} is below {r2_min}")
         for c, d in zip(self.concentrations_mM, self.relative_deviations):
             if abs(d) > max_rel_dev:
-                out.append(
-                    f"tube {c:g} mM deviates from the calibration line by {100 * d:+.1f}% "
-                    f"(limit {100 * max_rel_dev:.0f}%)"
-                )
+                out.append(f"tube {c:g} mM deviates from the calibration line by {100 * d:+.1f}% (limit {100 * max_rel_dev:.0f}%)")
         for w in out:
             log.warning(w)
         return out
@@ -97,9 +96,7 @@ def fit_line(
     if not (np.all(np.isfinite(c)) and np.all(np.isfinite(s))):
         raise CalibrationError("calibration points contain NaN or infinite values")
     if np.unique(c).size < 2:
-        raise CalibrationError(
-            f"need at least two distinct concentrations to fit a line, got {c.tolist()} mM"
-        )
+        raise CalibrationError(f"need at least two distinct concentrations to fit a line, got {c.tolist()} mM")
     w = np.ones_like(c)
     weighting = "uniform"
     if sds is not None:
@@ -117,6 +114,12 @@ def fit_line(
         raise CalibrationError(
             f"calibration slope is not positive ({a:.4g} per mM): the tube signals do not "
             f"increase with concentration {c.tolist()} mM"
+        )
+    span = float(np.ptp(c))
+    if a * span < 1e-6 * float(np.abs(s).max()):
+        raise CalibrationError(
+            f"calibration slope {a:.4g} per mM is degenerate: over {span:g} mM the tube signals change by "
+            f"{a * span:.3g} of {float(np.abs(s).max()):.3g} (tubes at one place, or no tubes)"
         )
     fitted = a * c + b
     res = s - fitted

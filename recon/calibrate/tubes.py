@@ -26,9 +26,10 @@ Automatic detection (:func:`detect_tubes`) works on the echo-1 magnitude image:
    their mean signal (in ``rank_image`` when given, e.g. the sensitivity-corrected signal).
 
 A tubes file is CSV (``#`` comments allowed) with the columns ``x_mm, y_mm, z_mm, radius_mm,
-concentration_mM`` and optionally ``length_mm``: the centre in scanner RAS+ mm (through the
-image's 4x4 affine), the tube's inner radius in mm, its concentration, and its length along the
-scanner's S-I (RAS z) axis. An optional header row names the columns (any order). The ROI is the
+concentration_mM`` and optionally ``length_mm`` and the axis ``ax, ay, az`` (RAS, default S-I):
+the centre in scanner RAS+ mm (through the image's 4x4 affine), the tube's inner radius in mm, its
+concentration, and its length along its axis (the scanner's S-I, RAS z, unless given).
+An optional header row names the columns (any order). The ROI is the
 sphere of radius ``radius_mm - erode_mm`` about the centre, or with a length the cylinder of that
 radius and length ``length_mm - 2 erode_mm`` (more voxels: use it for tubes along B0).
 
@@ -79,6 +80,8 @@ class Tube:
     n_voxels : voxels in the ROI.
     radius_mm : tube radius, from the tubes file or fitted to the detected object (moments).
     length_mm : tube length (fitted, or from the file; None for a spherical file ROI).
+    axis_ras : unit axis direction in RAS (moments of the detected object; S-I for a tubes file).
+    model : the point-response model fit (amplitude, recovery coefficient, background), or None.
     erosion_mm : how far inside the tube edge the ROI stays.
     source : ``auto`` or ``file``.
     mask : boolean ROI mask on the image grid (not serialised).
@@ -95,14 +98,14 @@ class Tube:
     sd: float = float("nan")
     n_voxels: int = 0
     length_mm: float | None = None
+    axis_ras: tuple | None = None
+    model: dict | None = None
 
     def measure(self, image: np.ndarray) -> Tube:
         """Fill ``mean``, ``sd`` and ``n_voxels`` from ``image`` (real-valued) over the ROI."""
         v = np.asarray(image)[self.mask]
         if np.iscomplexobj(v):
-            raise CalibrationError(
-                "tube ROI statistics need a real-valued image (magnitude or phase-corrected real)"
-            )
+            raise CalibrationError("tube ROI statistics need a real-valued image (magnitude or phase-corrected real)")
         self.n_voxels = int(v.size)
         self.mean = float(v.mean()) if v.size else float("nan")
         self.sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
@@ -112,18 +115,22 @@ class Tube:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mask"}
         d["centre_mm"] = [float(x) for x in self.centre_mm]
         d["centre_vox"] = [float(x) for x in self.centre_vox]
+        if self.axis_ras is not None:
+            d["axis_ras"] = [float(x) for x in self.axis_ras]
         return d
 
 
 @dataclasses.dataclass(frozen=True)
 class TubeSpec:
     """A tube as given in a tubes file: centre (RAS+ mm), radius (mm), concentration (mM), and
-    optionally its length (mm) along the scanner's S-I axis (None: a spherical ROI)."""
+    optionally its length (mm) along its axis (None: a spherical ROI) and the axis (RAS unit vector,
+    default S-I)."""
 
     centre_mm: tuple
     radius_mm: float
     concentration_mM: float
     length_mm: float | None = None
+    axis_ras: tuple = (0.0, 0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -225,18 +232,14 @@ def _tube_candidates(labels, n, excluded, det, mag, aff, vox, erode_mm, min_core
     for lab in range(1, n + 1):
         if lab in excluded or slices[lab - 1] is None:
             continue
-        sl = tuple(
-            slice(max(s.start - 2, 0), min(s.stop + 2, dim)) for s, dim in zip(slices[lab - 1], mag.shape)
-        )
+        sl = tuple(slice(max(s.start - 2, 0), min(s.stop + 2, dim)) for s, dim in zip(slices[lab - 1], mag.shape))
         comp = labels[sl] == lab
         vals = det[sl]
         peak = float(np.percentile(vals[comp], 95))
         obj = comp & (vals >= 0.5 * peak)
         idx = np.argwhere(obj) + np.array([s.start for s in sl])
         if len(idx) < 4:
-            rejected.append(
-                (len(idx), f"object at voxel {np.round(idx.mean(0), 1).tolist()} ({len(idx)} voxels)")
-            )
+            rejected.append((len(idx), f"object at voxel {np.round(idx.mean(0), 1).tolist()} ({len(idx)} voxels)"))
             continue
         centre, axis, radius, length = _cylinder_fit(idx, aff, vox)
         mask, used = None, erode_mm
@@ -266,6 +269,7 @@ def _tube_candidates(labels, n, excluded, det, mag, aff, vox, erode_mm, min_core
                 source="auto",
                 mask=mask,
                 length_mm=length,
+                axis_ras=tuple(float(v) for v in axis),
             ).measure(mag)
         )
     return candidates, rejected
@@ -366,26 +370,19 @@ def detect_tubes(
         raise CalibrationError(f"no tubes found: nothing above the detection threshold {levels[0]:.4g}")
     thr, candidates, rejected = best
     if thr != levels[0]:
-        log.info(
-            "tubes separated from the head at threshold %.4g (%.3g x the robust maximum)", thr, thr / det_max
-        )
+        log.info("tubes separated from the head at threshold %.4g (%.3g x the robust maximum)", thr, thr / det_max)
     for _, r in rejected:
         log.debug("tube candidate rejected: %s", r)
     rejected.sort(key=lambda x: -x[0])
     why = ""
     if rejected:
-        why = f"; {len(rejected)} object(s) too small for a tube ROI, the largest: " + "; ".join(
-            r for _, r in rejected[:3]
-        )
-    tried = (
-        f"thresholds {levels[0]:.4g}..{levels[-1]:.4g}" if len(levels) > 1 else f"threshold {levels[0]:.4g}"
-    )
+        why = f"; {len(rejected)} object(s) too small for a tube ROI, the largest: " + "; ".join(r for _, r in rejected[:3])
+    tried = f"thresholds {levels[0]:.4g}..{levels[-1]:.4g}" if len(levels) > 1 else f"threshold {levels[0]:.4g}"
     if not candidates:
         raise CalibrationError(f"no tubes found outside the head ({tried}){why}")
     if len(candidates) < len(conc):
         raise CalibrationError(
-            f"found {len(candidates)} tubes but {len(conc)} concentrations were given "
-            f"({', '.join(f'{c:g}' for c in conc)} mM){why}"
+            f"found {len(candidates)} tubes but {len(conc)} concentrations were given ({', '.join(f'{c:g}' for c in conc)} mM){why}"
         )
     if len(candidates) > len(conc):
         candidates.sort(key=lambda t: t.n_voxels, reverse=True)
@@ -418,6 +415,9 @@ _COLUMNS = {
     "radius": ("r", "radius", "radius_mm", "r_mm"),
     "conc": ("c", "conc", "concentration", "concentration_mm", "mm", "c_mm"),
     "length": ("length", "length_mm", "l_mm"),  # optional
+    "ax": ("ax", "axis_x"),  # optional axis direction (RAS), all three or none
+    "ay": ("ay", "axis_y"),
+    "az": ("az", "axis_z"),
 }
 
 
@@ -434,10 +434,8 @@ def read_tubes_file(path: str | os.PathLike) -> list[TubeSpec]:
         if r and any(x.strip() for x in r) and not r[0].strip().startswith("#")
     ]
     if not rows:
-        raise CalibrationError(
-            "tubes file has no rows (expected x_mm,y_mm,z_mm,radius_mm,concentration_mM)", p
-        )
-    order: list[int | None] = [0, 1, 2, 3, 4, 5]
+        raise CalibrationError("tubes file has no rows (expected x_mm,y_mm,z_mm,radius_mm,concentration_mM)", p)
+    order: list[int | None] = [0, 1, 2, 3, 4, 5, 6, 7, 8]
     first = [x.strip() for x in rows[0][1]]
     try:
         [float(x) for x in first]
@@ -446,10 +444,9 @@ def read_tubes_file(path: str | os.PathLike) -> list[TubeSpec]:
         order = []
         for key, aliases in _COLUMNS.items():
             hit = [i for i, nm in enumerate(names) if nm in aliases]
-            if not hit and key != "length":
+            if not hit and key not in ("length", "ax", "ay", "az"):
                 raise CalibrationError(
-                    f"tubes file header {first} lacks a column for {key} "
-                    f"(accepted names: {', '.join(aliases)})",
+                    f"tubes file header {first} lacks a column for {key} (accepted names: {', '.join(aliases)})",
                     p,
                 ) from None
             order.append(hit[0] if hit else None)
@@ -460,10 +457,16 @@ def read_tubes_file(path: str | os.PathLike) -> list[TubeSpec]:
             v = [float(r[i]) for i in order[:5]]
             ln = order[5]
             length = float(r[ln]) if ln is not None and ln < len(r) and r[ln].strip() else None
+            ax = [order[i] for i in (6, 7, 8)]
+            axis = (0.0, 0.0, 1.0)
+            if all(i is not None and i < len(r) and r[i].strip() for i in ax):
+                axis = tuple(float(r[i]) for i in ax)
+                if not math.isfinite(sum(axis)) or math.hypot(*axis) == 0:
+                    raise ValueError
+                axis = tuple(a / math.hypot(*axis) for a in axis)
         except (ValueError, IndexError):
             raise CalibrationError(
-                f"line {line}: expected numbers x_mm,y_mm,z_mm,radius_mm,concentration_mM"
-                f"[,length_mm], got {r}",
+                f"line {line}: expected numbers x_mm,y_mm,z_mm,radius_mm,concentration_mM[,length_mm], got {r}",
                 p,
             ) from None
         if not all(math.isfinite(x) for x in v + [length or 0.0]):
@@ -474,7 +477,7 @@ def read_tubes_file(path: str | os.PathLike) -> list[TubeSpec]:
             raise CalibrationError(f"line {line}: concentration must be >= 0, got {v[4]} mM", p)
         if length is not None and length <= 0:
             raise CalibrationError(f"line {line}: length must be positive, got {length} mm", p)
-        specs.append(TubeSpec((v[0], v[1], v[2]), v[3], v[4], length))
+        specs.append(TubeSpec((v[0], v[1], v[2]), v[3], v[4], length, axis))
     if not specs:
         raise CalibrationError("tubes file lists no tubes", p)
     return specs
@@ -505,8 +508,11 @@ def tubes_from_specs(
             )
         r = s.radius_mm - erode_mm
         hl = None if s.length_mm is None else s.length_mm / 2 - erode_mm
-        if r > 0 and (hl is None or hl > 0):
-            mask = sphere_mask(shape, aff, s.centre_mm, r, hl)
+        if r > 0 and hl is not None and hl > 0:
+            full = tuple(slice(0, n) for n in shape)
+            mask = _cylinder_mask(shape, aff, full, np.asarray(s.centre_mm, float), np.asarray(s.axis_ras, float), r, hl)
+        elif r > 0 and hl is None:
+            mask = sphere_mask(shape, aff, s.centre_mm, r)
         else:
             mask = np.zeros(shape, dtype=bool)
         if not mask.any():
@@ -529,6 +535,7 @@ def tubes_from_specs(
                 source="file",
                 mask=mask,
                 length_mm=s.length_mm,
+                axis_ras=tuple(float(v) for v in s.axis_ras),
             )
         )
     return tubes, warnings

@@ -119,9 +119,7 @@ def write_simulation(
     }
     if ismrmrd:
         info["files"]["raw.h5"] = "ISMRMRD with the trajectory (cycles per FOV)"
-    info["sequence_profile"] = (
-        {"wip_long": acq.header["wip_long"], "wip_double": acq.header["wip_double"]} if encoded else None
-    )
+    info["sequence_profile"] = {"wip_long": acq.header["wip_long"], "wip_double": acq.header["wip_double"]} if encoded else None
     info["nifti_affine_ras_mm"] = np.round(affine, 9).tolist()
     if extra_info:
         info.update(extra_info)

@@ -99,16 +99,36 @@ class Compartment:
 
 @dataclasses.dataclass(frozen=True)
 class Tube:
-    """A calibration tube: a cylinder along z (patient superior) in patient (LPS) metres."""
+    """A calibration tube: a uniform finite cylinder in patient (LPS) metres.
+
+    ``axis`` is its direction (normalised; default z = along B0), ``t1_s`` and ``t2s_s`` its
+    (mono-exponential) relaxation (default aqueous saline, :data:`recon.physics.TISSUE_PRIORS`).
+    """
 
     name: str
     centre_m: tuple
     radius_m: float
     length_m: float
     concentration_mM: float
+    axis: tuple = (0.0, 0.0, 1.0)
+    t1_s: float = TISSUE_PRIORS["saline"].t1_s
+    t2s_s: float = TISSUE_PRIORS["saline"].t2s_long_s
+
+    def __post_init__(self) -> None:
+        a = np.asarray(self.axis, dtype=np.float64)
+        n = float(np.linalg.norm(a))
+        if a.shape != (3,) or not n > 0:
+            raise InputError(f"tube {self.name}: axis must be a non-zero 3-vector, got {self.axis}")
+        if not (self.radius_m > 0 and self.length_m > 0):
+            raise InputError(f"tube {self.name}: radius and length must be positive")
+        if not (self.t1_s > 0 and self.t2s_s > 0):
+            raise InputError(f"tube {self.name}: T1 and T2* must be positive")
+        object.__setattr__(self, "axis", tuple(float(v) for v in a / n))
+        object.__setattr__(self, "centre_m", tuple(float(v) for v in self.centre_m))
 
     def as_dict(self) -> dict:
         c = np.asarray(self.centre_m) * 1e3
+        a = np.asarray(self.axis)
         return {
             "name": self.name,
             "concentration_mM": self.concentration_mM,
@@ -116,7 +136,11 @@ class Tube:
             "centre_mm_ras": [round(float(v), 4) for v in (-c[0], -c[1], c[2])],
             "radius_mm": self.radius_m * 1e3,
             "length_mm": self.length_m * 1e3,
-            "axis": "z (superior)",
+            "axis": "z (superior)" if np.allclose(a, (0, 0, 1)) else "oblique",
+            "axis_lps": [round(float(v), 6) for v in a],
+            "axis_ras": [round(float(v), 6) for v in (-a[0], -a[1], a[2])],
+            "t1_s": self.t1_s,
+            "t2star_s": self.t2s_s,
         }
 
 
@@ -195,11 +219,13 @@ def _ellipsoid_distance(p: np.ndarray, centre, semi, rot_deg: float = 0.0, wobbl
     return (q - 1) * ray
 
 
-def _cylinder_distance(p: np.ndarray, centre, radius: float, length: float) -> np.ndarray:
-    """Signed distance (m) to a finite cylinder along z."""
+def _cylinder_distance(p: np.ndarray, centre, radius: float, length: float, axis=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """Signed distance (m) to a finite cylinder along ``axis`` (unit vector; default z)."""
     u = p - np.asarray(centre)
-    dr = np.sqrt(u[..., 0] ** 2 + u[..., 1] ** 2) - radius
-    dz = np.abs(u[..., 2]) - length / 2
+    a = np.asarray(axis, dtype=np.float64)
+    along = u @ a
+    dr = np.sqrt(np.maximum((u**2).sum(-1) - along**2, 0.0)) - radius
+    dz = np.abs(along) - length / 2
     outside = np.sqrt(np.maximum(dr, 0) ** 2 + np.maximum(dz, 0) ** 2)
     return np.where((dr > 0) | (dz > 0), outside, np.maximum(dr, dz))
 
@@ -217,7 +243,9 @@ class HeadPhantom:
     b0_scale : multiplies the whole B0 map (0 switches off-resonance off).
     b0_hotspot_hz : peak of the frontal-sinus hot spot (before ``b0_scale``) in Hz.
     centre_m : head centre in patient coordinates (m).
-    compartments : tissue table (default :data:`DEFAULT_COMPARTMENTS`).
+    head_scale : scales the head (brain, ventricles, tumour, eyes) about ``centre_m``; tubes and marker stay.
+    compartments : tissue table (default :data:`DEFAULT_COMPARTMENTS`); replace entries (e.g. with
+        :func:`dataclasses.replace`) to change a compartment's TSC, T1 or T2*.
     """
 
     tumour: str = "rim-core"
@@ -228,6 +256,7 @@ class HeadPhantom:
     b0_hotspot_hz: float = 60.0
     centre_m: tuple = (0.0, 0.0, 0.0)
     compartments: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_COMPARTMENTS))
+    head_scale: float = 1.0
 
     # geometry (m, relative to centre_m; LPS: -x right, -y anterior, +z superior)
     brain_semi = (0.068, 0.084, 0.060)
@@ -240,6 +269,8 @@ class HeadPhantom:
             raise InputError(f"tumour must be 'rim-core', 'solid' or 'none', got {self.tumour!r}")
         if self.edge_m < 0:
             raise InputError(f"edge width must be >= 0 m, got {self.edge_m}")
+        if not 0.5 <= self.head_scale <= 1.5:
+            raise InputError(f"head scale must be within 0.5-1.5, got {self.head_scale}")
         self.tubes = tuple(self.tubes)
 
     # ------------------------------------------------------------------ table
@@ -252,9 +283,9 @@ class HeadPhantom:
                     t.name,
                     FIRST_TUBE_LABEL + i,
                     t.concentration_mM,
-                    TUBE_T1_S,
-                    TUBE_T2S_S,
-                    TUBE_T2S_S,
+                    t.t1_s,
+                    t.t2s_s,
+                    t.t2s_s,
                     0.0,
                     "aqueous NaCl",
                 )
@@ -292,11 +323,12 @@ class HeadPhantom:
         multiplies the shape by the brain's outer boundary.
         """
         c0 = np.asarray(self.centre_m, dtype=np.float64)
-        b = np.asarray(self.brain_semi)
+        k = float(self.head_scale)
+        b = np.asarray(self.brain_semi) * k
         sh = [
             ("csf_sulcal", "ellipsoid", (c0, b, 0.0, None), False),
             ("grey_matter", "ellipsoid", (c0, b * 0.955, 0.0, (0.025, (9, 7))), False),
-            ("white_matter", "ellipsoid", (c0 + [0, 0.004, 0.004], b * 0.80, 0.0, (0.05, (7, 5))), False),
+            ("white_matter", "ellipsoid", (c0 + k * np.array([0, 0.004, 0.004]), b * 0.80, 0.0, (0.05, (7, 5))), False),
             ("csf_sulcal", "fissure", (c0, 0.0012, -0.005), True),  # interhemispheric fissure
         ]
         for sx in (-1, 1):  # lateral ventricles, splayed
@@ -304,7 +336,7 @@ class HeadPhantom:
                 (
                     "csf_ventricles",
                     "ellipsoid",
-                    (c0 + [sx * 0.010, 0.004, 0.010], (0.007, 0.030, 0.011), sx * 12.0, None),
+                    (c0 + k * np.array([sx * 0.010, 0.004, 0.010]), k * np.array([0.007, 0.030, 0.011]), sx * 12.0, None),
                     False,
                 )
             )
@@ -312,24 +344,26 @@ class HeadPhantom:
             (
                 "csf_ventricles",
                 "ellipsoid",
-                (c0 + [0, 0.006, -0.004], (0.0025, 0.012, 0.008), 0.0, None),
+                (c0 + k * np.array([0, 0.006, -0.004]), k * np.array([0.0025, 0.012, 0.008]), 0.0, None),
                 False,
             )
         )
         if self.tumour != "none":
-            tc = c0 + np.asarray(self.tumour_centre)
-            sh.append(("oedema", "ellipsoid", (tc, (0.024, 0.028, 0.022), 20.0, None), True))
-            sh.append(("tumour_rim", "ellipsoid", (tc, (0.014, 0.016, 0.013), 20.0, None), False))
+            tc = c0 + k * np.asarray(self.tumour_centre)
+            sh.append(("oedema", "ellipsoid", (tc, k * np.array([0.024, 0.028, 0.022]), 20.0, None), True))
+            sh.append(("tumour_rim", "ellipsoid", (tc, k * np.array([0.014, 0.016, 0.013]), 20.0, None), False))
             if self.tumour == "rim-core":
-                sh.append(("necrotic_core", "ellipsoid", (tc, (0.008, 0.009, 0.0075), 20.0, None), False))
+                sh.append(("necrotic_core", "ellipsoid", (tc, k * np.array([0.008, 0.009, 0.0075]), 20.0, None), False))
         for sx in (-1, 1):  # eyes: anterior, inferior
-            sh.append(("vitreous", "ellipsoid", (c0 + [sx * 0.032, -0.080, -0.038], (0.011,) * 3, 0.0, None), False))
+            sh.append(
+                ("vitreous", "ellipsoid", (c0 + k * np.array([sx * 0.032, -0.080, -0.038]), (0.011 * k,) * 3, 0.0, None), False)
+            )
         for t in self.tubes:
             sh.append(
                 (
                     t.name,
                     "cylinder",
-                    (np.asarray(t.centre_m, dtype=np.float64), t.radius_m, t.length_m),
+                    (np.asarray(t.centre_m, dtype=np.float64), t.radius_m, t.length_m, t.axis),
                     False,
                 )
             )
@@ -351,7 +385,7 @@ class HeadPhantom:
         the smooth step is below 1e-9 and taken as 0).
         """
         margin = 6 * edge + 1e-9
-        b = np.asarray(self.brain_semi)
+        b = np.asarray(self.brain_semi) * float(self.head_scale)
         outer = np.zeros(p.shape[0], np.float32)
         first = True
         lo_all, hi_all = p.min(axis=0), p.max(axis=0)
@@ -361,8 +395,9 @@ class HeadPhantom:
                 r = float(np.max(semi)) * (1 + (wob[0] if wob else 0.0))
                 half = np.full(3, r) if rot else np.asarray(semi, float) * (1 + (wob[0] if wob else 0.0))
             elif kind == "cylinder":
-                centre, rad, length = prm
-                half = np.array([rad, rad, length / 2])
+                centre, rad, length, ax = prm
+                a = np.abs(np.asarray(ax))
+                half = a * length / 2 + rad * np.sqrt(np.maximum(1 - a**2, 0.0))
             else:  # fissure
                 centre = prm[0]
                 half = np.array([prm[1], b[1], b[2]])
@@ -380,7 +415,7 @@ class HeadPhantom:
             if kind == "ellipsoid":
                 m = _smooth_step(_ellipsoid_distance(q, centre, semi, rot, wob), edge)
             elif kind == "cylinder":
-                m = _smooth_step(_cylinder_distance(q, centre, rad, length), edge)
+                m = _smooth_step(_cylinder_distance(q, centre, rad, length, ax), edge)
             else:
                 m = _smooth_step(np.abs(q[:, 0] - centre[0]) - prm[1], edge) * _smooth_step(-(q[:, 2] - centre[2] - prm[2]), edge)
             if in_brain:

@@ -98,9 +98,7 @@ def bin_error_bound(b2: float, a_max: float, width_s: float) -> float:
     return b2 * h * h / 2 * math.exp(a_max * h)
 
 
-def choose_bin_width(
-    readout_s: float, b2: float, a_max: float, target: float, max_bins: int = 4096
-) -> tuple[float, int]:
+def choose_bin_width(readout_s: float, b2: float, a_max: float, target: float, max_bins: int = 4096) -> tuple[float, int]:
     """The bin rule: the widest D = readout / n with ``bin_error_bound`` <= ``target``."""
     readout_s = max(readout_s, 1e-12)
     if b2 <= 0:
@@ -163,9 +161,7 @@ def simulate(
     if tr_s <= 0 or not 0 < flip_deg <= 180:
         raise InputError(f"need TR > 0 and 0 < flip <= 180 deg, got TR {tr_s} s, flip {flip_deg}")
     if oversampling < 2:
-        raise InputError(
-            f"the simulation grid must be at least 2x finer than the reconstruction, got {oversampling}"
-        )
+        raise InputError(f"the simulation grid must be at least 2x finer than the reconstruction, got {oversampling}")
     if snr is not None and not (snr > 0):
         raise InputError(f"SNR must be positive (or None for noise-free data), got {snr}")
     noiseless = snr is None or math.isinf(snr)
@@ -274,9 +270,7 @@ def simulate(
     if not noiseless:
 
         def cn(shape):
-            z = (
-                rng.standard_normal((n_coils,) + shape) + 1j * rng.standard_normal((n_coils,) + shape)
-            ) / math.sqrt(2)
+            z = (rng.standard_normal((n_coils,) + shape) + 1j * rng.standard_normal((n_coils,) + shape)) / math.sqrt(2)
             return sigma * np.tensordot(chol, z, axes=1)
 
         data = data + np.moveaxis(cn((n_e, kflat.shape[0])), 0, 1)
@@ -373,8 +367,7 @@ def simulate(
         "simulation": {
             "seed": int(seed),
             "snr": None if noiseless else float(snr),
-            "snr_definition": "|s(k=0, t=0)| of echo 1 on the strongest coil / sigma, "
-            "E|n|^2 = sigma^2 per coil",
+            "snr_definition": "|s(k=0, t=0)| of echo 1 on the strongest coil / sigma, E|n|^2 = sigma^2 per coil",
             "sigma": sigma,
             "dc_signal": s0,
             "image_noise_mM_gridding_analytic_dcf": image_noise,

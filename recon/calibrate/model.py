@@ -1,0 +1,452 @@
+"""Tube values from a model of the point response, not from erosion.
+
+A calibration tube is a uniform cylinder (radius R, length L, axis a, centre r_c). Its image is the
+cylinder seen through the point response of the actual acquisition and reconstruction: the exact
+Fourier transform of the cylinder,
+
+    F(k) = exp(-i 2 pi k . r_c) * pi R^2 * 2 J1(2 pi rho R) / (2 pi rho R) * L sinc(k_par L),
+    k_par = k . a,  rho = |k - k_par a|,
+
+evaluated at the trajectory's sample positions k_m, weighted by the tube's decay over the readout
+exp(-t_m / T2*) (t_m from the first ADC sample at TE; the factor at TE and the T1 saturation are
+common to the whole tube and go into its amplitude), and reconstructed exactly as the data were
+(density-compensated gridding with the same weights and NUFFT). This *template* T_i(r) is the image
+of a tube of unit value. The image near tube i is modelled as
+
+    S(r) = sum_j A_j T_j(r) + p_i(r)        (r in the neighbourhood of tube i)
+
+with p_i a low-order (linear) polynomial background that takes what neighbours (the head's blurred
+tail and ringing, the fast-T2* component's wide point response) spill in. Voxels of other objects
+(the head, with one voxel of margin) are left out of every neighbourhood. The amplitudes A_j and
+background coefficients come from one linear least-squares fit; each tube's geometry (centre and
+radius; axis and length stay at their moment estimates) comes from a small nonlinear fit
+(:func:`scipy.optimize.least_squares`, variable projection: the linear parameters are solved
+inside). A_j is the signal a large object of the tube's concentration and relaxation would give:
+the calibration line is fitted through (C_j, A_j). The recovery coefficient recorded per tube is
+the mean template value over the eroded ROI the erosion method would use (1 = no partial volume).
+
+Regime (what this covers; :data:`MIN_RADIUS_VOX`, :data:`SUPPORTED_RADIUS_VOX`): uniform tubes of
+radius >= 2 voxels (1.5-2 voxels work with a warning; below 1.5 voxels the fit is not trusted) that
+lie entirely inside the alias-free sphere (radius FOV / 2 / sqrt(angular undersampling)) and at
+least one voxel clear of the head, raw-data SNR >= ~50 (the template is noise-free; noise only
+adds variance to A_j). Off-resonance inside the tube is not modelled (the B0-corrected image is
+used); tubes are assumed mono-exponential with the preset saline T2* unless given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy import ndimage, special
+
+from recon.errors import CalibrationError
+
+log = logging.getLogger("recon.calibrate")
+
+MIN_RADIUS_VOX = 1.5
+"""Below this tube radius (voxels) the model fit is not trusted (warning)."""
+SUPPORTED_RADIUS_VOX = 2.0
+"""Tubes of at least this radius (voxels) are inside the validated regime; 1.5-2 voxels warn."""
+NEIGHBOURHOOD_VOX = 1.5
+"""The fit neighbourhood reaches this many voxels beyond the tube wall and ends."""
+BACKGROUND_ORDER = 1
+"""Polynomial order of the local background (0: constant, 1: linear)."""
+HEAD_CLEARANCE_VOX = 2.0
+"""Warn when the tube wall is closer than this (voxels) to another object (overlap in the point response)."""
+
+
+@dataclasses.dataclass
+class SystemModel:
+    """What the calibration needs to know about the acquisition and reconstruction.
+
+    Attributes
+    ----------
+    k : (n_proj, n_samp, 3) sample positions in cycles/m (the projections that were reconstructed).
+    t_s : (n_samp,) or (n_proj, n_samp) sample times from the first ADC sample (s).
+    dcf : (n_proj, n_samp) density weights in 1/m^3 used by the gridding.
+    te_s : echo times (s). tr_s : repetition time (s). flip_deg : flip angle (degrees).
+    matrix : image matrix (3 ints). fov_m : field of view (3 floats, m).
+    undersampling : angular undersampling factor of the trajectory (1 = Nyquist).
+    plans : a :class:`recon.plans.Plans` (NUFFT factory) or None for the default.
+    tube_t2star_s : T2* of the tubes (s; default: the saline preset).
+    eps : NUFFT accuracy of the templates.
+    object_edge_m : Gaussian SD (m) of the tube wall's blur (0 for real, sharp-walled tubes; the
+        simulator blurs every boundary by its ``edge_mm``, recorded in truth.json).
+    """
+
+    k: np.ndarray
+    t_s: np.ndarray
+    dcf: np.ndarray
+    te_s: tuple
+    tr_s: float
+    flip_deg: float
+    matrix: tuple
+    fov_m: tuple
+    undersampling: float = 1.0
+    plans: Any = None
+    tube_t2star_s: float | None = None
+    eps: float = 1e-4
+    object_edge_m: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.k = np.asarray(self.k)
+        if self.k.ndim != 3 or self.k.shape[-1] != 3:
+            raise CalibrationError(f"system model: k must have shape (n_proj, n_samp, 3), got {self.k.shape}")
+        self.dcf = np.asarray(self.dcf)
+        if self.dcf.shape != self.k.shape[:-1]:
+            raise CalibrationError(f"system model: dcf shape {self.dcf.shape} differs from k {self.k.shape[:-1]}")
+        self.matrix = tuple(int(m) for m in np.broadcast_to(np.asarray(self.matrix), (3,)))
+        self.fov_m = tuple(float(f) for f in np.broadcast_to(np.asarray(self.fov_m, dtype=float), (3,)))
+        self._op = None
+
+    @classmethod
+    def from_trajectory(cls, traj, dcf, te_s, tr_s, flip_deg, *, matrix=None, plans=None, **kw) -> SystemModel:
+        """From a :class:`recon.trajectory.Trajectory` (its undersampling parameter when recorded)."""
+        us = float((traj.params or {}).get("undersampling", 1.0) or 1.0)
+        return cls(
+            k=traj.k,
+            t_s=np.asarray(traj.t),
+            dcf=dcf,
+            te_s=tuple(te_s),
+            tr_s=float(tr_s),
+            flip_deg=float(flip_deg),
+            matrix=tuple(matrix or traj.matrix),
+            fov_m=tuple(traj.fov_m),
+            undersampling=us,
+            plans=plans,
+            **kw,
+        )
+
+    @property
+    def voxel_m(self) -> np.ndarray:
+        return np.asarray(self.fov_m) / np.asarray(self.matrix)
+
+    @property
+    def alias_free_radius_m(self) -> float:
+        """Radius of the sphere supported without aliasing: min(FOV) / 2 / sqrt(undersampling)."""
+        return 0.5 * min(self.fov_m) / math.sqrt(max(self.undersampling, 1.0))
+
+    def nufft(self):
+        if self._op is None:
+            from recon.plans import plans_or_default
+
+            self._op = plans_or_default(self.plans).nufft(self.k, self.matrix, self.fov_m, eps=self.eps)
+        return self._op
+
+    def decay_weights(self, t2star_s: float) -> np.ndarray:
+        """exp(-t / T2*) over the readout, (n_proj, n_samp)."""
+        t = np.broadcast_to(np.asarray(self.t_s, dtype=np.float64), self.k.shape[:-1])
+        return np.exp(-t / float(t2star_s))
+
+    def template(
+        self, centre_img_m, axis_img, radius_m: float, length_m: float, t2star_s: float, derivatives: bool = False
+    ) -> np.ndarray:
+        """Real image (matrix) of a uniform cylinder of value 1 through the system (module docstring).
+
+        ``centre_img_m`` is in image metres (voxel i at (i - N//2) * dx per axis), ``axis_img`` a unit
+        vector in image axes. With ``derivatives`` returns (5, *matrix): the template and its
+        derivatives with respect to the centre (3, per m) and the radius (per m), from one batched NUFFT.
+        """
+        from recon.nufft.operator import gridding
+
+        op = self.nufft()
+        kf = self.k.reshape(-1, 3).astype(np.float32)
+        a = np.asarray(axis_img, dtype=np.float32)
+        a = a / np.linalg.norm(a)
+        kp = kf @ a
+        rho = np.sqrt(np.maximum((kf**2).sum(1) - kp**2, 0.0))
+        x = (2 * np.pi * radius_m) * rho
+        safe = np.where(x > 1e-6, x, 1.0)
+        jinc = np.where(x > 1e-6, 2 * special.j1(safe) / safe, 1.0)
+        axial = length_m * np.sinc(kp * length_m)
+        if self.object_edge_m > 0:
+            axial = axial * np.exp(-2 * np.pi**2 * self.object_edge_m**2 * (kf**2).sum(1))
+        ft = (np.pi * radius_m**2) * jinc * axial
+        ph = np.exp(-2j * np.pi * (kf @ np.asarray(centre_img_m, dtype=np.float32))).astype(np.complex64)
+        w = (self.decay_weights(t2star_s).reshape(-1)).astype(np.float32)
+        base = ph * (ft * w)
+        if not derivatives:
+            d = base.reshape(self.k.shape[:-1])
+            return np.real(np.asarray(gridding(op, d.astype(op.dtype), self.dcf))).astype(np.float64)
+        dR = (2 * np.pi * radius_m) * special.j0(x) * axial * w
+        batch = np.empty((5, kf.shape[0]), dtype=np.complex64)
+        batch[0] = base
+        for j in range(3):
+            batch[1 + j] = base * (-2j * np.pi * kf[:, j])
+        batch[4] = ph * dR
+        img = gridding(op, batch.reshape((5,) + self.k.shape[:-1]).astype(op.dtype), self.dcf)
+        return np.real(np.asarray(img)).astype(np.float64)
+
+
+@dataclasses.dataclass
+class TubeGeometry:
+    """Geometry of one tube in image metres (centre), image axes (axis), m (radius, length)."""
+
+    centre_img_m: np.ndarray
+    axis_img: np.ndarray
+    radius_m: float
+    length_m: float
+
+
+def _img_coords(shape) -> list[np.ndarray]:
+    return [np.arange(n) - n // 2 for n in shape]
+
+
+def geometry_from_tube(tube, affine: np.ndarray, sm: SystemModel) -> TubeGeometry:
+    """Image-space geometry of a detected/specified :class:`~recon.calibrate.tubes.Tube`."""
+    vox = sm.voxel_m
+    c = (np.asarray(tube.centre_vox, dtype=np.float64) - np.asarray(sm.matrix) // 2) * vox
+    ax_ras = getattr(tube, "axis_ras", None)
+    if ax_ras is None:
+        ax_ras = (0.0, 0.0, 1.0)
+    lin = np.linalg.inv(np.asarray(affine, dtype=np.float64)[:3, :3])  # RAS mm -> voxel index
+    a = (lin @ np.asarray(ax_ras, dtype=np.float64)) * vox
+    a = a / np.linalg.norm(a)
+    length = tube.length_mm if tube.length_mm else 2 * tube.radius_mm
+    return TubeGeometry(c, a, float(tube.radius_mm) * 1e-3, float(length) * 1e-3)
+
+
+def _cyl_dist(pts: np.ndarray, g: TubeGeometry) -> np.ndarray:
+    """Distance (m) outside the cylinder (0 inside) for points (n, 3) in image metres."""
+    u = pts - g.centre_img_m
+    along = u @ g.axis_img
+    perp = np.sqrt(np.maximum((u**2).sum(-1) - along**2, 0.0))
+    dr = np.maximum(perp - g.radius_m, 0.0)
+    dz = np.maximum(np.abs(along) - g.length_m / 2, 0.0)
+    return np.sqrt(dr**2 + dz**2)
+
+
+def _cyl_inside(pts: np.ndarray, g: TubeGeometry, shrink_m: float = 0.0) -> np.ndarray:
+    u = pts - g.centre_img_m
+    along = u @ g.axis_img
+    perp2 = (u**2).sum(-1) - along**2
+    return (perp2 <= max(g.radius_m - shrink_m, 0.0) ** 2) & (np.abs(along) <= max(g.length_m / 2 - shrink_m, 0.0))
+
+
+@dataclasses.dataclass
+class ModelFit:
+    """Per-tube results of the model fit (what calibration.json records)."""
+
+    amplitude: float
+    amplitude_se: float | None
+    recovery: float
+    background_at_centre: float
+    background_gradient_per_mm: list
+    residual_rms: float
+    n_voxels: int
+    geometry: TubeGeometry
+    nfev: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "amplitude": self.amplitude,
+            "amplitude_se": self.amplitude_se,
+            "recovery_coefficient": self.recovery,
+            "background_at_centre": self.background_at_centre,
+            "background_gradient_per_mm": self.background_gradient_per_mm,
+            "residual_rms": self.residual_rms,
+            "n_voxels": self.n_voxels,
+            "fitted_radius_mm": self.geometry.radius_m * 1e3,
+            "fitted_length_mm": self.geometry.length_m * 1e3,
+            "fitted_centre_image_mm": (self.geometry.centre_img_m * 1e3).tolist(),
+            "function_evaluations": self.nfev,
+        }
+
+
+def fit_tubes(
+    signal: np.ndarray,
+    geoms: Sequence[TubeGeometry],
+    sm: SystemModel,
+    *,
+    other_objects: np.ndarray | None = None,
+    t2star_s: float | None = None,
+    refine: bool = True,
+    erode_vox: float = 1.6,
+    max_iter: int = 6,
+) -> tuple[list[ModelFit], list[str]]:
+    """Fit every tube's amplitude (and refine its centre and radius) through the system's point response.
+
+    Parameters
+    ----------
+    signal : real calibrated-signal image (matrix).
+    geoms : initial geometry of each tube (:func:`geometry_from_tube`).
+    sm : the :class:`SystemModel` of the acquisition and reconstruction.
+    other_objects : boolean mask of everything that is not a tube (the head); left out of the fit.
+    t2star_s : tube T2* (s); default ``sm.tube_t2star_s`` or the saline preset.
+    refine : fit centre and radius (nonlinear); otherwise keep the given geometry.
+    erode_vox : erosion (voxels) of the ROI over which the recovery coefficient is reported.
+
+    Returns the fits (in the order of ``geoms``) and warnings.
+    """
+    from recon.physics import SALINE_TUBE
+
+    s = np.asarray(signal, dtype=np.float64)
+    if s.shape != sm.matrix:
+        raise CalibrationError(f"system model matrix {sm.matrix} differs from the image {s.shape}")
+    t2 = float(t2star_s or sm.tube_t2star_s or SALINE_TUBE.t2star_s[0])
+    vox = sm.voxel_m
+    vmean = float(vox.mean())
+    axes = _img_coords(s.shape)
+    grid = np.stack(np.meshgrid(*[axes[d] * vox[d] for d in range(3)], indexing="ij"), -1)
+    flat = grid.reshape(-1, 3)
+    others = np.zeros(s.shape, bool) if other_objects is None else np.asarray(other_objects, bool)
+    others_d = ndimage.binary_dilation(others, iterations=1).ravel()
+    warnings: list[str] = []
+    geoms = [dataclasses.replace(g) for g in geoms]
+    reach = NEIGHBOURHOOD_VOX * vmean
+
+    def region(g: TubeGeometry) -> np.ndarray:
+        idx = np.nonzero((_cyl_dist(flat, g) <= reach) & ~others_d)[0]
+        return idx
+
+    nfevs = []
+    for i, g0 in enumerate(geoms):
+        if not refine:
+            nfevs.append(0)
+            continue
+        g, n_eval = _refine_geometry(s, flat, region(g0), g0, sm, t2, vmean, max_iter)
+        nfevs.append(n_eval)
+        if g is None:
+            w = f"tube {i + 1}: geometry refinement did not converge; kept the moment estimate"
+            log.warning(w)
+            warnings.append(w)
+        else:
+            geoms[i] = g
+
+    # joint linear fit of all amplitudes with a linear background per tube neighbourhood
+    templates = [sm.template(g.centre_img_m, g.axis_img, g.radius_m, g.length_m, t2) for g in geoms]
+    regions = [region(g) for g in geoms]
+    n = len(geoms)
+    rows = sum(len(r) for r in regions)
+    if rows == 0:
+        raise CalibrationError("no voxels in any tube neighbourhood (tubes overlap the head?)")
+    nb = 4 if BACKGROUND_ORDER >= 1 else 1
+    M = np.zeros((rows, n + nb * n))
+    y = np.zeros(rows)
+    o = 0
+    for i, (g, idx) in enumerate(zip(geoms, regions)):
+        m = len(idx)
+        for j in range(n):
+            M[o : o + m, j] = templates[j].ravel()[idx]
+        x = (flat[idx] - g.centre_img_m) * 1e3
+        M[o : o + m, n + nb * i] = 1.0
+        if nb > 1:
+            M[o : o + m, n + nb * i + 1 : n + nb * i + nb] = x
+        y[o : o + m] = s.ravel()[idx]
+        o += m
+    coef, *_ = np.linalg.lstsq(M, y, rcond=None)
+    res = y - M @ coef
+    dof = max(rows - M.shape[1], 1)
+    sigma2 = float((res**2).sum() / dof)
+    try:
+        cov = np.linalg.pinv(M.T @ M) * sigma2
+        se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    except np.linalg.LinAlgError:
+        se = np.full(M.shape[1], np.nan)
+    fits = []
+    o = 0
+    for i, (g, idx) in enumerate(zip(geoms, regions)):
+        m = len(idx)
+        core = _cyl_inside(flat, g, erode_vox * vmean)
+        if not core.any():
+            core = _cyl_inside(flat, g, 0.0)
+        rec = float(templates[i].ravel()[core].mean()) if core.any() else float("nan")
+        fits.append(
+            ModelFit(
+                amplitude=float(coef[i]),
+                amplitude_se=float(se[i]) if np.isfinite(se[i]) else None,
+                recovery=rec,
+                background_at_centre=float(coef[n + nb * i]),
+                background_gradient_per_mm=[float(v) for v in coef[n + nb * i + 1 : n + nb * i + nb]],
+                residual_rms=float(np.sqrt(np.mean(res[o : o + m] ** 2))) if m else float("nan"),
+                n_voxels=int(m),
+                geometry=g,
+                nfev=nfevs[i] if i < len(nfevs) else 0,
+            )
+        )
+        o += m
+    return fits, warnings
+
+
+def _refine_geometry(s, flat, idx, g0: TubeGeometry, sm: SystemModel, t2: float, vmean: float, max_iter: int):
+    """Gauss-Newton on centre and radius (with amplitude and linear background solved jointly).
+
+    Model in the neighbourhood ``idx``: A T(c, R) + b0 + b . x; the Jacobian uses the analytic
+    derivatives of the template (:meth:`SystemModel.template` with ``derivatives``). Steps are
+    limited to half a voxel; returns (geometry or None when it diverges, number of template batches).
+    """
+    if len(idx) < 10:
+        return None, 0
+    y = s.ravel()[idx]
+    x = (flat[idx] - g0.centre_img_m) * 1e3
+    c, R = g0.centre_img_m.copy(), float(g0.radius_m)
+    n_eval = 0
+    for _ in range(max_iter):
+        T = sm.template(c, g0.axis_img, R, g0.length_m, t2, derivatives=True)
+        n_eval += 1
+        Tl = T.reshape(5, -1)[:, idx]
+        lin = np.column_stack([Tl[0], np.ones(len(idx))] + ([x] if BACKGROUND_ORDER >= 1 else []))
+        coef, *_ = np.linalg.lstsq(lin, y, rcond=None)
+        A = float(coef[0])
+        if not A > 0:
+            return None, n_eval
+        r = y - lin @ coef
+        J = np.column_stack([lin, A * Tl[1:4].T * vmean, A * Tl[4] * vmean])  # geometry in voxels
+        step, *_ = np.linalg.lstsq(J, r, rcond=None)
+        dg = step[lin.shape[1] :]
+        dg = dg * min(1.0, 0.5 / max(float(np.abs(dg).max()), 1e-12))
+        c = c + dg[:3] * vmean
+        R = R + dg[3] * vmean
+        if R <= 0.25 * g0.radius_m or np.linalg.norm(c - g0.centre_img_m) > 2 * vmean or R > 2 * g0.radius_m:
+            return None, n_eval
+        if float(np.abs(dg).max()) < 0.01:
+            break
+    return TubeGeometry(c, g0.axis_img, R, g0.length_m), n_eval
+
+
+def geometry_warnings(geoms: Sequence[TubeGeometry], sm: SystemModel, others: np.ndarray | None, names: Sequence[str]) -> list[str]:
+    """Warnings for tubes outside the alias-free sphere, thinner than supported, or touching other objects."""
+    out = []
+    vox = sm.voxel_m
+    vmean = float(vox.mean())
+    r_sup = sm.alias_free_radius_m
+    odist = None
+    if others is not None and np.any(others):
+        odist = ndimage.distance_transform_edt(~np.asarray(others, bool), sampling=vox)
+    axes = _img_coords(sm.matrix)
+    grid = np.stack(np.meshgrid(*[axes[d] * vox[d] for d in range(3)], indexing="ij"), -1).reshape(-1, 3)
+    for g, name in zip(geoms, names):
+        # farthest point of the cylinder from the FOV centre (ends' rims)
+        a = g.axis_img
+        ends = [g.centre_img_m + s * a * g.length_m / 2 for s in (-1, 1)]
+        far = max(float(np.linalg.norm(e)) for e in ends) + g.radius_m
+        if far > r_sup:
+            out.append(
+                f"tube {name} reaches {far * 1e3:.0f} mm from the FOV centre, outside the alias-free sphere "
+                f"(radius {r_sup * 1e3:.0f} mm = FOV/2/sqrt(undersampling {sm.undersampling:g})): its value is not trusted"
+            )
+        rv = g.radius_m / vmean
+        if rv < MIN_RADIUS_VOX:
+            out.append(f"tube {name} radius {rv:.1f} voxels is below the {MIN_RADIUS_VOX} voxels the model calibration supports")
+        elif rv < SUPPORTED_RADIUS_VOX:
+            out.append(
+                f"tube {name} radius {rv:.1f} voxels is below {SUPPORTED_RADIUS_VOX} voxels: validated only to "
+                f"twice the accuracy bounds"
+            )
+        if odist is not None:
+            inside = _cyl_inside(grid, g, 0.0)
+            if inside.any():
+                gap = float(odist.ravel()[inside].min()) - 0.0
+                if gap < HEAD_CLEARANCE_VOX * vmean:
+                    out.append(
+                        f"tube {name} lies {gap * 1e3:.1f} mm from the head (< {HEAD_CLEARANCE_VOX:g} voxels): tube and "
+                        f"head overlap in the point response"
+                    )
+    for w in out:
+        log.warning(w)
+    return out

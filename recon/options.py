@@ -152,6 +152,12 @@ class RunOptions:
         cli="--tube-mM",
         help="tube concentrations for automatic detection (matched by rank)",
     )
+    tube_values: str = _o(
+        "model",
+        kind="str",
+        choices=("model", "erosion"),
+        help="tube values from a fit through the point response (recon.calibrate.model), or eroded ROI means",
+    )
     reference_spheres: tuple = _o(
         (), kind="spheres", unit="mm", cli="--reference", help="internal reference sphere x,y,z,r in RAS mm (repeatable)"
     )

@@ -535,7 +535,14 @@ def spheres_mask(spheres, shape, affine) -> np.ndarray:
 
 
 def calibrate_images(
-    images: np.ndarray, affine: np.ndarray, acq, ks: KSpace, traj, opts: RunOptions, timer: StageTimer | None = None
+    images: np.ndarray,
+    affine: np.ndarray,
+    acq,
+    ks: KSpace,
+    traj,
+    opts: RunOptions,
+    timer: StageTimer | None = None,
+    plans: Plans | None = None,
 ) -> tuple[Any, np.ndarray | None, np.ndarray | None, dict[str, Any] | None]:
     """Stage 9: calibration of echo 1 into TSC (mM), relaxation correction, ratio map.
 
@@ -570,6 +577,12 @@ def calibrate_images(
             kw.update(method="file", tubes_file=opts.calibration)
         if opts.ratio_spheres:
             kw["ratio_region"] = [((x, y, z), r) for x, y, z, r in opts.ratio_spheres]
+        if opts.tube_values == "model" and opts.calibration != "internal":
+            from recon.calibrate import SystemModel
+
+            kw["system"] = SystemModel.from_trajectory(
+                sub, ks.dcf, acq.te_s, acq.tr_s, acq.flip_deg, matrix=images.shape[-3:], plans=plans, eps=max(opts.eps, 1e-4)
+            )
         cal = calibrate(images[0], affine, **kw)
     tsc, ratio = cal.tsc, cal.ratio
     if relax_map is not None:  # TSC = (S - b) / (a r(x)) with a per-voxel relative weighting r
@@ -681,7 +694,7 @@ def reconstruct(
     from recon.device import to_host
 
     fmap = FieldMap(to_host(fmap.hz), fmap.info)
-    cal, tsc, ratio, relax_info = calibrate_images(images, affine, acq, ks, traj, opts, timer)
+    cal, tsc, ratio, relax_info = calibrate_images(images, affine, acq, ks, traj, opts, timer, plans)
     mask, background = object_support(images, affine, tsc)
     return ReconResult(
         echoes=images,

@@ -158,6 +158,14 @@ class RunOptions:
         choices=("model", "erosion"),
         help="tube values from a fit through the point response (recon.calibrate.model), or eroded ROI means",
     )
+    tube_edge_mm: float = _o(
+        0.0,
+        kind="float",
+        unit="mm",
+        low=0.0,
+        high=10.0,
+        help="Gaussian blur (SD) of the tube walls in the tube model: 0 for real tubes; simulated data: truth.json edge_mm",
+    )
     reference_spheres: tuple = _o(
         (), kind="spheres", unit="mm", cli="--reference", help="internal reference sphere x,y,z,r in RAS mm (repeatable)"
     )

@@ -581,7 +581,8 @@ def calibrate_images(
             from recon.calibrate import SystemModel
 
             kw["system"] = SystemModel.from_trajectory(
-                sub, ks.dcf, acq.te_s, acq.tr_s, acq.flip_deg, matrix=images.shape[-3:], plans=plans, eps=max(opts.eps, 1e-4)
+                sub, ks.dcf, acq.te_s, acq.tr_s, acq.flip_deg, matrix=images.shape[-3:], plans=plans, eps=max(opts.eps, 1e-4),
+                object_edge_m=opts.tube_edge_mm * 1e-3,
             )
         cal = calibrate(images[0], affine, **kw)
     tsc, ratio = cal.tsc, cal.ratio

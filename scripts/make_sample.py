@@ -6,7 +6,8 @@
 
 The sample is a simulated 7T 23Na dual-echo TPI acquisition of the digital head phantom
 (recon.sim), small enough for the repository: FOV 224 mm, 5.6 mm nominal resolution (40^3),
-TPI p = 0.3 at 4 mT/m, angularly undersampled x2 (768 projections x 774 samples, 10 us dwell),
+TPI p = 0.3 at 5 mT/m, angularly undersampled x1.2 (10 us dwell), a head scaled 0.9 and four 26 mm
+tubes beside it inside the alias-free sphere,
 TE 0.30 / 2.32 ms, TR 174 ms, flip 90 deg, one channel, raw-data SNR 150, seed 0, simulated on
 an 80^3 grid. The NUFFT runs single-threaded so the output is bit-reproducible on a given
 platform (FFTW/finufft may round differently on other CPUs; ``--check`` then reports the
@@ -28,8 +29,8 @@ SAMPLE = {
     "fov_mm": 224.0,
     "matrix": 40,
     "p": 0.3,
-    "gmax_mt_m": 4.0,
-    "undersampling": 2.0,
+    "gmax_mt_m": 5.0,
+    "undersampling": 1.2,
     "dwell_us": 10.0,
     "te_ms": (0.30, 2.32),
     "tr_ms": 174.0,
@@ -42,9 +43,20 @@ SAMPLE = {
     "tumour": "rim-core",
     "marker": False,
     "b0_scale": 1.0,
+    "head_scale": 0.9,
+    # tubes beside the head, inside the alias-free sphere (radius 102 mm at undersampling 1.2): LPS x, y, z,
+    # radius, length (mm) and mM; 30/60 mM on the patient's right (anterior/posterior), 90/120 mM on the left
+    "tubes_lps_mm": (
+        (-82.0, -22.0, 0.0, 13.0, 40.0, 30.0),
+        (-82.0, 22.0, 0.0, 13.0, 40.0, 60.0),
+        (82.0, -22.0, 0.0, 13.0, 40.0, 90.0),
+        (82.0, 22.0, 0.0, 13.0, 40.0, 120.0),
+    ),
 }
 CLI_EQUIVALENT = (
-    "narecon simulate --out data_samples --matrix 40 --traj-undersampling 2 --snr 150 --seed 0 --threads 1"
+    "narecon simulate --out data_samples --matrix 40 --traj-undersampling 1.2 --traj-gmax-mt-m 5 --snr 150 --seed 0 "
+    "--threads 1 --head-scale 0.9 --tube 82,22,0,13,40,30 --tube 82,-22,0,13,40,60 --tube -82,22,0,13,40,90 "
+    "--tube -82,-22,0,13,40,120"
 )
 MANIFEST = "SHA256SUMS"
 DATA_FILES = ("raw.dat", "truth.json", "truth_b0_hz.nii.gz", "truth_labels.nii.gz", "truth_tsc_mM.nii.gz")
@@ -52,7 +64,7 @@ DATA_FILES = ("raw.dat", "truth.json", "truth_b0_hz.nii.gz", "truth_labels.nii.g
 
 def generate(out: Path) -> None:
     """Simulate the sample and write it (atomically) into ``out``, with its manifest."""
-    from recon.sim import HeadPhantom, simulate, write_simulation
+    from recon.sim import HeadPhantom, Tube, simulate, write_simulation
     from recon.trajectory import tpi
 
     s = SAMPLE
@@ -64,7 +76,12 @@ def generate(out: Path) -> None:
         undersampling=s["undersampling"],
         dwell_s=s["dwell_us"] * 1e-6,
     )
-    phantom = HeadPhantom(tumour=s["tumour"], marker=s["marker"], b0_scale=s["b0_scale"])
+    tubes = tuple(
+        Tube(f"tube_{c:g}mM", (x * 1e-3, y * 1e-3, z * 1e-3), r * 1e-3, ln * 1e-3, c) for x, y, z, r, ln, c in s["tubes_lps_mm"]
+    )
+    phantom = HeadPhantom(
+        tumour=s["tumour"], marker=s["marker"], b0_scale=s["b0_scale"], head_scale=s["head_scale"], tubes=tubes
+    )
     res = simulate(
         phantom,
         traj,

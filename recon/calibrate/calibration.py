@@ -389,9 +389,8 @@ def _model_tubes(s, mag, aff, tubes: list[Tube], system: SystemModel, rerank: bo
     others = _other_objects(mag, tubes, aff)
     geoms = [geometry_from_tube(t, aff, system) for t in tubes]
     names = [f"{t.concentration_mM:g} mM" for t in tubes]
-    warnings = geometry_warnings(geoms, system, others, names)
-    fits, w = fit_tubes(s, geoms, system, other_objects=others, erode_vox=settings["psf_fwhm_vox"])
-    warnings += w
+    fits, warnings = fit_tubes(s, geoms, system, other_objects=others, erode_vox=settings["psf_fwhm_vox"])
+    warnings = geometry_warnings([f.geometry for f in fits], system, others, names) + warnings
     for t, f in zip(tubes, fits):
         t.model = f.to_dict()
     if rerank:

@@ -32,9 +32,7 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     g = p.add_argument_group("grid and trajectory")
     g.add_argument("--matrix", type=int, default=64, help="reconstruction matrix N (N^3; default 64)")
-    g.add_argument(
-        "--fov-mm", type=float, default=224.0, help="isotropic FOV in mm (224); resolution = FOV / N"
-    )
+    g.add_argument("--fov-mm", type=float, default=224.0, help="isotropic FOV in mm (224); resolution = FOV / N")
     g.add_argument("--traj", choices=["tpi", "radial"], default="tpi", help="trajectory generator (tpi)")
     g.add_argument(
         "--traj-file",
@@ -43,13 +41,9 @@ def register(sub) -> None:
     )
     g.add_argument("--traj-p", type=float, default=0.3, help="twist / density-adaptation fraction p (0.3)")
     gg = g.add_mutually_exclusive_group()
-    gg.add_argument(
-        "--traj-gmax-mt-m", type=float, default=None, help="gradient amplitude in mT/m (default 4)"
-    )
+    gg.add_argument("--traj-gmax-mt-m", type=float, default=None, help="gradient amplitude in mT/m (default 4)")
     gg.add_argument("--traj-readout-ms", type=float, default=None, help="readout duration in ms (sets Gmax)")
-    g.add_argument(
-        "--traj-smax-t-m-s", type=float, default=None, help="slew limit in T/m/s (flexible design)"
-    )
+    g.add_argument("--traj-smax-t-m-s", type=float, default=None, help="slew limit in T/m/s (flexible design)")
     g.add_argument("--traj-undersampling", type=float, default=1.0, help="angular undersampling factor (1)")
     g.add_argument("--traj-projections", type=int, default=None, help="projections (radial only)")
     g.add_argument("--dwell-us", type=float, default=10.0, help="ADC dwell time in us (10)")
@@ -66,11 +60,37 @@ def register(sub) -> None:
         default=200.0,
         help="raw-data SNR: |s(k=0)| of echo 1 / per-sample complex noise SD (200; 0 = noise-free)",
     )
-    s.add_argument(
-        "--b0-scale", type=float, default=1.0, help="scale of the B0 map (1; 0 = no off-resonance)"
-    )
+    s.add_argument("--b0-scale", type=float, default=1.0, help="scale of the B0 map (1; 0 = no off-resonance)")
     s.add_argument("--tumour", choices=["rim-core", "solid", "none"], default="rim-core", help="tumour model")
     s.add_argument("--marker", action="store_true", help="add the right-anterior-superior orientation marker")
+    s.add_argument(
+        "--tube",
+        action="append",
+        type=_floats,
+        default=None,
+        metavar="X,Y,Z,R,L,MM[,AX,AY,AZ]",
+        help="a calibration tube (repeatable; replaces the default four): centre x,y,z in RAS mm, radius and length in mm, "
+        "concentration in mM, optional axis (RAS; default S-I = along B0)",
+    )
+    s.add_argument("--tube-t1-ms", type=float, default=None, help="T1 of the tubes in ms (saline 55)")
+    s.add_argument("--tube-t2s-ms", type=float, default=None, help="T2* of the tubes in ms (saline 50)")
+    s.add_argument("--head-scale", type=float, default=1.0, help="scale of the head about its centre (1; 0.5-1.5)")
+    s.add_argument("--head-offset-mm", type=_floats, default=None, metavar="X,Y,Z", help="head centre in RAS mm (0,0,0)")
+    s.add_argument(
+        "--relax",
+        action="append",
+        default=None,
+        metavar="NAME=T1,T2S,T2L,F",
+        help="relaxation of one compartment (repeatable): T1, short and long T2* in ms and the short fraction; NAME one of "
+        "grey_matter, white_matter, csf_sulcal, csf_ventricles, vitreous, oedema, tumour_rim, necrotic_core",
+    )
+    s.add_argument(
+        "--family-case",
+        default=None,
+        metavar="SEED,INDEX",
+        help="simulate case INDEX of the validation family drawn with SEED (recon.validate): its trajectory, matrix, "
+        "tubes, head, relaxation, SNR and B0 replace the other options",
+    )
     s.add_argument("--coils", type=int, default=1, help="receive channels (1)")
     s.add_argument(
         "--receive",
@@ -78,9 +98,7 @@ def register(sub) -> None:
         default="uniform",
         help="single-channel receive profile (uniform)",
     )
-    s.add_argument(
-        "--oversampling", type=float, default=2.0, help="simulation grid / reconstruction grid (>= 2)"
-    )
+    s.add_argument("--oversampling", type=float, default=2.0, help="simulation grid / reconstruction grid (>= 2)")
     s.add_argument("--threads", type=int, default=None, help="NUFFT threads (1 gives bit-reproducible files)")
     p.add_argument("--ismrmrd", action="store_true", help="also write DIR/raw.h5 (ISMRMRD with trajectory)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -118,18 +136,102 @@ def make_trajectory(args: argparse.Namespace):
     return tpi(**kw)
 
 
+def make_phantom(args: argparse.Namespace, traj):
+    """The phantom the options describe (tubes, head scale and offset, relaxation); warns about tubes too thin."""
+    import dataclasses
+    import logging
+
+    from recon.errors import ConfigError
+    from recon.sim.phantom import DEFAULT_COMPARTMENTS, HeadPhantom, Tube, default_tubes
+
+    log = logging.getLogger("recon.sim")
+    comps = dict(DEFAULT_COMPARTMENTS)
+    for item in args.relax or []:
+        name, _, vals = item.partition("=")
+        if name not in comps:
+            raise ConfigError(f"--relax: unknown compartment {name!r}; one of {', '.join(comps)}")
+        v = _floats(vals)
+        if len(v) != 4 or min(v[:3]) <= 0 or not 0 <= v[3] <= 1:
+            raise ConfigError(f"--relax {item}: expected T1,T2S,T2L (ms, > 0) and a fraction in [0, 1]")
+        comps[name] = dataclasses.replace(
+            comps[name], t1_s=v[0] * 1e-3, t2s_short_s=v[1] * 1e-3, t2s_long_s=v[2] * 1e-3, frac_short=v[3]
+        )
+    extra = {}
+    if args.tube_t1_ms is not None:
+        extra["t1_s"] = args.tube_t1_ms * 1e-3
+    if args.tube_t2s_ms is not None:
+        extra["t2s_s"] = args.tube_t2s_ms * 1e-3
+    vox = float(min(traj.fov_m)) / float(max(traj.matrix))
+    if args.tube:
+        tubes = []
+        for i, t in enumerate(args.tube):
+            if len(t) not in (6, 9):
+                raise ConfigError(f"--tube {t}: expected X,Y,Z,R,L,MM or X,Y,Z,R,L,MM,AX,AY,AZ")
+            axis = (0.0, 0.0, 1.0) if len(t) == 6 else (-t[6], -t[7], t[8])  # RAS -> LPS
+            tubes.append(
+                Tube(
+                    f"tube_{i + 1}_{t[5]:g}mM",
+                    (-t[0] * 1e-3, -t[1] * 1e-3, t[2] * 1e-3),
+                    t[3] * 1e-3,
+                    t[4] * 1e-3,
+                    t[5],
+                    axis=axis,
+                    **extra,
+                )
+            )
+    else:
+        tubes = [dataclasses.replace(t, **extra) for t in default_tubes()]
+        small = min(t.radius_m for t in tubes) / vox
+        if small < 2.0:
+            scale = 2.0 / small
+            tubes = [dataclasses.replace(t, radius_m=t.radius_m * scale) for t in tubes]
+            log.warning(
+                "the default tubes (radius 13 mm) are %.1f voxels at %.1f mm voxels: scaled to %.1f mm so that narecon run "
+                "can calibrate (it needs about 2 voxels); give --tube to place your own",
+                small,
+                vox * 1e3,
+                tubes[0].radius_m * 1e3,
+            )
+    off = args.head_offset_mm or [0.0, 0.0, 0.0]
+    if len(off) != 3:
+        raise ConfigError(f"--head-offset-mm needs three numbers, got {off}")
+    return HeadPhantom(
+        tumour=args.tumour,
+        marker=args.marker,
+        b0_scale=args.b0_scale,
+        tubes=tuple(tubes),
+        compartments=comps,
+        head_scale=args.head_scale,
+        centre_m=(-off[0] * 1e-3, -off[1] * 1e-3, off[2] * 1e-3),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from recon.atomic import check_output
     from recon.errors import ConfigError
     from recon.log import stage
-    from recon.sim import HeadPhantom, simulate, write_simulation
+    from recon.sim import simulate, write_simulation
 
     check_output(args.out, force=args.force, inputs=[args.traj_file], kind="dir")
     if args.snr < 0 or not math.isfinite(args.snr) and args.snr != math.inf:
         raise ConfigError(f"--snr must be >= 0 (0 = noise-free), got {args.snr}")
-    with stage("trajectory"):
-        traj = make_trajectory(args)
-    phantom = HeadPhantom(tumour=args.tumour, marker=args.marker, b0_scale=args.b0_scale)
+    if args.family_case:
+        from recon.validate import draw_case
+        from recon.validate.cases import phantom_for, trajectory_for
+
+        try:
+            seed, index = (int(v) for v in args.family_case.split(","))
+        except ValueError:
+            raise ConfigError(f"--family-case must be SEED,INDEX, got {args.family_case!r}") from None
+        case = draw_case(seed, index)
+        with stage("trajectory"):
+            traj = trajectory_for(case)
+        phantom = phantom_for(case)
+        args.snr, args.seed = case["snr"], case["noise_seed"]
+    else:
+        with stage("trajectory"):
+            traj = make_trajectory(args)
+        phantom = make_phantom(args, traj)
     res = simulate(
         phantom,
         traj,

@@ -45,6 +45,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,7 @@ def simulate(
     eps: float = 1e-7,
     n_threads: int | None = None,
     backend: str = "finufft",
+    progress: bool = True,
 ) -> SimResult:
     """Simulate a (multi-echo, multi-coil) sodium acquisition of ``phantom`` along ``traj``.
 
@@ -152,6 +154,7 @@ def simulate(
     position_m : centre of the imaging volume in patient coordinates (m).
     truth_supersample : sub-samples per axis for the voxel-averaged truth TSC map.
     eps, n_threads, backend : NUFFT accuracy, CPU threads (1 for bit-reproducible output), backend.
+    progress : a progress bar over the time bins when stderr is a terminal (else a log line per quarter).
     """
     from recon.nufft import NUFFT
 
@@ -246,8 +249,15 @@ def simulate(
     sens_c = sens.astype(np.complex128)
     with stage(f"forward model: {n_e} echo(es) x {n_coils} coil(s) x {n_bins} time bins"):
         report = {max(1, round(n_bins * q / 4)) for q in (1, 2, 3)}
+        bar = None
+        if progress and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_bins, desc="forward model (time bins)", unit="bin", leave=False)
         for b in range(n_bins):
-            if b + 1 in report:
+            if bar is not None:
+                bar.update(1)
+            elif b + 1 in report:
                 log.info("forward model: time bin %d of %d", b + 1, n_bins)
             sel = np.nonzero(bidx == b)[0]
             if sel.size == 0:
@@ -261,6 +271,9 @@ def simulate(
                 y = op.forward(batch)
                 delta = tflat[sel] - t_b
                 data[e, :, sel] = (dv * (y[:n_coils] + delta[None] * y[n_coils:])).T
+
+        if bar is not None:
+            bar.close()
 
     # --- noise (the only randomness): data first, then the noise-adjust readouts
     rng = np.random.default_rng(seed)

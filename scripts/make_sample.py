@@ -6,7 +6,7 @@
 
 The sample is a simulated 7T 23Na dual-echo TPI acquisition of the digital head phantom
 (recon.sim), small enough for the repository: FOV 224 mm, 5.6 mm nominal resolution (40^3),
-TPI p = 0.3 at 5 mT/m, angularly undersampled x1.2 (10 us dwell), a head scaled 0.9 and four 26 mm
+TPI p = 0.3 at 5 mT/m, angularly undersampled x1.2 (10 us dwell), a head scaled 0.85 and four 26 mm
 tubes beside it inside the alias-free sphere,
 TE 0.30 / 2.32 ms, TR 174 ms, flip 90 deg, one channel, raw-data SNR 150, seed 0, simulated on
 an 80^3 grid. The NUFFT runs single-threaded so the output is bit-reproducible on a given
@@ -43,20 +43,20 @@ SAMPLE = {
     "tumour": "rim-core",
     "marker": False,
     "b0_scale": 1.0,
-    "head_scale": 0.9,
+    "head_scale": 0.85,
     # tubes beside the head, inside the alias-free sphere (radius 102 mm at undersampling 1.2): LPS x, y, z,
     # radius, length (mm) and mM; 30/60 mM on the patient's right (anterior/posterior), 90/120 mM on the left
     "tubes_lps_mm": (
-        (-82.0, -22.0, 0.0, 13.0, 40.0, 30.0),
-        (-82.0, 22.0, 0.0, 13.0, 40.0, 60.0),
-        (82.0, -22.0, 0.0, 13.0, 40.0, 90.0),
-        (82.0, 22.0, 0.0, 13.0, 40.0, 120.0),
+        (-84.0, -22.0, 0.0, 13.0, 36.0, 30.0),
+        (-84.0, 22.0, 0.0, 13.0, 36.0, 60.0),
+        (84.0, -22.0, 0.0, 13.0, 36.0, 90.0),
+        (84.0, 22.0, 0.0, 13.0, 36.0, 120.0),
     ),
 }
 CLI_EQUIVALENT = (
     "narecon simulate --out data_samples --matrix 40 --traj-undersampling 1.2 --traj-gmax-mt-m 5 --snr 150 --seed 0 "
-    "--threads 1 --head-scale 0.9 --tube 82,22,0,13,40,30 --tube 82,-22,0,13,40,60 --tube -82,22,0,13,40,90 "
-    "--tube -82,-22,0,13,40,120"
+    "--threads 1 --head-scale 0.85 --tube 84,22,0,13,36,30 --tube 84,-22,0,13,36,60 --tube -84,22,0,13,36,90 "
+    "--tube -84,-22,0,13,36,120"
 )
 MANIFEST = "SHA256SUMS"
 DATA_FILES = ("raw.dat", "truth.json", "truth_b0_hz.nii.gz", "truth_labels.nii.gz", "truth_tsc_mM.nii.gz")

@@ -41,8 +41,16 @@ def test_sample_header_matches_truth_and_needs_no_flags():
     assert np.allclose(acq.te_s, prot["te_s"]) and acq.tr_s == pytest.approx(0.174) and acq.flip_deg == 90
     assert acq.data.shape == (2, 1, prot["n_projections"], prot["n_samples"])
     traj = build_trajectory(acq)  # the default profile reads the design from sWipMemBlock
-    assert traj.matrix == (40, 40, 40) and traj.params["undersampling"] == 2.0
-    assert info["sample"]["parameters"] == _script().SAMPLE | {"te_ms": list(_script().SAMPLE["te_ms"])}
+    assert traj.matrix == (40, 40, 40) and traj.params["undersampling"] == 1.2
+    assert info["sample"]["parameters"] == json.loads(json.dumps(_script().SAMPLE))
+    # the tubes sit where a user puts them: beside the head, inside the alias-free sphere
+    from recon.validate import alias_free_radius_m
+
+    r_sup = alias_free_radius_m(prot["fov_m"][0], traj.params["undersampling"]) * 1e3
+    for t in info["tubes"]:
+        c = np.asarray(t["centre_mm_lps"])
+        rim = np.hypot(np.hypot(c[0], c[1]) + t["radius_mm"], abs(c[2]) + t["length_mm"] / 2)
+        assert rim <= r_sup
 
 
 @pytest.mark.slow

@@ -424,18 +424,22 @@ def geometry_warnings(geoms: Sequence[TubeGeometry], sm: SystemModel, others: np
         # farthest point of the cylinder from the FOV centre (ends' rims)
         a = g.axis_img
         ends = [g.centre_img_m + s * a * g.length_m / 2 for s in (-1, 1)]
-        far = max(float(np.linalg.norm(e)) for e in ends) + g.radius_m
-        if far > r_sup:
+        far = 0.0
+        for e in ends:  # farthest point of each end disc from the FOV centre
+            ea = float(e @ a)
+            perp = math.sqrt(max(float(e @ e) - ea**2, 0.0))
+            far = max(far, math.sqrt(ea**2 + (perp + g.radius_m) ** 2))
+        if far > r_sup + 0.5 * vmean:  # the sphere's edge is not sharp at the voxel scale
             out.append(
                 f"tube {name} reaches {far * 1e3:.0f} mm from the FOV centre, outside the alias-free sphere "
                 f"(radius {r_sup * 1e3:.0f} mm = FOV/2/sqrt(undersampling {sm.undersampling:g})): its value is not trusted"
             )
         rv = g.radius_m / vmean
         if rv < MIN_RADIUS_VOX:
-            out.append(f"tube {name} radius {rv:.1f} voxels is below the {MIN_RADIUS_VOX} voxels the model calibration supports")
+            out.append(f"tube {name} radius {rv:.2f} voxels is below the {MIN_RADIUS_VOX} voxels the model calibration supports")
         elif rv < SUPPORTED_RADIUS_VOX:
             out.append(
-                f"tube {name} radius {rv:.1f} voxels is below {SUPPORTED_RADIUS_VOX} voxels: validated only to "
+                f"tube {name} radius {rv:.2f} voxels is below {SUPPORTED_RADIUS_VOX} voxels: validated only to "
                 f"twice the accuracy bounds"
             )
         if odist is not None:

@@ -8,7 +8,8 @@ Automatic detection (:func:`detect_tubes`) works on the echo-1 magnitude image:
    label connected components (6-connectivity, :func:`scipy.ndimage.label`). If fewer tubes than
    concentrations separate from the head (blurred tails or ringing can bridge a narrow gap), the
    threshold is raised step by step (up to 4x) while the head stays whole (its largest piece
-   keeps at least half its volume), and the lowest threshold that separates enough tubes is used;
+   keeps at least half its volume); tubes separated at any of these thresholds are pooled (the
+   lowest threshold at which each one separates gives its geometry) until enough are found;
 2. drop the head: components touching a given head mask, or else the largest component when it
    is more than 5x larger than the next, or is alone and larger than 250 ml (a tube phantom
    without a head: nothing is dropped);
@@ -362,9 +363,17 @@ def detect_tubes(
                 excluded.add(int(order[0]) + 1)
                 head0 = head0 or int(sizes[order[0]])
         cands, rej = _tube_candidates(labels, n, excluded, det, mag, aff, vox, erode_mm, min_core_voxels)
-        if best is None or len(cands) > len(best[1]):
-            best = (thr, cands, rej)
-        if len(cands) >= len(conc):
+        # union over thresholds: a tube that separated at a lower threshold is kept (low-concentration tubes
+        # vanish at the thresholds that separate bright tubes bridged to the head, and vice versa)
+        merged = list(best[1]) if best is not None else []
+        for c in cands:
+            if not any(
+                float(np.linalg.norm(np.subtract(c.centre_mm, f.centre_mm))) < max(f.radius_mm, c.radius_mm) for f in merged
+            ):
+                merged.append(c)
+        if best is None or len(merged) > len(best[1]):
+            best = (thr if best is None else best[0], merged, rej if best is None else best[2] + rej)
+        if len(merged) >= len(conc):
             break
     if best is None:
         raise CalibrationError(f"no tubes found: nothing above the detection threshold {levels[0]:.4g}")
@@ -384,8 +393,9 @@ def detect_tubes(
         raise CalibrationError(
             f"found {len(candidates)} tubes but {len(conc)} concentrations were given ({', '.join(f'{c:g}' for c in conc)} mM){why}"
         )
-    if len(candidates) > len(conc):
-        candidates.sort(key=lambda t: t.n_voxels, reverse=True)
+    if len(candidates) > len(conc):  # keep the earliest found (lowest threshold), then the largest
+        order = {id(t): i for i, t in enumerate(candidates)}
+        candidates.sort(key=lambda t: (order[id(t)] >= len(conc), -t.n_voxels))
         extra = candidates[len(conc) :]
         candidates = candidates[: len(conc)]
         w = (

@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--cases", type=int, default=24, help="number of cases (24)")
     p.add_argument("--seed", type=int, default=1, help="seed of the draw (1)")
     p.add_argument("--first", type=int, default=0, help="index of the first case (0)")
+    p.add_argument("--indices", default=None, help="explicit comma list of case indices (instead of --first/--cases)")
     p.add_argument("--out", required=True, help="output directory (created atomically)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument(
@@ -49,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
         raise OutputError("output directory exists and is not empty (use --force to overwrite)", out)
     idx = list(range(args.first, args.first + args.cases))
+    if args.indices:
+        try:
+            idx = [int(v) for v in args.indices.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"--indices must be a comma list of integers, got {args.indices!r}") from None
     if args.iterative == "all":
         it = set(idx)
     elif args.iterative == "none":

@@ -45,6 +45,7 @@ from recon.errors import CalibrationError
 log = logging.getLogger("recon.calibrate")
 
 from recon.options import DEFAULT_REFERENCE_MM, DEFAULT_TUBES_MM  # noqa: E402  (defined once, in the option schema)
+
 METHODS = ("auto", "file", "internal")
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -49,20 +48,7 @@ from recon.options import DEFAULT_REFERENCE_MM, DEFAULT_TUBES_MM  # noqa: E402  
 METHODS = ("auto", "file", "internal")
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
+from recon.util import jsonable as _jsonable  # noqa: E402  (one JSON conversion for the project)
 
 
 @dataclasses.dataclass

@@ -108,7 +108,7 @@ def register(sub) -> None:
 def make_trajectory(args: argparse.Namespace):
     """The trajectory the options describe."""
     from recon.errors import ConfigError
-    from recon.trajectory import density_adapted_radial, read_trajectory, tpi
+    from recon.trajectory import design_trajectory, read_trajectory
 
     if args.traj_file:
         return read_trajectory(args.traj_file)
@@ -129,11 +129,9 @@ def make_trajectory(args: argparse.Namespace):
 
     limits.check_matrix(args.matrix, "--matrix")
     limits.check_design({"generator": args.traj, "n_projections": args.traj_projections, **kw})
-    if args.traj == "radial":
-        return density_adapted_radial(n_projections=args.traj_projections, **kw)
-    if args.traj_projections is not None:
+    if args.traj != "radial" and args.traj_projections is not None:
         raise ConfigError("--traj-projections applies to --traj radial only")
-    return tpi(**kw)
+    return design_trajectory(args.traj, n_projections=args.traj_projections, **kw)
 
 
 def make_phantom(args: argparse.Namespace, traj):

@@ -400,13 +400,4 @@ def simulate(
     return SimResult(acq, SimTruth(tsc.astype(np.float32), b0, labels.astype(np.int16), info))
 
 
-def _jsonable(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {str(k): _jsonable(v) for k, v in d.items()}
-    if isinstance(d, (list, tuple)):
-        return [_jsonable(v) for v in d]
-    if isinstance(d, np.ndarray):
-        return d.tolist()
-    if isinstance(d, np.generic):
-        return d.item()
-    return d
+from recon.util import jsonable as _jsonable  # noqa: E402  (one JSON conversion for the project)

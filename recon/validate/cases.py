@@ -41,7 +41,7 @@ def phantom_for(case: dict[str, Any]) -> HeadPhantom:
 
 def trajectory_for(case: dict[str, Any]):
     """The trajectory of a case (TPI or density-adapted radial)."""
-    from recon.trajectory import density_adapted_radial, tpi
+    from recon.trajectory import design_trajectory
 
     fov = case["fov_mm"] * 1e-3
     kw = dict(
@@ -52,6 +52,4 @@ def trajectory_for(case: dict[str, Any]):
         dwell_s=10e-6,
         undersampling=case["undersampling"],
     )
-    if case["trajectory"] == "radial":
-        return density_adapted_radial(**kw)
-    return tpi(**kw)
+    return design_trajectory(case["trajectory"], **kw)

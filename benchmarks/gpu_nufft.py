@@ -168,12 +168,9 @@ def run(args) -> list[dict]:
                 if r["pool_bytes"] is not None:
                     mib = r["pool_bytes"] / 2**20, r["device_used_bytes"] / 2**20
                     mem = f" pool {mib[0]:.0f} MiB dev {mib[1]:.0f} MiB"
-                vs = " ".join(
-                    f"{kk.replace('_speedup_vs_', ' vs ')} x{row[kk]:.2f}" for kk in row if "_vs_" in kk
-                )
+                vs = " ".join(f"{kk.replace('_speedup_vs_', ' vs ')} x{row[kk]:.2f}" for kk in row if "_vs_" in kk)
                 steps = "  ".join(
-                    f"{d} {r[d + '_s'] * 1e3:8.2f} ms ({r[d + '_pts_per_s'] / 1e6:8.1f} Mpts/s, "
-                    f"err {r['err_' + d]:.1e})"
+                    f"{d} {r[d + '_s'] * 1e3:8.2f} ms ({r[d + '_pts_per_s'] / 1e6:8.1f} Mpts/s, err {r['err_' + d]:.1e})"
                     for d in ("fwd", "adj")
                 )
                 print(f"{n:4d}^3 nt={n_trans} {impl:10s} plan {r['plan_s']:.3f}s  {steps}{mem}  {vs}")

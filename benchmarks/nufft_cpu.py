@@ -182,9 +182,7 @@ class MriNufft(Impl):
 
 class Sigpy(Impl):
     name = "sigpy"
-    convention = (
-        "forward exp(-i 2 pi k.r) / sqrt(N^3) (orthonormal): ours = sigpy * sqrt(N^3), both directions"
-    )
+    convention = "forward exp(-i 2 pi k.r) / sqrt(N^3) (orthonormal): ours = sigpy * sqrt(N^3), both directions"
     threads_used = "1 (numba, not parallel)"
 
     def setup(self):
@@ -253,9 +251,7 @@ class Bart(Impl):
         self.dir = Path(tempfile.mkdtemp(prefix="narecon_bench_bart_", dir=root))
         self.nproj, self.nsamp = self.kshape
         # traj dims (3, samples, projections): C order (proj, samp, 3) is that layout
-        write_cfl(
-            self.dir / "traj", self.kgrid.reshape(self.nproj, self.nsamp, 3), (3, self.nsamp, self.nproj)
-        )
+        write_cfl(self.dir / "traj", self.kgrid.reshape(self.nproj, self.nsamp, 3), (3, self.nsamp, self.nproj))
         self.scale = np.sqrt(self.n_vox)
         self.env = dict(os.environ, OMP_NUM_THREADS=str(self.threads))
         self.threads_used = f"{self.threads} (OpenMP)"
@@ -264,9 +260,7 @@ class Bart(Impl):
         self.version = subprocess.run([BART, "version"], capture_output=True, text=True).stdout.strip()
 
     def _run(self, args, inputs):
-        proc = subprocess.Popen(
-            [BART, *args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
+        proc = subprocess.Popen([BART, *args], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         _, status, ru = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         if proc.returncode != 0:
@@ -285,9 +279,7 @@ class Bart(Impl):
 
     def forward(self, x):
         d = self.dir
-        self._run(
-            ["nufft", *self.flags, str(d / "traj"), str(d / "img"), str(d / "ksp_out")], ["traj", "img"]
-        )
+        self._run(["nufft", *self.flags, str(d / "traj"), str(d / "img"), str(d / "ksp_out")], ["traj", "img"])
         return d / "ksp_out"
 
     def adjoint(self, y):
@@ -435,16 +427,12 @@ def memory_child(name, workdir, eps, threads) -> dict:
 
 def measure_memory(names, prob, eps, threads) -> dict:
     out = {}
-    with tempfile.TemporaryDirectory(
-        prefix="narecon_bench_mem_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
-    ) as td:
+    with tempfile.TemporaryDirectory(prefix="narecon_bench_mem_", dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as td:
         d = Path(td)
         np.save(d / "k.npy", prob["k"])
         np.save(d / "x.npy", prob["x"])
         np.save(d / "y.npy", prob["y"])
-        (d / "meta.json").write_text(
-            json.dumps({"kshape": list(prob["kshape"]), "shape": list(prob["shape"]), "fov": prob["fov"]})
-        )
+        (d / "meta.json").write_text(json.dumps({"kshape": list(prob["kshape"]), "shape": list(prob["shape"]), "fov": prob["fov"]}))
         for name in names:
             cmd = [
                 sys.executable,
@@ -460,9 +448,7 @@ def measure_memory(names, prob, eps, threads) -> dict:
             ]
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
-                out[name] = {
-                    "error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"rc {r.returncode}"
-                }
+                out[name] = {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"rc {r.returncode}"}
             else:
                 out[name] = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"  memory {name:16s} {out[name]}", flush=True)
@@ -523,9 +509,7 @@ def run(args) -> dict:
     prob = make_problem(args.quick)
     print(prob["desc"], f"(trajectory {time.perf_counter() - t0:.1f} s)", flush=True)
     machine = machine_description(threads)
-    print(
-        "machine:", machine["cpu"], f"{machine['cores']} cores, load {machine['load_avg_start']}", flush=True
-    )
+    print("machine:", machine["cpu"], f"{machine['cores']} cores, load {machine['load_avg_start']}", flush=True)
 
     t0 = time.perf_counter()
     idx, vox, ref_f, ref_a = exact_reference(prob)
@@ -561,8 +545,7 @@ def run(args) -> dict:
             "adjoint_s": [],
         }
         print(
-            f"  {n:16s} set-up {setup_s:6.2f} s  err fwd {ef:.2e} adj {ea:.2e}  "
-            f"|alpha| {abs(af):.4f}/{abs(aa):.4f}  {impl.info()}",
+            f"  {n:16s} set-up {setup_s:6.2f} s  err fwd {ef:.2e} adj {ea:.2e}  |alpha| {abs(af):.4f}/{abs(aa):.4f}  {impl.info()}",
             flush=True,
         )
 
@@ -707,9 +690,7 @@ def main(argv=None) -> int:
         help="rounds that include the slow peers (SigPy, BART; default 3)",
     )
     ap.add_argument("--eps", type=float, default=1e-4, help="requested accuracy (default 1e-4)")
-    ap.add_argument(
-        "--threads", type=int, default=0, help="threads (default: all cores this process may use)"
-    )
+    ap.add_argument("--threads", type=int, default=0, help="threads (default: all cores this process may use)")
     ap.add_argument(
         "--impl",
         nargs="+",
@@ -731,11 +712,7 @@ def main(argv=None) -> int:
     if args.memory_child:
         from recon.nufft.operator import default_threads
 
-        print(
-            json.dumps(
-                memory_child(args.memory_child, args.workdir, args.eps, args.threads or default_threads())
-            )
-        )
+        print(json.dumps(memory_child(args.memory_child, args.workdir, args.eps, args.threads or default_threads())))
         return 0
     if args.memory_only:
         from recon.nufft.operator import default_threads

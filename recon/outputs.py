@@ -32,8 +32,6 @@ from recon.util import json_default, sha256_file
 log = logging.getLogger("recon.outputs")
 
 
-
-
 def check_output_dir(out_dir: str | os.PathLike, *, force: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> None:
     """Refuse, before any work, an output folder that cannot or must not be written.
 

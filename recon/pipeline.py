@@ -161,8 +161,7 @@ def load_acquisition(source: Any, opts: RunOptions, timer: StageTimer | None = N
     peak = max(float(np.max(np.abs(data.real))), float(np.max(np.abs(data.imag)))) if data.size else 0.0  # no overflow
     if peak > limits.get("raw_abs"):
         raise InputError(
-            f"raw samples reach {peak:.3g}, beyond the plausible {limits.get('raw_abs'):g} (corrupt data; "
-            "gridding would overflow)",
+            f"raw samples reach {peak:.3g}, beyond the plausible {limits.get('raw_abs'):g} (corrupt data; gridding would overflow)",
             where,
         )
     if opts.skip_projections or opts.drop_projections:
@@ -581,7 +580,14 @@ def calibrate_images(
             from recon.calibrate import SystemModel
 
             kw["system"] = SystemModel.from_trajectory(
-                sub, ks.dcf, acq.te_s, acq.tr_s, acq.flip_deg, matrix=images.shape[-3:], plans=plans, eps=max(opts.eps, 1e-4),
+                sub,
+                ks.dcf,
+                acq.te_s,
+                acq.tr_s,
+                acq.flip_deg,
+                matrix=images.shape[-3:],
+                plans=plans,
+                eps=max(opts.eps, 1e-4),
                 object_edge_m=opts.tube_edge_mm * 1e-3,
             )
         cal = calibrate(images[0], affine, **kw)

@@ -79,9 +79,7 @@ def generate(out: Path) -> None:
     tubes = tuple(
         Tube(f"tube_{c:g}mM", (x * 1e-3, y * 1e-3, z * 1e-3), r * 1e-3, ln * 1e-3, c) for x, y, z, r, ln, c in s["tubes_lps_mm"]
     )
-    phantom = HeadPhantom(
-        tumour=s["tumour"], marker=s["marker"], b0_scale=s["b0_scale"], head_scale=s["head_scale"], tubes=tubes
-    )
+    phantom = HeadPhantom(tumour=s["tumour"], marker=s["marker"], b0_scale=s["b0_scale"], head_scale=s["head_scale"], tubes=tubes)
     res = simulate(
         phantom,
         traj,
@@ -169,9 +167,7 @@ def main(argv=None) -> int:
         generate(out)
         if keep is not None:
             readme.write_text(keep)
-        print(
-            f"wrote {out}: " + ", ".join(f"{n} ({(out / n).stat().st_size / 1e6:.2f} MB)" for n in DATA_FILES)
-        )
+        print(f"wrote {out}: " + ", ".join(f"{n} ({(out / n).stat().st_size / 1e6:.2f} MB)" for n in DATA_FILES))
         return 0
     manifest = read_manifest(out)
     bad = [n for n in DATA_FILES if sha256(out / n) != manifest.get(n)]

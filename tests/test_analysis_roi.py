@@ -28,9 +28,7 @@ def sphere_volume_est(affine, center, r, s=R.SUPERSAMPLE, shape=(16, 16, 16)):
 def test_sphere_weights_sum_to_sphere_volume_at_subvoxel_offsets(rng):
     A = iso_affine()
     v_true = 4.0 / 3.0 * math.pi * 2.0**3  # 33.51 mm^3, r = 2 mm on 3.5 mm voxels
-    offsets = [(0, 0, 0), (1.75, 1.75, 1.75), (1.75, 0, 0), (0.9, -0.4, 1.3)] + [
-        tuple(rng.uniform(0, DX, 3)) for _ in range(8)
-    ]
+    offsets = [(0, 0, 0), (1.75, 1.75, 1.75), (1.75, 0, 0), (0.9, -0.4, 1.3)] + [tuple(rng.uniform(0, DX, 3)) for _ in range(8)]
     for off in offsets:
         v, _, w = sphere_volume_est(A, off, 2.0)
         assert abs(v / v_true - 1) < 0.01, off
@@ -149,9 +147,7 @@ def test_mask_resampled_between_grids_matches_box_in_mm(tmp_path):
     # through measure(): the mask on a constant-value image with a known value inside the box
     vol = np.full((12, 12, 12), 5.0)
     vol[expect] = 42.0
-    r = R.measure([R.Image(vol, A, "img")], [R.MaskROI("box", str(tmp_path / "labels.nii.gz"), 3)], ref=None)[
-        0
-    ]
+    r = R.measure([R.Image(vol, A, "img")], [R.MaskROI("box", str(tmp_path / "labels.nii.gz"), 3)], ref=None)[0]
     assert r.mean == 42.0 and r.sd == 0.0 and r.n_voxels == expect.sum()
     assert r.volume_mm3 == pytest.approx(expect.sum() * DX**3)
 
@@ -159,14 +155,11 @@ def test_mask_resampled_between_grids_matches_box_in_mm(tmp_path):
 def test_read_roi_table_forms_and_errors(tmp_path):
     p = tmp_path / "rois.csv"
     p.write_text(
-        "name,x,y,z,i,j,k,radius_mm,mask,label\n# comment\nCSF,1,2,3,,,,2,,\ntumour,,,,4,5,6,2,,\n"
-        "box,,,,,,,,lab.nii.gz,3\n"
+        "name,x,y,z,i,j,k,radius_mm,mask,label\n# comment\nCSF,1,2,3,,,,2,,\ntumour,,,,4,5,6,2,,\nbox,,,,,,,,lab.nii.gz,3\n"
     )
     rois = R.read_roi_table(p)
     assert rois[0].center_mm == (1, 2, 3) and rois[1].center_vox == (4, 5, 6)
-    assert (
-        isinstance(rois[2], R.MaskROI) and rois[2].label == 3 and rois[2].path == str(tmp_path / "lab.nii.gz")
-    )
+    assert isinstance(rois[2], R.MaskROI) and rois[2].label == 3 and rois[2].path == str(tmp_path / "lab.nii.gz")
     bad = tmp_path / "bad.csv"
     bad.write_text("name,x,y,radius\nCSF,1,2,3\n")
     with pytest.raises(InputError, match="bad.csv.*x,y,z"):

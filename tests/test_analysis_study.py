@@ -84,11 +84,7 @@ def make_study(root, drop_rois_col=False):
     sess = root / "sessions.csv"
     with open(sess, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(
-            ["subject", "lesion", "timepoint", "path"]
-            + ([] if drop_rois_col else ["rois"])
-            + ["a_mm", "b_mm", "m_mm", "c"]
-        )
+        w.writerow(["subject", "lesion", "timepoint", "path"] + ([] if drop_rois_col else ["rois"]) + ["a_mm", "b_mm", "m_mm", "c"])
         for r in rows:
             w.writerow(r[:4] + ([] if drop_rois_col else [r[4]]) + r[5:])
     return sess
@@ -149,11 +145,7 @@ def test_baseline_summary(study_out):
     summ = {(r["tissue"], r["measure"]): r for r in read(study_out / "baseline_summary.csv")}
     r = summ[("tumour", "tsc_mM")]
     v = np.array([TUMOUR[k][0] for k in LESIONS])
-    assert (
-        int(r["n"]) == 4
-        and float(r["mean"]) == pytest.approx(v.mean())
-        and float(r["sd"]) == pytest.approx(v.std(ddof=1))
-    )
+    assert int(r["n"]) == 4 and float(r["mean"]) == pytest.approx(v.mean()) and float(r["sd"]) == pytest.approx(v.std(ddof=1))
     assert float(r["min"]) == pytest.approx(22.28) and float(r["max"]) == pytest.approx(36.08)
     r = summ[("CSF", "tsc_mM")]  # per subject: s1 = mean of its two lesion rows
     per_subj = [(23.23 + 24.43) / 2, 27.53, 25.92]
@@ -179,9 +171,7 @@ def test_timecourse_rebound_and_volumes(study_out):
     v3 = math.pi / 6 * (a * 1.3) * b * m * c
     r = vols[("s2", "l1", "1m")]
     assert float(r["volume_mm3"]) == pytest.approx(v3) and float(r["volume_mL"]) == pytest.approx(v3 / 1000)
-    assert float(r["change_mL"]) == pytest.approx((v3 - v0) / 1000) and float(
-        r["change_pct"]
-    ) == pytest.approx(30.0)
+    assert float(r["change_mL"]) == pytest.approx((v3 - v0) / 1000) and float(r["change_pct"]) == pytest.approx(30.0)
     assert ("s3", "l1", "1w") in vols  # a volume without an image is still reported
     counts = {x["timepoint"]: x for x in read(study_out / "sessions_per_timepoint.csv")}
     assert counts["1w"]["sessions_measured"] == "3" and counts["1w"]["missing"] == "s3/l1"
@@ -248,9 +238,7 @@ def test_roi_cli_table_and_errors(tmp_path, capsys):
     assert sum(float(r["weight"]) for r in w) == pytest.approx(float(t["weight_sum"]) * 2, rel=1e-5)
     capsys.readouterr()
     out2 = tmp_path / "t2.csv"
-    assert (
-        main(["roi", str(tmp_path / "nope.nii.gz"), "--rois", str(d / "rois.csv"), "--out", str(out2)]) == 2
-    )
+    assert main(["roi", str(tmp_path / "nope.nii.gz"), "--rois", str(d / "rois.csv"), "--out", str(out2)]) == 2
     assert "nope.nii.gz: image file not found" in capsys.readouterr().err
     assert not out2.exists()
     assert main(["roi", str(d / "tsc_mM.nii.gz"), "--rois", str(d / "rois.csv"), "--ref", "Vitreous"]) == 2

@@ -14,12 +14,14 @@ from recon.errors import BackendUnavailableError, ConfigError
 
 
 def test_recon_imports_without_dask():
-    code = ("import sys; sys.modules['dask'] = None; sys.modules['distributed'] = None\n"
-            "import recon, recon.batch, recon.batch.engine, recon.batch.cluster, recon.cli\n"
-            "recon.cli.build_parser()\n"
-            "from recon.batch.cluster import open_client\n"
-            "from recon.errors import BackendUnavailableError\n"
-            "try:\n    open_client().__enter__()\nexcept BackendUnavailableError as e:\n    print('OK', e)\n")
+    code = (
+        "import sys; sys.modules['dask'] = None; sys.modules['distributed'] = None\n"
+        "import recon, recon.batch, recon.batch.engine, recon.batch.cluster, recon.cli\n"
+        "recon.cli.build_parser()\n"
+        "from recon.batch.cluster import open_client\n"
+        "from recon.errors import BackendUnavailableError\n"
+        "try:\n    open_client().__enter__()\nexcept BackendUnavailableError as e:\n    print('OK', e)\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("OK") and "pip install 'narecon[dist]'" in r.stdout
@@ -73,8 +75,12 @@ def test_jobqueue_settings_gpu():
 def test_slurm_job_script_without_slurm():
     """The job script dask-jobqueue would submit (no SLURM needed to build it)."""
     dj = pytest.importorskip("dask_jobqueue")
-    cluster = dj.SLURMCluster(**jobqueue_kwargs("slurm", gpus_per_worker=1, memory="16GB", dask_cuda=True),
-                              queue="gpu", account="na23", walltime="02:00:00")
+    cluster = dj.SLURMCluster(
+        **jobqueue_kwargs("slurm", gpus_per_worker=1, memory="16GB", dask_cuda=True),
+        queue="gpu",
+        account="na23",
+        walltime="02:00:00",
+    )
     try:
         script = cluster.job_script()
     finally:

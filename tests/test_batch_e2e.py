@@ -46,14 +46,14 @@ def nii(path):
 def study(tmp_path_factory):
     d = tmp_path_factory.mktemp("study")
     for i in (1, 2, 3):
-        assert main(["-q", "simulate", "--out", str(d / f"sim{i}"), "--matrix", "16", "--seed", str(i),
-                     "--snr", "80"]) == 0
+        assert main(["-q", "simulate", "--out", str(d / f"sim{i}"), "--matrix", "16", "--seed", str(i), "--snr", "80"]) == 0
     raw = d / "sim1" / "raw.dat"
     data = raw.read_bytes()
     (d / "truncated.dat").write_bytes(data[: int(len(data) * 0.6)])
     (d / "foreign.dat").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 64)
-    (d / "manifest.csv").write_text("id,raw\n" + "".join(f"P0{i},sim{i}/raw.dat\n" for i in (1, 2, 3))
-                                    + "trunc,truncated.dat\nforeign,foreign.dat\n")
+    (d / "manifest.csv").write_text(
+        "id,raw\n" + "".join(f"P0{i},sim{i}/raw.dat\n" for i in (1, 2, 3)) + "trunc,truncated.dat\nforeign,foreign.dat\n"
+    )
     # 16^3 (14 mm voxels) is too coarse for tube ROIs: calibrate on an internal reference instead
     (d / "run.toml").write_text('[run]\ncalibration = "internal"\nreference_spheres = [[0.0, 0.0, 0.0, 40.0]]\n')
     # reference: narecon run, one scan at a time
@@ -71,14 +71,18 @@ def study(tmp_path_factory):
 def test_batch_matches_run_isolates_failures_and_resumes(study, capsys):
     out = study / "out"
     cfg = str(study / "run.toml")
-    rc = main(["-q", "batch", str(study / "manifest.csv"), "--out", str(out), "--workers", "2", "--no-progress",
-               "--config", cfg])
+    rc = main(["-q", "batch", str(study / "manifest.csv"), "--out", str(out), "--workers", "2", "--no-progress", "--config", cfg])
     cap = capsys.readouterr()
     assert rc == 1, cap.err
     with open(out / "batch_summary.csv", newline="") as f:
         rows = {r["id"]: r for r in csv.DictReader(f)}
-    assert {k: r["status"] for k, r in rows.items()} == {"P01": "done", "P02": "done", "P03": "done",
-                                                        "trunc": "failed", "foreign": "failed"}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        "P01": "done",
+        "P02": "done",
+        "P03": "done",
+        "trunc": "failed",
+        "foreign": "failed",
+    }
     assert "truncated.dat" in rows["trunc"]["error"] and "projections" in rows["trunc"]["error"]
     assert "foreign.dat" in rows["foreign"]["error"] and "not a Siemens twix" in rows["foreign"]["error"]
     assert "  trunc: " in cap.err and "  foreign: " in cap.err
@@ -92,8 +96,7 @@ def test_batch_matches_run_isolates_failures_and_resumes(study, capsys):
         assert json.loads((got / "calibration.json").read_text()) == json.loads((ref / "calibration.json").read_text())
     assert not (out / "trunc").exists() and not (out / "foreign").exists()
 
-    rc = main(["-q", "batch", str(study / "manifest.csv"), "--out", str(out), "--workers", "2", "--no-progress",
-               "--config", cfg])
+    rc = main(["-q", "batch", str(study / "manifest.csv"), "--out", str(out), "--workers", "2", "--no-progress", "--config", cfg])
     assert rc == 1
     assert "3 done" not in capsys.readouterr().out
     with open(out / "batch_summary.csv", newline="") as f:

@@ -24,8 +24,7 @@ def test_columns_paths_and_option_precedence(tmp_path):
     (tmp_path / "global.toml").write_text("[run]\neps = 1e-3\nqa = false\nforce = true\n")
     m = tmp_path / "m.csv"
     m.write_text(
-        "# study manifest\nID, Raw ,raw2,traj,tubes,config\n"
-        "A,a1.dat;a2.dat,,,,\n\nB,b.dat,sub/c.dat,t.h5,tubes.csv,row.toml\n"
+        "# study manifest\nID, Raw ,raw2,traj,tubes,config\nA,a1.dat;a2.dat,,,,\n\nB,b.dat,sub/c.dat,t.h5,tubes.csv,row.toml\n"
     )
     specs = read_manifest(m, load_global_config(tmp_path / "global.toml"))
     a, b = specs
@@ -111,9 +110,7 @@ def test_fingerprint_content_not_path(tmp_path):
     (tmp_path / "m2.csv").write_text("id,raw,traj\nA,moved/a.dat,t2.h5\n")
     f1 = fingerprint(read_manifest(tmp_path / "m1.csv")[0])
     f2 = fingerprint(read_manifest(tmp_path / "m2.csv")[0])
-    assert (
-        f1["inputs"][0]["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    )  # sha256("abc")
+    assert f1["inputs"][0]["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256("abc")
     assert same_result(f1, f2)  # same contents and options, other paths
     assert options_hash({"eps": 1e-4}) != options_hash({"eps": 1e-5})
     assert options_hash({"eps": 1e-4, "force": True}) == options_hash({"eps": 1e-4})

@@ -103,7 +103,9 @@ def _write(tmp_path, text, name="v.toml"):
 
 
 def test_variants_file_defaults_and_errors(tmp_path):
-    p = _write(tmp_path, """
+    p = _write(
+        tmp_path,
+        """
 [settings]
 replicas = 4
 [defaults]
@@ -116,7 +118,8 @@ name = "b"
 trajectory = "radial"
 recon = "gridding"
 te_ms = 0.3
-""")
+""",
+    )
     cfg = load_variants(p)
     assert [v.name for v in cfg.variants] == ["a", "b"]
     a, b = cfg.variants
@@ -175,8 +178,7 @@ def test_cli_end_to_end_outputs(tmp_path):
     out = tmp_path / "res"
     assert main(["-q", "bench-traj", str(v), "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["bias_vs_readout.png", "psf_profiles.png", "results.csv", "results.md",
-                     "snr_vs_scan_time.png"]
+    assert names == ["bias_vs_readout.png", "psf_profiles.png", "results.csv", "results.md", "snr_vs_scan_time.png"]
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["name"] for r in rows] == ["tpi-fast", "radial"]
     for r in rows:

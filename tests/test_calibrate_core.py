@@ -72,14 +72,10 @@ def truth_conc(tubes=TUBES, head=True) -> np.ndarray:
     if head:
         a0, a1, a2 = HEAD_AXES
         head_f = volume_fraction(lambda x, y, z: (x / a0) ** 2 + (y / a1) ** 2 + (z / a2) ** 2 <= 1)
-        csf_f = volume_fraction(
-            lambda x, y, z: (x - CSF_POS[0]) ** 2 + (y - CSF_POS[1]) ** 2 + (z - CSF_POS[2]) ** 2 <= CSF_R**2
-        )
+        csf_f = volume_fraction(lambda x, y, z: (x - CSF_POS[0]) ** 2 + (y - CSF_POS[1]) ** 2 + (z - CSF_POS[2]) ** 2 <= CSF_R**2)
         c += TISSUE_C * head_f + (CSF_C - TISSUE_C) * csf_f
     for (px, py), conc in tubes:
-        f = volume_fraction(
-            lambda x, y, z, px=px, py=py: ((x - px) ** 2 + (y - py) ** 2 <= TUBE_R**2) & (np.abs(z) <= 35.0)
-        )
+        f = volume_fraction(lambda x, y, z, px=px, py=py: ((x - px) ** 2 + (y - py) ** 2 <= TUBE_R**2) & (np.abs(z) <= 35.0))
         c += conc * f
     return c
 

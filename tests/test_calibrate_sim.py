@@ -23,10 +23,7 @@ def recon_phantom():
 
     traj = tpi(fov_m=N * RES, res_m=RES, p=0.3, gmax_t_per_m=4e-3)
     pos = [(-0.100, -0.035), (-0.100, 0.035), (0.100, -0.035), (0.100, 0.035)]
-    tubes = tuple(
-        SimTube(f"tube_{c:g}mM", (x, y, 0.0), 0.016, 0.080, c)
-        for (x, y), c in zip(pos, (30.0, 60.0, 90.0, 120.0))
-    )
+    tubes = tuple(SimTube(f"tube_{c:g}mM", (x, y, 0.0), 0.016, 0.080, c) for (x, y), c in zip(pos, (30.0, 60.0, 90.0, 120.0)))
     res = simulate(HeadPhantom(tubes=tubes, b0_scale=0.0), traj, snr=100.0, seed=1, n_threads=1)
     dcf = compute_dcf(traj, "analytic")
     img = gridding(NUFFT(traj.k, traj.matrix, traj.fov_m, n_threads=1), res.acquisition.data[:, 0], dcf)
@@ -73,10 +70,7 @@ def test_phantom_tubes_tsc_and_tissue(recon_phantom, tmp_path):
             t.n_voxels,
         )
     for name, (tr, me, n) in errors.items():
-        print(
-            f"{name:16s} n={n:5d} truth {tr:6.1f} mM  measured {me:6.1f} mM  "
-            f"error {100 * (me / tr - 1):+5.1f}%"
-        )
+        print(f"{name:16s} n={n:5d} truth {tr:6.1f} mM  measured {me:6.1f} mM  error {100 * (me / tr - 1):+5.1f}%")
     tr, me, _ = errors["white_matter"]
     assert abs(me / tr - 1) < 0.05
     # without the relaxation correction the tube model under-reads white matter

@@ -17,8 +17,27 @@ from recon.trajectory import read_trajectory
 
 def test_traj_tpi_summary(tmp_path, capsys):
     out = tmp_path / "traj.h5"
-    rc = main(["traj", "tpi", "--fov-mm", "224", "--res-mm", "7", "--p", "0.3", "--gmax-mt-m", "4",
-               "--smax-t-m-s", "150", "--dwell-us", "10", "--out", str(out), "--json"])
+    rc = main(
+        [
+            "traj",
+            "tpi",
+            "--fov-mm",
+            "224",
+            "--res-mm",
+            "7",
+            "--p",
+            "0.3",
+            "--gmax-mt-m",
+            "4",
+            "--smax-t-m-s",
+            "150",
+            "--dwell-us",
+            "10",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert rc == 0
     s = json.loads(capsys.readouterr().out)
     tr = read_trajectory(out)
@@ -40,8 +59,9 @@ def test_traj_text_output(tmp_path, capsys):
 def test_refuses_overwrite_and_user_error_format(tmp_path):
     out = tmp_path / "t.h5"
     out.write_text("x")
-    p = subprocess.run([sys.executable, "-m", "recon", "traj", "tpi", "--res-mm", "14", "--out", str(out)],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "recon", "traj", "tpi", "--res-mm", "14", "--out", str(out)], capture_output=True, text=True
+    )
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("narecon: error:")
@@ -50,8 +70,9 @@ def test_refuses_overwrite_and_user_error_format(tmp_path):
 
 
 def test_bad_parameter_is_one_line_error(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "recon", "traj", "tpi", "--p", "2", "--out", str(tmp_path / "x.h5")],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "recon", "traj", "tpi", "--p", "2", "--out", str(tmp_path / "x.h5")], capture_output=True, text=True
+    )
     assert p.returncode == 2 and "Traceback" not in p.stderr and "twist fraction" in p.stderr
 
 
@@ -92,9 +113,11 @@ def test_error_names_path():
 
 
 def test_import_does_not_pull_optional_extras():
-    code = "import sys, recon, recon.nufft, recon.trajectory, recon.cli; " \
-           "bad=[m for m in ('cupy','cufinufft','dask','distributed','sigpy','torch') if m in sys.modules]; " \
-           "print(bad); sys.exit(1 if bad else 0)"
+    code = (
+        "import sys, recon, recon.nufft, recon.trajectory, recon.cli; "
+        "bad=[m for m in ('cupy','cufinufft','dask','distributed','sigpy','torch') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
 

@@ -94,8 +94,6 @@ def test_selftest_kernel_on_device(rng):
     x = rng.standard_normal(1000)
     n_blocks = -(-len(x) // 64)
     sums, total = cp.zeros(n_blocks), cp.zeros(1)
-    launcher.launch(
-        "selftest_block_sum", (n_blocks, 1, 1), (64, 1, 1), [cp.asarray(x), np.int32(len(x)), sums, total]
-    )
+    launcher.launch("selftest_block_sum", (n_blocks, 1, 1), (64, 1, 1), [cp.asarray(x), np.int32(len(x)), sums, total])
     np.testing.assert_allclose(sums.get(), np.add.reduceat(x, np.arange(0, len(x), 64)), rtol=1e-12)
     np.testing.assert_allclose(float(total.get()[0]), x.sum(), rtol=1e-12)

@@ -100,9 +100,7 @@ def test_generic_width_kernels(rng, method):
     y = _cplx(rng, (len(k),), np.complex128)
     ref = NUFFT(k, shape, FOV, backend="finufft", eps=1e-12, dtype=np.complex128)
     for eps, spec in ((1e-8, True), (1e-4, False)):
-        op = NUFFT(
-            k, shape, FOV, backend="cuda-host", eps=eps, dtype=np.complex128, method=method, specialize=spec
-        )
+        op = NUFFT(k, shape, FOV, backend="cuda-host", eps=eps, dtype=np.complex128, method=method, specialize=spec)
         assert op._plan(1).ns not in op._plan(1).widths
         assert _rel(op.forward(x), ref.forward(x)) <= 10 * eps
         assert _rel(op.adjoint(y), ref.adjoint(y)) <= 10 * eps
@@ -169,12 +167,8 @@ def test_chunked_memory_path_gives_same_result(rng):
         plan = small._plan(3)
         assert plan.group < 3 and not plan.resident and plan.chunk < len(k)
         assert plan.memory_estimate(plan.group, plan.chunk, False) <= plan.budget
-        np.testing.assert_allclose(
-            small.forward(x), full.forward(x), rtol=0, atol=1e-10 * np.abs(full.forward(x)).max()
-        )
-        np.testing.assert_allclose(
-            small.adjoint(y), full.adjoint(y), rtol=0, atol=1e-10 * np.abs(full.adjoint(y)).max()
-        )
+        np.testing.assert_allclose(small.forward(x), full.forward(x), rtol=0, atol=1e-10 * np.abs(full.forward(x)).max())
+        np.testing.assert_allclose(small.adjoint(y), full.adjoint(y), rtol=0, atol=1e-10 * np.abs(full.adjoint(y)).max())
 
 
 def test_too_little_memory_is_a_clear_error(rng):
@@ -226,9 +220,7 @@ def test_emulated_builtins_barrier_shared_atomics(rng):
     np.testing.assert_allclose(block_sums, expect, rtol=1e-12)
     np.testing.assert_allclose(total[0], x.sum(), rtol=1e-12)
     with pytest.raises(TypeError):
-        launcher.launch(
-            "selftest_block_sum", (1, 1, 1), (64, 1, 1), [x, len(x), block_sums, total], sync=True
-        )
+        launcher.launch("selftest_block_sum", (1, 1, 1), (64, 1, 1), [x, len(x), block_sums, total], sync=True)
 
 
 def test_kernel_sources_found():

@@ -70,12 +70,7 @@ def test_info_text_real_file(shared_twix, capsys):
     p = shared_twix / "xe129_radial_dixon_meas_MID00075_FID28630.dat"
     assert main(["info", str(p), "--no-trajectory"]) == 0
     out = capsys.readouterr().out
-    assert (
-        "XA" in out
-        and "129Xe" in out
-        and "readouts per echo   1200" in out
-        and "echoes              2" in out
-    )
+    assert "XA" in out and "129Xe" in out and "readouts per echo   1200" in out and "echoes              2" in out
 
 
 def test_info_two_files(na_file, capsys):
@@ -120,9 +115,7 @@ def test_info_predicted_projections_agree_with_generated():
 def test_info_bad_input_exit_2_no_traceback(tmp_path):
     p = tmp_path / "bad.dat"
     p.write_bytes(b"not twix" * 100)
-    r = subprocess.run(
-        [sys.executable, "-m", "recon", "info", str(p)], capture_output=True, text=True, timeout=120
-    )
+    r = subprocess.run([sys.executable, "-m", "recon", "info", str(p)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "bad.dat" in r.stderr
 

@@ -165,9 +165,7 @@ def test_affine_oblique_matches_explicit_formula():
     g = {"position_m": np.array([0.01, 0.02, -0.03]), "rotation": rot}
     a = nifti_affine(g, (0.224, 0.2, 0.18), (64, 50, 45))
     idx = np.array([5, 17, 40])
-    r_lps = g["position_m"] * 1e3 + rot @ (
-        (idx - np.array([32, 25, 22])) * np.array([224 / 64, 200 / 50, 180 / 45])
-    )
+    r_lps = g["position_m"] * 1e3 + rot @ ((idx - np.array([32, 25, 22])) * np.array([224 / 64, 200 / 50, 180 / 45]))
     np.testing.assert_allclose((a @ np.r_[idx, 1])[:3], r_lps * [-1, -1, 1], atol=1e-9)
 
 
@@ -200,10 +198,7 @@ def test_adaptive_combine_recovers_object(rng):
     x, y, z = np.meshgrid(*(np.linspace(-1, 1, n),) * 3, indexing="ij")
     rho = ((x**2 + y**2 + z**2) < 0.6).astype(float) * np.exp(1j * 0.5 * x)
     sens = np.stack(
-        [
-            np.exp(-((x - cx) ** 2 + y**2) / 2) * np.exp(1j * (cx * y + 0.3 * c))
-            for c, cx in enumerate((-1.0, 0.0, 1.0, 0.5))
-        ]
+        [np.exp(-((x - cx) ** 2 + y**2) / 2) * np.exp(1j * (cx * y + 0.3 * c)) for c, cx in enumerate((-1.0, 0.0, 1.0, 0.5))]
     )
     imgs = sens * rho
     comb = adaptive_combine(imgs, kernel=5)

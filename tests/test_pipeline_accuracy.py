@@ -49,9 +49,7 @@ def _errors(summary, sim):
 def test_accuracy(simulated, tmp_path):
     plain = _errors(run([str(simulated / "raw.dat")], tmp_path / "a", RunOptions(qa=False)), simulated)
     relax = _errors(run([str(simulated / "raw.dat")], tmp_path / "b", RunOptions(qa=False, relaxation="tissue")), simulated)
-    mixed = _errors(
-        run([str(simulated / "raw.dat")], tmp_path / "c", RunOptions(qa=False, relaxation="echo-ratio")), simulated
-    )
+    mixed = _errors(run([str(simulated / "raw.dat")], tmp_path / "c", RunOptions(qa=False, relaxation="echo-ratio")), simulated)
     print("\ncompartment      true   no-relax   tissue-relax   voxels")
     for name, (true, got, n) in plain.items():
         print(

@@ -57,9 +57,7 @@ def test_our_reader_reads_identical_acquisition_and_rebuilds_the_trajectory(writ
     assert np.array_equal(a.projection_index, b.projection_index)
     assert b.te_s == pytest.approx(a.te_s, abs=1e-12) and b.tr_s == pytest.approx(a.tr_s, abs=1e-12)
     assert (b.flip_deg, b.nucleus, b.field_t) == (a.flip_deg, a.nucleus, a.field_t)
-    assert b.dwell_s == pytest.approx(a.dwell_s, rel=1e-12) and b.frequency_hz == pytest.approx(
-        a.frequency_hz
-    )
+    assert b.dwell_s == pytest.approx(a.dwell_s, rel=1e-12) and b.frequency_hz == pytest.approx(a.frequency_hz)
     assert np.allclose(b.fov_m, a.fov_m) and np.allclose(b.geometry["rotation"], np.eye(3))
     rebuilt = build_trajectory(b)  # default profile, header only: no flags
     assert rebuilt.k.shape == traj.k.shape and np.allclose(rebuilt.k, traj.k, atol=1e-9)

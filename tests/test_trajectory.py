@@ -124,8 +124,17 @@ def test_radial_variant():
     assert np.linalg.norm(d[:, -1].mean(0)) < 0.01
 
 
-@pytest.mark.parametrize("bad", [dict(p=0), dict(p=1.5), dict(res_m=0.3), dict(gmax_t_per_m=-1e-3),
-                                 dict(gmax_t_per_m=None, readout_s=None), dict(undersampling=0.5)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(p=0),
+        dict(p=1.5),
+        dict(res_m=0.3),
+        dict(gmax_t_per_m=-1e-3),
+        dict(gmax_t_per_m=None, readout_s=None),
+        dict(undersampling=0.5),
+    ],
+)
 def test_bad_design_parameters(bad):
     kw = dict(fov_m=0.224, res_m=0.007, p=0.3, gmax_t_per_m=4e-3)
     kw.update(bad)

@@ -177,21 +177,14 @@ def pipeline_mode(work: Path, snr: float = 200.0, bin_s: float = 364e-6, run: bo
             if not (sim_dir / "raw.dat").exists():
                 rng = np.random.default_rng(1000 + 10 * k + j)
                 data = d_fixed + TISSUE_SCALE[patient] * d_tissue + tum * d_tum
-                data = data + sigma * (
-                    rng.standard_normal(data.shape) + 1j * rng.standard_normal(data.shape)
-                ) / np.sqrt(2)
+                data = data + sigma * (rng.standard_normal(data.shape) + 1j * rng.standard_normal(data.shape)) / np.sqrt(2)
                 n_noise = 4 * data.shape[-1]
                 noise = (
                     sigma
-                    * (
-                        rng.standard_normal((data.shape[1], n_noise))
-                        + 1j * rng.standard_normal((data.shape[1], n_noise))
-                    )
+                    * (rng.standard_normal((data.shape[1], n_noise)) + 1j * rng.standard_normal((data.shape[1], n_noise)))
                     / np.sqrt(2)
                 )
-                acq = dataclasses.replace(
-                    acq0, data=data.astype(np.complex64), noise=noise.astype(np.complex64)
-                )
+                acq = dataclasses.replace(acq0, data=data.astype(np.complex64), noise=noise.astype(np.complex64))
                 write_simulation(SimResult(acq, base_res.truth), traj, sim_dir, overwrite=True)
             run_dir = work / f"{patient}_{tp}"
             if run and not (run_dir / "tsc_mM.nii.gz").exists():
@@ -230,9 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/narecon_study", help="folder for the simulated sessions")
     ap.add_argument("--mode", choices=["image", "pipeline"], default="image")
     ap.add_argument("--clean", action="store_true", help="remove --work first")
-    ap.add_argument(
-        "--no-run", action="store_true", help="pipeline mode: write raw data only, no narecon run"
-    )
+    ap.add_argument("--no-run", action="store_true", help="pipeline mode: write raw data only, no narecon run")
     args = ap.parse_args(argv)
     work = Path(args.work)
     if args.clean and work.exists():

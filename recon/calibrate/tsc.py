@@ -66,15 +66,11 @@ def noise_sigma_magnitude(magnitude: np.ndarray, background: np.ndarray | None =
         fin = m[np.isfinite(m)]
         s0 = float(np.median(fin)) / 1.1774 if fin.size else 0.0
         if not s0 > 0:
-            raise CalibrationError(
-                "cannot estimate the noise level (median magnitude is 0); give the noise SD"
-            )
+            raise CalibrationError("cannot estimate the noise level (median magnitude is 0); give the noise SD")
         background = ~ndimage.binary_dilation(m > 5.0 * s0, iterations=2)
     bg = m[np.asarray(background, dtype=bool) & np.isfinite(m)]
     if bg.size < 10:
-        raise CalibrationError(
-            "too few background voxels to estimate the noise level; give the noise SD instead"
-        )
+        raise CalibrationError("too few background voxels to estimate the noise level; give the noise SD instead")
     return float(np.sqrt(np.mean(bg**2) / 2.0))
 
 

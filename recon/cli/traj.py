@@ -252,18 +252,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  cones                {summary['cones']}")
         print(f"  projections          {summary['projections']}")
         print(f"  samples/projection   {summary['samples']}  (dwell {args.dwell_us:g} us)")
-        print(
-            f"  readout              {summary['readout_ms']:.3f} ms  (ideal design {summary['readout_design_ms']:.3f} ms)"
-        )
-        print(
-            f"  max |G| reached      {summary['max_gradient_reached_mt_m']:.3f} mT/m  (design {summary['gmax_design_mt_m']:.3f})"
-        )
+        print(f"  readout              {summary['readout_ms']:.3f} ms  (ideal design {summary['readout_design_ms']:.3f} ms)")
+        print(f"  max |G| reached      {summary['max_gradient_reached_mt_m']:.3f} mT/m  (design {summary['gmax_design_mt_m']:.3f})")
         lim = f", limit {args.smax_t_m_s:g}" if args.smax_t_m_s else ", no slew limit: instant switch-on"
-        print(
-            f"  max slew reached     {summary['max_slew_reached_t_m_s']:.1f} T/m/s{lim}  ({args.raster_us:g} us raster)"
-        )
-        print(
-            f"  kmax                 {summary['kmax_reached_per_m']:.2f} 1/m reached (design {summary['kmax_per_m']:.2f})"
-        )
+        print(f"  max slew reached     {summary['max_slew_reached_t_m_s']:.1f} T/m/s{lim}  ({args.raster_us:g} us raster)")
+        print(f"  kmax                 {summary['kmax_reached_per_m']:.2f} 1/m reached (design {summary['kmax_per_m']:.2f})")
         print(f"  scan time            {st:.1f} s = {st / 60:.1f} min at TR {args.tr_ms:g} ms, {args.echoes} echo(es)")
     return 0

@@ -146,8 +146,7 @@ def _hdr_str(yaps: dict, software: str, acq: Acquisition, patient_position: str,
         "Spice": "<XProtocol> \n{\n}\n",
     }
     body = b"".join(
-        n.encode() + b"\0" + struct.pack("<I", len(t.encode("latin1")) + 1) + t.encode("latin1") + b"\0"
-        for n, t in bufs.items()
+        n.encode() + b"\0" + struct.pack("<I", len(t.encode("latin1")) + 1) + t.encode("latin1") + b"\0" for n, t in bufs.items()
     )
     hdr_len = max(min_len, (8 + len(body) + 31) // 32 * 32)
     blob = struct.pack("<II", hdr_len, len(bufs)) + body

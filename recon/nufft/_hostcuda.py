@@ -47,9 +47,7 @@ def build_library(sources: Sequence[Path], include_dir: Path) -> Path:
     """Compile the .cu ``sources`` for the host into one shared library (cached); return its path."""
     cxx = compiler()
     if cxx is None:
-        raise BackendUnavailableError(
-            "host emulation of the CUDA kernels needs a C++20 compiler: g++ not found (set $CXX)"
-        )
+        raise BackendUnavailableError("host emulation of the CUDA kernels needs a C++20 compiler: g++ not found (set $CXX)")
     h = hashlib.sha256()
     for p in [HEADER, *sources, *sorted(Path(include_dir).glob("*.cuh"))]:
         h.update(p.name.encode())
@@ -78,9 +76,7 @@ def build_library(sources: Sequence[Path], include_dir: Path) -> Path:
     try:
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
-            raise BackendUnavailableError(
-                f"host build of the CUDA kernels failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}"
-            )
+            raise BackendUnavailableError(f"host build of the CUDA kernels failed:\n{' '.join(cmd)}\n{r.stderr[-4000:]}")
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -143,9 +139,7 @@ class HostLauncher:
             elif isinstance(a, np.generic):
                 holders.append(np.array([a]))
             else:
-                raise TypeError(
-                    f"kernel {name}: argument of type {type(a).__name__} (numpy array or scalar expected)"
-                )
+                raise TypeError(f"kernel {name}: argument of type {type(a).__name__} (numpy array or scalar expected)")
         ptrs = (ctypes.c_void_p * max(1, len(holders)))(*[h.ctypes.data for h in holders])
         g = (ctypes.c_uint * 3)(*grid)
         b = (ctypes.c_uint * 3)(*block)

@@ -43,23 +43,16 @@ class CufinufftBackend(NufftBackend):
         real = np.float32 if self.dtype == np.complex64 else np.float64
         n = np.asarray(self.shape, dtype=np.float64)
         # wrap into [-pi, pi): cuFINUFFT accepts [-3pi, 3pi) only; the transform is 2pi-periodic
-        pts = [
-            cp.asarray(np.mod(2 * np.pi * k_grid[:, d] / n[d] + np.pi, 2 * np.pi) - np.pi, dtype=real)
-            for d in range(3)
-        ]
+        pts = [cp.asarray(np.mod(2 * np.pi * k_grid[:, d] / n[d] + np.pi, 2 * np.pi) - np.pi, dtype=real) for d in range(3)]
         self.M = len(k_grid)
         kw = dict(modeord=0)
         if upsampfac not in ("auto", None):
             kw["upsampfac"] = float(upsampfac)
         kw.update(opts)
         eps_eff = max(eps, 1e-6 if self.dtype == np.complex64 else 1e-14)
-        self._fwd = cufinufft.Plan(
-            2, self.shape, n_trans=self.n_trans, eps=eps_eff, isign=-1, dtype=self.dtype.name, **kw
-        )
+        self._fwd = cufinufft.Plan(2, self.shape, n_trans=self.n_trans, eps=eps_eff, isign=-1, dtype=self.dtype.name, **kw)
         self._fwd.setpts(*pts)
-        self._adj = cufinufft.Plan(
-            1, self.shape, n_trans=self.n_trans, eps=eps_eff, isign=+1, dtype=self.dtype.name, **kw
-        )
+        self._adj = cufinufft.Plan(1, self.shape, n_trans=self.n_trans, eps=eps_eff, isign=+1, dtype=self.dtype.name, **kw)
         self._adj.setpts(*pts)
 
     def _in(self, a, shape):

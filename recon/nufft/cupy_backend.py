@@ -67,8 +67,7 @@ def kernel_dir() -> Path:
         if all((cand / f).is_file() for f in KERNEL_FILES):
             return cand
     raise BackendUnavailableError(
-        f"CUDA kernel sources {KERNEL_FILES} not found in {here / '_kernels'} or {here.parent / 'kernels'} "
-        "(broken installation?)"
+        f"CUDA kernel sources {KERNEL_FILES} not found in {here / '_kernels'} or {here.parent / 'kernels'} (broken installation?)"
     )
 
 
@@ -310,9 +309,7 @@ class CupyLauncher:
     def __init__(self, sources, include_dir: Path):
         import cupy
 
-        self.module = cupy.RawModule(
-            code=rawmodule_code(sources), options=(*NVRTC_OPTIONS, f"-I{include_dir}")
-        )
+        self.module = cupy.RawModule(code=rawmodule_code(sources), options=(*NVRTC_OPTIONS, f"-I{include_dir}"))
         self._fns: dict[str, object] = {}
 
     def launch(self, name: str, grid, block, args, sync: bool = False, shared_mem: int = 0) -> None:
@@ -391,9 +388,7 @@ class CudaNufftPlan(NufftBackend):
         if method == "auto":
             method = choose_method(pts, self.nf, self.ns, self.sm_bin, sm_max_points)
         elif method == "sm" and self.sm_bin < 2:
-            log.info(
-                "kernel width %d too wide for shared-memory subproblems in %s: using gm", self.ns, self.real
-            )
+            log.info("kernel width %d too wide for shared-memory subproblems in %s: using gm", self.ns, self.real)
             method = "gm"
         self.method = method
         bins = (self.sm_bin,) * 3 if method == "sm" else GM_BIN
@@ -407,9 +402,7 @@ class CudaNufftPlan(NufftBackend):
             self._subs_host = _subproblems(flat[perm], int(np.prod(nb)), sm_max_points)
 
         # deapodization factors 1/phihat per axis
-        self._fk_host = [
-            (1.0 / es_fourier(self.ns, beta, self.nf[d], self.shape[d])).astype(self.real) for d in range(3)
-        ]
+        self._fk_host = [(1.0 / es_fourier(self.ns, beta, self.nf[d], self.shape[d])).astype(self.real) for d in range(3)]
 
         # memory: decide transforms per group and whether samples stay resident
         self._decide_memory(max_device_bytes)
@@ -455,8 +448,7 @@ class CudaNufftPlan(NufftBackend):
         if room < per * 1024:
             need = self.memory_estimate(1, 1024, False)
             raise BackendUnavailableError(
-                f"NUFFT grid {self.nf} needs about {need / 2**30:.2f} GiB of device memory, "
-                f"only {budget / 2**30:.2f} GiB available"
+                f"NUFFT grid {self.nf} needs about {need / 2**30:.2f} GiB of device memory, only {budget / 2**30:.2f} GiB available"
             )
         self.group, self.chunk, self.resident = g, int(min(self.M, room // per)), False
         log.info(
@@ -602,9 +594,7 @@ class CudaNufftPlan(NufftBackend):
                         [*pts, cs, np.int64(e - s), np.int32(e - s), fine, *self._grid_args(), np.int32(g)],
                     )
             fine = p.fftn(fine, self._fft_plan(g), forward=False)
-            self._launch(
-                "crop_deapod", g * int(np.prod(self.shape)), [fine, out[t0 : t0 + g], *self._img_args(g)]
-            )
+            self._launch("crop_deapod", g * int(np.prod(self.shape)), [fine, out[t0 : t0 + g], *self._img_args(g)])
         if p.name != "host" and not on_dev:
             return p.to_host(out)
         return out

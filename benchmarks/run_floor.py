@@ -150,6 +150,7 @@ def main(argv=None) -> int:
     ap.add_argument("--matrix", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", type=Path, default=HERE / "_work")
+    ap.add_argument("--results", type=Path, default=HERE / "results", help="folder of run_floor_<N>.json")
     ap.add_argument("--old-pipe", action="store_true", help="also time the previous 30-iteration Pipe-Menon (slow)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--readme", action="store_true", help="write the table into benchmarks/README.md")
@@ -157,14 +158,14 @@ def main(argv=None) -> int:
     ap.add_argument("--memory-only", action="store_true", help="re-measure only the peak memory into the saved JSON")
     args = ap.parse_args(argv)
     if args.memory_only:
-        out = HERE / "results" / f"run_floor_{args.matrix}.json"
+        out = args.results / f"run_floor_{args.matrix}.json"
         res = json.loads(out.read_text())
         d = args.work / f"sim{args.matrix}"
         res["peak_rss_bytes"] = peak_memories(d / "raw.dat", args.work / f"traj{args.matrix}_site.h5")
         out.write_text(json.dumps(res, indent=1))
         args.table_only = True
     if args.table_only:
-        table = render(json.loads((HERE / "results" / f"run_floor_{args.matrix}.json").read_text()))
+        table = render(json.loads((args.results / f"run_floor_{args.matrix}.json").read_text()))
         print(table)
         if args.readme:
             write_readme(table, args.matrix)
@@ -239,7 +240,7 @@ def main(argv=None) -> int:
     }
     if not args.no_memory:
         res["peak_rss_bytes"] = peak_memories(raw, traj_path)
-    out = HERE / "results" / f"run_floor_{n}.json"
+    out = args.results / f"run_floor_{n}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     table = render(res)

@@ -54,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
         print("  calibration: none (images only)")
     elif fit:
         slope, icpt, r2 = _num(fit.get("slope")), _num(fit.get("intercept")), _num(fit.get("r2"), ".4f")
-        print(f"  calibration: signal = {slope} * C + {icpt}  (R^2 {r2})")
+        b = fit.get("intercept")
+        icpt = "n/a" if b is None else f"{'-' if b < 0 else '+'} {abs(b):.4g}"
+        print(f"  calibration: signal = {slope} * C {icpt}  (R^2 {r2})")
     for t in cal.get("tubes", []):
         conc, mean = _num(t.get("concentration_mM"), "g"), _num(t.get("mean"))
         print(f"  tube {conc:>6} mM: mean signal {mean}, {t.get('n_voxels', '?')} voxels")

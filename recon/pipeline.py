@@ -153,6 +153,8 @@ def load_acquisition(source: Any, opts: RunOptions, timer: StageTimer | None = N
         acq.n_projections,
         acq.n_samples,
     )
+    if acq.n_echoes >= 2 and not echo_pair(acq):  # logged once here; the stages only ask echo_pair()
+        log.info("contrasts 1 and 2 share TE %.3f ms: separate images, no dual-echo field map", acq.te_s[0] * 1e3)
     if not np.all(np.isfinite(acq.data)):
         raise InputError("raw data contain NaN or infinite samples", where)
     from recon import limits
@@ -362,10 +364,7 @@ def echo_pair(acq) -> bool:
     """Whether the first two contrasts are an echo pair (different TEs) that gives a field map."""
     if acq.n_echoes < 2:
         return False
-    same = abs(acq.te_s[1] - acq.te_s[0]) < SAME_TE_S
-    if same:
-        log.info("contrasts 1 and 2 share TE %.3f ms: separate images, no dual-echo field map", acq.te_s[0] * 1e3)
-    return not same
+    return abs(acq.te_s[1] - acq.te_s[0]) >= SAME_TE_S
 
 
 def field_map(

@@ -103,6 +103,8 @@ class SystemModel:
         self.matrix = tuple(int(m) for m in np.broadcast_to(np.asarray(self.matrix), (3,)))
         self.fov_m = tuple(float(f) for f in np.broadcast_to(np.asarray(self.fov_m, dtype=float), (3,)))
         self._op = None
+        self._kernels: dict[Any, np.ndarray] = {}
+        self._kernel_images: dict[float, np.ndarray] = {}
 
     @classmethod
     def from_trajectory(cls, traj, dcf, te_s, tr_s, flip_deg, *, matrix=None, plans=None, **kw) -> SystemModel:
@@ -143,15 +145,149 @@ class SystemModel:
         t = np.broadcast_to(np.asarray(self.t_s, dtype=np.float64), self.k.shape[:-1])
         return np.exp(-t / float(t2star_s))
 
+    def kernel(self, t2star_s: float) -> np.ndarray:
+        """Spectrum of the system's point response for a pool of T2* ``t2star_s`` on the 2N box.
+
+        ``p(r) = sum_m w_m d(t_m) exp(+i 2 pi k_m . r)`` (w the density weights, d the decay over the
+        readout) is the gridding reconstruction of a unit point at the origin. It is computed once per
+        T2* by one adjoint NUFFT onto a grid of twice the matrix (voxel unchanged, FOV doubled), so that
+        every difference of two voxel positions of the image is sampled; the result is its FFT in
+        numpy's order (complex64, shape 2N), cached per T2*.
+        """
+        key = float(t2star_s)
+        hit = self._kernels.get(key)
+        if hit is not None:
+            return hit
+        from recon.plans import array_digest, plans_or_default
+
+        def build() -> tuple[np.ndarray, np.ndarray]:
+            return self._build_kernel(key)
+
+        def cache_key() -> tuple:
+            return (
+                array_digest(self.k),
+                array_digest(self.dcf),
+                array_digest(np.asarray(self.t_s)),
+                self.matrix,
+                self.fov_m,
+                float(self.eps),
+                key,
+            )
+
+        spec, p = plans_or_default(self.plans).get("psf", cache_key, build)
+        self._kernels[key] = spec
+        self._kernel_images[key] = p
+        return spec
+
+    def _build_kernel(self, t2star_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """(spectrum, image) of the point response on the 2N box (:meth:`kernel`); one adjoint NUFFT."""
+        from scipy import fft as sfft
+
+        from recon.nufft import NUFFT
+        from recon.nufft.operator import gridding
+
+        box = tuple(2 * m for m in self.matrix)
+        fov2 = tuple(2 * f for f in self.fov_m)
+        op2 = NUFFT(self.k, box, fov2, eps=self.eps)  # used once: not kept in the plan cache
+        w = self.decay_weights(t2star_s).astype(np.float32)
+        p = np.asarray(gridding(op2, w.astype(op2.dtype), self.dcf)).astype(np.complex64)
+        del op2
+        spec = sfft.fftn(sfft.ifftshift(p), workers=_workers()).astype(np.complex64)
+        return spec, p
+
+    def _patch_kernel(self, t2star_s: float, box: tuple) -> np.ndarray:
+        """Spectrum of the point response cropped to ``box`` (even sizes <= 2N) about the origin."""
+        key = (float(t2star_s), box)
+        hit = self._kernels.get(key)
+        if hit is not None:
+            return hit
+        from scipy import fft as sfft
+
+        self.kernel(t2star_s)
+        p = self._kernel_images[float(t2star_s)]
+        sl = tuple(slice(m - g // 2, m - g // 2 + g) for m, g in zip(self.matrix, box))  # r = 0 at index N
+        spec = sfft.fftn(sfft.ifftshift(p[sl]), workers=_workers()).astype(np.complex64)
+        self._kernels[key] = spec
+        return spec
+
     def template(
-        self, centre_img_m, axis_img, radius_m: float, length_m: float, t2star_s: float, derivatives: bool = False
+        self,
+        centre_img_m,
+        axis_img,
+        radius_m: float,
+        length_m: float,
+        t2star_s: float,
+        derivatives: bool = False,
+        exact: bool = False,
+        window: tuple | None = None,
     ) -> np.ndarray:
         """Real image (matrix) of a uniform cylinder of value 1 through the system (module docstring).
 
         ``centre_img_m`` is in image metres (voxel i at (i - N//2) * dx per axis), ``axis_img`` a unit
         vector in image axes. With ``derivatives`` returns (5, *matrix): the template and its
-        derivatives with respect to the centre (3, per m) and the radius (per m), from one batched NUFFT.
+        derivatives with respect to the centre (3, per m) and the radius (per m).
+
+        Default (fast) path: the gridding reconstruction of the cylinder is the convolution of its
+        band-limited samples with the point response p, evaluated as a circular convolution on the
+        2N box: ``T = IFFT(P * F(k_q))`` with P = :meth:`kernel` and F the cylinder's closed-form
+        transform at the box's Cartesian frequencies k_q. Every voxel difference of the image is a
+        sample of p, so the only approximation is the wrap of the band-limited cylinder's tails
+        across the box (measured < 1e-3 of the template's peak, tests/test_calibrate_model.py).
+        ``exact`` evaluates F at the trajectory's samples and grids them with the NUFFT instead
+        (one adjoint per call: the reference the fast path is tested against).
+
+        ``window`` ((lo, hi) voxel index bounds per axis, hi exclusive) asks for the template only
+        there (zero elsewhere): the convolution then runs on a box of about twice the window with the
+        point response cropped to it, exact for every pair of voxels inside the window (the cylinder
+        must lie inside it). The geometry refinement uses this; the final fit the whole box.
         """
+        if exact:
+            return self._template_exact(centre_img_m, axis_img, radius_m, length_m, t2star_s, derivatives)
+        from scipy import fft as sfft
+
+        n = self.matrix
+        vox = self.voxel_m
+        c = np.asarray(centre_img_m, dtype=np.float64)
+        box, origin, dest, src = _layout(n, window)
+        if window is None:
+            P = self.kernel(t2star_s)
+        else:
+            P = self._patch_kernel(t2star_s, box)
+        # box index j <-> r = r0 + (j - G//2) dx after fftshift, r0 the position of image voxel origin
+        r0 = (np.asarray(origin) - np.asarray(n) // 2) * vox
+        fx, fy, fz = (np.fft.fftfreq(g, d=float(vox[d])).astype(np.float32) for d, g in enumerate(box))
+        kx, ky, kz = fx[:, None, None], fy[None, :, None], fz[None, None, :]
+        a = np.asarray(axis_img, dtype=np.float64)
+        a = (a / np.linalg.norm(a)).astype(np.float32)
+        kp = kx * a[0] + ky * a[1] + kz * a[2]
+        k2 = kx**2 + ky**2 + kz**2
+        ft, dR = _cylinder_spectrum(kp, k2, float(radius_m), float(length_m), self.object_edge_m, derivatives)
+        cr = c - r0
+        ph = (
+            np.exp(-2j * np.pi * fx * cr[0]).astype(np.complex64)[:, None, None]
+            * np.exp(-2j * np.pi * fy * cr[1]).astype(np.complex64)[None, :, None]
+            * np.exp(-2j * np.pi * fz * cr[2]).astype(np.complex64)[None, None, :]
+        )
+        base = P * ph
+
+        def image(spec: np.ndarray, out: np.ndarray) -> None:
+            img = sfft.fftshift(sfft.ifftn(spec, workers=_workers(), overwrite_x=True))
+            out[dest] = np.real(img[src])
+
+        nf = 5 if derivatives else 1
+        out = np.zeros((nf,) + n, dtype=np.float64)
+        bf = base * ft
+        if derivatives:
+            image(bf.copy(), out[0])
+            for j, kj in enumerate((kx, ky, kz)):
+                image(bf * (-2j * np.pi * kj).astype(np.complex64), out[1 + j])
+            image(base * dR, out[4])
+            return out
+        image(bf, out[0])
+        return out[0]
+
+    def _template_exact(self, centre_img_m, axis_img, radius_m, length_m, t2star_s, derivatives) -> np.ndarray:
+        """:meth:`template` by the NUFFT at the trajectory's samples (the reference)."""
         from recon.nufft.operator import gridding
 
         op = self.nufft()
@@ -159,28 +295,77 @@ class SystemModel:
         a = np.asarray(axis_img, dtype=np.float32)
         a = a / np.linalg.norm(a)
         kp = kf @ a
-        rho = np.sqrt(np.maximum((kf**2).sum(1) - kp**2, 0.0))
-        x = (2 * np.pi * radius_m) * rho
-        safe = np.where(x > 1e-6, x, 1.0)
-        jinc = np.where(x > 1e-6, 2 * special.j1(safe) / safe, 1.0)
-        axial = length_m * np.sinc(kp * length_m)
-        if self.object_edge_m > 0:
-            axial = axial * np.exp(-2 * np.pi**2 * self.object_edge_m**2 * (kf**2).sum(1))
-        ft = (np.pi * radius_m**2) * jinc * axial
+        k2 = (kf**2).sum(1)
+        ft, dR = _cylinder_spectrum(kp, k2, float(radius_m), float(length_m), self.object_edge_m, derivatives)
         ph = np.exp(-2j * np.pi * (kf @ np.asarray(centre_img_m, dtype=np.float32))).astype(np.complex64)
         w = (self.decay_weights(t2star_s).reshape(-1)).astype(np.float32)
         base = ph * (ft * w)
         if not derivatives:
             d = base.reshape(self.k.shape[:-1])
             return np.real(np.asarray(gridding(op, d.astype(op.dtype), self.dcf))).astype(np.float64)
-        dR = (2 * np.pi * radius_m) * special.j0(x) * axial * w
         batch = np.empty((5, kf.shape[0]), dtype=np.complex64)
         batch[0] = base
         for j in range(3):
             batch[1 + j] = base * (-2j * np.pi * kf[:, j])
-        batch[4] = ph * dR
+        batch[4] = ph * (dR * w)
         img = gridding(op, batch.reshape((5,) + self.k.shape[:-1]).astype(op.dtype), self.dcf)
         return np.real(np.asarray(img)).astype(np.float64)
+
+
+_PAD = 8
+"""Extra voxels on each side of a windowed template's box (the cropped point response's reach; 6e-4 of the peak at 64^3)."""
+
+
+def _layout(n: tuple, window: tuple | None):
+    """Box sizes, origin voxel and the (image, box) slices of the convolution (:meth:`SystemModel.template`)."""
+    from scipy import fft as sfft
+
+    if window is None:
+        box = tuple(2 * m for m in n)
+        origin = tuple(m // 2 for m in n)  # r = 0 at box index G//2 = N
+        dest = tuple(slice(0, m) for m in n)
+        src = tuple(slice(m - m // 2, m - m // 2 + m) for m in n)  # box index of image voxel i: i - N//2 + N
+        return box, origin, dest, src
+    box, origin, dest, src = [], [], [], []
+    for m, (lo, hi) in zip(n, window):
+        lo, hi = max(int(lo), 0), min(int(hi), m)
+        e = hi - lo
+        g = sfft.next_fast_len(2 * e + 2 + 2 * _PAD, real=False)
+        g += g % 2
+        if g > 2 * m:
+            g = 2 * m
+        mid = (lo + hi) // 2
+        origin.append(mid)
+        box.append(g)
+        dest.append(slice(lo, hi))
+        src.append(slice(lo - mid + g // 2, hi - mid + g // 2))
+    return tuple(box), tuple(origin), tuple(dest), tuple(src)
+
+
+def _workers() -> int:
+    from recon.util import available_cpus
+
+    return available_cpus()
+
+
+def _cylinder_spectrum(kp, k2, radius_m: float, length_m: float, edge_m: float, derivatives: bool):
+    """Closed-form transform of a uniform cylinder at the origin (axis along kp's direction).
+
+    ``kp`` the frequency along the axis and ``k2`` the squared frequency (cycles/m; any broadcastable
+    shapes). Returns (F, dF/dR) (dF/dR None unless ``derivatives``), float32, m^3 (and m^2).
+    """
+    rho = np.sqrt(np.maximum(k2 - kp**2, 0.0))
+    x = (2 * np.pi * radius_m) * rho
+    safe = np.where(x > 1e-6, x, 1.0)
+    jinc = np.where(x > 1e-6, 2 * special.j1(safe) / safe, 1.0)
+    axial = length_m * np.sinc(kp * length_m)
+    if edge_m > 0:
+        axial = axial * np.exp(-2 * np.pi**2 * edge_m**2 * k2)
+    ft = ((np.pi * radius_m**2) * jinc * axial).astype(np.float32)
+    if not derivatives:
+        return ft, None
+    dR = ((2 * np.pi * radius_m) * special.j0(x) * axial).astype(np.float32)
+    return ft, dR
 
 
 @dataclasses.dataclass
@@ -385,9 +570,12 @@ def _refine_geometry(s, flat, idx, g0: TubeGeometry, sm: SystemModel, t2: float,
     y = s.ravel()[idx]
     x = (flat[idx] - g0.centre_img_m) * 1e3
     c, R = g0.centre_img_m.copy(), float(g0.radius_m)
+    vidx = np.unravel_index(idx, s.shape)
+    margin = 3  # voxels: the steps below move the cylinder by at most 2 voxels
+    window = tuple((int(v.min()) - margin, int(v.max()) + 1 + margin) for v in vidx)
     n_eval = 0
     for _ in range(max_iter):
-        T = sm.template(c, g0.axis_img, R, g0.length_m, t2, derivatives=True)
+        T = sm.template(c, g0.axis_img, R, g0.length_m, t2, derivatives=True, window=window)
         n_eval += 1
         Tl = T.reshape(5, -1)[:, idx]
         lin = np.column_stack([Tl[0], np.ones(len(idx))] + ([x] if BACKGROUND_ORDER >= 1 else []))

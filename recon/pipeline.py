@@ -346,6 +346,10 @@ def combine(images: np.ndarray, noise_cov: np.ndarray | None = None) -> np.ndarr
     return np.stack([combine_coils(im, "adaptive", noise_cov=noise_cov, prewhitened=noise_cov is not None) for im in images])
 
 
+GRIDDING_B0 = "tb-cpr"
+"""The B0 correction of a gridding run (``b0 = auto`` with an echo pair or a field map)."""
+
+
 def choose_b0_method(acq, opts: RunOptions) -> str:
     """The B0 correction to run: ``auto`` = tb-cpr with an echo pair or an external map, else none."""
     pair = echo_pair(acq)
@@ -357,7 +361,7 @@ def choose_b0_method(acq, opts: RunOptions) -> str:
                 acq.sources[0] if acq.sources else None,
             )
         return opts.b0
-    return "tb-cpr" if pair or opts.fieldmap else "none"
+    return GRIDDING_B0 if pair or opts.fieldmap else "none"
 
 
 def echo_pair(acq) -> bool:
@@ -481,6 +485,33 @@ def correct_b0(
     return combine(corr, ks.noise_cov), method, None
 
 
+def model_calibration(opts: RunOptions) -> bool:
+    """True when the tubes are fitted through the system model (``tube_values = model``, tube calibration)."""
+    return opts.tube_values == "model" and opts.calibration not in ("none", "internal")
+
+
+def gridding_for_calibration(
+    op,
+    ks: KSpace,
+    acq,
+    plain: np.ndarray,
+    combined_plain: np.ndarray,
+    fmap: FieldMap,
+    method: str,
+    opts: RunOptions,
+    plans: Plans | None = None,
+    timer: StageTimer | None = None,
+) -> np.ndarray:
+    """The B0-corrected gridding images the tube model is fitted on in an iterative run.
+
+    tb-cpr with the run's field map when the iterative model corrected B0 (the gridding correction
+    of a default run), the plain gridding images otherwise.
+    """
+    if not method.startswith("iterative"):
+        return combined_plain
+    return correct_b0(op, ks, acq, plain, combined_plain, fmap, GRIDDING_B0, opts.replace(recon="gridding"), plans, timer)[0]
+
+
 def relaxation_map(acq, traj, dcf, images, smooth_vox: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
     """Per-voxel relative relaxation weighting r(x) of the echo-1 signal vs the tube model.
 
@@ -541,9 +572,13 @@ def calibrate_images(
     opts: RunOptions,
     timer: StageTimer | None = None,
     plans: Plans | None = None,
+    fit_images: np.ndarray | None = None,
 ) -> tuple[Any, np.ndarray | None, np.ndarray | None, dict[str, Any] | None]:
     """Stage 9: calibration of echo 1 into TSC (mM), relaxation correction, ratio map.
 
+    ``fit_images``: the gridding images on which the tubes are fitted when ``images`` come from
+    another reconstruction (the iterative one: the tube model reproduces the gridding point
+    response, not the iterative one); the line is then applied to ``images``.
     Returns (calibration, tsc_mM, ratio, relaxation record); all None with ``calibration = none``.
     """
     from recon.calibrate import ReadoutWeighting, calibrate, ratio_map, relaxation_factors
@@ -589,7 +624,10 @@ def calibrate_images(
                 eps=max(opts.eps, 1e-4),
                 object_edge_m=opts.tube_edge_mm * 1e-3,
             )
-        cal = calibrate(images[0], affine, **kw)
+        if fit_images is not None:
+            cal = calibrate(fit_images[0], affine, apply_to=images[0], **kw)
+        else:
+            cal = calibrate(images[0], affine, **kw)
     tsc, ratio = cal.tsc, cal.ratio
     if relax_map is not None:  # TSC = (S - b) / (a r(x)) with a per-voxel relative weighting r
         tsc = (cal.tsc / relax_map).astype(np.float32)
@@ -699,8 +737,11 @@ def reconstruct(
     images, method, iter_info = correct_b0(op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer)
     from recon.device import to_host
 
+    fit_images = None
+    if iter_info is not None and model_calibration(opts):
+        fit_images = gridding_for_calibration(op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer)
     fmap = FieldMap(to_host(fmap.hz), fmap.info)
-    cal, tsc, ratio, relax_info = calibrate_images(images, affine, acq, ks, traj, opts, timer, plans)
+    cal, tsc, ratio, relax_info = calibrate_images(images, affine, acq, ks, traj, opts, timer, plans, fit_images)
     mask, background = object_support(images, affine, tsc)
     return ReconResult(
         echoes=images,

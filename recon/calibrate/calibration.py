@@ -172,6 +172,7 @@ def calibrate(
     r2_min: float = R2_WARN,
     max_rel_dev: float = DEVIATION_WARN,
     system: SystemModel | None = None,
+    apply_to: np.ndarray | None = None,
 ) -> Calibration:
     """Calibrate the echo-1 image into a TSC map in mM.
 
@@ -198,6 +199,11 @@ def calibrate(
     system : the acquisition and reconstruction (:class:`~recon.calibrate.model.SystemModel`). When given,
         tube values come from the point-response model (:mod:`recon.calibrate.model`) instead of eroded
         ROI means; without it the erosion method is used (with a note in the warnings).
+    apply_to : optional second echo-1 image of the same scan (same grid) to which the line is applied
+        instead of ``echo1``: the tubes are fitted on ``echo1``, the image whose point response
+        ``system`` reproduces (the gridding reconstruction), and the TSC map is made from
+        ``apply_to`` (e.g. the iterative reconstruction, whose point response differs but whose
+        large-object scale is the same). Signal extraction uses the same settings on both.
 
     Degenerate calibrations raise :class:`CalibrationError`: two tubes at one place, a slope that does
     not change over the tubes' range, or a line with R^2 below 0.5.
@@ -288,6 +294,16 @@ def calibrate(
         if system is not None:
             label += "-model"
     rel = 1.0 if relaxation is None else relaxation.relative
+    if apply_to is not None:
+        y, _ = _check_image(apply_to, affine)
+        if y.shape != x.shape:
+            raise CalibrationError(f"image to calibrate has shape {y.shape}, the fitted image {x.shape}")
+        if not np.all(np.isfinite(y)):
+            raise CalibrationError("image to calibrate contains NaN or infinite values")
+        s, _ = signal_image(y, sig_info["mode"], noise_sigma, phase_sigma_vox)
+        if sensitivity is not None:
+            s = divide_sensitivity(s, sensitivity)
+        settings["line_applied_to"] = "a second reconstruction of the scan (the tubes were fitted on the gridding image)"
     tsc = tsc_map(s, fit.slope, fit.intercept, rel)
     ratio, ratio_ref = None, None
     if ratio_region is not None:

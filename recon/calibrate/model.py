@@ -259,9 +259,7 @@ class SystemModel:
         kx, ky, kz = fx[:, None, None], fy[None, :, None], fz[None, None, :]
         a = np.asarray(axis_img, dtype=np.float64)
         a = (a / np.linalg.norm(a)).astype(np.float32)
-        kp = kx * a[0] + ky * a[1] + kz * a[2]
-        k2 = kx**2 + ky**2 + kz**2
-        ft, dR = _cylinder_spectrum(kp, k2, float(radius_m), float(length_m), self.object_edge_m, derivatives)
+        ft, dR = _box_spectrum((kx, ky, kz), a, float(radius_m), float(length_m), self.object_edge_m, derivatives)
         cr = c - r0
         ph = (
             np.exp(-2j * np.pi * fx * cr[0]).astype(np.complex64)[:, None, None]
@@ -346,6 +344,30 @@ def _workers() -> int:
     from recon.util import available_cpus
 
     return available_cpus()
+
+
+def _box_spectrum(ks: tuple, a: np.ndarray, radius_m: float, length_m: float, edge_m: float, derivatives: bool):
+    """:func:`_cylinder_spectrum` on a Cartesian box (``ks`` the three broadcastable frequency axes).
+
+    A tube along an image axis is a disc times a segment: its transform is evaluated on the 2D
+    plane and the 1D axis and broadcast (exact; N^2 + N Bessel evaluations instead of N^3).
+    """
+    aligned = np.nonzero(np.abs(a) >= 1.0 - 1e-9)[0]
+    if len(aligned) != 1:
+        kp = ks[0] * a[0] + ks[1] * a[1] + ks[2] * a[2]
+        k2 = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
+        return _cylinder_spectrum(kp, k2, radius_m, length_m, edge_m, derivatives)
+    d = int(aligned[0])
+    perp = [ks[j] for j in range(3) if j != d]
+    kr2 = perp[0] ** 2 + perp[1] ** 2
+    kd = ks[d]
+    disc, ddisc = _cylinder_spectrum(np.zeros_like(kr2), kr2, radius_m, 1.0, edge_m, derivatives)  # L=1: no axial factor
+    axial = (length_m * np.sinc(kd * length_m)).astype(np.float32)
+    if edge_m > 0:
+        axial = axial * np.exp(-2 * np.pi**2 * edge_m**2 * kd**2).astype(np.float32)
+    # _cylinder_spectrum with L = 1 and kp = 0 returns pi R^2 jinc * sinc(0) * edge(k_perp)
+    ft = disc * axial
+    return ft, (None if ddisc is None else ddisc * axial)
 
 
 def _cylinder_spectrum(kp, k2, radius_m: float, length_m: float, edge_m: float, derivatives: bool):

@@ -201,7 +201,19 @@ def load_trajectory(acq, opts: RunOptions, plans: Plans | None = None, timer: St
                 prof = ("default",) if not opts.profile else (os.path.realpath(opts.profile), os.stat(opts.profile).st_mtime_ns)
                 return ("profile", *prof, json.dumps(trajectory_params(acq, profile), sort_keys=True, default=str))
 
-            traj = plans.trajectory(key, lambda: build_trajectory(acq, profile))
+            def design():
+                import json
+
+                from recon.trajectory.dcf_cache import file_digest
+                from recon.trajectory.design_cache import cached_design
+
+                prof = file_digest(opts.profile) if opts.profile else "default"
+                desc = {"profile": prof, "params": json.loads(json.dumps(trajectory_params(acq, profile), default=str))}
+                built, how = cached_design(desc, lambda: build_trajectory(acq, profile))
+                log.debug("trajectory design: %s", how)
+                return built
+
+            traj = plans.trajectory(key, design)
             source = f"profile {opts.profile or 'default'} ({traj.params.get('generator')})"
         check_trajectory(acq, traj, source)
     log.info(

@@ -46,20 +46,24 @@ DEFAULT_MAX_MB = 2048
 _SUFFIX = ".npy"
 
 
-def cache_dir() -> Path | None:
-    """The DCF cache directory (not created here), or None when the cache is switched off."""
+def cache_root() -> Path | None:
+    """The narecon cache directory (not created here), or None when caching is switched off."""
     env = os.environ.get("NARECON_CACHE_DIR")
     if env is not None:
         if env.strip().lower() in ("", "0", "off", "none", "false"):
             return None
-        return Path(env).expanduser() / "dcf"
+        return Path(env).expanduser()
     try:
         import platformdirs
     except ImportError:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "narecon"
-    else:
-        base = Path(platformdirs.user_cache_dir("narecon"))
-    return base / "dcf"
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "narecon"
+    return Path(platformdirs.user_cache_dir("narecon"))
+
+
+def cache_dir() -> Path | None:
+    """The DCF cache directory (not created here), or None when the cache is switched off."""
+    root = cache_root()
+    return None if root is None else root / "dcf"
 
 
 def max_bytes() -> int:
@@ -199,17 +203,17 @@ def _store(entry: Path, w: np.ndarray) -> str | None:
     return None
 
 
-def entries(d: Path | None = None) -> list[Path]:
-    """Cache entries, least recently used first."""
+def entries(d: Path | None = None, suffix: str = _SUFFIX) -> list[Path]:
+    """Cache entries (files ending in ``suffix``) of ``d`` (default: the DCF cache), least recently used first."""
     d = cache_dir() if d is None else d
     if d is None or not d.is_dir():
         return []
-    files = [p for p in d.iterdir() if p.suffix == _SUFFIX and p.is_file() and not p.name.startswith(".")]
+    files = [p for p in d.iterdir() if p.suffix == suffix and p.is_file() and not p.name.startswith(".")]
     return sorted(files, key=lambda p: p.stat().st_mtime)
 
 
-def _evict(d: Path, bound: int, keep: Path | None = None) -> None:
-    files = entries(d)
+def _evict(d: Path, bound: int, keep: Path | None = None, suffix: str = _SUFFIX) -> None:
+    files = entries(d, suffix)
     total = sum(p.stat().st_size for p in files)
     for p in files:
         if total <= bound:

@@ -1,0 +1,102 @@
+"""Disk cache of built-in trajectory designs (recon.trajectory.design_cache).
+
+Independent truth: a fresh build of the same design. The cached trajectory must be identical in
+every field the pipeline uses; a damaged entry is rebuilt; a change of the generator code changes
+the key; the run stage reads the cache on the second run and gives the same images.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from recon.trajectory import design_cache as tc
+from recon.trajectory import tpi
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("NARECON_CACHE_DIR", str(d))
+    monkeypatch.delenv("NARECON_CACHE_MAX_MB", raising=False)
+    return d / "trajectory"
+
+
+def _build():
+    return tpi(fov_m=0.224, res_m=0.014, p=0.3, gmax_t_per_m=4e-3)
+
+
+def test_cached_design_equals_a_fresh_build(cache):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return _build()
+
+    a, how_a = tc.cached_design({"p": 0.3}, build)
+    b, how_b = tc.cached_design({"p": 0.3}, build)
+    assert (how_a, how_b) == ("computed", "cached") and len(calls) == 1
+    ref = _build()
+    assert np.array_equal(b.k, ref.k) and np.array_equal(b.t, ref.t)
+    assert b.fov_m == ref.fov_m and b.matrix == ref.matrix and b.dwell_s == ref.dwell_s
+    assert b.gamma_hz_per_t == ref.gamma_hz_per_t
+    assert (b.solid_angle is None) == (ref.solid_angle is None)
+    if ref.solid_angle is not None:
+        assert np.array_equal(b.solid_angle, ref.solid_angle)
+    assert json.dumps(b.params, sort_keys=True, default=str) == json.dumps(
+        json.loads(json.dumps(ref.params, default=str)), sort_keys=True, default=str
+    )
+    for key, v in (ref.waveforms or {}).items():
+        if isinstance(v, np.ndarray):
+            assert np.array_equal(b.waveforms[key], v), key
+    assert tc.info()["entries"] == 1
+
+
+def test_damaged_entry_is_rebuilt(cache):
+    tc.cached_design({"p": 0.3}, _build)
+    (entry,) = list(cache.glob("*.npz"))
+    entry.write_bytes(entry.read_bytes()[:1000])  # truncated
+    t, how = tc.cached_design({"p": 0.3}, _build)
+    assert how == "computed" and np.array_equal(t.k, _build().k)
+
+
+def test_key_follows_parameters_and_generator_code(cache, monkeypatch):
+    k1 = tc.design_key({"p": 0.3})
+    assert tc.design_key({"p": 0.31}) != k1
+    monkeypatch.setattr(tc, "_CODE_DIGEST", "another generator")
+    assert tc.design_key({"p": 0.3}) != k1
+
+
+def test_cache_off(monkeypatch):
+    monkeypatch.setenv("NARECON_CACHE_DIR", "off")
+    _, how = tc.cached_design({"p": 0.3}, _build)
+    assert how == "computed (cache off)"
+
+
+def test_second_run_reads_the_design_and_reconstructs_the_same(cache, tmp_path):
+    """The sample's design is stored by the first reconstruction and read by the second."""
+    from pathlib import Path
+
+    import recon
+
+    raw = Path(__file__).resolve().parents[1] / "data_samples" / "raw.dat"
+    opts = {"calibration": "none", "b0": "none", "qa": False}
+    a = recon.reconstruct(raw, opts)
+    assert tc.info()["entries"] == 1
+    b = recon.reconstruct(raw, opts)
+    assert np.array_equal(a.trajectory.k, b.trajectory.k)
+    assert np.allclose(a.echoes, b.echoes, rtol=0, atol=1e-6 * np.abs(a.echoes).max())
+
+
+def test_cli_cache_info_reports_both_caches(cache, capsys):
+    from recon.cli import main
+
+    tc.cached_design({"p": 0.3}, _build)
+    assert main(["cache", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["trajectory"]["entries"] == 1 and info["trajectory"]["directory"] == str(cache)
+    assert main(["cache", "clear"]) == 0
+    assert "removed 1" in capsys.readouterr().out
+    assert tc.info()["entries"] == 0

@@ -303,6 +303,7 @@ def estimate_recon_memory(
     b0_method: str = "none",
     n_segments: int = 1,
     iterative: bool = False,
+    tube_model: bool = False,
     complex_bytes: int = 8,
 ) -> MemoryEstimate:
     """Upper estimate in bytes of the memory one reconstruction needs (before any of it is allocated).
@@ -313,6 +314,8 @@ def estimate_recon_memory(
     b0_method : "none", "tb-cpr" (one plan per time bin), "fs-cpr"/"mfi" (one image per frequency)
         or "iterative"; n_segments : its time bins or frequencies.
     iterative : CG reconstruction (about 6 image-sized vectors per echo, one plan per time segment).
+    tube_model : the point-response tube calibration (:mod:`recon.calibrate.model`): one NUFFT onto
+        the 2N box and about 6 arrays of the box (8 x the image each).
     complex_bytes : 8 (complex64) or 16 (complex128).
     """
     n = (int(matrix),) * 3 if isinstance(matrix, (int, float)) else tuple(int(v) for v in matrix)
@@ -338,6 +341,8 @@ def estimate_recon_memory(
         "images": img * images,
         "NUFFT sort/spread buffers": points * 16.0 * plans,
     }
+    if tube_model:
+        parts["tube model (point-response kernel on the 2N box)"] = 8 * grid + 6 * 8 * img
     return MemoryEstimate(parts)
 
 

@@ -322,6 +322,7 @@ def check_memory(acq, traj, matrix, opts: RunOptions) -> None:
         b0_method=choose_b0_method(acq, opts),
         n_segments=opts.b0_segments or 1,
         iterative=opts.b0 == "iterative",
+        tube_model=model_calibration(opts),
     )
     import contextlib
 

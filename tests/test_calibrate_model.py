@@ -188,3 +188,19 @@ def test_ratio_reference_is_named_after_the_given_region(scene, tmp_path):
     assert cal.result.ratio_reference["label"].startswith("sphere (0, 0, 0) mm")
     cal = calibrate(scene["img"], scene["aff"], tubes_file=csv, ratio_region=[((0.0, 0.0, 0.0), 10.0)], ratio_label="CSF")
     assert cal.result.ratio_reference["label"] == "CSF"
+
+
+def test_point_response_kernel_is_reused_through_a_plan_cache(scene):
+    """A batch worker's persistent plans hold the kernel: a second scan of the protocol builds none."""
+    from recon.plans import PlanCache, Plans
+
+    plans = Plans(PlanCache())
+    sm0 = scene["sm"]
+    kw = dict(k=sm0.k, t_s=sm0.t_s, dcf=sm0.dcf, te_s=sm0.te_s, tr_s=sm0.tr_s, flip_deg=sm0.flip_deg)
+    a = SystemModel(matrix=sm0.matrix, fov_m=sm0.fov_m, plans=plans, **kw)
+    ta = a.template(np.zeros(3), np.array([0, 0, 1.0]), 2 * VOX, 0.04, 0.05)
+    b = SystemModel(matrix=sm0.matrix, fov_m=sm0.fov_m, plans=plans, **kw)
+    tb = b.template(np.zeros(3), np.array([0, 0, 1.0]), 2 * VOX, 0.04, 0.05)
+    st = plans.stats()["psf"]
+    assert (st["misses"], st["hits"]) == (1, 1)
+    assert np.array_equal(ta, tb)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from recon.errors import ConfigError, InputError, TrajectoryError
+from recon.errors import ConfigError, InputError, NareconError, TrajectoryError
 from recon.log import StageTimer
 from recon.options import RunOptions, load_config  # noqa: F401  (load_config: re-exported for callers)
 from recon.plans import Plans, plans_or_default
@@ -207,9 +207,12 @@ def load_trajectory(acq, opts: RunOptions, plans: Plans | None = None, timer: St
                 from recon.trajectory.dcf_cache import file_digest
                 from recon.trajectory.design_cache import cached_design
 
+                try:
+                    params = json.loads(json.dumps(trajectory_params(acq, profile), default=str))
+                except NareconError:  # the builder names the file and the problem
+                    return build_trajectory(acq, profile)
                 prof = file_digest(opts.profile) if opts.profile else "default"
-                desc = {"profile": prof, "params": json.loads(json.dumps(trajectory_params(acq, profile), default=str))}
-                built, how = cached_design(desc, lambda: build_trajectory(acq, profile))
+                built, how = cached_design({"profile": prof, "params": params}, lambda: build_trajectory(acq, profile))
                 log.debug("trajectory design: %s", how)
                 return built
 

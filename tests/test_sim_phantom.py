@@ -25,10 +25,10 @@ def test_literature_values_in_the_ranges_of_the_issue():
 
 
 def test_points_inside_compartments_have_their_values():
-    ph = HeadPhantom(marker=True)
+    ph = HeadPhantom(marker=True, head_scale=1.0)  # the head's literature geometry, unscaled
     pts = {
-        "tube_30mM": (-0.088, -0.072, 0.0),
-        "tube_120mM": (0.088, 0.072, 0.0),
+        "tube_30mM": (-0.084, -0.022, 0.0),
+        "tube_120mM": (0.084, 0.022, 0.0),
         "necrotic_core": tuple(np.add(ph.tumour_centre, 0)),
         "vitreous": (0.032, -0.080, -0.038),
         "white_matter": (0.035, 0.020, 0.0),

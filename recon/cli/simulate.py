@@ -74,7 +74,7 @@ def register(sub) -> None:
     )
     s.add_argument("--tube-t1-ms", type=float, default=None, help="T1 of the tubes in ms (saline 55)")
     s.add_argument("--tube-t2s-ms", type=float, default=None, help="T2* of the tubes in ms (saline 50)")
-    s.add_argument("--head-scale", type=float, default=1.0, help="scale of the head about its centre (1; 0.5-1.5)")
+    s.add_argument("--head-scale", type=float, default=None, help="scale of the head about its centre (0.85; 0.5-1.5)")
     s.add_argument("--head-offset-mm", type=_floats, default=None, metavar="X,Y,Z", help="head centre in RAS mm (0,0,0)")
     s.add_argument(
         "--relax",
@@ -140,7 +140,7 @@ def make_phantom(args: argparse.Namespace, traj):
     import logging
 
     from recon.errors import ConfigError
-    from recon.sim.phantom import DEFAULT_COMPARTMENTS, HeadPhantom, Tube, default_tubes
+    from recon.sim.phantom import DEFAULT_COMPARTMENTS, DEFAULT_HEAD_SCALE, HeadPhantom, Tube, default_tubes
 
     log = logging.getLogger("recon.sim")
     comps = dict(DEFAULT_COMPARTMENTS)
@@ -182,13 +182,17 @@ def make_phantom(args: argparse.Namespace, traj):
         small = min(t.radius_m for t in tubes) / vox
         if small < 2.0:
             scale = 2.0 / small
+            corners = vox > COARSE_VOXEL_M
+            if corners:  # 2-voxel tubes do not fit beside the head: the FOV's corners, outside the supported sphere
+                tubes = [dataclasses.replace(t, **extra) for t in default_tubes(layout="corners")]
             tubes = [dataclasses.replace(t, radius_m=t.radius_m * scale) for t in tubes]
             log.warning(
                 "the default tubes (radius 13 mm) are %.1f voxels at %.1f mm voxels: scaled to %.1f mm so that narecon run "
-                "can calibrate (it needs about 2 voxels); give --tube to place your own",
+                "can calibrate (it needs about 2 voxels)%s; give --tube to place your own",
                 small,
                 vox * 1e3,
                 tubes[0].radius_m * 1e3,
+                ", in the FOV's corners (outside the alias-free sphere)" if corners else "",
             )
     off = args.head_offset_mm or [0.0, 0.0, 0.0]
     if len(off) != 3:
@@ -199,9 +203,13 @@ def make_phantom(args: argparse.Namespace, traj):
         b0_scale=args.b0_scale,
         tubes=tuple(tubes),
         compartments=comps,
-        head_scale=args.head_scale,
+        head_scale=DEFAULT_HEAD_SCALE if args.head_scale is None else args.head_scale,
         centre_m=(-off[0] * 1e-3, -off[1] * 1e-3, off[2] * 1e-3),
     )
+
+
+COARSE_VOXEL_M = 7.5e-3
+"""Above this voxel size the default tubes, scaled to 2 voxels, go to the FOV's corners (no room beside the head)."""
 
 
 def run(args: argparse.Namespace) -> int:

@@ -144,22 +144,32 @@ class Tube:
         }
 
 
-def default_tubes(concentrations: Sequence[float] = (30.0, 60.0, 90.0, 120.0)) -> tuple[Tube, ...]:
-    """Four tubes in the free corners of the FOV beside the head, radius 13 mm, 80 mm long.
+DEFAULT_HEAD_SCALE = 0.85
+"""Default scale of the phantom's head: small enough that the default tubes sit beside it inside the
+alias-free sphere of a 224 mm FOV (a head of scale 1 leaves the tubes only the FOV's corners)."""
 
-    26 mm diameter vials (e.g. 50 mL centrifuge tubes) keep a core of several voxels after
-    eroding one PSF width even at coarse resolution; centres at x = +-88 mm, y = +-72 mm (LPS)
-    leave about 20 mm to the scalp and 11 mm to the edge of a 224 mm FOV.
+
+def default_tubes(concentrations: Sequence[float] = (30.0, 60.0, 90.0, 120.0), layout: str = "beside") -> tuple[Tube, ...]:
+    """Four calibration tubes of radius 13 mm (26 mm vials, e.g. 50 mL centrifuge tubes), along B0.
+
+    ``layout = "beside"`` (default): where a user puts them, 36 mm long, centres at x = +-84 mm,
+    y = +-22 mm (LPS), about 13 mm clear of the head of :data:`DEFAULT_HEAD_SCALE` and entirely
+    inside the alias-free sphere (the farthest rim point is 101 mm from the centre; radius 112 mm
+    for a 224 mm FOV, 102 mm at angular undersampling 1.2). The shipped sample uses this geometry.
+
+    ``layout = "corners"``: 80 mm long in the free corners of the FOV (x = +-88, y = +-72 mm), for
+    matrices so coarse (>= 7 mm voxels) that tubes of 2 voxels do not fit beside the head; they
+    reach 133 mm from the centre, outside the alias-free sphere (narecon run warns).
     """
-    pos = [
-        (-0.088, -0.072),
-        (-0.088, 0.072),
-        (0.088, -0.072),
-        (0.088, 0.072),
-    ]  # right-ant, right-post, left-ant, left-post
+    if layout == "beside":
+        pos, length = [(-0.084, -0.022), (-0.084, 0.022), (0.084, -0.022), (0.084, 0.022)], 0.036
+    elif layout == "corners":
+        pos, length = [(-0.088, -0.072), (-0.088, 0.072), (0.088, -0.072), (0.088, 0.072)], 0.080
+    else:
+        raise InputError(f"default tube layout must be 'beside' or 'corners', got {layout!r}")
     if len(concentrations) > len(pos):
         raise InputError(f"at most {len(pos)} default tube positions, got {len(concentrations)} concentrations")
-    return tuple(Tube(f"tube_{c:g}mM", (x, y, 0.0), 0.013, 0.080, float(c)) for (x, y), c in zip(pos, concentrations))
+    return tuple(Tube(f"tube_{c:g}mM", (x, y, 0.0), 0.013, length, float(c)) for (x, y), c in zip(pos, concentrations))
 
 
 def _comp(name: str, label: int, tsc: float, prior: str, src: str) -> Compartment:
@@ -256,7 +266,7 @@ class HeadPhantom:
     b0_hotspot_hz: float = 60.0
     centre_m: tuple = (0.0, 0.0, 0.0)
     compartments: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_COMPARTMENTS))
-    head_scale: float = 1.0
+    head_scale: float = DEFAULT_HEAD_SCALE
 
     # geometry (m, relative to centre_m; LPS: -x right, -y anterior, +z superior)
     brain_semi = (0.068, 0.084, 0.060)

@@ -11,7 +11,14 @@ evaluated at the trajectory's sample positions k_m, weighted by the tube's decay
 exp(-t_m / T2*) (t_m from the first ADC sample at TE; the factor at TE and the T1 saturation are
 common to the whole tube and go into its amplitude), and reconstructed exactly as the data were
 (density-compensated gridding with the same weights and NUFFT). This *template* T_i(r) is the image
-of a tube of unit value. The image near tube i is modelled as
+of a tube of unit value. It is evaluated as what it is, the convolution of the cylinder with the
+system's point response p(r) = sum_m w_m d(t_m) exp(+i 2 pi k_m . r): p is gridded once per tube
+T2* onto a box of twice the matrix (every voxel difference is then a sample of p; cached in the
+plans, so a batch worker builds it once per protocol), and each template is one FFT product with
+the cylinder's closed-form transform on the box's Cartesian frequencies (exact up to the wrap of
+the band-limited cylinder's tails, < 1e-3 of the peak; :meth:`SystemModel.template` with
+``exact=True`` grids the transform at the samples instead, the tested reference). The geometry
+refinement uses windows of about twice the tube's neighbourhood. The image near tube i is modelled as
 
     S(r) = sum_j A_j T_j(r) + p_i(r)        (r in the neighbourhood of tube i)
 

@@ -441,9 +441,11 @@ def correct_b0(
     opts: RunOptions,
     plans: Plans | None = None,
     timer: StageTimer | None = None,
+    label: str | None = None,
 ) -> tuple[np.ndarray, str, dict[str, Any] | None]:
     """Stage 8: B0-corrected, coil-combined echo images (echo, N0, N1, N2); iterative when asked.
 
+    ``label``: the stage's name in the log and timings (default ``B0 correction (<method>)``).
     Returns (images, the method that ran, the iterative record or None).
     """
     from recon.b0 import correct, support_mask
@@ -485,7 +487,7 @@ def correct_b0(
         return images, ("iterative" if method != "none" else "none (iterative decay model)"), info
     if method == "none":
         return combined_plain, "none", None
-    with timer.stage(f"B0 correction ({method})"):
+    with timer.stage(label or f"B0 correction ({method})"):
         corr = correct(
             method,
             op,
@@ -525,7 +527,9 @@ def gridding_for_calibration(
     """
     if not method.startswith("iterative"):
         return combined_plain
-    return correct_b0(op, ks, acq, plain, combined_plain, fmap, GRIDDING_B0, opts.replace(recon="gridding"), plans, timer)[0]
+    grid_opts = opts.replace(recon="gridding")
+    label = f"{GRIDDING_B0} image for the tube calibration"
+    return correct_b0(op, ks, acq, plain, combined_plain, fmap, GRIDDING_B0, grid_opts, plans, timer, label)[0]
 
 
 def relaxation_map(acq, traj, dcf, images, smooth_vox: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:

@@ -107,11 +107,13 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
                 if result.ratio is not None:
                     nii("ratio_csf.nii.gz", result.ratio, "narecon TSC ratio to reference region")
                 (tmp / "calibration.json").write_text(json.dumps(cal_dict, indent=2, default=json_default))
+                if qa:
+                    _write_qa(tmp / "qa.png", result, cal_dict)
+                for job in jobs:
+                    job.result()  # the NIfTIs exist before their sidecars; an error re-raises here
                 from recon.export.run_outputs import export_run  # BIDS sidecars; DICOM / ISMRMRD images if asked
 
                 export_run(tmp, result)
-                if qa:
-                    _write_qa(tmp / "qa.png", result, cal_dict)
                 prov = dict(result.provenance)
                 prov["inputs"] = [
                     {"path": os.path.abspath(p), "sha256": h.result(), "bytes": os.path.getsize(p)}
@@ -119,8 +121,6 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
                 ]
                 prov["timings_s"] = dict(result.timings_s)
                 write_h5(tmp / "recon.h5", result, prov, cal_dict)
-                for job in jobs:
-                    job.result()  # re-raises a helper's error inside the atomic folder: no partial output
             finally:
                 wait(jobs)  # never leave a helper writing into a folder that is being removed
     return dict(timer.timings)

@@ -70,6 +70,7 @@ def test_recon_h5_holds_the_result(result, tmp_path):
         assert f["dcf"].compression == "gzip"  # smooth weights: deflated
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"echo1.nii.gz", "echo2.nii.gz", "b0_hz.nii.gz", "mask.nii.gz", "recon.h5", "qa.png"} <= names
+    assert {"echo1.json", "echo2.json", "b0_hz.json"} <= names  # sidecars see the NIfTIs of the helper thread
 
 
 def test_a_failing_helper_job_leaves_nothing(result, tmp_path, monkeypatch):

@@ -184,3 +184,26 @@ def test_second_batch_on_same_dir_refused(tmp_path, client):
     out.mkdir()
     with batch_lock(out), pytest.raises(OutputError, match="another narecon batch"):
         run_batch(read_manifest(m), out, client, recon_fn=fake_recon, progress=False)
+
+
+def _worker_state(dask_worker=None):
+    import sys
+
+    return {
+        "warm": getattr(dask_worker, "narecon_warm", None),
+        "modules": [
+            m for m in ("recon.pipeline", "recon.nufft.finufft_backend", "recon.calibrate.qa", "scipy.ndimage") if m in sys.modules
+        ],
+    }
+
+
+def test_workers_are_warmed_before_their_first_scan(client):
+    """open_client registers the warm-up plugin: every worker has imported the stages and timed it."""
+    from recon.batch.warm import WarmWorker
+
+    states = client.run(_worker_state)
+    assert len(states) == 2
+    for st in states.values():
+        assert st["warm"] is not None and {"imports_s", "nufft_s", "matplotlib_s"} <= set(st["warm"])
+        assert st["modules"] == ["recon.pipeline", "recon.nufft.finufft_backend", "recon.calibrate.qa", "scipy.ndimage"]
+    assert WarmWorker.name in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))

@@ -55,7 +55,7 @@ def expected(raw_files, eps=1e-4):
 
 @pytest.fixture(scope="module")
 def client():
-    with open_client("local", workers=2, threads_per_worker=1, memory_limit="1GB") as bc:
+    with open_client("local", workers=2, threads_per_worker=1, memory_limit="1GB", warm=True) as bc:
         bc.client.wait_for_workers(2, timeout=60)
         yield bc.client
 
@@ -198,7 +198,7 @@ def _worker_state(dask_worker=None):
 
 
 def test_workers_are_warmed_before_their_first_scan(client):
-    """open_client registers the warm-up plugin: every worker has imported the stages and timed it."""
+    """open_client(warm=True) registers the warm-up plugin: every worker has imported the stages and timed it."""
     from recon.batch.warm import WarmWorker
 
     states = client.run(_worker_state)

@@ -259,7 +259,7 @@ def open_client(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     dashboard: str | None = None,
-    warm: bool = True,
+    warm: bool = False,
 ) -> Iterator[BatchCluster]:
     """A connected Dask client for the batch (:class:`BatchCluster`); a cluster it started is closed after.
 
@@ -276,7 +276,9 @@ def open_client(
         the local cluster uses a temporary certificate of its own unless these are given.
     dashboard : address to bind the scheduler's dashboard to (e.g. ``127.0.0.1:8787``); none by default.
     warm : register :class:`recon.batch.warm.WarmWorker` on the workers (imports and first-use costs
-        paid when a worker starts, not in its first scan).
+        paid when a worker starts, not in its first scan). Off by default: it makes the scans' timings
+        comparable but not the batch faster (benchmarks/README.md, "Batch throughput": the first
+        scan's extra time is the protocol's plans, and the warm-up lengthens the start by 4-5 s).
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")

@@ -4,8 +4,10 @@ A fresh worker process pays, in its first scan, the imports of the reconstructio
 scikit-image, finufft, matplotlib, nibabel, h5py, pydicom and narecon's stages: 2-4 s on the
 2-core development machine) and first-use costs (finufft/FFTW and OpenMP start-up, matplotlib's
 font loading). :func:`warm_worker` does all of that once, when the worker starts
-(:class:`recon.batch.cluster.WarmWorker`, a Dask worker plugin), so that every scan costs what a
-warm scan costs and the scans' timings are comparable.
+(:class:`WarmWorker`, a Dask worker plugin; ``recon.batch.cluster.open_client(warm=True)``), so
+that the scans' timings are comparable. It does not make a batch faster (measured in
+benchmarks/README.md, "Batch throughput"): a persistent worker pays the imports once either way,
+the first scan's extra time is the protocol's plans, and the warm-up lengthens the cluster start.
 
 Protocol-dependent plans (the trajectory, its density weights, the NUFFT plans of the protocol)
 cannot be made before the first scan says which protocol it is; they are cached per worker

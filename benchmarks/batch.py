@@ -8,7 +8,11 @@ not timed):
   ``narecon run`` does (interpreter start, imports, trajectory design, density weights and NUFFT
   plans every time);
 * ``batch-1w``, ``batch-2w``: ``narecon batch`` engine on a local cluster of 1 / 2 worker
-  processes (cores split among them), with the per-worker plan cache;
+  processes (cores split among them), with the per-worker plan cache (what ``narecon batch`` does);
+* ``batch-2w-warm``: 2 workers warmed when they start (:mod:`recon.batch.warm`: the stages'
+  imports and first-use costs paid before the first scan; ``open_client(warm=True)``);
+* ``batch-2w-2t``: 2 workers with 2 NUFFT/NumPy threads each (not pinned to one core each: one
+  worker's serial stages overlap the other's threaded ones);
 * ``batch-1w-nocache``: 1 worker without the plan cache: the difference to ``batch-1w`` is the
   time saved by plan reuse.
 
@@ -44,7 +48,7 @@ def main() -> int:
     ap.add_argument("--scans", type=int, default=8)
     ap.add_argument("--matrix", type=int, default=32)
     ap.add_argument("--distinct", type=int, default=2, help="distinct simulated scans (copied to --scans)")
-    ap.add_argument("--configs", nargs="+", default=["loop", "batch-1w", "batch-2w", "batch-1w-nocache"])
+    ap.add_argument("--configs", nargs="+", default=["loop", "batch-1w", "batch-2w", "batch-2w-warm", "batch-1w-nocache"])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "batch_results.json"))
     ap.add_argument("--work", help="work folder (default: a temporary one)")
     args = ap.parse_args()
@@ -103,7 +107,8 @@ def main() -> int:
             results[cfg] = {"total_s": total, "scans_per_min": 60 * len(raws) / total}
         else:
             workers = 2 if "2w" in cfg else 1
-            with open_client("local", workers=workers) as bc:
+            threads = 2 if cfg.endswith("-2t") else None
+            with open_client("local", workers=workers, warm="warm" in cfg, threads_per_worker=threads) as bc:
                 bc.client.wait_for_workers(workers)
                 t1 = time.perf_counter()
                 rep = run_batch(

@@ -754,7 +754,12 @@ def reconstruct(
     combined_plain = combine(plain, ks.noise_cov)
     method = choose_b0_method(acq, opts)
     fmap = field_map(op, dks, acq, plain, combined_plain, affine, method, opts, plans, timer)
+    own_op = plans.cache is None  # no plan cache keeps op for the next scan: its memory may go once it is done
+    if own_op and method == "tb-cpr" and opts.recon != "iterative":
+        op.release()  # tb-cpr plans its own bins (from op.k) and never transforms through op
     images, method, iter_info = correct_b0(op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer)
+    if own_op:
+        op.release()  # the last transform through op is done (calibration plans its own NUFFTs)
     from recon.device import to_host
 
     fit_images = None

@@ -55,7 +55,7 @@ def expected(raw_files, eps=1e-4):
 
 @pytest.fixture(scope="module")
 def client():
-    with open_client("local", workers=2, threads_per_worker=1, memory_limit="1GB") as bc:
+    with open_client("local", workers=2, threads_per_worker=1, memory_limit="1GB", warm=True) as bc:
         bc.client.wait_for_workers(2, timeout=60)
         yield bc.client
 
@@ -184,3 +184,26 @@ def test_second_batch_on_same_dir_refused(tmp_path, client):
     out.mkdir()
     with batch_lock(out), pytest.raises(OutputError, match="another narecon batch"):
         run_batch(read_manifest(m), out, client, recon_fn=fake_recon, progress=False)
+
+
+def _worker_state(dask_worker=None):
+    import sys
+
+    return {
+        "warm": getattr(dask_worker, "narecon_warm", None),
+        "modules": [
+            m for m in ("recon.pipeline", "recon.nufft.finufft_backend", "recon.calibrate.qa", "scipy.ndimage") if m in sys.modules
+        ],
+    }
+
+
+def test_workers_are_warmed_before_their_first_scan(client):
+    """open_client(warm=True) registers the warm-up plugin: every worker has imported the stages and timed it."""
+    from recon.batch.warm import WarmWorker
+
+    states = client.run(_worker_state)
+    assert len(states) == 2
+    for st in states.values():
+        assert st["warm"] is not None and {"imports_s", "nufft_s", "matplotlib_s"} <= set(st["warm"])
+        assert st["modules"] == ["recon.pipeline", "recon.nufft.finufft_backend", "recon.calibrate.qa", "scipy.ndimage"]
+    assert WarmWorker.name in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))

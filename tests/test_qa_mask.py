@@ -117,11 +117,76 @@ def test_qa_figure_rows_planes_and_file(tmp_path):
     assert fig.get_layout_engine() is None  # fixed layout: no tight/constrained layout pass
     texts = [t.get_text() for t in fig.texts]
     assert {"echo 1 |S|", "echo 2 |S|", "B0 (Hz)", "TSC (mM)"} <= set(texts)
-    titles = [a.get_title() for a in fig.axes if a.get_title()]
+    titles = [t for t in texts if t.split()[:1] in (["axial"], ["coronal"], ["sagittal"])]
     assert [t.split()[0] for t in titles[:3]] == ["axial", "coronal", "sagittal"]
+    assert len(fig.axes) == 1  # the calibration line; slice panels and colour bars are painted pixels
     assert any("TSC outside the object mask" in t for t in texts)
     assert any(t.get_text() == "S = 1 C − 2, R² = 0.9900" for a in fig.axes if a.get_legend() for t in a.get_legend().texts)
     no_tsc = build_qa_figure([img], b0_hz=b0, affine=aff)  # images-only run: no TSC row
     assert "TSC (mM)" not in [t.get_text() for t in no_tsc.texts]
     png = qa_figure(tmp_path / "qa.png", [img], tsc=img, affine=aff)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _imshow_reference(vol2d, cmap, vmin, vmax, rect_in, fig_in, dpi):
+    """The panel as matplotlib's own imshow draws it (independent of the numpy painter): RGBA canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=fig_in, dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((rect_in[0] / fig_in[0], rect_in[1] / fig_in[1], rect_in[2] / fig_in[0], rect_in[3] / fig_in[1]))
+    ax.imshow(vol2d, origin="lower", interpolation="nearest", aspect="equal", cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_axis_off()
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+
+
+def test_qa_panels_are_the_pixels_imshow_draws():
+    """Every slice panel of the painted figure equals matplotlib's imshow of the same slice (nearest,
+    aspect equal, same axes rectangle) away from the outlines and labels; a wrong flip, offset or colour
+    map fails."""
+    from recon.calibrate import qa
+
+    rng = np.random.default_rng(3)
+    shape = (20, 26, 23)
+    vol = rng.uniform(0, 10, shape)
+    vol[2:6, 3:9, 4:7] = 20.0  # an asymmetric bright block: flips and transposes show
+    fig = build_qa_figure([vol], affine=_affine((0, 1, 2), (1, 1, 1), deg=0.0))
+    fig.canvas.draw()
+    got = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    fig_in = tuple(fig.get_size_inches())
+    vmax = float(np.percentile(vol, 99.9))
+    cuts = qa.panels(shape, _affine((0, 1, 2), (1, 1, 1), deg=0.0))
+    h_panel, top = 2.2, fig_in[1] - 0.55
+    for c, p in enumerate(cuts):
+        rect = (0.45 + c * 2.2, top - h_panel + 0.06, 2.2 - 0.12, h_panel - 0.3)
+        ref = _imshow_reference(qa.cut2d(vol, p), "gray", 0.0, vmax, rect, fig_in, qa.DPI)
+        x0, y1 = int(rect[0] * qa.DPI) + 1, int(fig.canvas.get_width_height()[1] - rect[1] * qa.DPI) - 1
+        x1, y0 = int((rect[0] + rect[2]) * qa.DPI) - 1, int(fig.canvas.get_width_height()[1] - (rect[1] + rect[3]) * qa.DPI) + 1
+        a, b = got[y0:y1, x0:x1], ref[y0:y1, x0:x1]
+        inside = (b != 255).any(-1)  # the image (imshow leaves the rest of the axes white)
+        assert inside.sum() > 0.5 * inside.size
+        same = (np.abs(a - b).max(-1) <= 2) | ~inside
+        assert same.mean() > 0.97, (p.plane, same.mean())  # direction letters and edge pixels may differ
+
+
+def test_qa_outlines_follow_the_mask():
+    """The cyan object outline lies on the mask's boundary voxels: inside the panel, cyan pixels occur
+    only where the mask changes within one voxel."""
+    from recon.calibrate import qa
+
+    shape = (24, 24, 24)
+    vol = np.zeros(shape)
+    mask = np.zeros(shape, bool)
+    mask[6:18, 8:16, 5:19] = True
+    vol[mask] = 5.0
+    fig = build_qa_figure([vol + 0.01], mask=mask, affine=np.diag([4.0, 4.0, 4.0, 1.0]))
+    fig.canvas.draw()
+    px = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    cyan = np.abs(px - [0, 191, 191]).max(-1) <= 3
+    assert cyan.sum() > 100
+    p = qa.panels(shape, np.diag([4.0, 4.0, 4.0, 1.0]))[0]
+    m2 = qa.cut2d(mask, p)
+    n_edge = 2 * (m2.any(0).sum() + m2.any(1).sum())  # voxel edges of the rectangle's outline
+    assert cyan.sum() >= n_edge  # every panel draws its outline

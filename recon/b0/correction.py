@@ -225,11 +225,13 @@ class TimeBinnedGridder:
     def n_bins(self) -> int:
         return len(self.bins)
 
-    def grid(self, data, factor=None):
-        """Data (B, *op.kshape) (or (B, M)) times ``factor`` (op.kshape) -> bin images (B, n_bins, N0, N1, N2).
+    def grid(self, data, factor=None, col_factor=None):
+        """Data (B, *op.kshape) (or (B, M)) times ``factor`` (op.kshape) times ``col_factor`` (one value per
+        time column, (C,)) -> bin images (B, n_bins, N0, N1, N2).
 
-        ``factor`` (density weights, demodulation) multiplies each bin's data while it is cut out,
-        so the bin arrays are made in one pass; None: the data are already weighted.
+        The factors (density weights, demodulation at the distinct times) multiply each bin's data
+        while it is cut out, so the bin arrays are made in one pass and no weighted copy of all the
+        data exists at once (39 MB at the 64^3 protocol); None: that factor is 1.
         """
         from recon.device import get_array_module
 
@@ -237,8 +239,14 @@ class TimeBinnedGridder:
         y2 = data.reshape((-1,) + self.shape)
         f2 = None if factor is None else factor.reshape(self.shape)
         out = xp.empty((y2.shape[0], self.n_bins) + self.op.shape, dtype=self.op.dtype)
+        rdt = np.float32 if self.op.dtype == np.complex64 else np.float64
+        fdt = None if f2 is None else (self.op.dtype if f2.dtype.kind == "c" else rdt)
         for i, (cols, nb) in enumerate(self.bins):
-            yb = y2[:, :, cols] * f2[:, cols] if f2 is not None else xp.ascontiguousarray(y2[:, :, cols])
+            fb = None if f2 is None else f2[:, cols].astype(fdt, copy=False)  # cast per bin: no full-size copy
+            if col_factor is not None:
+                cb = col_factor[cols][None, :]
+                fb = cb if fb is None else fb * cb
+            yb = y2[:, :, cols] * fb if fb is not None else xp.ascontiguousarray(y2[:, :, cols])
             out[:, i] = nb.adjoint(yb.astype(self.op.dtype, copy=False))
         return out
 
@@ -284,8 +292,7 @@ def correct_tb_cpr(
     lead = data.shape[1 : data.ndim - len(op.kshape)]
     rdt = np.float32 if op.dtype == np.complex64 else np.float64
     demod = np.exp(2j * np.pi * fc * t_col).astype(op.dtype)  # (C,) over the distinct times
-    factor = xp.asarray(dcf, dtype=rdt).reshape(gr.shape) * xp.asarray(demod)[None, :]
-    bins = gr.grid(data, factor)  # (n_echo * B, n_bins, *shape)
+    bins = gr.grid(data, xp.asarray(dcf), xp.asarray(demod))  # (n_echo * B, n_bins, *shape)
     bins = bins.reshape((n_echo, -1, gr.n_bins) + op.shape)
     delta = xp.asarray(fieldmap_hz - fc, dtype=rdt)
     out = xp.empty((n_echo,) + lead + op.shape, dtype=op.dtype)

@@ -236,6 +236,16 @@ def _connect(distributed, cluster):
         raise
 
 
+def _register_warm(client, device: str) -> None:
+    """Register the warm-up plugin (:mod:`recon.batch.warm`); a failure is logged, never fatal."""
+    from recon.batch.warm import WarmWorker
+
+    try:
+        client.register_plugin(WarmWorker(device), name=WarmWorker.name)
+    except Exception as e:  # e.g. an existing scheduler whose workers run another narecon version
+        log.warning("could not warm the batch workers (%s); their first scan imports the stages", e)
+
+
 @contextlib.contextmanager
 def open_client(
     scheduler: str = LOCAL,
@@ -249,6 +259,7 @@ def open_client(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     dashboard: str | None = None,
+    warm: bool = False,
 ) -> Iterator[BatchCluster]:
     """A connected Dask client for the batch (:class:`BatchCluster`); a cluster it started is closed after.
 
@@ -264,6 +275,10 @@ def open_client(
     tls_ca_file, tls_cert, tls_key : certificate files (PEM) for SLURM/PBS and ``tls://`` schedulers;
         the local cluster uses a temporary certificate of its own unless these are given.
     dashboard : address to bind the scheduler's dashboard to (e.g. ``127.0.0.1:8787``); none by default.
+    warm : register :class:`recon.batch.warm.WarmWorker` on the workers (imports and first-use costs
+        paid when a worker starts, not in its first scan). Off by default: it makes the scans' timings
+        comparable but not the batch faster (benchmarks/README.md, "Batch throughput": the first
+        scan's extra time is the protocol's plans, and the warm-up lengthens the start by 4-5 s).
     """
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
@@ -365,6 +380,8 @@ def open_client(
             desc = f"Dask scheduler {scheduler}"
     log.info("%s", desc)
     try:
+        if warm:
+            _register_warm(client, device)
         yield BatchCluster(client, resources, desc, timeout_s)
     finally:
         try:

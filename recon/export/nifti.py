@@ -10,12 +10,21 @@ NIFTI_SCANNER = 1
 """NIfTI xform code 'scanner anatomical' (NIFTI_XFORM_SCANNER_ANAT): the qform and sform code we write."""
 
 
-def save_nifti(path: str | os.PathLike, vol: np.ndarray, affine: np.ndarray, descrip: str = "", dtype=np.float32) -> None:
+def save_nifti(
+    path: str | os.PathLike,
+    vol: np.ndarray,
+    affine: np.ndarray,
+    descrip: str = "",
+    dtype=np.float32,
+    compresslevel: int | None = None,
+) -> None:
     """Write ``vol`` (3D or 4D) with ``affine`` (voxel -> RAS+ mm) as qform and sform, both with code 1 (scanner).
 
     ``descrip`` goes into the header's 80-byte description (cut to 79 characters); spatial
     units mm, time units s. Writes ``path`` directly (callers that need atomic outputs write
-    into an :func:`recon.atomic.atomic_dir`).
+    into an :func:`recon.atomic.atomic_dir`). ``compresslevel`` (0-9, ``.gz`` paths only): the
+    gzip level; 0 stores the bytes in a valid gzip stream (noise-like float images gain < 10 %
+    from compression at 40 ms per MB); None is nibabel's default (1).
     """
     import nibabel as nib
 
@@ -27,4 +36,10 @@ def save_nifti(path: str | os.PathLike, vol: np.ndarray, affine: np.ndarray, des
     img.set_sform(aff, code=NIFTI_SCANNER)
     img.header.set_xyzt_units("mm", "sec")
     img.header["descrip"] = descrip[:79].encode("ascii", "replace")
+    if compresslevel is not None and os.fspath(path).endswith(".gz"):
+        import gzip
+
+        with open(path, "wb") as f:  # zlib runs without the GIL: writers may overlap in threads
+            f.write(gzip.compress(img.to_bytes(), compresslevel=int(compresslevel), mtime=0))
+        return
     nib.save(img, os.fspath(path))

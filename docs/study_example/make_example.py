@@ -126,13 +126,15 @@ SCALED = ("grey_matter", "white_matter", "csf_sulcal", "csf_ventricles", "oedema
 
 def _component_phantom(tumour_mM: float, scale: float):
     """Phantom with tumour TSC ``tumour_mM`` and the per-patient tissues scaled by ``scale``."""
-    from recon.sim.phantom import DEFAULT_COMPARTMENTS, HeadPhantom
+    from recon.sim.phantom import DEFAULT_COMPARTMENTS, HeadPhantom, default_tubes
 
     comps = dict(DEFAULT_COMPARTMENTS)
     for name in SCALED:
         comps[name] = dataclasses.replace(comps[name], tsc_mM=comps[name].tsc_mM * scale)
     comps["tumour_rim"] = dataclasses.replace(comps["tumour_rim"], tsc_mM=tumour_mM)
-    return HeadPhantom(tumour="solid", compartments=comps)
+    # the example's geometry (ROI centres above): the head at scale 1, so the tubes go to the FOV's
+    # corners (beside a full-size head there is no room inside the alias-free sphere; narecon run warns)
+    return HeadPhantom(tumour="solid", compartments=comps, head_scale=1.0, tubes=default_tubes(layout="corners"))
 
 
 def pipeline_mode(work: Path, snr: float = 200.0, bin_s: float = 364e-6, run: bool = True) -> None:

@@ -90,6 +90,7 @@ class ReconResult:
     relaxation_info: dict[str, Any] | None = None
     fieldmap_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     iterative_info: dict[str, Any] | None = None
+    regions: Any = None  # recon.calibrate.regions.RegionalResult with options.regions
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
     timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -598,6 +599,33 @@ def calibrate_images(
     return cal, tsc, ratio, relax_info
 
 
+def regional_tsc(images, affine, acq, ks: KSpace, traj, opts: RunOptions, cal, tsc, timer: StageTimer | None = None, plans=None):
+    """Stage 9b (``regions = FILE``): regional TSC of the label map through the system model, or None.
+
+    Echo 1 and, with an echo pair, echo 2 (:mod:`recon.calibrate.regions`); the tube line of ``cal``.
+    """
+    if opts.regions is None or cal is None:
+        return None
+    from recon.calibrate import SystemModel
+    from recon.calibrate.regions import load_regions
+    from recon.calibrate.regions import regional_tsc as regional
+    from recon.calibrate.tsc import signal_image
+
+    timer = timer or StageTimer()
+    with timer.stage("regional TSC (system model)"):
+        labels, lab_aff, specs = load_regions(opts.regions)
+        sub = traj.subset(ks.projections) if len(ks.projections) < traj.n_projections else traj
+        sm = SystemModel.from_trajectory(
+            sub, ks.dcf, acq.te_s, acq.tr_s, acq.flip_deg, matrix=images.shape[-3:], plans=plans,
+            eps=max(opts.eps, 1e-4), object_edge_m=opts.tube_edge_mm * 1e-3,
+        )  # fmt: skip
+        mode = cal.result.signal.get("mode", opts.signal)
+        signals = [cal.signal] + ([signal_image(images[1], mode)[0]] if echo_pair(acq) else [])
+        fit = cal.result.fit
+        refine = "echo-ratio" if opts.regions_relaxation == "echo-ratio" and len(signals) > 1 else None
+        return regional(signals, sm, fit.slope, fit.intercept, labels, lab_aff, specs, affine, tsc_mM=tsc, refine=refine)
+
+
 def object_support(images: np.ndarray, affine: np.ndarray, tsc: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any] | None]:
     """Stage 10: the object mask of echo 1 (:func:`recon.calibrate.mask.object_mask`) and TSC statistics outside it."""
     from recon.calibrate.mask import background_stats, object_mask
@@ -701,6 +729,7 @@ def reconstruct(
 
     fmap = FieldMap(to_host(fmap.hz), fmap.info)
     cal, tsc, ratio, relax_info = calibrate_images(images, affine, acq, ks, traj, opts, timer, plans)
+    regions = regional_tsc(images, affine, acq, ks, traj, opts, cal, tsc, timer, plans)
     mask, background = object_support(images, affine, tsc)
     return ReconResult(
         echoes=images,
@@ -719,6 +748,7 @@ def reconstruct(
         relaxation_info=relax_info,
         fieldmap_info=fmap.info,
         iterative_info=iter_info,
+        regions=regions,
         provenance=provenance(acq, opts, op, traj_source, dcf_method, method, fmap, iter_info, timer),
         timings_s=dict(timer.timings),
     )
@@ -780,5 +810,6 @@ __all__ = [
     "correct_b0",
     "calibrate_images",
     "object_support",
+    "regional_tsc",
     "relaxation_map",
 ]

@@ -623,7 +623,12 @@ def regional_tsc(images, affine, acq, ks: KSpace, traj, opts: RunOptions, cal, t
         signals = [cal.signal] + ([signal_image(images[1], mode)[0]] if echo_pair(acq) else [])
         fit = cal.result.fit
         refine = "echo-ratio" if opts.regions_relaxation == "echo-ratio" and len(signals) > 1 else None
-        return regional(signals, sm, fit.slope, fit.intercept, labels, lab_aff, specs, affine, tsc_mM=tsc, refine=refine)
+        res = regional(signals, sm, fit.slope, fit.intercept, labels, lab_aff, specs, affine, tsc_mM=tsc, refine=refine)
+    if opts.b0 == "iterative" or opts.recon == "iterative":
+        w = "regions: the templates model the gridding point response, not the iterative reconstruction's"
+        log.warning(w)
+        res.warnings.append(w)
+    return res
 
 
 def object_support(images: np.ndarray, affine: np.ndarray, tsc: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any] | None]:

@@ -780,7 +780,7 @@ def run(
         if not isinstance(source, (str, os.PathLike, list, tuple))
         else ([source] if isinstance(source, (str, os.PathLike)) else list(source))
     )
-    inputs += [p for p in (opts.traj, opts.profile, opts.fieldmap) if p]
+    inputs += [p for p in (opts.traj, opts.profile, opts.fieldmap, opts.regions) if p]
     if opts.calibration not in ("auto", "internal", "none"):
         inputs.append(opts.calibration)
     check_output_dir(out_dir, force=opts.force, inputs=inputs)

@@ -190,6 +190,20 @@ class RunOptions:
     signal: str = _o(
         "auto", kind="str", choices=("auto", "real", "magnitude-nf", "magnitude"), help="signal used by the calibration"
     )
+    regions: str | None = _o(
+        None,
+        kind="path",
+        nullable=True,
+        help="label NIfTI (any grid; names from <file>.json/.tsv or truth.json beside it): regional TSC through "
+        "the system model into regions.tsv (recon.calibrate.regions)",
+    )
+    regions_relaxation: str = _o(
+        "echo-ratio",
+        kind="str",
+        choices=("echo-ratio", "prior"),
+        help="readout decay of tissue regions: the class prior with its short-T2* fraction refined from the regional "
+        "echo ratio (with an echo pair), or the prior as it is",
+    )
     matrix: int | None = _o(
         None, kind="int", low=8, high=512, nullable=True, help="reconstruction matrix N (N^3; default: the protocol's)"
     )
@@ -260,7 +274,9 @@ class RunOptions:
             raise ConfigError("internal calibration needs reference spheres (--reference x,y,z,r in mm)", source)
         if self.calibration == "auto" and len(self.tube_mM) < 2:
             raise ConfigError(f"tube_mM: at least two tube concentrations are needed, got {list(self.tube_mM)}", source)
-        for name in ("traj", "profile", "fieldmap"):
+        if self.regions is not None and self.calibration in ("internal", "none"):
+            raise ConfigError("regions need a tube calibration (calibration auto or a tubes file)", self.regions)
+        for name in ("traj", "profile", "fieldmap", "regions"):
             p = getattr(self, name)
             if p is not None and not os.path.isfile(p):
                 raise ConfigError(f"{name}: file not found", p)

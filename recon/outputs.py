@@ -11,6 +11,8 @@ Files (in DIR, written into a temporary sibling and renamed: nothing or everythi
   statistics outside it are in calibration.json (``background_outside_mask_mM``);
 * ``ratio_csf.nii.gz`` TSC / mean TSC in the ratio region, when one is given;
 * ``calibration.json`` fit, tubes, warnings, relaxation factors;
+* ``regions.tsv`` with ``regions = FILE``: per label name, class, voxels, voxel-mean mM, regional mM
+  through the system model, template recovery (:mod:`recon.calibrate.regions`);
 * ``recon.h5`` complex echo images, field map, density weights, trajectory parameters,
   provenance (input sha256, options, versions, device, timings);
 * ``qa.png`` mid slices of echoes, field map and TSC with the tube ROIs and the calibration line.
@@ -112,6 +114,8 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
                 if result.ratio is not None:
                     nii("ratio_csf.nii.gz", result.ratio, "narecon TSC ratio to reference region")
                 (tmp / "calibration.json").write_text(json.dumps(cal_dict, indent=2, default=json_default))
+                if getattr(result, "regions", None) is not None:  # regional TSC (recon.calibrate.regions)
+                    (tmp / "regions.tsv").write_text(result.regions.to_tsv())
                 if qa:
                     _write_qa(tmp / "qa.png", result, cal_dict)
                 for job in jobs:

@@ -90,6 +90,7 @@ class ReconResult:
     relaxation_info: dict[str, Any] | None = None
     fieldmap_info: dict[str, Any] = dataclasses.field(default_factory=dict)
     iterative_info: dict[str, Any] | None = None
+    regions: Any = None  # recon.calibrate.regions.RegionalResult with options.regions
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
     timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -656,6 +657,51 @@ def calibrate_images(
     return cal, tsc, ratio, relax_info
 
 
+def regional_tsc(
+    images,
+    affine,
+    acq,
+    ks: KSpace,
+    traj,
+    opts: RunOptions,
+    cal,
+    tsc,
+    timer: StageTimer | None = None,
+    plans=None,
+    own_signal: bool = True,
+):
+    """Stage 9b (``regions = FILE``): regional TSC of the label map through the system model, or None.
+
+    Echo 1 and, with an echo pair, echo 2 of ``images`` (:mod:`recon.calibrate.regions`); the tube
+    line of ``cal``. ``own_signal``: ``images`` are the ones ``cal`` calibrated (its echo-1 signal is
+    reused); False for the gridding images of an iterative run (the templates model gridding).
+    """
+    if opts.regions is None or cal is None:
+        return None
+    from recon.calibrate import SystemModel
+    from recon.calibrate.regions import load_regions
+    from recon.calibrate.regions import regional_tsc as regional
+    from recon.calibrate.tsc import signal_image
+
+    timer = timer or StageTimer()
+    with timer.stage("regional TSC (system model)"):
+        labels, lab_aff, specs = load_regions(opts.regions)
+        sub = traj.subset(ks.projections) if len(ks.projections) < traj.n_projections else traj
+        sm = SystemModel.from_trajectory(
+            sub, ks.dcf, acq.te_s, acq.tr_s, acq.flip_deg, matrix=images.shape[-3:], plans=plans,
+            eps=max(opts.eps, 1e-4), object_edge_m=opts.tube_edge_mm * 1e-3,
+        )  # fmt: skip
+        mode = cal.result.signal.get("mode", opts.signal)
+        first = cal.signal if own_signal else signal_image(images[0], mode)[0]
+        signals = [first] + ([signal_image(images[1], mode)[0]] if echo_pair(acq) else [])
+        fit = cal.result.fit
+        refine = "echo-ratio" if opts.regions_relaxation == "echo-ratio" and len(signals) > 1 else None
+        res = regional(signals, sm, fit.slope, fit.intercept, labels, lab_aff, specs, affine, tsc_mM=tsc, refine=refine)
+    if not own_signal:
+        log.info("regions: measured on the %s gridding image (the templates model gridding, as the tubes')", GRIDDING_B0)
+    return res
+
+
 def object_support(images: np.ndarray, affine: np.ndarray, tsc: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any] | None]:
     """Stage 10: the object mask of echo 1 (:func:`recon.calibrate.mask.object_mask`) and TSC statistics outside it."""
     from recon.calibrate.mask import background_stats, object_mask
@@ -767,6 +813,10 @@ def reconstruct(
         fit_images = gridding_for_calibration(op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer)
     fmap = FieldMap(to_host(fmap.hz), fmap.info)
     cal, tsc, ratio, relax_info = calibrate_images(images, affine, acq, ks, traj, opts, timer, plans, fit_images)
+    if fit_images is not None:  # regional templates model gridding: measure on the gridding image, as the tubes
+        regions = regional_tsc(fit_images, affine, acq, ks, traj, opts, cal, tsc, timer, plans, own_signal=False)
+    else:
+        regions = regional_tsc(images, affine, acq, ks, traj, opts, cal, tsc, timer, plans)
     mask, background = object_support(images, affine, tsc)
     return ReconResult(
         echoes=images,
@@ -785,6 +835,7 @@ def reconstruct(
         relaxation_info=relax_info,
         fieldmap_info=fmap.info,
         iterative_info=iter_info,
+        regions=regions,
         provenance=provenance(acq, opts, op, traj_source, dcf_method, method, fmap, iter_info, timer),
         timings_s=dict(timer.timings),
     )
@@ -811,7 +862,7 @@ def run(
         if not isinstance(source, (str, os.PathLike, list, tuple))
         else ([source] if isinstance(source, (str, os.PathLike)) else list(source))
     )
-    inputs += [p for p in (opts.traj, opts.profile, opts.fieldmap) if p]
+    inputs += [p for p in (opts.traj, opts.profile, opts.fieldmap, opts.regions) if p]
     if opts.calibration not in ("auto", "internal", "none"):
         inputs.append(opts.calibration)
     check_output_dir(out_dir, force=opts.force, inputs=inputs)
@@ -846,5 +897,6 @@ __all__ = [
     "correct_b0",
     "calibrate_images",
     "object_support",
+    "regional_tsc",
     "relaxation_map",
 ]

@@ -46,7 +46,7 @@ Regime (what this covers and what it does not): regions that are uniform inside 
 whose labels are registered to the scan (truth labels, or a segmentation on the scan's grid);
 relaxation close to the class prior (the validation family draws within literature ranges, the
 prior is one point in them); off-resonance already corrected (the B0-corrected image is used);
-gridding reconstructions (the iterative path has another point response). The value is only
+gridding reconstructions (an iterative run measures the regions on its tb-cpr gridding image). The value is only
 as right as the labels: a label map on the reconstruction grid (each voxel its dominant
 compartment) misplaces boundaries by up to half a voxel, and at 5.6 mm the sample's 2.3-voxel
 tubes read 17-22 % low from such labels but within 1.3 % from labels 8x finer. Regions that are

@@ -59,7 +59,14 @@ CLI_EQUIVALENT = (
     "--tube -84,-22,0,13,36,120"
 )
 MANIFEST = "SHA256SUMS"
-DATA_FILES = ("raw.dat", "truth.json", "truth_b0_hz.nii.gz", "truth_labels.nii.gz", "truth_tsc_mM.nii.gz")
+DATA_FILES = (
+    "raw.dat",
+    "truth.json",
+    "truth_b0_hz.nii.gz",
+    "truth_labels.nii.gz",
+    "truth_labels_fine.nii.gz",
+    "truth_tsc_mM.nii.gz",
+)
 
 
 def generate(out: Path) -> None:
@@ -98,6 +105,7 @@ def generate(out: Path) -> None:
         traj,
         out,
         overwrite=True,
+        phantom=phantom,
         extra_info={
             "sample": {
                 "made_by": "scripts/make_sample.py",

@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
         n_threads=args.threads,
     )
     with stage("write outputs"):
-        write_simulation(res, traj, args.out, ismrmrd=args.ismrmrd, overwrite=args.force)
+        write_simulation(res, traj, args.out, ismrmrd=args.ismrmrd, overwrite=args.force, phantom=phantom)
     sim = res.truth.info["simulation"]
     summary = {
         "out": args.out,

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from recon.sim.output import FINE_LABEL_FACTOR, fine_label_map  # the truth's own fine labels (re-exported)
+
 log = logging.getLogger("recon.validate")
 
 PSF_ERODE_VOX = 1.6
@@ -57,7 +59,7 @@ CLASSES = {
     "tumour_rim": "lesion",
     "necrotic_core": "lesion",
 }
-FINE_LABELS = 4
+FINE_LABELS = FINE_LABEL_FACTOR
 """Sub-voxel label map of the ``regional-fine`` measure: this many label voxels per reconstruction voxel and axis."""
 MEASURES = ("eroded", "regional", "regional-fine", "regional-fine-echo")
 """How a compartment is measured (module docstring)."""
@@ -98,31 +100,6 @@ def truth_label_files(truth, affine: np.ndarray, folder: Path) -> Path:
     path.write_bytes(_nifti_bytes(np.asarray(truth.labels, dtype=np.int16), affine))
     (folder / "truth.json").write_text(json.dumps(jsonable(truth.info)))
     return path
-
-
-def fine_label_map(phantom, info: dict[str, Any], affine: np.ndarray, factor: int = FINE_LABELS):
-    """The phantom's dominant-compartment labels on a grid ``factor`` times finer than the reconstruction's.
-
-    Label voxel f of an axis sits at reconstruction voxel index (f + 0.5) / factor - 0.5 (the voxel split
-    evenly); returns (labels, affine of the fine grid). Evaluated one slab at a time (bounded memory).
-    """
-    prot = info["protocol"]
-    n = np.asarray(prot["matrix"], dtype=int)
-    dx = np.asarray(prot["fov_m"], dtype=np.float64) / n
-    pos = np.asarray(prot["position_m"], dtype=np.float64)
-    edge = float(info["phantom"]["edge_mm"]) * 1e-3
-    ax = [((np.arange(factor * n[d]) + 0.5) / factor - 0.5 - n[d] // 2) * dx[d] + pos[d] for d in range(3)]
-    out = np.zeros(tuple(len(a) for a in ax), dtype=np.int16)
-    g1, g2 = np.meshgrid(ax[1], ax[2], indexing="ij")
-    step = 8
-    for i in range(0, len(ax[0]), step):
-        a0 = ax[0][i : i + step]
-        pts = np.stack(np.broadcast_arrays(a0[:, None, None], g1[None], g2[None]), -1)
-        out[i : i + step] = phantom.labels(pts, edge)
-    m = np.eye(4)
-    m[:3, :3] /= factor
-    m[:3, 3] = 0.5 / factor - 0.5
-    return out, np.asarray(affine, dtype=np.float64) @ m
 
 
 def fine_regional(result, phantom, truth, refine: str | None = "echo-ratio"):

@@ -224,10 +224,10 @@ def _evict(d: Path, bound: int, keep: Path | None = None, suffix: str = _SUFFIX)
         p.unlink(missing_ok=True)
 
 
-def info() -> dict[str, Any]:
-    """Directory, entry count, total size and bound of the cache (JSON-ready)."""
-    d = cache_dir()
-    files = entries(d)
+def info(d: Path | None | str = "dcf", suffix: str = _SUFFIX) -> dict[str, Any]:
+    """Directory, entry count, total size and bound of a cache directory (JSON-ready; default the DCF cache)."""
+    d = cache_dir() if d == "dcf" else d
+    files = entries(d, suffix) if d is not None else []
     return {
         "directory": None if d is None else str(d),
         "enabled": d is not None,
@@ -237,9 +237,10 @@ def info() -> dict[str, Any]:
     }
 
 
-def clear() -> int:
-    """Remove every cache entry; returns how many were removed."""
-    files = entries()
+def clear(d: Path | None | str = "dcf", suffix: str = _SUFFIX) -> int:
+    """Remove every entry of a cache directory (default the DCF cache); returns how many were removed."""
+    d = cache_dir() if d == "dcf" else d
+    files = entries(d, suffix) if d is not None else []
     for p in files:
         p.unlink(missing_ok=True)
     return len(files)

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from recon.trajectory import dcf_cache as _dcf_cache
 from recon.trajectory.base import Trajectory
-from recon.trajectory.dcf_cache import _evict, cache_root, entries, max_bytes
+from recon.trajectory.dcf_cache import _evict, cache_root, max_bytes
 
 log = logging.getLogger(__name__)
 
@@ -151,21 +152,9 @@ def _load(entry: Path) -> Trajectory | None:
 
 def info() -> dict[str, Any]:
     """Directory, entry count and total size of the design cache (JSON-ready)."""
-    d = cache_dir()
-    files = entries(d, SUFFIX) if d is not None else []
-    return {
-        "directory": None if d is None else str(d),
-        "enabled": d is not None,
-        "entries": len(files),
-        "size_bytes": int(sum(p.stat().st_size for p in files)),
-        "max_bytes": max_bytes(),
-    }
+    return _dcf_cache.info(cache_dir(), SUFFIX)
 
 
 def clear() -> int:
     """Remove every design cache entry; returns how many were removed."""
-    d = cache_dir()
-    files = entries(d, SUFFIX) if d is not None else []
-    for p in files:
-        p.unlink(missing_ok=True)
-    return len(files)
+    return _dcf_cache.clear(cache_dir(), SUFFIX)

@@ -147,6 +147,7 @@ def test_cli_simulate_and_refusal(tmp_path, capsys):
         "truth.json",
         "truth_b0_hz.nii.gz",
         "truth_labels.nii.gz",
+        "truth_labels_fine.nii.gz",
         "truth_tsc_mM.nii.gz",
     ]
     info = json.loads((out / "truth.json").read_text())

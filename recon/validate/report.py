@@ -35,15 +35,11 @@ def write_csv(records: list[dict[str, Any]], path: Path) -> None:
             c = rec["case"]
             rmin = min(t["radius_vox"] for t in c["tubes"])
             for mode, m in rec["modes"].items():
+                head = (c["index"], mode, c["trajectory"], c["matrix"], c["snr"], f"{rmin:.2f}")
                 if m.get("error"):
                     w.writerow(
-                        (
-                            c["index"],
-                            mode,
-                            c["trajectory"],
-                            c["matrix"],
-                            c["snr"],
-                            f"{rmin:.2f}",
+                        head
+                        + (
                             "error",
                             m["error"],
                             "",
@@ -55,13 +51,8 @@ def write_csv(records: list[dict[str, Any]], path: Path) -> None:
                     )
                 for r in m["rows"]:
                     w.writerow(
-                        (
-                            c["index"],
-                            mode,
-                            c["trajectory"],
-                            c["matrix"],
-                            c["snr"],
-                            f"{rmin:.2f}",
+                        head
+                        + (
                             r["quantity"],
                             r["class"],
                             r.get("measure", "eroded"),

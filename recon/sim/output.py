@@ -109,7 +109,6 @@ def fine_label_map(phantom, info: dict[str, Any], affine: np.ndarray, factor: in
     n = np.asarray(prot["matrix"], dtype=int)
     dx = np.asarray(prot["fov_m"], dtype=np.float64) / n
     pos = np.asarray(prot["position_m"], dtype=np.float64)
-    edge = float(info["phantom"]["edge_mm"]) * 1e-3
     ax = [((np.arange(factor * n[d]) + 0.5) / factor - 0.5 - n[d] // 2) * dx[d] + pos[d] for d in range(3)]
     out = np.zeros(tuple(len(a) for a in ax), dtype=np.int16)
     g1, g2 = np.meshgrid(ax[1], ax[2], indexing="ij")
@@ -117,7 +116,7 @@ def fine_label_map(phantom, info: dict[str, Any], affine: np.ndarray, factor: in
     for i in range(0, len(ax[0]), step):
         a0 = ax[0][i : i + step]
         pts = np.stack(np.broadcast_arrays(a0[:, None, None], g1[None], g2[None]), -1)
-        out[i : i + step] = phantom.labels(pts, edge)
+        out[i : i + step] = phantom.labels(pts, 0.0)  # the sharp sets the simulator box-averages
     m = np.eye(4)
     m[:3, :3] /= factor
     m[:3, 3] = 0.5 / factor - 0.5

@@ -249,7 +249,9 @@ class HeadPhantom:
     tumour : ``"rim-core"`` (enhancing rim around a necrotic core), ``"solid"`` or ``"none"``.
     tubes : the calibration tubes (default :func:`default_tubes`: 30/60/90/120 mM).
     marker : add the right-anterior-superior orientation marker sphere (radius 6 mm, 145 mM).
-    edge_m : width (s.d. of the Gaussian blur) of every compartment boundary in m.
+    edge_m : boundary blur in m: the SD of a Gaussian the simulator convolves the object with (in
+        k-space; default 0: sharp compartments, partial volume from the simulation grid's box average).
+        ``fractions(points)`` without an edge evaluates erfc of the signed distance with it.
     b0_scale : multiplies the whole B0 map (0 switches off-resonance off).
     b0_hotspot_hz : peak of the frontal-sinus hot spot (before ``b0_scale``) in Hz.
     centre_m : head centre in patient coordinates (m).
@@ -261,7 +263,7 @@ class HeadPhantom:
     tumour: str = "rim-core"
     tubes: tuple = dataclasses.field(default_factory=default_tubes)
     marker: bool = False
-    edge_m: float = 0.8e-3
+    edge_m: float = 0.0
     b0_scale: float = 1.0
     b0_hotspot_hz: float = 60.0
     centre_m: tuple = (0.0, 0.0, 0.0)

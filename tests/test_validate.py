@@ -72,3 +72,26 @@ def test_one_case_of_the_family_meets_the_tube_target(tmp_path):
     assert rec["modes"]["default"].get("error") is None
     tubes = [r for r in rows if r["class"] == "tube_mM"]
     assert tubes and all(r["passed"] for r in tubes)
+
+
+def test_t1_prior_error_is_the_saturation_ratio_against_the_priors():
+    """The T1 split of the validation: closed-form 1 - exp(-TR/T1) ratios at 90 deg (independent of t1_saturation)."""
+    import math
+
+    from recon.physics import CSF, SALINE_TUBE
+    from recon.validate.run import t1_prior_error
+
+    def info(t1_csf, t1_tube):
+        return {
+            "protocol": {"tr_s": 0.174, "flip_deg": 90.0},
+            "compartments": [{"name": "csf_ventricles", "t1_s": t1_csf}, {"name": "tube_1_40mM", "t1_s": t1_tube}],
+        }
+
+    def s(t1):
+        return 1 - math.exp(-0.174 / t1)
+
+    assert abs(t1_prior_error(info(CSF.t1_s, SALINE_TUBE.t1_s), "csf_ventricles")) < 1e-12
+    want = (s(0.050) / s(0.065)) / (s(CSF.t1_s) / s(SALINE_TUBE.t1_s)) - 1
+    assert t1_prior_error(info(0.050, 0.065), "csf_ventricles") == pytest.approx(want, rel=1e-9)
+    assert want > 0.02  # the family's range is wide enough to matter against a 3 % bound
+    assert t1_prior_error(info(0.050, 0.065), "absent") is None

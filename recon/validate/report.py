@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recon.validate.run import BOUNDS, fmt, summarise
+from recon.validate.run import BOUNDS, MEASURES, fmt, summarise
+
+SUFFIXES = tuple("" if m == "eroded" else "_" + m.replace("-", "_") for m in MEASURES)
+"""summarise()'s key suffix of each measure, in MEASURES order."""
 
 COLUMNS = (
     "case",
@@ -76,24 +79,25 @@ def _pass(s: dict[str, Any], suffix: str = "") -> str:
 def markdown(records: list[dict[str, Any]], seed: int) -> str:
     """Summary table (one line per case and mode, each compartment class measured four ways) and every scored quantity."""
     lines = [
-        f"Seed {seed}, {len(records)} cases. Each compartment class is given as eroded / regional / regional-fine / "
-        f"regional-fine-echo: "
+        f"Seed {seed}, {len(records)} cases. Each compartment class is given as {' / '.join(MEASURES)}: "
         f"eroded = reconstructed / true mean TSC - 1 in the truth's labels eroded by the point response; regional = the "
         f"system-model regional value (recon.calibrate.regions, default echo-ratio refinement) over the truth.json labels "
         f"/ the compartment's TSC - 1; "
         f"regional-fine = over the phantom's labels sampled 4x finer, class priors unrefined; regional-fine-echo = fine "
-        f"labels with the tissue short-T2* fraction refined from the echo ratio. Tubes: deviation from the calibration line "
+        f"labels with the tissue short-T2* fraction refined from the echo ratio; regional-fine-echo-t1 = the same with the "
+        f"error of the T1 priors (true vs prior T1 of the region and the tubes, at the protocol's TR) divided out. "
+        f"Tubes: deviation from the calibration line "
         f"in mM. Bounds: tubes {BOUNDS['tube_mM']} mM, fluids {100 * BOUNDS['fluid']:.0f} %, lesions "
         f"{100 * BOUNDS['lesion']:.0f} %, GM/WM {100 * BOUNDS['tissue']:.0f} %, 2 mm sphere {100 * BOUNDS['sphere']:.0f} % "
         f"(twice these for cases with a tube below 2 voxels). Pass: every scored bound of that measure (with the tubes "
         f"and the 2 mm sphere).",
         "",
         "| case | mode | traj | matrix | SNR | tubes | min r (vox) | worst tube (mM) | worst fluid | worst lesion "
-        "| worst GM/WM | 2 mm sphere | pass eroded / regional / fine / fine-echo |",
+        "| worst GM/WM | 2 mm sphere | pass " + " / ".join(MEASURES) + " |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     n_pass: dict[str, list[int]] = {}
-    sfx = ("", "_regional", "_regional_fine", "_regional_fine_echo")
+    sfx = SUFFIXES
     for rec in records:
         for mode in rec["modes"]:
             s = summarise(rec, mode)
@@ -116,8 +120,9 @@ def markdown(records: list[dict[str, Any]], seed: int) -> str:
     lines.append("")
     for key, (p, n) in n_pass.items():
         if n:
-            name = key.replace("_regional_fine_echo", " regional-fine-echo").replace("_regional_fine", " regional-fine")
-            lines.append(f"- {name.replace('_regional', ' regional')}: {p} of {n} cases pass every scored bound.")
+            mode, _, x = key.partition("_")
+            name = mode + (" " + MEASURES[SUFFIXES.index("_" + x)] if x else "")
+            lines.append(f"- {name}: {p} of {n} cases pass every scored bound.")
     lines += ["", "### Every scored quantity", ""]
     for rec in records:
         c = rec["case"]

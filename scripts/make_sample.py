@@ -9,7 +9,8 @@ The sample is a simulated 7T 23Na dual-echo TPI acquisition of the digital head 
 TPI p = 0.3 at 5 mT/m, angularly undersampled x1.2 (10 us dwell), a head scaled 0.85 and four 26 mm
 tubes beside it inside the alias-free sphere,
 TE 0.30 / 2.32 ms, TR 174 ms, flip 90 deg, one channel, raw-data SNR 150, seed 0, simulated on
-an 80^3 grid. The NUFFT runs single-threaded so the output is bit-reproducible on a given
+a 160^3 grid (4x: a 2x grid aliases the sharp tube walls into the band by several per cent at high
+k). The NUFFT runs single-threaded so the output is bit-reproducible on a given
 platform (FFTW/finufft may round differently on other CPUs; ``--check`` then reports the
 largest difference instead of byte identity).
 """
@@ -38,7 +39,7 @@ SAMPLE = {
     "field_t": 7.0,
     "snr": 150.0,
     "seed": 0,
-    "oversampling": 2.0,
+    "oversampling": 4.0,
     "coils": 1,
     "tumour": "rim-core",
     "marker": False,
@@ -55,7 +56,7 @@ SAMPLE = {
 }
 CLI_EQUIVALENT = (
     "narecon simulate --out data_samples --matrix 40 --traj-undersampling 1.2 --traj-gmax-mt-m 5 --snr 150 --seed 0 "
-    "--threads 1 --head-scale 0.85 --tube 84,22,0,13,36,30 --tube 84,-22,0,13,36,60 --tube -84,22,0,13,36,90 "
+    "--threads 1 --oversampling 4 --head-scale 0.85 --tube 84,22,0,13,36,30 --tube 84,-22,0,13,36,60 --tube -84,22,0,13,36,90 "
     "--tube -84,-22,0,13,36,120"
 )
 MANIFEST = "SHA256SUMS"

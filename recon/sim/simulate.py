@@ -119,6 +119,10 @@ def choose_bin_width(readout_s: float, b2: float, a_max: float, target: float, m
     return readout_s / n, n
 
 
+BOX_SEED = 20261201
+"""Seed of the per-voxel sub-point offsets of :func:`box_fractions` (fixed: simulations are reproducible)."""
+
+
 def box_fractions(phantom: HeadPhantom, n_sim, fov_m, position_m, supersample: int = 3) -> tuple[list, np.ndarray]:
     """(compartments, fractions (n_comp, *n_sim) float32): each compartment's volume fraction per fine voxel.
 
@@ -129,7 +133,13 @@ def box_fractions(phantom: HeadPhantom, n_sim, fov_m, position_m, supersample: i
     """
     n = np.broadcast_to(np.asarray(n_sim, dtype=int), (3,))
     h = np.broadcast_to(np.asarray(fov_m, dtype=np.float64), (3,)) / n
-    base = grid_points(n, fov_m, position_m)
+    # the sub-point lattice of each voxel is shifted by its own uniform offset (a Cranley-Patterson
+    # rotation, fixed seed): each fraction is then an unbiased estimate of the box average. A lattice
+    # shared by all voxels quantises a face parallel to it -- a tube's flat caps along B0 -- to the
+    # sub-point spacing (+0.9 % on a 36 mm tube at 2.8 mm voxels and 3^3 points).
+    jitter = (np.random.default_rng(BOX_SEED).random(tuple(n) + (3,), dtype=np.float32) - np.float32(0.5)) / supersample
+    base = grid_points(n, fov_m, position_m) + jitter * h
+    del jitter
     off = (np.arange(supersample) + 0.5) / supersample - 0.5
     acc = None
     comps: list = []

@@ -19,13 +19,24 @@ Public API
 * :func:`correct` with the registry :data:`CORRECTIONS`: ``tb-cpr`` (time-binned conjugate
   phase, default, fast), ``fs-cpr`` (frequency-segmented conjugate phase), ``mfi``
   (multi-frequency interpolation), ``none``; :func:`register_correction` adds methods.
+* :func:`grid_time_bins` / :class:`TimeBins`: the default run's one gridding pass (time-bin
+  images whose sum is the plain gridding and whose combination is tb-cpr); :func:`first_time_bins`.
 * :class:`TimeSegmentedOperator`: forward/adjoint with B0 and optional R2* for iterative
   reconstruction (Sutton et al. 2003).
 * Segment-count rules: :func:`n_time_bins`, :func:`n_frequency_segments` (see
   :mod:`recon.b0.segments`).
 """
 
-from recon.b0.correction import CORRECTIONS, TimeBinnedGridder, correct, mfi_coefficients, register_correction
+from recon.b0.correction import (
+    CORRECTIONS,
+    TimeBinnedGridder,
+    TimeBins,
+    correct,
+    first_time_bins,
+    grid_time_bins,
+    mfi_coefficients,
+    register_correction,
+)
 from recon.b0.fieldmap import (
     GAMMA_RATIO_NA_H,
     estimate_fieldmap,
@@ -48,6 +59,9 @@ __all__ = [
     "CORRECTIONS",
     "register_correction",
     "TimeBinnedGridder",
+    "TimeBins",
+    "grid_time_bins",
+    "first_time_bins",
     "mfi_coefficients",
     "TimeSegmentedOperator",
     "n_time_bins",

@@ -327,10 +327,13 @@ class TimeBins:
 
 
 def _phase(xp, f, scale, out):
-    """out = exp(+i * scale * f) for a real array f (complex ``out``; no complex temporaries)."""
+    """out = exp(+i * scale * f) for a real array f (complex ``out``; numpy: no complex temporaries)."""
     theta = f * scale
-    xp.cos(theta, out=out.real)
-    xp.sin(theta, out=out.imag)
+    if xp is np:  # numpy's .real/.imag of a complex array are writable views
+        np.cos(theta, out=out.real)
+        np.sin(theta, out=out.imag)
+    else:
+        out[...] = xp.exp(theta * out.dtype.type(1j))
     return out
 
 

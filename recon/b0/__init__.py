@@ -10,6 +10,13 @@ Typical use by the pipeline::
     df = estimate_fieldmap(plain[0], plain[1], te[0], te[1])  # Hz, 0 outside support + margin
     images = correct("tb-cpr", op, data, dcf, te, traj.t, df) # (echo, ..., N0, N1, N2)
 
+The default run does the same in one gridding pass::
+
+    bins = grid_time_bins(op, data, dcf, traj.t, first_time_bins(op, traj.t))  # not demodulated
+    plain = bins.plain()                                      # = gridding(op, data, dcf)
+    df = estimate_fieldmap(plain[0], plain[1], te[0], te[1])
+    images = bins.combine(te, df)  # if bins.bins_needed(df, mask) <= bins.n_bins, else correct(...)
+
 Public API
 
 * :func:`estimate_fieldmap` (``smooth`` or ``poly`` regularisation, unwrapping, extrapolation),

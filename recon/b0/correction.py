@@ -19,7 +19,10 @@ Methods (:data:`CORRECTIONS`):
   and the residual phase inside a bin obeys the rule of :mod:`recon.b0.segments` (the
   density-weighted mean time used before sat up to 1.5x further from a bin's first samples, and
   gave a 1.6x larger image error at the 64^3 protocol). No interpolation between frequencies is
-  involved; the only error is that residual phase. Plans are built once and shared by all echoes and coils.
+  involved; the only error is that residual phase. The default run grids the bins once, before
+  the field map exists and without demodulation (f_c = 0): their sum is the plain gridding image
+  the map is estimated from, their combination the correction (:func:`grid_time_bins`,
+  :class:`TimeBins`; the bin rule then uses max |df|). Plans are built once and shared by all echoes and coils.
 * ``fs-cpr``: frequency-segmented conjugate phase (Noll et al. 1992; Lu et al. 2010): the data
   are demodulated at L frequencies f_l, each is gridded (one batched NUFFT call through one
   plan, in chunks bounded by ``max_batch``), and every voxel interpolates linearly between the

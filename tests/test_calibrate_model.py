@@ -204,3 +204,22 @@ def test_point_response_kernel_is_reused_through_a_plan_cache(scene):
     st = plans.stats()["psf"]
     assert (st["misses"], st["hits"]) == (1, 1)
     assert np.array_equal(ta, tb)
+
+
+@pytest.mark.parametrize("box", [(32, 32, 32), (24, 30, 20), (16, 18, 7)])
+def test_tilted_spectrum_on_half_the_box_equals_the_direct_evaluation(box):
+    """The point-reflection shortcut (F(-k) = F(k)) gives the same bits as evaluating every frequency."""
+    from recon.calibrate.model import _cylinder_spectrum, _tilted_box_spectrum
+
+    fx, fy, fz = (np.fft.fftfreq(g, d=VOX).astype(np.float32) for g in box)
+    ks = (fx[:, None, None], fy[None, :, None], fz[None, None, :])
+    a = np.array([0.3, -0.2, 0.93])
+    a = (a / np.linalg.norm(a)).astype(np.float32)
+    kp = ks[0] * a[0] + ks[1] * a[1] + ks[2] * a[2]
+    k2 = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
+    for edge in (0.0, 0.4 * VOX):
+        ft, dR = _tilted_box_spectrum(ks, a, 2.2 * VOX, 0.05, edge, True)
+        ref, dref = _cylinder_spectrum(kp, k2, 2.2 * VOX, 0.05, edge, True)
+        assert ft.shape == box and np.array_equal(ft, ref) and np.array_equal(dR, dref)
+        ft, dR = _tilted_box_spectrum(ks, a, 2.2 * VOX, 0.05, edge, False)
+        assert dR is None and np.array_equal(ft, ref)

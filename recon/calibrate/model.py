@@ -378,9 +378,7 @@ def _box_spectrum(ks: tuple, a: np.ndarray, radius_m: float, length_m: float, ed
     """
     aligned = np.nonzero(np.abs(a) >= 1.0 - 1e-9)[0]
     if len(aligned) != 1:
-        kp = ks[0] * a[0] + ks[1] * a[1] + ks[2] * a[2]
-        k2 = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
-        return _cylinder_spectrum(kp, k2, radius_m, length_m, edge_m, derivatives)
+        return _tilted_box_spectrum(ks, a, radius_m, length_m, edge_m, derivatives)
     d = int(aligned[0])
     perp = [ks[j] for j in range(3) if j != d]
     kr2 = perp[0] ** 2 + perp[1] ** 2
@@ -392,6 +390,46 @@ def _box_spectrum(ks: tuple, a: np.ndarray, radius_m: float, length_m: float, ed
     # _cylinder_spectrum with L = 1 and kp = 0 returns pi R^2 jinc * sinc(0) * edge(k_perp)
     ft = disc * axial
     return ft, (None if ddisc is None else ddisc * axial)
+
+
+def _tilted_box_spectrum(ks: tuple, a: np.ndarray, radius_m: float, length_m: float, edge_m: float, derivatives: bool):
+    """:func:`_cylinder_spectrum` of a tilted tube on the box, evaluated on half of it.
+
+    A cylinder centred at the origin has an even transform, F(-k) = F(k), and numpy's frequency
+    axes hold exact negatives (index j and G - j), so the upper half of the last axis is the point
+    reflection of the lower half (bit-identical: the same float operations on negated inputs).
+    Only the Nyquist planes of the first two axes (whose negatives are not on the grid) are
+    evaluated directly. Half the Bessel evaluations of the direct N^3 path (the calibration's
+    largest cost).
+    """
+
+    def direct(kx, ky, kz):
+        kp = kx * a[0] + ky * a[1] + kz * a[2]
+        k2 = kx**2 + ky**2 + kz**2
+        return _cylinder_spectrum(kp, k2, radius_m, length_m, edge_m, derivatives)
+
+    kx, ky, kz = (np.asarray(k) for k in ks)
+    g0, g1, g2 = kx.shape[0], ky.shape[1], kz.shape[2]
+    if g0 % 2 or g1 % 2 or g2 % 2 or g2 < 4:
+        return direct(kx, ky, kz)
+    h = g2 // 2 + 1
+    halves = direct(kx, ky, kz[..., :h])
+    up = kz[..., h:]
+    idx = np.ix_((-np.arange(g0)) % g0, (-np.arange(g1)) % g1, np.arange(g2 - h, 0, -1))
+    nyq0 = direct(kx[g0 // 2 : g0 // 2 + 1], ky, up)
+    nyq1 = direct(kx, ky[:, g1 // 2 : g1 // 2 + 1], up)
+    out = []
+    for j, half in enumerate(halves):
+        if half is None:
+            out.append(None)
+            continue
+        full = np.empty((g0, g1, g2), dtype=half.dtype)
+        full[:, :, :h] = half
+        full[:, :, h:] = half[idx]
+        full[g0 // 2, :, h:] = nyq0[j][0]
+        full[:, g1 // 2, h:] = nyq1[j][:, 0]
+        out.append(full)
+    return out[0], out[1]
 
 
 def _cylinder_spectrum(kp, k2, radius_m: float, length_m: float, edge_m: float, derivatives: bool):

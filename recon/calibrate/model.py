@@ -480,6 +480,23 @@ def geometry_from_tube(tube, affine: np.ndarray, sm: SystemModel) -> TubeGeometr
     return TubeGeometry(c, a, float(tube.radius_mm) * 1e-3, float(length) * 1e-3)
 
 
+def _near(shape: tuple, vox: np.ndarray, g: TubeGeometry, margin_m: float) -> np.ndarray:
+    """Flat indices (ascending, C order) of the voxels of the box that holds the cylinder plus ``margin_m``.
+
+    Every voxel within ``margin_m`` of the cylinder is in it (its bounding sphere, one voxel of slack),
+    so a selection over these indices equals the same selection over the whole grid, in the same order.
+    """
+    n = np.asarray(shape)
+    c = np.asarray(g.centre_img_m, dtype=np.float64) / vox + n // 2
+    e = (math.hypot(g.length_m / 2, g.radius_m) + margin_m) / vox + 1.0
+    lo = np.clip(np.floor(c - e).astype(int), 0, n)
+    hi = np.clip(np.ceil(c + e).astype(int) + 1, 0, n)
+    ranges = [np.arange(a, b) for a, b in zip(lo, hi)]
+    if any(r.size == 0 for r in ranges):
+        return np.zeros(0, dtype=np.intp)
+    return np.ravel_multi_index(np.meshgrid(*ranges, indexing="ij"), shape).ravel()
+
+
 def _cyl_dist(pts: np.ndarray, g: TubeGeometry) -> np.ndarray:
     """Distance (m) outside the cylinder (0 inside) for points (n, 3) in image metres."""
     u = pts - g.centre_img_m
@@ -570,8 +587,12 @@ def fit_tubes(
     reach = NEIGHBOURHOOD_VOX * vmean
 
     def region(g: TubeGeometry) -> np.ndarray:
-        idx = np.nonzero((_cyl_dist(flat, g) <= reach) & ~others_d)[0]
-        return idx
+        near = _near(s.shape, vox, g, reach)  # the tube's box: the same voxels as the whole grid, in order
+        return near[(_cyl_dist(flat[near], g) <= reach) & ~others_d[near]]
+
+    def core_voxels(g: TubeGeometry, shrink_m: float) -> np.ndarray:
+        near = _near(s.shape, vox, g, 0.0)
+        return near[_cyl_inside(flat[near], g, shrink_m)]
 
     nfevs = []
     for i, g0 in enumerate(geoms):
@@ -621,10 +642,10 @@ def fit_tubes(
     o = 0
     for i, (g, idx) in enumerate(zip(geoms, regions)):
         m = len(idx)
-        core = _cyl_inside(flat, g, erode_vox * vmean)
-        if not core.any():
-            core = _cyl_inside(flat, g, 0.0)
-        rec = float(templates[i].ravel()[core].mean()) if core.any() else float("nan")
+        core = core_voxels(g, erode_vox * vmean)
+        if not core.size:
+            core = core_voxels(g, 0.0)
+        rec = float(templates[i].ravel()[core].mean()) if core.size else float("nan")
         fits.append(
             ModelFit(
                 amplitude=float(coef[i]),
@@ -715,8 +736,9 @@ def geometry_warnings(geoms: Sequence[TubeGeometry], sm: SystemModel, others: np
                 f"twice the accuracy bounds"
             )
         if odist is not None:
-            inside = _cyl_inside(grid, g, 0.0)
-            if inside.any():
+            near = _near(tuple(sm.matrix), vox, g, 0.0)
+            inside = near[_cyl_inside(grid[near], g, 0.0)]
+            if inside.size:
                 gap = float(odist.ravel()[inside].min()) - 0.0
                 if gap < HEAD_CLEARANCE_VOX * vmean:
                     out.append(

@@ -11,7 +11,9 @@ measurement once per round), medians and ranges are reported with the machine's 
 Peak memory: the peak resident set (``VmHWM``; ``resource.getrusage`` max RSS elsewhere) of one
 fresh interpreter per configuration. ru_maxrss is not used on Linux because it survives exec:
 a child forked from this (large) process would report the parent's size.
-Start-up: ``import recon.cli`` + ``build_parser()`` in fresh interpreters.
+Start-up: ``import recon.cli`` + ``build_parser()`` in fresh interpreters. Gridding stages
+(:func:`gridding_stages`): plain gridding, the previous two-pass tb-cpr and the one-pass time bins,
+and the calibration's point-response kernel built and read from the disk cache.
 
     python benchmarks/run_floor.py --matrix 64 --rounds 3 [--old-pipe] [--readme]
 
@@ -81,6 +83,59 @@ def floor_adjoint(acq, traj):
     p.setpts(*pts)
     p.execute(data)
     return time.perf_counter() - t0
+
+
+def gridding_stages(raw: Path) -> dict:
+    """Timed callables of the gridding stages on the scan's prepared k-space (set-up outside the timing).
+
+    ``plain``: density-compensated gridding of both echoes through the run's NUFFT (plan reused);
+    ``two_pass``: the previous default's B0 work, plain gridding then tb-cpr with the rule's bins
+    for the map's centre and span (demodulated; per-bin plans built inside); ``one_pass``: the
+    default now, both echoes gridded into the first-pass time bins (plans built inside), their sum
+    (the plain image) and the tb-cpr combination; the point-response kernel of the calibration
+    built (2N-box adjoint) and read from the disk cache.
+    """
+    import numpy as np
+
+    from recon import pipeline as P
+    from recon.b0 import correct, first_time_bins, grid_time_bins, support_mask
+    from recon.calibrate import SystemModel
+    from recon.options import RunOptions
+    from recon.plans import Plans
+
+    opts = RunOptions()
+    plans = Plans()
+    acq = P.load_acquisition(str(raw), opts)
+    traj, _ = P.load_trajectory(acq, opts, plans)
+    dcf, _ = P.density_weights(traj, opts, plans)
+    ks = P.prepare_kspace(acq, traj, dcf)
+    op = P.plan_nufft(ks, tuple(traj.matrix), traj.fov_m, opts, plans)
+    plain = P.grid(op, ks, acq.te_s)
+    cplain = P.combine(plain)
+    fmap = P.field_map(op, ks, acq, plain, cplain, np.eye(4), "tb-cpr", opts, plans).hz
+    mask = support_mask(np.abs(cplain[0]))
+    n_first = first_time_bins(op, ks.t_s)
+    sm = SystemModel.from_trajectory(traj, dcf, acq.te_s, acq.tr_s, acq.flip_deg, eps=max(opts.eps, 1e-4))
+    sm.kernel(0.05)  # stored in the disk cache once
+
+    def two_pass():
+        x = P.grid(op, ks, acq.te_s)
+        return x, correct("tb-cpr", op, ks.data, ks.dcf, acq.te_s, ks.t_s, fmap, mask=mask)
+
+    def one_pass():
+        tb = grid_time_bins(op, ks.data, ks.dcf, ks.t_s, n_first)
+        return tb.plain(), tb.combine(acq.te_s, fmap)
+
+    def fresh_model():
+        return SystemModel.from_trajectory(traj, dcf, acq.te_s, acq.tr_s, acq.flip_deg, eps=max(opts.eps, 1e-4))
+
+    return {
+        "plain": lambda: P.grid(op, ks, acq.te_s),
+        "two_pass": two_pass,
+        "one_pass": one_pass,
+        "kernel_built": lambda: fresh_model()._build_kernel(0.05),
+        "kernel_cached": lambda: fresh_model().kernel(0.05),
+    }
 
 
 def measure(fn) -> float:
@@ -199,6 +254,11 @@ def main(argv=None) -> int:
 
     # warm the disk cache for the trajectory file (the cold first run is measured separately below)
     t_first = measure(whole(opts_file))
+    # the built-in TPI with every disk cache cold (design, point-response kernel): a first run of a protocol
+    os.environ["NARECON_CACHE_DIR"] = str(Path(tempfile.mkdtemp(prefix="narecon_cold_bench_")))
+    t_cold_tpi = measure(whole(opts_tpi))
+    os.environ["NARECON_CACHE_DIR"] = str(cache)
+    stage = gridding_stages(raw)
     tests = {
         "floor: read bytes": lambda: raw.read_bytes(),
         "floor: two-echo adjoint": None,  # timed inside (plan + setpts + execute)
@@ -207,6 +267,11 @@ def main(argv=None) -> int:
         "trajectory (built-in TPI)": lambda: build_trajectory(acq, load_profile(None)),
         "DCF analytic": lambda: compute_dcf(traj, "analytic"),
         "DCF Pipe-Menon (lean)": lambda: compute_dcf(site, "pipe"),
+        "gridding, plain (both echoes)": stage["plain"],
+        "tb-cpr, previous (plain gridding + rule bins, demodulated)": stage["two_pass"],
+        "tb-cpr, one pass (time bins: plain image + correction)": stage["one_pass"],
+        "point-response kernel, built": stage["kernel_built"],
+        "point-response kernel, from the disk cache": stage["kernel_cached"],
         "run, built-in TPI": whole(opts_tpi),
         "run, trajectory file (DCF cached)": whole(opts_file),
     }
@@ -222,6 +287,7 @@ def main(argv=None) -> int:
         for name, fn in tests.items():
             times[name].append(floor_adjoint(acq, traj) if fn is None else measure(fn))
     times["run, trajectory file (first run, cold cache)"] = [t_first]
+    times["run, built-in TPI (first run: design and kernel caches cold)"] = [t_cold_tpi]
     floor = [a + b for a, b in zip(times["floor: read bytes"], times["floor: two-echo adjoint"])]
     times["floor (read bytes + adjoint)"] = floor
     adj = statistics.median(times["floor: two-echo adjoint"])

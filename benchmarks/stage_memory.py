@@ -29,6 +29,7 @@ STAGES = (
     "prepare_kspace",
     "plan_nufft",
     "grid",
+    "grid_bins",
     "combine",
     "field_map",
     "correct_b0",

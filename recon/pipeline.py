@@ -351,6 +351,31 @@ def grid(op, ks: KSpace, te_s, timer: StageTimer | None = None) -> np.ndarray:
         return correct("none", op, ks.data, ks.dcf, te_s, ks.t_s, np.zeros(op.shape))
 
 
+def one_pass(acq, opts: RunOptions, method: str) -> bool:
+    """Whether the run grids once into time bins that serve the field map and tb-cpr (the default run).
+
+    True for tb-cpr gridding runs whose field map comes from the echo pair without refinement; the
+    iterative model, an external map, a refined map and fs-cpr/mfi grid plainly first (:func:`grid`).
+    """
+    passes = opts.b0_refine is not None and int(opts.b0_refine) > 0
+    return method == "tb-cpr" and opts.recon != "iterative" and echo_pair(acq) and not opts.fieldmap and not passes
+
+
+def grid_bins(op, ks: KSpace, opts: RunOptions, plans: Plans | None = None, timer: StageTimer | None = None):
+    """Stage 6 of the default run: every echo and coil gridded into readout-time bins, not demodulated.
+
+    Returns the :class:`recon.b0.TimeBins`; their sum is the plain gridding (the field map's input),
+    their combination the tb-cpr images (:func:`correct_b0`). The bin count is ``b0_segments`` or
+    :func:`recon.b0.first_time_bins` (the rule for |df| up to :data:`recon.b0.segments.FIRST_PASS_FIELD_HZ`).
+    """
+    from recon.b0 import first_time_bins, grid_time_bins
+
+    timer = timer or StageTimer()
+    n_bins = int(opts.b0_segments) if opts.b0_segments else first_time_bins(op, ks.t_s)
+    with timer.stage(f"gridding into {n_bins} time bins (both echoes, all coils)"):
+        return grid_time_bins(op, ks.data, ks.dcf, ks.t_s, n_bins, plans=plans)
+
+
 def combine(images: np.ndarray, noise_cov: np.ndarray | None = None) -> np.ndarray:
     """(echo, coil, N0, N1, N2) -> (echo, N0, N1, N2): adaptive (Walsh) combination of coils; with the
     covariance the data were whitened with, back in the data's signal units (recon.io.coils)."""
@@ -443,10 +468,13 @@ def correct_b0(
     plans: Plans | None = None,
     timer: StageTimer | None = None,
     label: str | None = None,
+    bins: Any = None,
 ) -> tuple[np.ndarray, str, dict[str, Any] | None]:
     """Stage 8: B0-corrected, coil-combined echo images (echo, N0, N1, N2); iterative when asked.
 
     ``label``: the stage's name in the log and timings (default ``B0 correction (<method>)``).
+    ``bins``: the run's :class:`recon.b0.TimeBins` (:func:`grid_bins`): tb-cpr combines them when
+    they are as many as the field map needs (or ``b0_segments`` set them), else regrids.
     Returns (images, the method that ran, the iterative record or None).
     """
     from recon.b0 import correct, support_mask
@@ -488,6 +516,14 @@ def correct_b0(
         return images, ("iterative" if method != "none" else "none (iterative decay model)"), info
     if method == "none":
         return combined_plain, "none", None
+    mask = support_mask(np.abs(combined_plain[0]))
+    if bins is not None and method == "tb-cpr":
+        need = bins.bins_needed(fmap.hz, mask)
+        if opts.b0_segments or need <= bins.n_bins:
+            with timer.stage(label or f"B0 correction ({method}, {bins.n_bins} bins of the gridding)"):
+                corr = bins.combine(acq.te_s, fmap.hz)
+            return combine(corr, ks.noise_cov), method, None
+        log.info("field map needs %d time bins (> %d gridded): regridding, demodulated at its centre", need, bins.n_bins)
     with timer.stage(label or f"B0 correction ({method})"):
         corr = correct(
             method,
@@ -498,7 +534,7 @@ def correct_b0(
             ks.t_s,
             fmap.hz,
             n_segments=opts.b0_segments,
-            mask=support_mask(np.abs(combined_plain[0])),
+            mask=mask,
             plans=plans,
         )
     return combine(corr, ks.noise_cov), method, None
@@ -796,14 +832,22 @@ def reconstruct(
 
     affine = nifti_affine(acq.geometry, traj.fov_m, matrix)
     dks = to_compute_device(ks, opts)
-    plain = grid(op, dks, acq.te_s, timer)
-    combined_plain = combine(plain, ks.noise_cov)
     method = choose_b0_method(acq, opts)
-    fmap = field_map(op, dks, acq, plain, combined_plain, affine, method, opts, plans, timer)
     own_op = plans.cache is None  # no plan cache keeps op for the next scan: its memory may go once it is done
+    bins = None
+    if one_pass(acq, opts, method):  # one gridding pass: time bins for the field map and tb-cpr
+        if own_op:
+            op.release()  # the bins have their own plans (from op.k); op transforms only if a regrid is needed
+        bins = grid_bins(op, dks, opts, plans, timer)
+        plain = bins.plain()
+    else:
+        plain = grid(op, dks, acq.te_s, timer)
+    combined_plain = combine(plain, ks.noise_cov)
+    fmap = field_map(op, dks, acq, plain, combined_plain, affine, method, opts, plans, timer)
     if own_op and method == "tb-cpr" and opts.recon != "iterative":
         op.release()  # tb-cpr plans its own bins (from op.k) and never transforms through op
-    images, method, iter_info = correct_b0(op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer)
+    images, method, iter_info = correct_b0(op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer, bins=bins)
+    del bins
     if own_op:
         op.release()  # the last transform through op is done (calibration plans its own NUFFTs)
     from recon.device import to_host
@@ -891,6 +935,8 @@ __all__ = [
     "to_compute_device",
     "plan_nufft",
     "grid",
+    "grid_bins",
+    "one_pass",
     "combine",
     "choose_b0_method",
     "field_map",

@@ -176,7 +176,7 @@ def _tb_cpr_per_sample(op, data, dcf, te_s, t_s, fieldmap_hz, n_bins, bin_eps=1e
     for b in range(n_bins):
         sel = np.nonzero(idx == b)[0]
         if sel.size:
-            tau = float(np.sum(w[sel] * t[sel]) / w[sel].sum())
+            tau = 0.5 * float(t[sel].min() + t[sel].max())  # the bin's midpoint time
             bins.append((sel, tau, NUFFT(k[sel], op.shape, op.fov, eps=max(op.eps, bin_eps), dtype=op.dtype)))
     delta = fieldmap_hz - fc
     out = []

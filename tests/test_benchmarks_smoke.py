@@ -24,6 +24,7 @@ CASES = {
     "nufft_cpu.py": ["--quick", "--repeats", "1", "--no-memory", "--impl", "narecon", "finufft-default", "--out", "{tmp}/n.json"],
     "gpu_nufft.py": ["--sizes", "32", "--impl", "finufft", "cuda-host-gm", "--repeats", "1", "--out", "{tmp}/g.json"],
     "run_floor.py": ["--matrix", "24", "--rounds", "1", "--no-memory", "--work", "{tmp}/rf", "--results", "{tmp}/res"],
+    "run_before_after.py": [str(REPO), str(REPO), "--raw", str(REPO / "data_samples" / "raw.dat"), "--rounds", "1"],
     "stage_memory.py": [str(REPO / "data_samples" / "raw.dat"), "--options", '{{"qa": false}}'],
     "batch.py": [
         "--scans", "2", "--distinct", "1", "--matrix", "24", "--configs", "loop", "batch-1w",

@@ -204,3 +204,45 @@ def test_point_response_kernel_is_reused_through_a_plan_cache(scene):
     st = plans.stats()["psf"]
     assert (st["misses"], st["hits"]) == (1, 1)
     assert np.array_equal(ta, tb)
+
+
+@pytest.mark.parametrize("box", [(32, 32, 32), (24, 30, 20), (16, 18, 7)])
+def test_tilted_spectrum_on_half_the_box_equals_the_direct_evaluation(box):
+    """The point-reflection shortcut (F(-k) = F(k)) gives the same bits as evaluating every frequency."""
+    from recon.calibrate.model import _cylinder_spectrum, _tilted_box_spectrum
+
+    fx, fy, fz = (np.fft.fftfreq(g, d=VOX).astype(np.float32) for g in box)
+    ks = (fx[:, None, None], fy[None, :, None], fz[None, None, :])
+    a = np.array([0.3, -0.2, 0.93])
+    a = (a / np.linalg.norm(a)).astype(np.float32)
+    kp = ks[0] * a[0] + ks[1] * a[1] + ks[2] * a[2]
+    k2 = ks[0] ** 2 + ks[1] ** 2 + ks[2] ** 2
+    for edge in (0.0, 0.4 * VOX):
+        ft, dR = _tilted_box_spectrum(ks, a, 2.2 * VOX, 0.05, edge, True)
+        ref, dref = _cylinder_spectrum(kp, k2, 2.2 * VOX, 0.05, edge, True)
+        assert ft.shape == box and np.array_equal(ft, ref) and np.array_equal(dR, dref)
+        ft, dR = _tilted_box_spectrum(ks, a, 2.2 * VOX, 0.05, edge, False)
+        assert dR is None and np.array_equal(ft, ref)
+
+
+def test_tube_box_selects_the_same_voxels_as_the_whole_grid():
+    """_near (the cylinder's box) loses no voxel of a neighbourhood or core, at any position and tilt."""
+    from recon.calibrate.model import _cyl_dist, _cyl_inside, _img_coords, _near
+
+    shape = (24, 20, 28)
+    vox = np.array([VOX, 1.1 * VOX, 0.9 * VOX])
+    axes = _img_coords(shape)
+    flat = np.stack(np.meshgrid(*[axes[d] * vox[d] for d in range(3)], indexing="ij"), -1).reshape(-1, 3)
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        a = rng.normal(size=3)
+        a /= np.linalg.norm(a)
+        c = rng.uniform(-0.6, 0.6, 3) * np.asarray(shape) * vox / 2  # up to and across the grid's edge
+        g = TubeGeometry(c, a, rng.uniform(1.5, 4) * VOX, rng.uniform(2, 12) * VOX)
+        for reach in (0.0, 1.5 * VOX):
+            near = _near(shape, vox, g, reach)
+            full = np.nonzero(_cyl_dist(flat, g) <= reach)[0]
+            np.testing.assert_array_equal(near[_cyl_dist(flat[near], g) <= reach], full)
+        full = np.nonzero(_cyl_inside(flat, g, 0.5 * VOX))[0]
+        near = _near(shape, vox, g, 0.0)
+        np.testing.assert_array_equal(near[_cyl_inside(flat[near], g, 0.5 * VOX)], full)

@@ -10,6 +10,13 @@ Typical use by the pipeline::
     df = estimate_fieldmap(plain[0], plain[1], te[0], te[1])  # Hz, 0 outside support + margin
     images = correct("tb-cpr", op, data, dcf, te, traj.t, df) # (echo, ..., N0, N1, N2)
 
+The default run does the same in one gridding pass::
+
+    bins = grid_time_bins(op, data, dcf, traj.t, first_time_bins(op, traj.t))  # not demodulated
+    plain = bins.plain()                                      # = gridding(op, data, dcf)
+    df = estimate_fieldmap(plain[0], plain[1], te[0], te[1])
+    images = bins.combine(te, df)  # if bins.bins_needed(df, mask) <= bins.n_bins, else correct(...)
+
 Public API
 
 * :func:`estimate_fieldmap` (``smooth`` or ``poly`` regularisation, unwrapping, extrapolation),
@@ -19,13 +26,24 @@ Public API
 * :func:`correct` with the registry :data:`CORRECTIONS`: ``tb-cpr`` (time-binned conjugate
   phase, default, fast), ``fs-cpr`` (frequency-segmented conjugate phase), ``mfi``
   (multi-frequency interpolation), ``none``; :func:`register_correction` adds methods.
+* :func:`grid_time_bins` / :class:`TimeBins`: the default run's one gridding pass (time-bin
+  images whose sum is the plain gridding and whose combination is tb-cpr); :func:`first_time_bins`.
 * :class:`TimeSegmentedOperator`: forward/adjoint with B0 and optional R2* for iterative
   reconstruction (Sutton et al. 2003).
 * Segment-count rules: :func:`n_time_bins`, :func:`n_frequency_segments` (see
   :mod:`recon.b0.segments`).
 """
 
-from recon.b0.correction import CORRECTIONS, TimeBinnedGridder, correct, mfi_coefficients, register_correction
+from recon.b0.correction import (
+    CORRECTIONS,
+    TimeBinnedGridder,
+    TimeBins,
+    correct,
+    first_time_bins,
+    grid_time_bins,
+    mfi_coefficients,
+    register_correction,
+)
 from recon.b0.fieldmap import (
     GAMMA_RATIO_NA_H,
     estimate_fieldmap,
@@ -48,6 +66,9 @@ __all__ = [
     "CORRECTIONS",
     "register_correction",
     "TimeBinnedGridder",
+    "TimeBins",
+    "grid_time_bins",
+    "first_time_bins",
     "mfi_coefficients",
     "TimeSegmentedOperator",
     "n_time_bins",

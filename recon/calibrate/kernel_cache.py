@@ -1,0 +1,160 @@
+"""Disk cache of the calibration's point-response kernel, keyed by the protocol's content.
+
+:meth:`recon.calibrate.SystemModel.kernel` grids the system's point response onto a box of twice
+the matrix, one adjoint NUFFT per tube T2* (about 1.2 s of the 64^3 protocol's 6 s run, the same
+for every scan of a protocol). :func:`cached_kernel` returns (spectrum, image) of that kernel from
+``<cache>/psf/<key>.npz`` when present, else builds and stores them. The key is a SHA-1 digest of
+the bytes of k, the density weights and the sample times (SHA-1 because it hashes the 155 MB of
+the 64^3 protocol in 0.1 s, BLAKE2b in 0.25 s; the key is not a security boundary), with the
+matrix, FOV, kernel accuracy, T2*, narecon's version, finufft's version and the source of
+:mod:`recon.calibrate.model` and this module (a change of either invalidates every entry).
+
+Entries are uncompressed ``.npz`` files (``spec`` and ``image``, complex64 on the 2N box, 33 MB
+at 64^3), written atomically; the directory shares the bound ``NARECON_CACHE_MAX_MB`` and the
+switch ``NARECON_CACHE_DIR=off`` with the DCF cache (:mod:`recon.trajectory.dcf_cache`), and
+``narecon cache info|clear`` covers it. An entry that does not load or does not have the box's
+shape is removed and the kernel rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recon.trajectory import dcf_cache as _dcf_cache
+from recon.trajectory.dcf_cache import _evict, cache_root, max_bytes
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".npz"
+_CODE_DIGEST: str | None = None
+
+
+def cache_dir() -> Path | None:
+    """The kernel cache directory (not created here), or None when caching is off."""
+    root = cache_root()
+    return None if root is None else root / "psf"
+
+
+def code_digest() -> str:
+    """Digest of narecon's and finufft's versions and the source of the kernel's modules."""
+    global _CODE_DIGEST
+    if _CODE_DIGEST is None:
+        import importlib.metadata as md
+
+        from recon import __version__
+
+        h = hashlib.blake2b(digest_size=16)
+        h.update(__version__.encode())
+        try:
+            h.update(md.version("finufft").encode())
+        except md.PackageNotFoundError:  # pragma: no cover - core dependency
+            pass
+        here = Path(__file__).parent
+        for name in ("model.py", "kernel_cache.py"):
+            h.update(name.encode())
+            h.update((here / name).read_bytes())
+        _CODE_DIGEST = h.hexdigest()
+    return _CODE_DIGEST
+
+
+def _sha1(a: np.ndarray) -> str:
+    a = np.ascontiguousarray(a)
+    h = hashlib.sha1(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def kernel_key(k: np.ndarray, dcf: np.ndarray, t_s: np.ndarray, matrix, fov_m, eps: float, t2star_s: float) -> str:
+    """Cache key of a kernel: content digests of k, weights and times with the grid, accuracy, T2* and code."""
+    desc = json.dumps(
+        {
+            "k": _sha1(np.asarray(k)),
+            "dcf": _sha1(np.asarray(dcf)),
+            "t": _sha1(np.asarray(t_s)),
+            "matrix": [int(m) for m in matrix],
+            "fov_m": [float(f) for f in fov_m],
+            "eps": float(eps),
+            "t2star_s": float(t2star_s),
+            "code": code_digest(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.blake2b(desc.encode(), digest_size=20).hexdigest()
+
+
+def cached_kernel(
+    key: Callable[[], str], box: tuple, build: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> tuple[tuple[np.ndarray, np.ndarray], str]:
+    """(spectrum, image) of a kernel on ``box`` through the disk cache, and how they were obtained.
+
+    ``key()`` is called only when the cache is on. Returns ((spec, image), "cached" | "computed" |
+    "computed (cache off)" | "computed (not cached: why)").
+    """
+    d = cache_dir()
+    if d is None:
+        return build(), "computed (cache off)"
+    entry = d / f"{key()}{SUFFIX}"
+    hit = _load(entry, tuple(box))
+    if hit is not None:
+        log.info("point-response kernel from the cache %s", entry)
+        return hit, "cached"
+    spec, img = build()
+    why = _store(entry, spec, img)
+    return (spec, img), "computed" if why is None else f"computed (not cached: {why})"
+
+
+def _load(entry: Path, box: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+    if not entry.is_file():
+        return None
+    try:
+        with np.load(entry, allow_pickle=False) as z:
+            spec, img = z["spec"], z["image"]
+        ok = all(a.shape == box and a.dtype == np.complex64 and np.isfinite(a).all() for a in (spec, img))
+        if not ok:
+            raise ValueError(f"shape or values do not fit the box {box}")
+    except Exception as e:  # any damage: rebuild (the entry is ours; never trusted over a rebuild)
+        log.warning("kernel cache entry %s unreadable (%s): rebuilding", entry, e)
+        entry.unlink(missing_ok=True)
+        return None
+    try:
+        os.utime(entry)  # least recently used is evicted first
+    except OSError:
+        pass
+    return spec, img
+
+
+def _store(entry: Path, spec: np.ndarray, img: np.ndarray) -> str | None:
+    from recon.atomic import atomic_file
+    from recon.errors import OutputError
+
+    size = spec.nbytes + img.nbytes
+    bound = max_bytes()
+    if size > bound:
+        return f"{size / 1e6:.0f} MB exceeds the cache bound NARECON_CACHE_MAX_MB"
+    try:
+        with atomic_file(entry) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, spec=np.ascontiguousarray(spec), image=np.ascontiguousarray(img))
+    except (OSError, OutputError) as e:
+        log.warning("cannot store the point-response kernel in the cache %s: %s", entry.parent, e)
+        return str(e)
+    _evict(entry.parent, bound, keep=entry, suffix=SUFFIX)
+    return None
+
+
+def info() -> dict[str, Any]:
+    """Directory, entry count and total size of the kernel cache (JSON-ready)."""
+    return _dcf_cache.info(cache_dir(), SUFFIX)
+
+
+def clear() -> int:
+    """Remove every kernel cache entry; returns how many were removed."""
+    return _dcf_cache.clear(cache_dir(), SUFFIX)

@@ -113,8 +113,13 @@ def test_correct_b0_uses_the_bins_or_regrids_when_the_field_needs_more(case, cap
     # four times the field (160 Hz): more bins than gridded, so tb-cpr regrids with the rule
     ks, acq, plain, cplain, fmap, opts = _stage_inputs(c, 4.0)
     assert tb.bins_needed(fmap.hz, support_mask(np.abs(cplain[0]))) > tb.n_bins
-    with caplog.at_level(logging.INFO, logger="recon.pipeline"):
-        img, _, _ = correct_b0(c["op"], ks, acq, plain, cplain, fmap, "tb-cpr", opts, bins=tb)
+    lg = logging.getLogger("recon.pipeline")
+    lg.addHandler(caplog.handler)  # directly: a CLI test earlier in the session may stop propagation to root
+    try:
+        with caplog.at_level(logging.INFO, logger="recon.pipeline"):
+            img, _, _ = correct_b0(c["op"], ks, acq, plain, cplain, fmap, "tb-cpr", opts, bins=tb)
+    finally:
+        lg.removeHandler(caplog.handler)
     assert "regridding" in caplog.text
     ref = correct("tb-cpr", c["op"], c["y"], c["dcf"], TE, c["t"], fmap.hz, mask=support_mask(np.abs(cplain[0])))
     np.testing.assert_allclose(img, ref[:, 0], rtol=0, atol=1e-6 * np.abs(ref).max())

@@ -178,3 +178,23 @@ def test_default_run_matches_the_two_pass_implementation():
     for lab in (1, 2):
         roi = ndimage.binary_erosion(labels == lab, iterations=1)
         assert new.tsc_mM[roi].mean() == pytest.approx(ref["tsc"][roi].mean(), rel=0.01)
+
+
+def test_a_plan_cache_keeps_the_bins_as_one_entry(case):
+    """A batch worker's cache: the second scan of the protocol reuses the whole set of bin plans (one
+    ``time-bins`` hit, no ``nufft`` plans built or evicted per bin); the images are the same."""
+    from recon.plans import PlanCache, Plans
+
+    c = case
+    plans = Plans(PlanCache(max_entries=2))
+    n = first_time_bins(c["op"], c["t"])
+    assert n > 2  # more bins than the per-kind capacity: caching them one by one would evict them
+    a = grid_time_bins(c["op"], c["y"], c["dcf"], c["t"], n, bin_eps=None, plans=plans)
+    b = grid_time_bins(c["op"], c["y"], c["dcf"], c["t"], n, bin_eps=None, plans=plans)
+    st = plans.stats()
+    assert st["time-bins"] == {"hits": 1, "misses": 1}
+    assert "nufft" not in st
+    np.testing.assert_array_equal(a.plain(), b.plain())
+    # and a different bin count is a different entry
+    grid_time_bins(c["op"], c["y"], c["dcf"], c["t"], n + 1, bin_eps=None, plans=plans)
+    assert plans.stats()["time-bins"]["misses"] == 2

@@ -340,6 +340,25 @@ def _phase(xp, f, scale, out):
     return out
 
 
+def time_binned_gridder(op: NUFFT, t_s: np.ndarray, n_bins: int, dcf, eps: float | None = None, plans: Plans | None = None):
+    """A :class:`TimeBinnedGridder`, reused whole from a plan cache (kind ``time-bins``).
+
+    With a cache the bins' plans are one entry keyed by the operator's k and settings, the readout
+    times, the bin count and the accuracy: a batch worker keeps the whole set for the next scan of the
+    protocol, where caching the bins one by one as ``nufft`` plans would evict them (and the run's own
+    operator) every scan. Without a cache: built fresh.
+    """
+    from recon.plans import array_digest, nufft_key
+
+    factory = plans_or_default(plans)
+
+    def key():
+        k = nufft_key(op.k, op.shape, op.fov, backend=op.backend_name, device=op.device, eps=eps or op.eps, dtype=op.dtype)
+        return (k, array_digest(np.asarray(t_s, dtype=np.float64)), int(n_bins))
+
+    return factory.get("time-bins", key, lambda: TimeBinnedGridder(op, t_s, n_bins, dcf, eps=eps, plans=None))
+
+
 def grid_time_bins(
     op: NUFFT,
     data,
@@ -362,7 +381,7 @@ def grid_time_bins(
 
     xp = get_array_module(data)
     p_rows, t_col = _time_columns(op, t_s)
-    gr = TimeBinnedGridder(op, t_s, n_bins, dcf, eps=max(op.eps, bin_eps) if bin_eps else None, plans=plans)
+    gr = time_binned_gridder(op, t_s, n_bins, dcf, eps=max(op.eps, bin_eps) if bin_eps else None, plans=plans)
     n_echo = data.shape[0]
     lead = data.shape[1 : data.ndim - len(op.kshape)]
     col = None

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from recon.trajectory import dcf_cache as _dcf_cache
-from recon.trajectory.dcf_cache import _evict, cache_root, max_bytes
+from recon.trajectory.dcf_cache import cache_root, store_entry, touch
 
 log = logging.getLogger(__name__)
 
@@ -124,30 +123,15 @@ def _load(entry: Path, box: tuple) -> tuple[np.ndarray, np.ndarray] | None:
         log.warning("kernel cache entry %s unreadable (%s): rebuilding", entry, e)
         entry.unlink(missing_ok=True)
         return None
-    try:
-        os.utime(entry)  # least recently used is evicted first
-    except OSError:
-        pass
+    touch(entry)
     return spec, img
 
 
 def _store(entry: Path, spec: np.ndarray, img: np.ndarray) -> str | None:
-    from recon.atomic import atomic_file
-    from recon.errors import OutputError
+    def write(f) -> None:
+        np.savez(f, spec=np.ascontiguousarray(spec), image=np.ascontiguousarray(img))
 
-    size = spec.nbytes + img.nbytes
-    bound = max_bytes()
-    if size > bound:
-        return f"{size / 1e6:.0f} MB exceeds the cache bound NARECON_CACHE_MAX_MB"
-    try:
-        with atomic_file(entry) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, spec=np.ascontiguousarray(spec), image=np.ascontiguousarray(img))
-    except (OSError, OutputError) as e:
-        log.warning("cannot store the point-response kernel in the cache %s: %s", entry.parent, e)
-        return str(e)
-    _evict(entry.parent, bound, keep=entry, suffix=SUFFIX)
-    return None
+    return store_entry(entry, spec.nbytes + img.nbytes, write, "the point-response kernel", suffix=SUFFIX)
 
 
 def info() -> dict[str, Any]:

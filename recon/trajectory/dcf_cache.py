@@ -177,30 +177,44 @@ def _load(entry: Path, shape: tuple) -> np.ndarray | None:
     if not ok:
         entry.unlink(missing_ok=True)
         return None
-    try:
-        os.utime(entry)  # least recently used is evicted first
-    except OSError:
-        pass
+    touch(entry)
     return w
 
 
-def _store(entry: Path, w: np.ndarray) -> str | None:
-    """Write ``w`` atomically and bound the directory; returns None or why it was not stored."""
+def store_entry(entry: Path, nbytes: int, write, what: str, suffix: str = _SUFFIX) -> str | None:
+    """Write one cache entry atomically (``write(file object)``) and bound its directory to
+    :func:`max_bytes`; returns None or why it was not stored. Shared by every on-disk cache
+    (density weights, trajectory designs, point-response kernels); ``what`` names the content in the log."""
     from recon.atomic import atomic_file
     from recon.errors import OutputError
 
     bound = max_bytes()
-    if w.nbytes > bound:
-        return f"{w.nbytes / 1e6:.0f} MB exceeds the cache bound NARECON_CACHE_MAX_MB"
+    if nbytes > bound:
+        return f"{nbytes / 1e6:.0f} MB exceeds the cache bound NARECON_CACHE_MAX_MB"
     try:
         with atomic_file(entry) as tmp:
             with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(w, dtype=np.float64), allow_pickle=False)
-    except (OSError, OutputError) as e:
-        log.warning("cannot store density weights in the cache %s: %s", entry.parent, e)
+                write(f)
+    except (OSError, OutputError, TypeError, ValueError) as e:
+        log.warning("cannot store %s in the cache %s: %s", what, entry.parent, e)
         return str(e)
-    _evict(entry.parent, bound, keep=entry)
+    _evict(entry.parent, bound, keep=entry, suffix=suffix)
     return None
+
+
+def touch(entry: Path) -> None:
+    """Mark a cache entry as just used (least recently used entries are evicted first)."""
+    try:
+        os.utime(entry)
+    except OSError:
+        pass
+
+
+def _store(entry: Path, w: np.ndarray) -> str | None:
+    """Write ``w`` atomically and bound the directory; returns None or why it was not stored."""
+    return store_entry(
+        entry, w.nbytes, lambda f: np.save(f, np.ascontiguousarray(w, dtype=np.float64), allow_pickle=False), "density weights"
+    )
 
 
 def entries(d: Path | None = None, suffix: str = _SUFFIX) -> list[Path]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 
 from recon.trajectory import dcf_cache as _dcf_cache
 from recon.trajectory.base import Trajectory
-from recon.trajectory.dcf_cache import _evict, cache_root, max_bytes
+from recon.trajectory.dcf_cache import cache_root, store_entry, touch
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +93,6 @@ def _meta(traj: Trajectory) -> dict[str, Any]:
 
 
 def _store(entry: Path, traj: Trajectory) -> str | None:
-    from recon.atomic import atomic_file
-    from recon.errors import OutputError
-
     arrays: dict[str, np.ndarray] = {"k": traj.k, "t": traj.t}
     if traj.dcf is not None:
         arrays["dcf"] = traj.dcf
@@ -105,20 +101,12 @@ def _store(entry: Path, traj: Trajectory) -> str | None:
     for k, v in (traj.waveforms or {}).items():
         if isinstance(v, np.ndarray):
             arrays[f"waveform_{k}"] = v
-    size = sum(a.nbytes for a in arrays.values())
-    bound = max_bytes()
-    if size > bound:
-        return f"{size / 1e6:.0f} MB exceeds the cache bound NARECON_CACHE_MAX_MB"
-    try:
+
+    def write(f) -> None:
         meta = json.dumps(_meta(traj))
-        with atomic_file(entry) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, meta=np.frombuffer(meta.encode(), dtype=np.uint8), **arrays)
-    except (OSError, OutputError, TypeError, ValueError) as e:
-        log.warning("cannot store the trajectory design in the cache %s: %s", entry.parent, e)
-        return str(e)
-    _evict(entry.parent, bound, keep=entry, suffix=SUFFIX)
-    return None
+        np.savez(f, meta=np.frombuffer(meta.encode(), dtype=np.uint8), **arrays)
+
+    return store_entry(entry, sum(a.nbytes for a in arrays.values()), write, "the trajectory design", suffix=SUFFIX)
 
 
 def _load(entry: Path) -> Trajectory | None:
@@ -143,10 +131,7 @@ def _load(entry: Path) -> Trajectory | None:
         log.warning("trajectory cache entry %s unreadable (%s): rebuilding", entry, e)
         entry.unlink(missing_ok=True)
         return None
-    try:
-        os.utime(entry)
-    except OSError:
-        pass
+    touch(entry)
     return traj
 
 

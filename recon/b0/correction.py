@@ -44,6 +44,7 @@ import numpy as np
 
 from recon.b0.operator import sample_times
 from recon.b0.segments import (
+    BIN_EPS,
     DEFAULT_TOL_RAD,
     FREQ_OVERSAMPLING,
     field_range,
@@ -203,8 +204,7 @@ class TimeBinnedGridder:
         idx = np.clip(np.searchsorted(edges, t_sorted, side="right") - 1, 0, n_bins - 1)
         starts = np.searchsorted(idx, np.arange(n_bins + 1), side="left")  # idx is sorted
         k2 = np.asarray(op.k).reshape(p_rows, n_col, 3)
-        # same spreading kernel as the full plan (per-bin sample counts would pick another), at the bins' accuracy
-        opts = op.subset_options(eps=eps or op.eps)
+        # each bin's settings (finufft's upsampling) chosen for its own sample count, at the bins' accuracy
         factory = plans_or_default(plans)
         self.op = op
         self.shape = (p_rows, n_col)
@@ -218,6 +218,7 @@ class TimeBinnedGridder:
             tb = t_col[cols]
             tau.append(0.5 * float(tb.min() + tb.max()))  # midpoint: no sample is more than half a bin away
             kb = k2[:, cols]
+            opts = op.subset_options(eps=eps or op.eps, n_points=p_rows * (s1 - s0))
             nb = factory.nufft(
                 kb, op.shape, op.fov, backend=op.backend_name, device=op.device, eps=eps or op.eps, dtype=op.dtype, **opts
             )
@@ -367,7 +368,7 @@ def grid_time_bins(
     n_bins: int,
     *,
     centre_hz: float = 0.0,
-    bin_eps: float | None = 1e-4,
+    bin_eps: float | None = BIN_EPS,
     plans: Plans | None = None,
 ) -> TimeBins:
     """Grid every echo of ``data`` (n_echo, ..., *op.kshape) into ``n_bins`` readout-time bins.
@@ -416,13 +417,14 @@ def correct_tb_cpr(
     n_segments=None,
     mask=None,
     tol_rad: float = DEFAULT_TOL_RAD,
-    bin_eps: float | None = 1e-4,
+    bin_eps: float | None = BIN_EPS,
     plans: Plans | None = None,
 ) -> np.ndarray:
     """Time-binned conjugate phase (see the module docstring).
 
-    ``bin_eps``: NUFFT accuracy of the bin plans, max(op.eps, bin_eps); the default 1e-4 is far
-    below the binning error (~1e-2) and narrows the spreading kernel (cost). None: op.eps.
+    ``bin_eps``: NUFFT accuracy of the bin plans, max(op.eps, bin_eps); the default
+    :data:`recon.b0.segments.BIN_EPS` (1e-3) is ten times below the binning error (~1e-2) and
+    narrows the spreading kernel (cost). None: op.eps.
 
     All echoes (and leading axes) go through each bin's plan in one call: the demodulation at
     the centre frequency f_c splits into exp(+i 2 pi f_c t) (shared, over the distinct times t)

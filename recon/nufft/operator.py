@@ -224,14 +224,18 @@ class NUFFT(LinearOperator):
     def n_samples(self) -> int:
         return int(np.prod(self.kshape))
 
-    def subset_options(self, eps: float | None = None) -> dict:
-        """Backend options for a NUFFT over a subset of these samples with the same spreading kernel.
+    def subset_options(self, eps: float | None = None, n_points: int | None = None) -> dict:
+        """Backend options for a NUFFT over a subset of these samples.
 
-        ``eps``: the accuracy the subset plans will request (default: this operator's).
+        ``eps``: the accuracy the subset plans will request (default: this operator's);
+        ``n_points``: the subset's sample count, for which the backend chooses its settings (e.g.
+        finufft's upsampling factor); default: all samples, i.e. the same spreading kernel as this
+        operator. Options the caller gave the operator are kept as given.
         """
         hook = getattr(self._cls, "subset_options", None)
         tol = self.eps if eps is None else float(eps)
-        return hook(self.n_samples, self.shape, dict(self.options), tol) if hook else dict(self.options)
+        n = self.n_samples if n_points is None else int(n_points)
+        return hook(n, self.shape, dict(self.options), tol) if hook else dict(self.options)
 
     def _plan(self, n_trans: int):
         p = self._plans.get(n_trans)

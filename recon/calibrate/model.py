@@ -609,8 +609,8 @@ def fit_tubes(
             geoms[i] = g
 
     # joint linear fit of all amplitudes with a linear background per tube neighbourhood
-    templates = [sm.template(g.centre_img_m, g.axis_img, g.radius_m, g.length_m, t2) for g in geoms]
     regions = [region(g) for g in geoms]
+    templates = _final_templates(s.shape, flat, geoms, regions, sm, t2)
     n = len(geoms)
     rows = sum(len(r) for r in regions)
     if rows == 0:
@@ -661,6 +661,40 @@ def fit_tubes(
         )
         o += m
     return fits, warnings
+
+
+CROSS_REACH_VOX = _PAD
+"""Voxels beyond a tube's wall within which its template is evaluated in the other tubes' neighbourhoods.
+
+Farther away the point response of a tube (tails and ringing) is below about 6e-4 of its peak at the
+64^3 protocol (the windowed template's own reach, :data:`_PAD`), and the fit takes it as 0.
+"""
+
+
+def _final_templates(shape: tuple, flat: np.ndarray, geoms, regions, sm: SystemModel, t2: float) -> list[np.ndarray]:
+    """Each tube's template where the joint fit and the recovery read it: on a window, not the whole 2N box.
+
+    Tube j's template is needed in its own neighbourhood (and its core) and in every other tube's
+    neighbourhood. It is evaluated exactly (:meth:`SystemModel.template` with ``window``) on the box
+    that holds its own neighbourhood and the voxels of other neighbourhoods within
+    :data:`CROSS_REACH_VOX` of its wall; elsewhere it is 0. Tubes far apart (the usual layout) cost a
+    box of about twice the tube instead of the 2N box each (64^3 protocol: 0.66 s -> ~0.05 s for four).
+    """
+    vox = sm.voxel_m
+    reach = CROSS_REACH_VOX * float(vox.mean())
+    out = []
+    margin = 3
+    for j, g in enumerate(geoms):
+        sel = [regions[j]]
+        for i, idx in enumerate(regions):
+            if i != j and len(idx):
+                sel.append(idx[_cyl_dist(flat[idx], g) <= reach])
+        near = _near(shape, vox, g, 0.0)  # the cylinder itself must lie inside the window
+        ids = np.concatenate(sel + [near])
+        v = np.unravel_index(ids, shape)
+        window = tuple((int(a.min()) - margin, int(a.max()) + 1 + margin) for a in v)
+        out.append(sm.template(g.centre_img_m, g.axis_img, g.radius_m, g.length_m, t2, window=window))
+    return out
 
 
 def _refine_geometry(s, flat, idx, g0: TubeGeometry, sm: SystemModel, t2: float, vmean: float, max_iter: int):

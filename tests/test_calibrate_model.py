@@ -172,7 +172,9 @@ def test_final_templates_on_windows_equal_the_nufft_templates_in_every_neighbour
     sm = scene["sm"]
     geoms = [
         TubeGeometry(np.array([0.030, 0.0, 0.0]), np.array([0.0, 0.0, 1.0]), 2.2 * VOX, 0.04),
-        TubeGeometry(np.array([-0.030, 0.004, 0.0]), np.array([0.3, -0.2, 0.93]) / np.linalg.norm([0.3, -0.2, 0.93]), 2.0 * VOX, 0.035),
+        TubeGeometry(
+            np.array([-0.030, 0.004, 0.0]), np.array([0.3, -0.2, 0.93]) / np.linalg.norm([0.3, -0.2, 0.93]), 2.0 * VOX, 0.035
+        ),
     ]
     axes = _img_coords(sm.matrix)
     flat = np.stack(np.meshgrid(*[axes[d] * sm.voxel_m[d] for d in range(3)], indexing="ij"), -1).reshape(-1, 3)

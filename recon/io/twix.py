@@ -517,7 +517,8 @@ def _check_magnitude(path: Path, data: np.ndarray) -> None:
     """Refuse samples that are NaN, infinite or beyond :data:`MAX_RAW_MAGNITUDE` (a corrupt file)."""
     if data.size == 0:
         return
-    peak = float(np.max(np.abs(data.view(np.float32))))  # NaN propagates through max
+    f = data.view(np.float32)
+    peak = max(float(f.max()), -float(f.min()))  # no |x| temporary; a NaN makes f.max() NaN, which max() keeps
     if not peak <= MAX_RAW_MAGNITUDE:
         what = "NaN or infinite samples" if not np.isfinite(peak) else f"samples of magnitude {peak:.3g}"
         raise RawDataError(f"raw data contain {what} (no ADC gives more than {MAX_RAW_MAGNITUDE:g}): corrupt file", path)

@@ -217,11 +217,20 @@ class TimeBinnedGridder:
             cols: slice | np.ndarray = slice(s0, s1) if self._sorted else order[s0:s1]
             tb = t_col[cols]
             tau.append(0.5 * float(tb.min() + tb.max()))  # midpoint: no sample is more than half a bin away
-            kb = k2[:, cols]
             opts = op.subset_options(eps=eps or op.eps, n_points=p_rows * (s1 - s0))
-            nb = factory.nufft(
-                kb, op.shape, op.fov, backend=op.backend_name, device=op.device, eps=eps or op.eps, dtype=op.dtype, **opts
-            )
+            if plans is None and tuple(op.kshape) == (p_rows, n_col):  # cut from the operator's converted points
+                nb = op.subset((slice(None), cols), eps=eps or op.eps, **opts)
+            else:
+                nb = factory.nufft(
+                    k2[:, cols],
+                    op.shape,
+                    op.fov,
+                    backend=op.backend_name,
+                    device=op.device,
+                    eps=eps or op.eps,
+                    dtype=op.dtype,
+                    **opts,
+                )
             self.bins.append((cols, nb))
         self.tau_s = np.asarray(tau)
         self.t_col = t_col

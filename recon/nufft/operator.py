@@ -185,6 +185,30 @@ class NUFFT(LinearOperator):
         self._plans.clear()
         self._pts = None
 
+    def subset(self, index: tuple, eps: float | None = None, **options) -> NUFFT:
+        """The NUFFT over the samples ``k[index]`` (``index`` into ``kshape``, e.g. ``(slice(None), cols)``).
+
+        Shares this operator's grid, FOV, backend and dtype, and takes its points from this
+        operator's converted (and checked) points: no second conversion of k or check. ``eps``
+        (default: this operator's) and ``options`` (default: this operator's) set the subset's plan.
+        Bit-identical to ``NUFFT(k[index], ...)`` with the same settings.
+        """
+        import copy
+
+        sub = copy.copy(self)
+        sub._k = self._k[index]
+        sub.kshape = tuple(sub._k.shape[:-1])
+        sub.oshape = sub.kshape
+        full = self.points()
+        sub._pts = tuple(np.ascontiguousarray(p.reshape(self.kshape)[index]).reshape(-1) for p in full)
+        if eps is not None:
+            if not (1e-15 < eps < 1e-1):
+                raise InputError(f"eps must be in (1e-15, 0.1), got {eps}")
+            sub.eps = float(eps)
+        sub.options = dict(self.options) if not options else options
+        sub._plans = {}
+        return sub
+
     def points(self) -> tuple[np.ndarray, ...]:
         """The backend's points x_d = 2 pi k_d fov_d / N_d (three (M,) arrays, float32 for complex64)."""
         if self._pts is None:

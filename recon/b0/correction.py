@@ -174,6 +174,10 @@ class TimeBinnedGridder:
     eps : NUFFT accuracy of the bin plans (default: the operator's).
     plans : plan factory the bin plans are built through (:mod:`recon.plans`; a cached one
         reuses them for the next scan of the same trajectory).
+    share_plan : one backend plan re-pointed to each bin's points in turn
+        (:class:`recon.nufft.operator.SharedPlan`: the plan set-up once, not per bin; less memory);
+        False: a plan per bin, each keeping its sorted points (a gridder kept for the next scan by a
+        plan cache then skips the sorts too).
 
     Layout (why it is cheap): the samples are viewed as (P, C) with one time per column (C = the
     distinct readout times, 1238 for the study protocol), the columns sorted by time once, and a
@@ -190,6 +194,7 @@ class TimeBinnedGridder:
         dcf: np.ndarray,
         eps: float | None = None,
         plans: Plans | None = None,
+        share_plan: bool = True,
     ):
         n_bins = int(n_bins)
         if n_bins < 1:
@@ -206,6 +211,9 @@ class TimeBinnedGridder:
         k2 = np.asarray(op.k).reshape(p_rows, n_col, 3)
         # each bin's settings (finufft's upsampling) chosen for its own sample count, at the bins' accuracy
         factory = plans_or_default(plans)
+        from recon.nufft.operator import SharedPlan
+
+        shared = SharedPlan() if share_plan else None
         self.op = op
         self.shape = (p_rows, n_col)
         self.bins: list[tuple[slice | np.ndarray, NUFFT]] = []
@@ -219,7 +227,7 @@ class TimeBinnedGridder:
             tau.append(0.5 * float(tb.min() + tb.max()))  # midpoint: no sample is more than half a bin away
             opts = op.subset_options(eps=eps or op.eps, n_points=p_rows * (s1 - s0))
             if plans is None and tuple(op.kshape) == (p_rows, n_col):  # cut from the operator's converted points
-                nb = op.subset((slice(None), cols), eps=eps or op.eps, **opts)
+                nb = op.subset((slice(None), cols), eps=eps or op.eps, shared=shared, **opts)
             else:
                 nb = factory.nufft(
                     k2[:, cols],
@@ -366,7 +374,8 @@ def time_binned_gridder(op: NUFFT, t_s: np.ndarray, n_bins: int, dcf, eps: float
         k = nufft_key(op.k, op.shape, op.fov, backend=op.backend_name, device=op.device, eps=eps or op.eps, dtype=op.dtype)
         return (k, array_digest(np.asarray(t_s, dtype=np.float64)), int(n_bins))
 
-    return factory.get("time-bins", key, lambda: TimeBinnedGridder(op, t_s, n_bins, dcf, eps=eps, plans=None))
+    keep = factory.cache is not None  # a gridder kept for the next scan keeps each bin's sorted plan
+    return factory.get("time-bins", key, lambda: TimeBinnedGridder(op, t_s, n_bins, dcf, eps=eps, plans=None, share_plan=not keep))
 
 
 def grid_time_bins(

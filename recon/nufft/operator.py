@@ -109,6 +109,34 @@ def default_threads() -> int:
     return available_cpus()
 
 
+class SharedPlan:
+    """One backend plan per setting, re-pointed between operators that are used one after another.
+
+    Operators over subsets of one trajectory (the readout-time bins of tb-cpr: same grid, accuracy,
+    dtype and options) need not hold a plan each: a plan's set-up (finufft: the fine grid, its FFT
+    plan; 25-30 ms at the 64^3 protocol) is paid once, and each operator's points are set on it
+    (``setpts``: the sort) when its turn comes. Only for backends with ``setpts`` taking radians
+    (finufft); others keep a plan per operator. Not thread-safe (one user at a time).
+    """
+
+    def __init__(self) -> None:
+        self._plans: dict[tuple, list] = {}
+
+    def plan(self, op: NUFFT, n_trans: int):
+        """The backend plan for ``op`` with ``n_trans`` transforms, its points set to ``op``'s."""
+        key = (n_trans, op.shape, op.eps, op.dtype.str, op.backend_name, tuple(sorted((k, repr(v)) for k, v in op.options.items())))
+        hit = self._plans.get(key)
+        if hit is None:
+            p = op._cls(op.points(), op.shape, n_trans, op.eps, op.dtype, **op.options)
+            self._plans[key] = [p, op]
+            return p
+        p, owner = hit
+        if owner is not op:
+            p.setpts(op.points())
+            hit[1] = op
+        return p
+
+
 class NUFFT(LinearOperator):
     """3D type-1/type-2 NUFFT between an image grid and non-uniform k-space samples.
 
@@ -185,13 +213,15 @@ class NUFFT(LinearOperator):
         self._plans.clear()
         self._pts = None
 
-    def subset(self, index: tuple, eps: float | None = None, **options) -> NUFFT:
+    def subset(self, index: tuple, eps: float | None = None, shared: SharedPlan | None = None, **options) -> NUFFT:
         """The NUFFT over the samples ``k[index]`` (``index`` into ``kshape``, e.g. ``(slice(None), cols)``).
 
         Shares this operator's grid, FOV, backend and dtype, and takes its points from this
         operator's converted (and checked) points: no second conversion of k or check. ``eps``
         (default: this operator's) and ``options`` (default: this operator's) set the subset's plan.
-        Bit-identical to ``NUFFT(k[index], ...)`` with the same settings.
+        ``shared``: a :class:`SharedPlan` the subset's transforms go through (one backend plan for
+        many subsets used one after another). Bit-identical to ``NUFFT(k[index], ...)`` with the same
+        settings.
         """
         import copy
 
@@ -207,6 +237,7 @@ class NUFFT(LinearOperator):
             sub.eps = float(eps)
         sub.options = dict(self.options) if not options else options
         sub._plans = {}
+        sub._shared = shared
         return sub
 
     def points(self) -> tuple[np.ndarray, ...]:
@@ -262,6 +293,9 @@ class NUFFT(LinearOperator):
         return hook(n, self.shape, dict(self.options), tol) if hook else dict(self.options)
 
     def _plan(self, n_trans: int):
+        shared = getattr(self, "_shared", None)
+        if shared is not None and hasattr(self._cls, "setpts") and self._cls.point_input == "radians":
+            return shared.plan(self, n_trans)
         p = self._plans.get(n_trans)
         if p is None:
             pts = self.points() if self._cls.point_input == "radians" else self._k_grid()

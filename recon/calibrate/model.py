@@ -296,9 +296,12 @@ class SystemModel:
         )
         base = P * ph
 
+        # fftshift(img)[src] read straight from img: index j of the shifted box is (j - G // 2) mod G
+        take = np.ix_(*[(np.arange(sl.start, sl.stop) - g // 2) % g for sl, g in zip(src, box)])
+
         def image(spec: np.ndarray, out: np.ndarray) -> None:
-            img = sfft.fftshift(sfft.ifftn(spec, workers=_workers(), overwrite_x=True))
-            out[dest] = np.real(img[src])
+            img = sfft.ifftn(spec, workers=_workers(), overwrite_x=True)
+            out[dest] = np.real(img[take])
 
         nf = 5 if derivatives else 1
         out = np.zeros((nf,) + n, dtype=np.float64)

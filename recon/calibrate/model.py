@@ -139,7 +139,7 @@ class SystemModel:
             fov_m=tuple(traj.fov_m),
             undersampling=us,
             plans=plans,
-            **({"k_identity": traj.design_identity()} | kw),
+            **({"k_identity": traj.content_key()} | kw),
         )
 
     @property

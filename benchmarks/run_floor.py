@@ -116,7 +116,7 @@ def gridding_stages(raw: Path) -> dict:
     mask = support_mask(np.abs(cplain[0]))
     n_first = first_time_bins(op, ks.t_s)
     sm = SystemModel.from_trajectory(traj, dcf, acq.te_s, acq.tr_s, acq.flip_deg, eps=max(opts.eps, 1e-4))
-    sm.kernel(0.05)  # stored in the disk cache once
+    sm.kernel_image(0.05)  # stored in the disk cache once
 
     def two_pass():
         x = P.grid(op, ks, acq.te_s)
@@ -134,7 +134,7 @@ def gridding_stages(raw: Path) -> dict:
         "two_pass": two_pass,
         "one_pass": one_pass,
         "kernel_built": lambda: fresh_model()._build_kernel(0.05),
-        "kernel_cached": lambda: fresh_model().kernel(0.05),
+        "kernel_cached": lambda: fresh_model().kernel_image(0.05),
     }
 
 

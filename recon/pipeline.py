@@ -838,9 +838,9 @@ def reconstruct(
     own_op = plans.cache is None  # no plan cache keeps op for the next scan: its memory may go once it is done
     bins = None
     if one_pass(acq, opts, method):  # one gridding pass: time bins for the field map and tb-cpr
+        bins = grid_bins(op, dks, opts, plans, timer)  # the bins' points are cut from op's converted points
         if own_op:
-            op.release()  # the bins have their own plans (from op.k); op transforms only if a regrid is needed
-        bins = grid_bins(op, dks, opts, plans, timer)
+            op.release()  # the bins have their own plans; op transforms only if a regrid is needed
         plain = bins.plain()
     else:
         plain = grid(op, dks, acq.te_s, timer)

@@ -91,19 +91,30 @@ def kernel_nufft(nufft, plans: Plans | None = None):
     )
 
 
+def _shift_half(spec) -> None:
+    """Multiply an FFT over the last three (even-length) axes by (-1)^(k0 + k1 + k2), in place: the
+    spectrum of the array circularly shifted by half its size on every axis (``ifftshift``), without a copy."""
+    spec[..., 1::2, :, :] *= -1
+    spec[..., :, 1::2, :] *= -1
+    spec[..., 1::2] *= -1
+
+
 def psf_kernels(op2, weights: np.ndarray) -> np.ndarray:
     """FFT-domain kernels (n, 2N0, 2N1, 2N2) of F^H diag(weights_i) F for weights (n, *kshape).
 
     ``op2`` is :func:`kernel_nufft` of F. The PSF h_i(d) = sum_m weights_i(m) exp(+i 2 pi k_m . d)
     on the offsets d = (i - N) fov / N is one adjoint NUFFT onto the 2N grid with twice the FOV,
-    circularly shifted so that offset 0 is at index 0, then Fourier transformed.
+    circularly shifted so that offset 0 is at index 0 (done in the FFT domain, in place), then
+    Fourier transformed.
     """
     from recon.device import to_host
 
     fftn, _ = _fft_module(np)
     h = to_host(op2.adjoint(np.ascontiguousarray(weights, dtype=op2.dtype)))
-    h = np.fft.ifftshift(h, axes=(-3, -2, -1))  # offset 0 -> index 0 (2N even: shift by N)
-    return fftn(h, (-3, -2, -1))
+    k = fftn(h, (-3, -2, -1))
+    del h
+    _shift_half(k)  # offset 0 -> index 0 (2N even: a shift by N is the sign (-1)^k of the spectrum)
+    return k
 
 
 class ToeplitzNormal(LinearOperator):
@@ -122,6 +133,12 @@ class ToeplitzNormal(LinearOperator):
         (6-8 for 2 echoes x 3 segments with R2* at 64^3) instead of one per pair (12).
     rank_tol : singular values below rank_tol x the largest are dropped (default: the NUFFT eps).
 
+    Memory: the kernels of real weight functions (the segment pairs l = l', |b_l|^2 W) are real
+    (a Hermitian PSF; its offsets +-N, the only non-Hermitian ones, never enter the linear
+    convolution of N-point images) and are kept in the real dtype, half a complex kernel; the
+    kernels are accumulated one basis NUFFT at a time (no basis array), and the kernel NUFFT runs
+    one transform at a time (one fine grid).
+
     ``normal(x)`` for x (..., N0, N1, N2); forward/adjoint are the normal operator itself
     (it is Hermitian), so the contract's shape check applies.
     """
@@ -138,11 +155,12 @@ class ToeplitzNormal(LinearOperator):
         self.ishape = self.oshape = tuple(nufft.shape)
         self.oname = "image"
         self.shape2 = tuple(2 * s for s in nufft.shape)
+        self._real = np.float32 if nufft.dtype == np.complex64 else np.float64
         kshape = tuple(nufft.kshape)
         if base_weights is None:  # per-term full weights: each term its own base
-            groups = [(np.asarray(w, dtype=np.float64), [(b, None, e)]) for b, w, e in terms]
+            groups = [(np.asarray(w, dtype=self._real), [(b, None, e)]) for b, w, e in terms]
         else:
-            groups = [(np.asarray(base_weights, dtype=np.float64), list(terms))]
+            groups = [(np.asarray(base_weights, dtype=self._real), list(terms))]
         self._terms = []
         self.n_psf = 0  # adjoint NUFFTs spent on kernels
         op2 = None
@@ -152,10 +170,13 @@ class ToeplitzNormal(LinearOperator):
             for b, tf, _e in gterms:
                 bb = np.ones((1,) + (1,) * len(kshape), dtype=nufft.dtype) if b is None else np.asarray(b)
                 n_seg = bb.shape[0]
+                f = 1.0 if tf is None else np.asarray(tf)
                 for i in range(n_seg):
                     for j in range(i, n_seg):
-                        q = np.conj(bb[i]) * bb[j] * (1.0 if tf is None else np.asarray(tf))
-                        rows.append(q)
+                        if i == j and not np.iscomplexobj(f):  # |b_i|^2 W: a real weight function, a real kernel
+                            rows.append((bb[i].real ** 2 + bb[i].imag ** 2) * f)
+                        else:
+                            rows.append(np.conj(bb[i]) * bb[j] * f)
             cshape = np.broadcast_shapes(*(r.shape for r in rows))
             op2 = op2 or kernel_nufft(nufft, plans)
             tol = nufft.eps if rank_tol is None else float(rank_tol)
@@ -167,13 +188,17 @@ class ToeplitzNormal(LinearOperator):
                 ee = None if e is None else np.asarray(e, dtype=nufft.dtype)
                 self._terms.append((n_seg, kern_u, where[p : p + n_pair], ee))
                 p += n_pair
+        del op2  # the 2N-grid plan (its fine grid and sorted points) goes before the solver runs
         self._dev: dict[str, list] = {}
 
     def _group_kernels(self, op2, base, rows, rank_tol):
         """Kernels of base x q_k for all rows q_k: identical rows computed once; rows defined per
-        readout time go through a truncated SVD, Q = U S V^H, so only rank(Q) adjoint NUFFTs run."""
+        readout time go through a truncated SVD, Q = U S V^H, so only rank(Q) adjoint NUFFTs run.
+
+        Returns (list of kernels, one per distinct row: real arrays for real rows, complex
+        otherwise; the index of each row's kernel)."""
         nufft = self.nufft
-        real = np.float32 if nufft.dtype == np.complex64 else np.float64
+        real, cdt = self._real, np.dtype(nufft.dtype)
         kshape = tuple(nufft.kshape)
         uniq, where = [], []
         for r in rows:
@@ -184,6 +209,7 @@ class ToeplitzNormal(LinearOperator):
             else:
                 where.append(len(uniq))
                 uniq.append(r)
+        is_real = [not np.iscomplexobj(u) for u in uniq]
         q = np.stack([np.asarray(u, dtype=np.complex128).reshape(-1) for u in uniq])  # (n_u, C)
         if q.shape[1] <= 100_000:  # per readout time: low-rank combination
             u_, s_, vh = np.linalg.svd(q, full_matrices=False)
@@ -192,66 +218,84 @@ class ToeplitzNormal(LinearOperator):
             coef = u_[:, :r] * s_[:r]  # (n_u, r)
         else:  # per sample: one NUFFT per distinct row
             comps, coef = list(uniq), np.eye(len(uniq))
-        basis = np.empty((len(comps),) + self.shape2, dtype=nufft.dtype)
-        step = 2  # two weight arrays (each a full sample array) and fine grids at a time
-        wb = np.broadcast_to(base, kshape).astype(real)
-        for s0 in range(0, len(comps), step):
-            c = np.stack([wb * np.asarray(v, dtype=nufft.dtype) for v in comps[s0 : s0 + step]])
-            basis[s0 : s0 + step] = psf_kernels(op2, c)
+        kern: list = [np.zeros(self.shape2, dtype=real if is_real[u] else cdt) for u in range(len(uniq))]
+        wb = np.broadcast_to(base, kshape)
+        slab = max(1, 2**18 // max(1, self.shape2[1] * self.shape2[2]))  # planes per accumulation step (~2 MB)
+        for ci, v in enumerate(comps):
+            c = np.multiply(wb, np.asarray(v, dtype=cdt), dtype=cdt)  # one full sample array at a time
+            bk = psf_kernels(op2, c[None])[0]
+            del c
+            cu = [complex(coef[u, ci]) for u in range(len(uniq))]
+            for p0 in range(0, self.shape2[0], slab):  # kern[u] += cu bk (real rows: Re(cu bk)), in slabs
+                bs = bk[p0 : p0 + slab]
+                for u in range(len(uniq)):
+                    if cu[u] == 0:
+                        continue
+                    if is_real[u]:
+                        kern[u][p0 : p0 + slab] += cu[u].real * bs.real - cu[u].imag * bs.imag
+                    else:
+                        kern[u][p0 : p0 + slab] += cdt.type(cu[u]) * bs
+            del bk
         self.n_psf += len(comps)
         log.debug(
-            "Toeplitz kernels: %d weight functions, %d distinct, %d adjoint NUFFTs on %s",
+            "Toeplitz kernels: %d weight functions, %d distinct (%d real), %d adjoint NUFFTs on %s",
             len(rows),
             len(uniq),
+            sum(is_real),
             len(comps),
             self.shape2,
         )
-        flat = basis.reshape(len(comps), -1)
-        kern_u = (coef.astype(nufft.dtype) @ flat).reshape((len(uniq),) + self.shape2)
-        del flat, basis
-        # rows that are the same function share one kernel array
-        return kern_u, where
+        return kern, where
 
     @property
     def kernel_bytes(self) -> int:
         """Bytes held by the kernels (one array per distinct weight function)."""
-        return int(sum({id(k): k.nbytes for _, k, _, _ in self._terms}.values()))
+        return int(sum({id(k): k.nbytes for _, ks, _, _ in self._terms for k in ks}.values()))
 
     def _terms_for(self, xp):
         if xp is np:
             return self._terms
         key = xp.__name__
         if key not in self._dev:
-            moved = {}
+            moved: dict[int, object] = {}
             terms = []
             for n_seg, kern, where, ee in self._terms:
-                if id(kern) not in moved:
-                    moved[id(kern)] = xp.asarray(kern)
-                terms.append((n_seg, moved[id(kern)], where, None if ee is None else xp.asarray(ee)))
+                for k in kern:
+                    if id(k) not in moved:
+                        moved[id(k)] = xp.asarray(k)
+                terms.append((n_seg, [moved[id(k)] for k in kern], where, None if ee is None else xp.asarray(ee)))
             self._dev[key] = terms
         return self._dev[key]
 
     def _normal(self, x, lead):
         xp = get_array_module(x)
-        x = x.astype(self.nufft.dtype, copy=False)
-        out = xp.zeros(lead + self.ishape, dtype=self.nufft.dtype)
-        tmp = xp.empty(lead + self.shape2, dtype=self.nufft.dtype)
+        dt = self.nufft.dtype
+        x = x.astype(dt, copy=False)
+        out = xp.zeros(lead + self.ishape, dtype=dt)
+        z = xp.empty(lead + self.shape2, dtype=dt)
+        tmp = xp.empty(lead + self.shape2, dtype=dt)
         for n_seg, kern, where, ee in self._terms_for(xp):
-            xs = x[..., None, :, :, :] if ee is None else x[..., None, :, :, :] * ee  # (..., L, N0, N1, N2)
-            spec = padded_fft(xs, self.shape2, xp)  # (..., L, 2N0, 2N1, 2N2)
+            # one segment at a time into the spectra (no (L, 2N^3) intermediates of the pruned FFT)
+            spec = [padded_fft(x if ee is None else x * ee[j], self.shape2, xp) for j in range(n_seg)]
             idx, p = {}, 0
             for i in range(n_seg):
                 for j in range(i, n_seg):
                     idx[(i, j)] = p
                     p += 1
             for i in range(n_seg):
-                z = xp.zeros(lead + self.shape2, dtype=self.nufft.dtype)
                 for j in range(n_seg):
-                    kij = kern[where[idx[(i, j)]]] if i <= j else xp.conj(kern[where[idx[(j, i)]]])
-                    xp.multiply(kij, spec[..., j, :, :, :], out=tmp)
-                    z += tmp
-                zi = cropped_ifft(z, self.ishape, xp)
+                    k = kern[where[idx[(i, j)]]] if i <= j else kern[where[idx[(j, i)]]]
+                    dst = z if j == 0 else tmp
+                    if i > j and xp.iscomplexobj(k):  # T_ij = T_ji^H: the conjugate kernel
+                        xp.conjugate(k, out=dst)
+                        xp.multiply(dst, spec[j], out=dst)
+                    else:
+                        xp.multiply(k, spec[j], out=dst)
+                    if j > 0:
+                        z += tmp
+                zi = cropped_ifft(z, self.ishape, xp)  # may overwrite z (refilled for the next i)
                 out += zi if ee is None else zi * xp.conj(ee[i])
+            del spec
         return out
 
     def _forward(self, x, lead):

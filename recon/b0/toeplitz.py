@@ -221,6 +221,9 @@ class ToeplitzNormal(LinearOperator):
         kern: list = [np.zeros(self.shape2, dtype=real if is_real[u] else cdt) for u in range(len(uniq))]
         wb = np.broadcast_to(base, kshape)
         slab = max(1, 2**18 // max(1, self.shape2[1] * self.shape2[2]))  # planes per accumulation step (~2 MB)
+        sshape = (slab,) + self.shape2[1:]
+        tc = np.empty(sshape, cdt)
+        br, bi, tr = (np.empty(sshape, real) for _ in range(3))
         for ci, v in enumerate(comps):
             c = np.multiply(wb, np.asarray(v, dtype=cdt), dtype=cdt)  # one full sample array at a time
             bk = psf_kernels(op2, c[None])[0]
@@ -228,13 +231,23 @@ class ToeplitzNormal(LinearOperator):
             cu = [complex(coef[u, ci]) for u in range(len(uniq))]
             for p0 in range(0, self.shape2[0], slab):  # kern[u] += cu bk (real rows: Re(cu bk)), in slabs
                 bs = bk[p0 : p0 + slab]
+                n = bs.shape[0]
+                if any(is_real):
+                    np.copyto(br[:n], bs.real)
+                    np.copyto(bi[:n], bs.imag)
                 for u in range(len(uniq)):
                     if cu[u] == 0:
                         continue
-                    if is_real[u]:
-                        kern[u][p0 : p0 + slab] += cu[u].real * bs.real - cu[u].imag * bs.imag
+                    ks = kern[u][p0 : p0 + n]
+                    if is_real[u]:  # Re(cu bk) = Re cu Re bk - Im cu Im bk
+                        np.multiply(br[:n], cu[u].real, out=tr[:n])
+                        ks += tr[:n]
+                        if cu[u].imag:
+                            np.multiply(bi[:n], cu[u].imag, out=tr[:n])
+                            ks -= tr[:n]
                     else:
-                        kern[u][p0 : p0 + slab] += cdt.type(cu[u]) * bs
+                        np.multiply(bs, cdt.type(cu[u]), out=tc[:n])
+                        ks += tc[:n]
             del bk
         self.n_psf += len(comps)
         log.debug(

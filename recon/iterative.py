@@ -27,8 +27,8 @@ for total variation (``tv``: lamda ||D x||_1), with our operators entering SigPy
 
 Normal operator (``normal="toeplitz"``, the default for CG): A'^H A' by Toeplitz embedding
 (:class:`recon.b0.toeplitz.ToeplitzNormal`: L (L + 1) / 2 FFT kernels per echo on the 2N grid,
-computed once by one batched adjoint NUFFT; each iteration then costs 2 L FFTs per echo on the
-2N grid instead of 2 L NUFFTs of all samples). ``normal="nufft"`` applies A'^H A' through the
+computed once from a few adjoint NUFFTs of a real basis of the weight functions; each iteration
+then costs 2 L FFTs per echo on the 2N grid instead of 2 L NUFFTs of all samples). ``normal="nufft"`` applies A'^H A' through the
 NUFFTs (the reference; what TV always uses). Measured in benchmarks/README.md.
 
 Cost per iteration: no objective is computed unless asked (``objective=True``); progress

@@ -11,11 +11,21 @@ e_l = exp(-z tau_l)) and per-sample weights W (density weights, voxel volume, a 
 
     A^H W A = sum_l sum_l' diag(conj e_l) T_ll' diag(e_l'),   T_ll' = F^H diag(W conj(b_l) b_l') F
 
-T_l'l = T_ll'^H, so L (L + 1) / 2 kernels (the FFT of each PSF on the 2N grid) are computed once,
-by one batched adjoint NUFFT; each application then costs 2 L FFTs on the 2N grid and L^2
-products there, instead of 2 L NUFFTs of all samples. Measured in benchmarks/README.md
-("Iterative reconstruction"); memory: (L (L + 1) / 2) x 8 N^3 complex values per echo
-(16 MB each at 64^3 in complex64).
+T_l'l = T_ll'^H, so L (L + 1) / 2 kernels (the FFT of each PSF on the 2N grid) are computed once;
+each application then costs 2 L FFTs on the 2N grid and L^2 products there, instead of 2 L NUFFTs
+of all samples. Measured in benchmarks/README.md ("Iterative reconstruction").
+
+Kernels of real weights are real: the PSF of real c is Hermitian, h(-d) = conj h(d), on every
+offset |d_i| < N the linear convolution of N-point images uses (only the offsets -N of the 2N
+grid have no partner, and they never enter the cropped result), so Re FFT(h) is an exact kernel.
+Hence (i) the L kernels of the pairs l = l' (weights W |b_l|^2) are stored in the real dtype,
+half a complex kernel: memory ((L (L - 1) / 2) x 8 + L x 4) x 8 N^3 bytes per echo in complex64
+(72 MiB for L = 3 at 64^3); (ii) the weight functions of all pairs and echoes, functions of the
+readout time, are expanded in a real basis (truncated SVD of their real and imaginary parts), and
+two real basis functions go through one complex adjoint NUFFT, v_r + i v_r+1, whose kernel's real
+and imaginary parts are the two basis kernels: ceil(rank / 2) NUFFTs on the 2N grid (4 for 2
+echoes x 3 segments with R2* at 64^3, where rank is 7). Kernels are accumulated one basis NUFFT
+at a time, so no basis array is held.
 
 Several echoes are summed (``ToeplitzNormal`` takes one (b, weights, e) triple per echo);
 echoes whose coefficients and weights agree share one set of kernels.
@@ -129,15 +139,13 @@ class ToeplitzNormal(LinearOperator):
     plans : plan factory for the kernel NUFFT on the 2N grid.
     base_weights : per-sample weights W (*kshape) shared by all terms; each term's weights are
         then a factor per readout time (or None), and the kernels of all terms and segment
-        pairs come from a truncated SVD of those per-time functions: rank(Q) adjoint NUFFTs
-        (6-8 for 2 echoes x 3 segments with R2* at 64^3) instead of one per pair (12).
+        pairs come from a truncated real SVD of those per-time functions (module docstring):
+        ceil(rank / 2) adjoint NUFFTs (4 for 2 echoes x 3 segments with R2* at 64^3) instead of
+        one per distinct pair (12).
     rank_tol : singular values below rank_tol x the largest are dropped (default: the NUFFT eps).
 
-    Memory: the kernels of real weight functions (the segment pairs l = l', |b_l|^2 W) are real
-    (a Hermitian PSF; its offsets +-N, the only non-Hermitian ones, never enter the linear
-    convolution of N-point images) and are kept in the real dtype, half a complex kernel; the
-    kernels are accumulated one basis NUFFT at a time (no basis array), and the kernel NUFFT runs
-    one transform at a time (one fine grid).
+    Memory: the kernels of the pairs l = l' in the real dtype; the kernel NUFFT runs one transform
+    at a time (one fine grid) and its plan is dropped once the kernels exist.
 
     ``normal(x)`` for x (..., N0, N1, N2); forward/adjoint are the normal operator itself
     (it is Hermitian), so the contract's shape check applies.
@@ -193,7 +201,8 @@ class ToeplitzNormal(LinearOperator):
 
     def _group_kernels(self, op2, base, rows, rank_tol):
         """Kernels of base x q_k for all rows q_k: identical rows computed once; rows defined per
-        readout time go through a truncated SVD, Q = U S V^H, so only rank(Q) adjoint NUFFTs run.
+        readout time go through a truncated SVD of [Re Q; Im Q] = U S V^T (real basis functions
+        v_r), two of them per adjoint NUFFT, so only ceil(rank / 2) NUFFTs run.
 
         Returns (list of kernels, one per distinct row: real arrays for real rows, complex
         otherwise; the index of each row's kernel)."""
@@ -211,54 +220,74 @@ class ToeplitzNormal(LinearOperator):
                 uniq.append(r)
         is_real = [not np.iscomplexobj(u) for u in uniq]
         q = np.stack([np.asarray(u, dtype=np.complex128).reshape(-1) for u in uniq])  # (n_u, C)
-        if q.shape[1] <= 100_000:  # per readout time: low-rank combination
-            u_, s_, vh = np.linalg.svd(q, full_matrices=False)
-            r = max(1, int(np.sum(s_ > rank_tol * s_[0]))) if s_[0] > 0 else 1
-            comps = [vh[i].reshape(np.shape(uniq[0])) for i in range(r)]
-            coef = u_[:, :r] * s_[:r]  # (n_u, r)
-        else:  # per sample: one NUFFT per distinct row
-            comps, coef = list(uniq), np.eye(len(uniq))
         kern: list = [np.zeros(self.shape2, dtype=real if is_real[u] else cdt) for u in range(len(uniq))]
         wb = np.broadcast_to(base, kshape)
-        slab = max(1, 2**18 // max(1, self.shape2[1] * self.shape2[2]))  # planes per accumulation step (~2 MB)
-        sshape = (slab,) + self.shape2[1:]
-        tc = np.empty(sshape, cdt)
-        br, bi, tr = (np.empty(sshape, real) for _ in range(3))
-        for ci, v in enumerate(comps):
-            c = np.multiply(wb, np.asarray(v, dtype=cdt), dtype=cdt)  # one full sample array at a time
-            bk = psf_kernels(op2, c[None])[0]
-            del c
-            cu = [complex(coef[u, ci]) for u in range(len(uniq))]
-            for p0 in range(0, self.shape2[0], slab):  # kern[u] += cu bk (real rows: Re(cu bk)), in slabs
-                bs = bk[p0 : p0 + slab]
-                n = bs.shape[0]
-                if any(is_real):
-                    np.copyto(br[:n], bs.real)
-                    np.copyto(bi[:n], bs.imag)
-                for u in range(len(uniq)):
-                    if cu[u] == 0:
-                        continue
-                    ks = kern[u][p0 : p0 + n]
-                    if is_real[u]:  # Re(cu bk) = Re cu Re bk - Im cu Im bk
-                        np.multiply(br[:n], cu[u].real, out=tr[:n])
-                        ks += tr[:n]
-                        if cu[u].imag:
-                            np.multiply(bi[:n], cu[u].imag, out=tr[:n])
-                            ks -= tr[:n]
-                    else:
-                        np.multiply(bs, cdt.type(cu[u]), out=tc[:n])
-                        ks += tc[:n]
-            del bk
-        self.n_psf += len(comps)
+        if q.shape[1] <= 100_000:  # per readout time: a real low-rank basis, two basis kernels per NUFFT
+            qr = np.concatenate([q.real, q.imag])  # (2 n_u, C): Re and Im of every row in one real basis
+            u_, s_, vh = np.linalg.svd(qr, full_matrices=False)
+            r = max(1, int(np.sum(s_ > rank_tol * s_[0]))) if s_[0] > 0 else 1
+            cr = u_[:, :r] * s_[:r]
+            coef = cr[: len(uniq)] + 1j * cr[len(uniq) :]  # (n_u, r): q_u = sum_r coef[u, r] v_r, v_r real
+            n_nufft = 0
+            for r0 in range(0, r, 2):
+                # v_r + i v_r+1 in one NUFFT: the kernel of a real weight function is real (its PSF is
+                # Hermitian on every offset the convolution uses), so Re and Im are the two kernels
+                v = vh[r0] + (1j * vh[r0 + 1] if r0 + 1 < r else 0)
+                c = np.multiply(wb, np.asarray(v.reshape(np.shape(uniq[0])), dtype=cdt), dtype=cdt)
+                bk = psf_kernels(op2, c[None])[0]
+                del c
+                n_nufft += 1
+                self._accumulate(kern, is_real, coef[:, r0], bk.real)
+                if r0 + 1 < r:
+                    self._accumulate(kern, is_real, coef[:, r0 + 1], bk.imag)
+                del bk
+        else:  # per sample: one NUFFT per distinct row
+            for u, row in enumerate(uniq):
+                c = np.multiply(wb, np.asarray(row, dtype=cdt), dtype=cdt)
+                bk = psf_kernels(op2, c[None])[0]
+                del c
+                onehot = np.zeros(len(uniq), complex)
+                onehot[u] = 1
+                self._accumulate(kern, is_real, onehot, bk.real if is_real[u] else bk)
+                del bk
+            n_nufft = len(uniq)
+        self.n_psf += n_nufft
         log.debug(
             "Toeplitz kernels: %d weight functions, %d distinct (%d real), %d adjoint NUFFTs on %s",
             len(rows),
             len(uniq),
             sum(is_real),
-            len(comps),
+            n_nufft,
             self.shape2,
         )
         return kern, where
+
+    def _accumulate(self, kern: list, is_real: list, coef, bk) -> None:
+        """kern[u] += coef[u] bk for every kernel (real kernels: the real part), in slabs of planes
+        so the temporaries stay small; ``bk`` is a real or complex basis kernel on the 2N grid."""
+        cdt = np.dtype(self.nufft.dtype)
+        slab = max(1, 2**18 // max(1, self.shape2[1] * self.shape2[2]))  # ~2 MB of complex64 per step
+        sshape = (slab,) + self.shape2[1:]
+        tmp = {np.dtype(self._real): np.empty(sshape, self._real), cdt: np.empty(sshape, cdt)}
+        real_bk = not np.iscomplexobj(bk)
+        for p0 in range(0, self.shape2[0], slab):
+            bs = bk[p0 : p0 + slab]
+            n = bs.shape[0]
+            for u, k in enumerate(kern):
+                cu = complex(coef[u])
+                if cu == 0:
+                    continue
+                ks = k[p0 : p0 + n]
+                t = tmp[k.dtype][:n]
+                if is_real[u] and real_bk:
+                    np.multiply(bs, cu.real, out=t)
+                elif is_real[u]:  # Re(cu bk) = Re cu Re bk - Im cu Im bk
+                    np.multiply(bs.real, cu.real, out=t)
+                    ks += t
+                    np.multiply(bs.imag, -cu.imag, out=t)
+                else:
+                    np.multiply(bs, cdt.type(cu), out=t)
+                ks += t
 
     @property
     def kernel_bytes(self) -> int:

@@ -358,7 +358,9 @@ def reconstruct_iterative(
     shape = nufft.shape
     dv = float(np.prod(np.asarray(nufft.fov) / np.asarray(shape)))
     real = np.float32 if nufft.dtype == np.complex64 else np.float64
-    w = np.asarray(to_host(dcf), dtype=real)
+    w = np.asarray(to_host(dcf))  # no copy of the caller's weights (float64 or float32)
+    if w.dtype not in (np.float32, np.float64):
+        w = w.astype(real)
     sample_times(nufft, t_s)  # checks the shape of t_s
     f = np.zeros(shape) if fieldmap_hz is None else np.asarray(to_host(fieldmap_hz), dtype=np.float64)
 
@@ -381,9 +383,9 @@ def reconstruct_iterative(
     need_ops = objective or regulariser == "tv" or normal == "nufft"
     ops = []
     if need_ops:
-        sqrt_base = np.sqrt(w * real(dv))
+        sqrt_base = np.sqrt(w * dv).astype(real)
         ops = [_Scaled(a, sqrt_base if d is None else sqrt_base * d.astype(real)) for a, d in zip(tsos, decays)]
-        sqrt_wdv = xp.asarray(np.sqrt(w / real(dv)))
+        sqrt_wdv = xp.asarray(np.sqrt(w / dv).astype(real))
         # y'_e = sqrt(W / dV) y_e is only kept when the objective is asked for
         y = [sqrt_wdv * data[e] for e in range(len(te))] if objective else None
     else:

@@ -165,10 +165,15 @@ class ToeplitzNormal(LinearOperator):
         self.shape2 = tuple(2 * s for s in nufft.shape)
         self._real = np.float32 if nufft.dtype == np.complex64 else np.float64
         kshape = tuple(nufft.kshape)
+
+        def _weights(w):  # the caller's real weights as they are (no float32 copy of float64 ones)
+            w = np.asarray(w)
+            return w if w.dtype in (np.float32, np.float64) else w.astype(self._real)
+
         if base_weights is None:  # per-term full weights: each term its own base
-            groups = [(np.asarray(w, dtype=self._real), [(b, None, e)]) for b, w, e in terms]
+            groups = [(_weights(w), [(b, None, e)]) for b, w, e in terms]
         else:
-            groups = [(np.asarray(base_weights, dtype=self._real), list(terms))]
+            groups = [(_weights(base_weights), list(terms))]
         self._terms = []
         self.n_psf = 0  # adjoint NUFFTs spent on kernels
         op2 = None
@@ -315,7 +320,10 @@ class ToeplitzNormal(LinearOperator):
         x = x.astype(dt, copy=False)
         out = xp.zeros(lead + self.ishape, dtype=dt)
         z = xp.empty(lead + self.shape2, dtype=dt)
-        tmp = xp.empty(lead + self.shape2, dtype=dt)
+        n0 = self.shape2[0]
+        # the products are summed in slabs of planes (a ~2 MB work array on the host, not a 2N grid)
+        slab = max(1, 2**18 // max(1, self.shape2[1] * self.shape2[2] * int(np.prod(lead)))) if xp is np else n0
+        tmp = xp.empty(lead + (min(slab, n0),) + self.shape2[1:], dtype=dt)
         for n_seg, kern, where, ee in self._terms_for(xp):
             # one segment at a time into the spectra (no (L, 2N^3) intermediates of the pruned FFT)
             spec = [padded_fft(x if ee is None else x * ee[j], self.shape2, xp) for j in range(n_seg)]
@@ -325,16 +333,20 @@ class ToeplitzNormal(LinearOperator):
                     idx[(i, j)] = p
                     p += 1
             for i in range(n_seg):
-                for j in range(n_seg):
-                    k = kern[where[idx[(i, j)]]] if i <= j else kern[where[idx[(j, i)]]]
-                    dst = z if j == 0 else tmp
-                    if i > j and xp.iscomplexobj(k):  # T_ij = T_ji^H: the conjugate kernel
-                        xp.conjugate(k, out=dst)
-                        xp.multiply(dst, spec[j], out=dst)
-                    else:
-                        xp.multiply(k, spec[j], out=dst)
-                    if j > 0:
-                        z += tmp
+                for p0 in range(0, n0, slab):
+                    sl = slice(p0, min(p0 + slab, n0))
+                    zs = z[..., sl, :, :]
+                    ts = tmp[..., : sl.stop - sl.start, :, :]
+                    for j in range(n_seg):
+                        k = (kern[where[idx[(i, j)]]] if i <= j else kern[where[idx[(j, i)]]])[sl]
+                        dst = zs if j == 0 else ts
+                        if i > j and xp.iscomplexobj(k):  # T_ij = T_ji^H: the conjugate kernel
+                            xp.conjugate(k, out=dst)
+                            xp.multiply(dst, spec[j][..., sl, :, :], out=dst)
+                        else:
+                            xp.multiply(k, spec[j][..., sl, :, :], out=dst)
+                        if j > 0:
+                            zs += ts
                 zi = cropped_ifft(z, self.ishape, xp)  # may overwrite z (refilled for the next i)
                 out += zi if ee is None else zi * xp.conj(ee[i])
             del spec

@@ -505,6 +505,8 @@ def correct_b0(
                     mask=mask,
                     plans=plans,
                     gridded=plain[:, c],
+                    # no cache keeps op: its plan may go once the last coil's right-hand side is made
+                    release_nufft=plans_or_default(plans).cache is None and c == ks.data.shape[1] - 1,
                 )
                 per_coil.append(to_host(res.echoes))
                 iters.append(res.iterations)

@@ -208,3 +208,21 @@ def test_pipeline_density_stage_uses_the_cache(cache, file_traj):
     assert m1 == m2 == "pipe"
     np.testing.assert_array_equal(w1, w2)
     assert dc.info()["entries"] == 1
+
+
+def test_analytic_weights_of_a_built_in_design_are_cached_others_computed(cache):
+    """A design from the design cache carries its identity: its analytic weights are read back (equal to
+    a fresh computation); a trajectory without one (a copy) is computed, never looked up by a stale key."""
+    from recon.trajectory import design_cache as tc
+
+    def build():
+        return tpi(fov_m=0.224, res_m=0.014, p=0.3, gmax_t_per_m=4e-3)
+
+    tr, _ = tc.cached_design({"p": 0.3, "test": "analytic"}, build)
+    w1, how1 = dc.cached_dcf(tr, "analytic")
+    w2, how2 = dc.cached_dcf(tr, "analytic")
+    assert (how1, how2) == ("computed (analytic)", "cached (analytic)")
+    assert np.array_equal(w2, compute_dcf(build(), "analytic"))
+    other = dataclasses.replace(tr, k=tr.k * 1.01)
+    w3, how3 = dc.cached_dcf(other, "analytic")
+    assert how3 == "computed (analytic)" and not np.array_equal(w3, w2)

@@ -18,7 +18,7 @@ time from the run's StageTimer; interleaved rounds; the peak resident set (VmHWM
 interpreter; results to ``benchmarks/results/run_128.json``.
 
     nice -n 10 python benchmarks/run_128.py simulate [--matrix 128] [--supersample 1] [--eps 1e-5] [--threads 2]
-    nice -n 10 python benchmarks/run_128.py measure [--matrix 128] [--rounds 2]
+    nice -n 10 python benchmarks/run_128.py measure [--matrix 128] [--rounds 2] [--table-only]
 """
 
 from __future__ import annotations
@@ -127,6 +127,8 @@ def main(argv=None) -> int:
     m.add_argument("--rounds", type=int, default=2)
     m.add_argument("--no-memory", action="store_true")
     m.add_argument("--table-only", action="store_true", help="render the saved results/run_<N>.json")
+    m.add_argument("--simulate", action="store_true", help="simulate the scan first when it is missing (fast settings)")
+    m.add_argument("--results", type=Path, default=HERE / "results", help="folder of run_<N>.json")
     for p in (s, m):
         p.add_argument("--matrix", type=int, default=128)
         p.add_argument("--work", type=Path, default=HERE / "_work")
@@ -135,8 +137,14 @@ def main(argv=None) -> int:
     if args.cmd == "simulate":
         return simulate_scan(args)
     if args.table_only:
-        print(render(json.loads((HERE / "results" / f"run_{args.matrix}.json").read_text())))
+        print(render(json.loads((args.results / f"run_{args.matrix}.json").read_text())))
         return 0
+    if args.simulate and not (args.work / f"sim{args.matrix}" / "raw.dat").exists():
+        simulate_scan(
+            argparse.Namespace(
+                matrix=args.matrix, work=args.work, supersample=1, eps=1e-5, bin_tolerance=0.5, threads=None, ismrmrd=False
+            )
+        )
     return measure(args)
 
 
@@ -193,7 +201,7 @@ def measure(args) -> int:
     if not args.no_memory:
         wall, rss = peak_memory(raw, {}, dict(os.environ))
         res["fresh_interpreter"] = {"wall_s": wall, "peak_rss_bytes": rss}
-    out = HERE / "results" / f"run_{n}.json"
+    out = args.results / f"run_{n}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(render(res))

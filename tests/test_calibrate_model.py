@@ -163,6 +163,30 @@ def test_fast_template_equals_the_nufft_template(scene, axis):
     assert np.abs(slow_decay - exact[0]).max() > 10 * np.abs(fast[0] - exact[0]).max()
 
 
+def test_final_templates_on_windows_equal_the_nufft_templates_in_every_neighbourhood(scene):
+    """The joint fit's templates, each on its own window (plus the voxels of other neighbourhoods
+    within CROSS_REACH_VOX): against the exact NUFFT template (whole matrix) in every tube's
+    neighbourhood, to 2e-3 of the peak; the cross terms beyond the reach are below that too."""
+    from recon.calibrate.model import NEIGHBOURHOOD_VOX, _cyl_dist, _final_templates, _img_coords
+
+    sm = scene["sm"]
+    geoms = [
+        TubeGeometry(np.array([0.030, 0.0, 0.0]), np.array([0.0, 0.0, 1.0]), 2.2 * VOX, 0.04),
+        TubeGeometry(
+            np.array([-0.030, 0.004, 0.0]), np.array([0.3, -0.2, 0.93]) / np.linalg.norm([0.3, -0.2, 0.93]), 2.0 * VOX, 0.035
+        ),
+    ]
+    axes = _img_coords(sm.matrix)
+    flat = np.stack(np.meshgrid(*[axes[d] * sm.voxel_m[d] for d in range(3)], indexing="ij"), -1).reshape(-1, 3)
+    regions = [np.nonzero(_cyl_dist(flat, g) <= NEIGHBOURHOOD_VOX * VOX)[0] for g in geoms]
+    fast = _final_templates(sm.matrix, flat, geoms, regions, sm, 0.04)
+    for j, g in enumerate(geoms):
+        exact = sm.template(g.centre_img_m, g.axis_img, g.radius_m, g.length_m, 0.04, exact=True).ravel()
+        peak = np.abs(exact).max()
+        for idx in regions:
+            assert np.abs(fast[j].ravel()[idx] - exact[idx]).max() <= 2e-3 * peak, j
+
+
 def test_warnings_name_the_alias_free_sphere_and_thin_tubes(scene):
     sm = scene["sm"]
     out = TubeGeometry(np.array([0.075, 0.0, 0.0]), np.array([0, 0, 1.0]), 2.5 * VOX, 0.05)

@@ -100,3 +100,28 @@ def test_cli_cache_info_reports_both_caches(cache, capsys):
     assert main(["cache", "clear"]) == 0
     assert "removed 1" in capsys.readouterr().out
     assert tc.info()["entries"] == 0
+
+
+def test_a_design_carries_its_identity_read_only_and_copies_do_not(cache):
+    """The design key stands for k and t downstream (the kernel cache skips hashing k): so the
+    design's k and t are read-only, a replaced trajectory has no identity, and the identity follows
+    the design's parameters (two designs never share one)."""
+    import dataclasses
+
+    from recon.calibrate.kernel_cache import kernel_key
+
+    a, _ = tc.cached_design({"p": 0.3}, _build)
+    b, how = tc.cached_design({"p": 0.3}, _build)
+    c, _ = tc.cached_design({"p": 0.31}, _build)
+    assert how == "cached" and a.design_identity() == b.design_identity() == tc.design_key({"p": 0.3})
+    assert c.design_identity() != a.design_identity()
+    with pytest.raises(ValueError):
+        b.k[0, 0, 0] = 1.0
+    with pytest.raises(ValueError):
+        b.t[0] = 1.0
+    assert dataclasses.replace(b, k=b.k * 1.01).design_identity() is None
+    w = np.ones(a.k.shape[:2])
+    args = (w, a.t, a.matrix, a.fov_m, 1e-3, 0.05)
+    assert kernel_key(None, *args, k_identity=a.design_identity()) == kernel_key(a.k, *args, k_identity=a.design_identity())
+    assert kernel_key(None, *args, k_identity=a.design_identity()) != kernel_key(a.k, *args)
+    assert kernel_key(None, *args, k_identity=a.design_identity()) != kernel_key(None, *args, k_identity=c.design_identity())

@@ -178,3 +178,23 @@ def test_upsampling_rule_follows_the_measurements():
     assert choose_upsampfac(m, (128,) * 3, 1e-6) == 1.25
     assert choose_upsampfac(m, (64,) * 3, 1e-6) == 1.25  # the wide 2.0 kernel at 1e-6 loses
     assert choose_upsampfac(1000, (64,) * 3, 1e-4) is None  # very sparse: finufft's own choice
+
+
+def test_subset_shares_the_points_and_matches_a_fresh_operator_and_the_exact_sum(rng):
+    """NUFFT.subset (the time bins' plans): points cut from the parent's converted points are
+    bit-identical to a fresh operator's over k[index], and its adjoint meets the exact sum."""
+    shape, fov = (10, 12, 8), (0.2, 0.24, 0.16)
+    k = _random_k(rng, shape, fov, 30 * 40).reshape(30, 40, 3)
+    op = NUFFT(k, shape, fov, eps=1e-6)
+    cols = slice(7, 23)
+    sub = op.subset((slice(None), cols), eps=1e-5)
+    fresh = NUFFT(k[:, cols], shape, fov, eps=1e-5)
+    assert sub.kshape == (30, 16) and sub.eps == 1e-5 and op.eps == 1e-6
+    for a, b in zip(sub.points(), fresh.points()):
+        assert np.array_equal(a, b)
+    y = _cplx(rng, (30, 16))
+    vox = np.stack([rng.integers(0, n, 20) for n in shape], axis=-1)
+    ref = nudft_adjoint_at(y, k[:, cols], shape, fov, vox)
+    got = sub.adjoint(y.astype(np.complex64))[tuple(vox.T)]
+    assert np.linalg.norm(got - ref) <= 1e-4 * np.linalg.norm(ref)
+    assert op.adjoint(_cplx(rng, (30, 40))).shape == shape  # the parent is unchanged

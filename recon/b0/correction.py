@@ -44,6 +44,7 @@ import numpy as np
 
 from recon.b0.operator import sample_times
 from recon.b0.segments import (
+    BIN_EPS,
     DEFAULT_TOL_RAD,
     FREQ_OVERSAMPLING,
     field_range,
@@ -173,6 +174,10 @@ class TimeBinnedGridder:
     eps : NUFFT accuracy of the bin plans (default: the operator's).
     plans : plan factory the bin plans are built through (:mod:`recon.plans`; a cached one
         reuses them for the next scan of the same trajectory).
+    share_plan : one backend plan re-pointed to each bin's points in turn
+        (:class:`recon.nufft.operator.SharedPlan`: the plan set-up once, not per bin; less memory);
+        False: a plan per bin, each keeping its sorted points (a gridder kept for the next scan by a
+        plan cache then skips the sorts too).
 
     Layout (why it is cheap): the samples are viewed as (P, C) with one time per column (C = the
     distinct readout times, 1238 for the study protocol), the columns sorted by time once, and a
@@ -189,6 +194,7 @@ class TimeBinnedGridder:
         dcf: np.ndarray,
         eps: float | None = None,
         plans: Plans | None = None,
+        share_plan: bool = True,
     ):
         n_bins = int(n_bins)
         if n_bins < 1:
@@ -203,9 +209,11 @@ class TimeBinnedGridder:
         idx = np.clip(np.searchsorted(edges, t_sorted, side="right") - 1, 0, n_bins - 1)
         starts = np.searchsorted(idx, np.arange(n_bins + 1), side="left")  # idx is sorted
         k2 = np.asarray(op.k).reshape(p_rows, n_col, 3)
-        # same spreading kernel as the full plan (per-bin sample counts would pick another), at the bins' accuracy
-        opts = op.subset_options(eps=eps or op.eps)
+        # each bin's settings (finufft's upsampling) chosen for its own sample count, at the bins' accuracy
         factory = plans_or_default(plans)
+        from recon.nufft.operator import SharedPlan
+
+        shared = SharedPlan() if share_plan else None
         self.op = op
         self.shape = (p_rows, n_col)
         self.bins: list[tuple[slice | np.ndarray, NUFFT]] = []
@@ -217,10 +225,20 @@ class TimeBinnedGridder:
             cols: slice | np.ndarray = slice(s0, s1) if self._sorted else order[s0:s1]
             tb = t_col[cols]
             tau.append(0.5 * float(tb.min() + tb.max()))  # midpoint: no sample is more than half a bin away
-            kb = k2[:, cols]
-            nb = factory.nufft(
-                kb, op.shape, op.fov, backend=op.backend_name, device=op.device, eps=eps or op.eps, dtype=op.dtype, **opts
-            )
+            opts = op.subset_options(eps=eps or op.eps, n_points=p_rows * (s1 - s0))
+            if plans is None and tuple(op.kshape) == (p_rows, n_col):  # cut from the operator's converted points
+                nb = op.subset((slice(None), cols), eps=eps or op.eps, shared=shared, **opts)
+            else:
+                nb = factory.nufft(
+                    k2[:, cols],
+                    op.shape,
+                    op.fov,
+                    backend=op.backend_name,
+                    device=op.device,
+                    eps=eps or op.eps,
+                    dtype=op.dtype,
+                    **opts,
+                )
             self.bins.append((cols, nb))
         self.tau_s = np.asarray(tau)
         self.t_col = t_col
@@ -356,7 +374,8 @@ def time_binned_gridder(op: NUFFT, t_s: np.ndarray, n_bins: int, dcf, eps: float
         k = nufft_key(op.k, op.shape, op.fov, backend=op.backend_name, device=op.device, eps=eps or op.eps, dtype=op.dtype)
         return (k, array_digest(np.asarray(t_s, dtype=np.float64)), int(n_bins))
 
-    return factory.get("time-bins", key, lambda: TimeBinnedGridder(op, t_s, n_bins, dcf, eps=eps, plans=None))
+    keep = factory.cache is not None  # a gridder kept for the next scan keeps each bin's sorted plan
+    return factory.get("time-bins", key, lambda: TimeBinnedGridder(op, t_s, n_bins, dcf, eps=eps, plans=None, share_plan=not keep))
 
 
 def grid_time_bins(
@@ -367,7 +386,7 @@ def grid_time_bins(
     n_bins: int,
     *,
     centre_hz: float = 0.0,
-    bin_eps: float | None = 1e-4,
+    bin_eps: float | None = BIN_EPS,
     plans: Plans | None = None,
 ) -> TimeBins:
     """Grid every echo of ``data`` (n_echo, ..., *op.kshape) into ``n_bins`` readout-time bins.
@@ -416,13 +435,14 @@ def correct_tb_cpr(
     n_segments=None,
     mask=None,
     tol_rad: float = DEFAULT_TOL_RAD,
-    bin_eps: float | None = 1e-4,
+    bin_eps: float | None = BIN_EPS,
     plans: Plans | None = None,
 ) -> np.ndarray:
     """Time-binned conjugate phase (see the module docstring).
 
-    ``bin_eps``: NUFFT accuracy of the bin plans, max(op.eps, bin_eps); the default 1e-4 is far
-    below the binning error (~1e-2) and narrows the spreading kernel (cost). None: op.eps.
+    ``bin_eps``: NUFFT accuracy of the bin plans, max(op.eps, bin_eps); the default
+    :data:`recon.b0.segments.BIN_EPS` (1e-3) is ten times below the binning error (~1e-2) and
+    narrows the spreading kernel (cost). None: op.eps.
 
     All echoes (and leading axes) go through each bin's plan in one call: the demodulation at
     the centre frequency f_c splits into exp(+i 2 pi f_c t) (shared, over the distinct times t)

@@ -71,11 +71,26 @@ def _sha1(a: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def kernel_key(k: np.ndarray, dcf: np.ndarray, t_s: np.ndarray, matrix, fov_m, eps: float, t2star_s: float) -> str:
-    """Cache key of a kernel: content digests of k, weights and times with the grid, accuracy, T2* and code."""
+def kernel_key(
+    k: np.ndarray | None,
+    dcf: np.ndarray,
+    t_s: np.ndarray,
+    matrix,
+    fov_m,
+    eps: float,
+    t2star_s: float,
+    k_identity: str | None = None,
+) -> str:
+    """Cache key of a kernel: content digests of k, weights and times with the grid, accuracy, T2* and code.
+
+    ``k_identity``: a content key of k and t known without hashing (a built-in design's
+    :meth:`recon.trajectory.Trajectory.design_identity`); then ``k`` may be None.
+    """
+    if k is None and k_identity is None:
+        raise ValueError("kernel_key needs k or its identity")
     desc = json.dumps(
         {
-            "k": _sha1(np.asarray(k)),
+            "k": f"design:{k_identity}" if k_identity is not None else _sha1(np.asarray(k)),
             "dcf": _sha1(np.asarray(dcf)),
             "t": _sha1(np.asarray(t_s)),
             "matrix": [int(m) for m in matrix],

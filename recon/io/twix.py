@@ -517,7 +517,8 @@ def _check_magnitude(path: Path, data: np.ndarray) -> None:
     """Refuse samples that are NaN, infinite or beyond :data:`MAX_RAW_MAGNITUDE` (a corrupt file)."""
     if data.size == 0:
         return
-    peak = float(np.max(np.abs(data.view(np.float32))))  # NaN propagates through max
+    f = data.view(np.float32)
+    peak = max(float(f.max()), -float(f.min()))  # no |x| temporary; a NaN makes f.max() NaN, which max() keeps
     if not peak <= MAX_RAW_MAGNITUDE:
         what = "NaN or infinite samples" if not np.isfinite(peak) else f"samples of magnitude {peak:.3g}"
         raise RawDataError(f"raw data contain {what} (no ADC gives more than {MAX_RAW_MAGNITUDE:g}): corrupt file", path)
@@ -575,8 +576,14 @@ def _assign_echoes(r: dict, echo_from: str, n_echoes: int | None) -> tuple[np.nd
                 n_dup,
                 "Lin" if echo_from == "eco" else "order",
             )
-    out = np.stack([data[g] for g in groups])  # (echo, proj, coil, sample)
-    out = np.ascontiguousarray(out.transpose(0, 2, 1, 3))  # (echo, coil, proj, sample)
+    n_cha = data.shape[1]
+    # one copy of the samples, straight into (echo, coil, proj, sample): no per-echo copies and stack
+    out = np.empty((len(groups), n_cha, len(groups[0]), data.shape[2]), dtype=data.dtype)
+    for e, g in enumerate(groups):
+        if n_cha == 1:
+            np.take(data[:, 0], g, axis=0, out=out[e, 0])
+        else:
+            out[e] = data[g].transpose(1, 0, 2)
     pidx = np.stack([proj[g] for g in groups])
     return out, pidx, notes
 

@@ -101,6 +101,14 @@ class FinufftBackend(NufftBackend):
             self._adj = finufft.Plan(1, self.shape, n_trans, eps_eff, +1, dtype=self.dtype.name, **kw)
             self._adj.setpts(*pts)
 
+    def setpts(self, points) -> None:
+        """Set new points (three (M,) arrays, as at construction) on this plan: its fine grid and FFT
+        plan are kept (:class:`recon.nufft.operator.SharedPlan`)."""
+        pts = list(points)
+        self._fwd.setpts(*pts)
+        if self._adj is not None:  # pragma: no cover - finufft < 2.5
+            self._adj.setpts(*pts)
+
     def forward(self, x):
         x = np.ascontiguousarray(x, dtype=self.dtype)
         return self._fwd.execute(x if self.n_trans > 1 else x[0]).reshape(self.n_trans, -1)

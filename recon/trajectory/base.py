@@ -75,6 +75,21 @@ class Trajectory:
     solid_angle: np.ndarray | None = None
     waveforms: dict[str, Any] | None = None
 
+    def design_identity(self) -> str | None:
+        """Content key of ``k`` and ``t`` known without hashing them, or None.
+
+        Set by :func:`recon.trajectory.design_cache.cached_design` for a built-in design (its
+        parameters and the generator code determine k and t), which also makes k and t read-only so
+        the key cannot go stale. A new object (``dataclasses.replace``, an import) has none.
+        """
+        return self.__dict__.get("_design_identity")
+
+    def mark_design(self, key: str) -> None:
+        """Record ``key`` as :meth:`design_identity` and make k and t read-only."""
+        self.k.setflags(write=False)
+        self.t.setflags(write=False)
+        self.__dict__["_design_identity"] = str(key)
+
     def __post_init__(self) -> None:
         self.k = np.asarray(self.k, dtype=np.float64)
         self.t = np.asarray(self.t, dtype=np.float64)

@@ -65,16 +65,21 @@ def cached_design(description: Any, build: Callable[[], Trajectory]) -> tuple[Tr
 
     Returns (trajectory, "cached" | "computed" | "computed (cache off)" | "computed (not cached: why)").
     """
+    key = design_key(description)
     d = cache_dir()
     if d is None:
-        return build(), "computed (cache off)"
-    entry = d / f"{design_key(description)}{SUFFIX}"
+        traj = build()
+        traj.mark_design(key)
+        return traj, "computed (cache off)"
+    entry = d / f"{key}{SUFFIX}"
     traj = _load(entry)
     if traj is not None:
         log.info("trajectory design from the cache %s", entry)
+        traj.mark_design(key)
         return traj, "cached"
     traj = build()
     why = _store(entry, traj)
+    traj.mark_design(key)  # the design's identity: downstream caches key on it instead of hashing k
     return traj, "computed" if why is None else f"computed (not cached: {why})"
 
 

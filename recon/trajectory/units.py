@@ -26,6 +26,8 @@ KMAX_RATIO_RANGE = (0.45, 2.2)
 CENTRE_K_FRACTION = 0.25
 """Largest |k| (fraction of the trajectory's kmax) allowed at the data's k-space centre sample."""
 _CENTRE_PROMINENCE = 3.0
+CHECK_PROJECTIONS = 512
+"""Projections (evenly strided) the checks look at: plausibility needs no full pass over k and data."""
 
 
 def _likely_unit(ratio: float, fov: float, kn: float) -> str:
@@ -62,7 +64,12 @@ def check_trajectory_units(traj, acq, source: str | None = None) -> dict[str, fl
     if not np.any(ax):
         return {"kmax_ratio": float("nan"), "centre_sample": -1, "centre_k_fraction": float("nan"), "reference": "none"}
     kn = mat[ax] / (2 * fov[ax])
-    kabs = np.array([max(-float(traj.k[..., d].min()), float(traj.k[..., d].max())) for d in range(3)])[ax]  # no |k| temporary
+    # an even stride of projections: every readout of a design reaches about the same kmax, and a
+    # unit mix-up scales all of them (the full arrays are validated for finite values on loading)
+    k_all = np.asarray(traj.k)
+    stride = max(1, k_all.shape[0] // CHECK_PROJECTIONS) if k_all.ndim == 3 else 1
+    ksub = k_all[::stride]
+    kabs = np.array([max(-float(ksub[..., d].min()), float(ksub[..., d].max())) for d in range(3)])[ax]  # no |k| temporary
     ratio = float(np.max(kabs / kn))
     if not ratio > 0:  # all-zero k (or NaN): no unit explains it
         raise TrajectoryError("trajectory k is zero on every resolved axis (no k-space coverage)", src)
@@ -86,10 +93,12 @@ def check_trajectory_units(traj, acq, source: str | None = None) -> dict[str, fl
     # the data's own k-space centre along the readout
     if getattr(acq, "data", None) is None or acq.n_samples != traj.n_samples or acq.n_samples < 3:
         return out
-    pidx = np.asarray(acq.projection_index)[0]
-    if pidx.max() >= traj.n_projections:
+    pidx_all = np.asarray(acq.projection_index)[0]
+    if pidx_all.max() >= traj.n_projections:
         return out
-    prof = np.abs(acq.data).mean(axis=(0, 1, 2))
+    rows = slice(None, None, max(1, pidx_all.size // CHECK_PROJECTIONS))  # the same stride of acquired readouts
+    pidx = pidx_all[rows]
+    prof = np.abs(acq.data[:, :, rows]).mean(axis=(0, 1, 2))
     med = float(np.median(prof))
     j = int(np.argmax(prof))
     if not (med > 0 and prof[j] > _CENTRE_PROMINENCE * med):

@@ -65,6 +65,14 @@ def main() -> int:
 
     from recon.cli import main as cli
 
+    # 6-7.5 mm voxels (32^3): the CLI's default tubes (scaled to 2 voxels beside the head) do not all
+    # separate, so `narecon run` stops ("found 3 tubes"); tubes of 2 voxels in the FOV's corners do
+    vox_mm = 224.0 / args.matrix
+    tubes = []
+    if 6.0 < vox_mm <= 7.5:
+        r = 2 * vox_mm
+        corners = ((88, 72, 30), (88, -72, 60), (-88, 72, 90), (-88, -72, 120))
+        tubes = [f"--tube={x},{y},0,{r:.1f},80,{mm}" for x, y, mm in corners]
     for i in range(args.distinct):
         d = work / f"sim{i}"
         if not (d / "raw.dat").exists():
@@ -82,6 +90,7 @@ def main() -> int:
                     "--snr",
                     "80",
                     "--force",
+                    *tubes,
                 ]
             )
             print(f"simulated {d / 'raw.dat'} in {time.perf_counter() - t:.1f} s")

@@ -45,6 +45,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# this checkout's recon, also in the loop's processes and the Dask workers (an installed narecon,
+# e.g. `pip install -e` of another checkout, would otherwise be what is measured)
+sys.path.insert(0, str(REPO))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def main() -> int:

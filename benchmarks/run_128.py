@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -201,6 +202,7 @@ def measure(args) -> int:
     if not args.no_memory:
         wall, rss = peak_memory(raw, {}, dict(os.environ))
         res["fresh_interpreter"] = {"wall_s": wall, "peak_rss_bytes": rss}
+    shutil.rmtree(outdir, ignore_errors=True)
     out = args.results / f"run_{n}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=1) + "\n")

@@ -178,6 +178,15 @@ def measure(args) -> int:
         return time.perf_counter() - t, stages
 
     t_warm, warm_stages = whole()
+    try:  # the calibration the timed runs made (which tubes were found): a wrong one would change the stages
+        cal = json.loads((outdir / "o" / "calibration.json").read_text())
+        tubes = [
+            {k: t.get(k) for k in ("centre_mm", "concentration_mM", "radius_mm", "n_voxels") if k in t}
+            for t in cal.get("tubes", [])
+        ]
+        calibration = {"method": cal.get("method"), "tubes": tubes, "warnings": cal.get("warnings")}
+    except (OSError, ValueError):
+        calibration = None
     acq = read_raw(raw)
     traj = build_trajectory(acq, load_profile(None))
     samples = [int(acq.n_projections), int(acq.n_samples), int(acq.n_echoes)]
@@ -197,6 +206,7 @@ def measure(args) -> int:
         "raw_bytes": raw.stat().st_size,
         "cpus": os.cpu_count(),
         "warm_up": {"run": t_warm, "stages": warm_stages},
+        "calibration": calibration,
         "rounds": rounds,
     }
     if not args.no_memory:

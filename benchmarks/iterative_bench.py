@@ -4,6 +4,15 @@
     python benchmarks/iterative_bench.py [--matrix 32] [--iters 1,3,5,10,20] [--out benchmarks/iterative_results.json]
     python benchmarks/iterative_bench.py --cost [--matrix 64] [--max-iter 30] [--normals toeplitz nufft]
 
+    python benchmarks/iterative_bench.py --run RAW [--tree BEFORE] [--rounds 3] [--out JSON]
+
+``--run``: the whole ``narecon run RAW --b0 iterative`` under ``/usr/bin/time -v`` (wall, maximum
+resident set), one fresh process per run, against the floor of run_floor.py (read the raw bytes
++ one two-echo finufft adjoint, measured in this process in every round); with ``--tree`` the same
+run of another checkout (an export of ``main``) in the same rounds, interleaved, and the outputs
+compared (TSC map inside the object mask, echo images, calibration line). Medians and ranges with
+the load average; the iterative stage's time and iterations come from the run's log.
+
 ``--cost``: the time and peak memory of the iterative solve at the study protocol (TPI, 64^3,
 3920 x 1238 samples, two echoes, a smooth +-60 Hz field and an R2* map, gradient regulariser)
 with each normal operator, every configuration in a fresh subprocess (peak RSS), against the
@@ -143,9 +152,128 @@ def cost(matrix: int, normals, max_iter: int, decay: str) -> list:
     return rows
 
 
+def _one_run(tree: Path, raw: Path, out: Path) -> dict:
+    """``narecon run RAW --b0 iterative`` from ``tree`` under /usr/bin/time -v: wall, max RSS, stage log."""
+    import re
+    import subprocess
+
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "recon", "run", str(raw.resolve()), "--b0", "iterative"]
+    cmd += ["--out", str(out), "--force"]
+    p = subprocess.run(cmd, cwd=tree, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"run from {tree} failed:\n{p.stderr[-3000:]}")
+    log = p.stderr + p.stdout
+
+    def grab(pattern, cast=float):
+        m = re.search(pattern, log)
+        return cast(m.group(1)) if m else None
+
+    h, mnt, sec = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (?:(\d+):)?(\d+):([\d.]+)", log).groups()
+    return {
+        "wall_s": int(h or 0) * 3600 + int(mnt) * 60 + float(sec),
+        "max_rss_mb": grab(r"Maximum resident set size \(kbytes\): (\d+)") * 1024 / 1e6,
+        "cpu_s": grab(r"User time \(seconds\): ([\d.]+)") + grab(r"System time \(seconds\): ([\d.]+)"),
+        "iterative_s": grab(r"iterative reconstruction \([^)]*\): ([\d.]+) s"),
+        "iterations": grab(r"iterative reconstruction: (\d+) iterations", int),
+    }
+
+
+def compare_outputs(a: Path, b: Path) -> dict:
+    """Relative differences of two run folders: TSC and echo magnitudes inside a's object mask, calibration line."""
+    import nibabel as nib
+
+    mask = nib.load(a / "mask.nii.gz").get_fdata() > 0
+    out = {}
+    for name in ("tsc_mM", "echo1", "echo2"):
+        x, y = (nib.load(d / f"{name}.nii.gz").get_fdata()[mask] for d in (a, b))
+        out[f"{name}_rel_l2"] = float(np.linalg.norm(x - y) / np.linalg.norm(x))
+    ca, cb = (json.loads((d / "calibration.json").read_text()) for d in (a, b))
+
+    def line(c):
+        fit = c.get("fit", c)
+        return float(fit["slope"]), float(fit["intercept"])
+
+    (sa, ia), (sb, ib) = line(ca), line(cb)
+    out.update(slope_rel=abs(sb - sa) / abs(sa), slope_before=sa, slope_after=sb, intercept_before=ia, intercept_after=ib)
+    return out
+
+
+def run_bench(raw: Path, before: Path | None, rounds: int) -> dict:
+    """Interleaved rounds: floor, this tree's run, the before tree's run (see the module docstring)."""
+    import os
+    import statistics
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from run_floor import floor_adjoint
+
+    from recon.io import build_trajectory, load_profile, read_raw
+
+    acq = read_raw(raw)
+    traj = build_trajectory(acq, load_profile(None))
+    here = Path(__file__).resolve().parents[1]
+    trees = {"after": here} if before is None else {"before": before.resolve(), "after": here}
+    res: dict = {"floor_s": [], "floor_cpu_s": [], "load": [], **{k: [] for k in trees}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            res["load"].append(os.getloadavg()[0])
+            t0, c0 = time.perf_counter(), time.process_time()
+            raw.read_bytes()
+            t_read = time.perf_counter() - t0
+            res["floor_s"].append(t_read + floor_adjoint(acq, traj))
+            res["floor_cpu_s"].append(time.process_time() - c0)  # includes the adjoint's set-up outside its timing
+            for name, tree in trees.items():
+                res[name].append(_one_run(tree, raw, Path(tmp) / name))
+                print(f"round {r + 1} {name}: {res[name][-1]}", flush=True)
+        if before is not None:
+            res["outputs"] = compare_outputs(Path(tmp) / "before", Path(tmp) / "after")
+    f = statistics.median(res["floor_s"])
+    res["summary"] = {
+        name: {
+            key: [statistics.median(v[key] for v in res[name]), min(v[key] for v in res[name]), max(v[key] for v in res[name])]
+            for key in ("wall_s", "cpu_s", "max_rss_mb", "iterative_s", "iterations")
+        }
+        for name in trees
+    }
+    for name in trees:
+        res["summary"][name]["run_over_floor"] = res["summary"][name]["wall_s"][0] / f
+    res["floor_median_s"] = f
+    return res
+
+
+def render_run(res: dict) -> str:
+    """The markdown table of :func:`run_bench`."""
+    rng = lambda v, fmt: f"{v[0]:{fmt}} ({v[1]:{fmt}}-{v[2]:{fmt}})"  # noqa: E731
+    loads = res["load"]
+    lines = [
+        f"load average {min(loads):.1f}-{max(loads):.1f}; {len(res['floor_s'])} interleaved rounds; "
+        f"floor (read bytes + two-echo finufft adjoint) {res['floor_median_s']:.2f} s "
+        f"({min(res['floor_s']):.2f}-{max(res['floor_s']):.2f})",
+        "",
+        "| | iterative stage s | iterations | whole run s | whole run CPU s (user + sys) | peak RSS MB | run / floor |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, v in res["summary"].items():
+        lines.append(
+            f"| {name} | {rng(v['iterative_s'], '.1f')} | {v['iterations'][0]:.0f} | {rng(v['wall_s'], '.1f')} | "
+            f"{rng(v['cpu_s'], '.1f')} | {rng(v['max_rss_mb'], '.0f')} | {v['run_over_floor']:.1f} |"
+        )
+    if "outputs" in res:
+        o = res["outputs"]
+        lines += [
+            "",
+            f"outputs after vs before: TSC {o['tsc_mM_rel_l2']:.1e}, echo 1 {o['echo1_rel_l2']:.1e}, echo 2 "
+            f"{o['echo2_rel_l2']:.1e} (relative L2 inside the object mask); calibration a {o['slope_before']:.4f} vs "
+            f"{o['slope_after']:.4f} per mM (relative {o['slope_rel']:.1e})",
+        ]
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cost", action="store_true", help="time and memory of the solver per normal operator")
+    ap.add_argument("--run", type=Path, help="RAW: the whole narecon run --b0 iterative against its floor")
+    ap.add_argument("--tree", type=Path, help="with --run: a second checkout (before) run in the same rounds")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--normals", nargs="+", default=["toeplitz", "nufft"])
     ap.add_argument("--max-iter", type=int, default=30)
     ap.add_argument("--decay", default="r2star-map")
@@ -156,6 +284,12 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None, help="PNG: NRMSE and white-matter bias vs iterations")
     args = ap.parse_args()
+    if args.run:
+        res = run_bench(args.run, args.tree, args.rounds)
+        print(render_run(res))
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1))
+        return 0
     if args.cost:
         rows = cost(args.matrix if args.matrix != 32 else 64, args.normals, args.max_iter, args.decay)
         if args.out:

@@ -116,7 +116,7 @@ def gridding_stages(raw: Path) -> dict:
     mask = support_mask(np.abs(cplain[0]))
     n_first = first_time_bins(op, ks.t_s)
     sm = SystemModel.from_trajectory(traj, dcf, acq.te_s, acq.tr_s, acq.flip_deg, eps=max(opts.eps, 1e-4))
-    sm.kernel(0.05)  # stored in the disk cache once
+    sm.kernel_image(0.05)  # stored in the disk cache once
 
     def two_pass():
         x = P.grid(op, ks, acq.te_s)
@@ -131,10 +131,11 @@ def gridding_stages(raw: Path) -> dict:
 
     return {
         "plain": lambda: P.grid(op, ks, acq.te_s),
+        "plain_built": lambda: P.grid(P.plan_nufft(ks, tuple(traj.matrix), traj.fov_m, opts, Plans()), ks, acq.te_s),
         "two_pass": two_pass,
         "one_pass": one_pass,
         "kernel_built": lambda: fresh_model()._build_kernel(0.05),
-        "kernel_cached": lambda: fresh_model().kernel(0.05),
+        "kernel_cached": lambda: fresh_model().kernel_image(0.05),
     }
 
 
@@ -268,6 +269,7 @@ def main(argv=None) -> int:
         "DCF analytic": lambda: compute_dcf(traj, "analytic"),
         "DCF Pipe-Menon (lean)": lambda: compute_dcf(site, "pipe"),
         "gridding, plain (both echoes)": stage["plain"],
+        "gridding, plain (both echoes, plan built)": stage["plain_built"],
         "tb-cpr, previous (plain gridding + rule bins, demodulated)": stage["two_pass"],
         "tb-cpr, one pass (time bins: plain image + correction)": stage["one_pass"],
         "point-response kernel, built": stage["kernel_built"],
@@ -292,8 +294,24 @@ def main(argv=None) -> int:
     times["floor (read bytes + adjoint)"] = floor
     adj = statistics.median(times["floor: two-echo adjoint"])
     f_med = statistics.median(floor)
+
+    def per_round(a: str, b: list[float] | str) -> list[float]:
+        den = times[b] if isinstance(b, str) else b
+        return [x / y for x, y in zip(times[a], den)]
+
+    ratios = {
+        "run, built-in TPI / floor": per_round("run, built-in TPI", floor),
+        "run, trajectory file (DCF cached) / floor": per_round("run, trajectory file (DCF cached)", floor),
+        "tb-cpr one pass / plain gridding (plans built in both)": per_round(
+            "tb-cpr, one pass (time bins: plain image + correction)", "gridding, plain (both echoes, plan built)"
+        ),
+        "tb-cpr one pass (plans built) / plain gridding (plan reused)": per_round(
+            "tb-cpr, one pass (time bins: plain image + correction)", "gridding, plain (both echoes)"
+        ),
+    }
     res = {
         "matrix": n,
+        "per_round_ratios": ratios,
         "samples": [int(acq.n_projections), int(acq.n_samples), int(acq.n_echoes)],
         "raw_bytes": raw.stat().st_size,
         "rounds": args.rounds,
@@ -330,6 +348,12 @@ def render(res: dict) -> str:
     ]
     for name, v in res["stages_s"].items():
         lines.append(f"| {name} | {med(v):.3f} | {min(v):.3f}-{max(v):.3f} | {med(v) / f:.2f} | {med(v) / adj:.1f} |")
+    rr = res.get("per_round_ratios") or {}
+    if rr:
+        lines += ["", "| ratio in the same round | median | per round |", "|---|---|---|"]
+        for name, v in rr.items():
+            lines.append(f"| {name} | **{med(v):.2f}** | {', '.join(f'{x:.2f}' for x in v)} |")
+        lines += ["", "| measurement | median s | range s | / floor | / adjoint |", "|---|---|---|---|---|"]
     for name, s in res["startup_s"].items():
         lines.append(f"| start-up (fresh interpreter, wall): {name} | {med(s):.3f} | {min(s):.3f}-{max(s):.3f} | | |")
     for name, b in (res.get("peak_rss_bytes") or {}).items():

@@ -17,21 +17,29 @@ The operator is scaled as A' = sqrt(W dV) A_e and y' = sqrt(W / dV) y so that A'
 A'^H y' is the gridding image; the quadratic regularisers then have weights relative to the
 identity (lamda = 0.01 means 1 % of the data term's curvature).
 
-Solvers come from SigPy: conjugate gradient (``sigpy.alg.ConjugateGradient``) on the normal
-equations (A'^H A' + lamda R) x = A'^H y' for the quadratic regularisers (``tikhonov`` R = I,
-``gradient`` R = D^H D with SigPy's finite differences D), primal-dual hybrid gradient
-(``sigpy.app.LinearLeastSquares``) for total variation (``tv``: lamda ||D x||_1), with our
-operators entering SigPy through the :mod:`recon.linop` contract.
+Solvers: conjugate gradient on the normal equations (A'^H A' + lamda R) x = A'^H y' for the
+quadratic regularisers (``tikhonov`` R = I, ``gradient`` R = D^H D with D the circular forward
+differences of ``sigpy.linop.FiniteDifference``, applied here as the periodic Laplacian) by
+:class:`_CG`, the same recursion as ``sigpy.alg.ConjugateGradient`` (not imported: SigPy's import
+costs ~3 s, mostly ``scipy.signal``); primal-dual hybrid gradient (``sigpy.app.LinearLeastSquares``)
+for total variation (``tv``: lamda ||D x||_1), with our operators entering SigPy through the
+:mod:`recon.linop` contract.
 
 Normal operator (``normal="toeplitz"``, the default for CG): A'^H A' by Toeplitz embedding
 (:class:`recon.b0.toeplitz.ToeplitzNormal`: L (L + 1) / 2 FFT kernels per echo on the 2N grid,
-computed once by one batched adjoint NUFFT; each iteration then costs 2 L FFTs per echo on the
-2N grid instead of 2 L NUFFTs of all samples). ``normal="nufft"`` applies A'^H A' through the
+computed once from a few adjoint NUFFTs of a real basis of the weight functions; each iteration
+then costs 2 L FFTs per echo on the 2N grid instead of 2 L NUFFTs of all samples). ``normal="nufft"`` applies A'^H A' through the
 NUFFTs (the reference; what TV always uses). Measured in benchmarks/README.md.
 
 Cost per iteration: no objective is computed unless asked (``objective=True``); progress
 (iteration, CG residual, time left) is logged at INFO, or drawn as a tqdm bar on a terminal.
 Arrays may be numpy or CuPy (GPU NUFFT backend): the solver uses the array module of ``data``.
+
+Memory (the default CG path): the right-hand side A'^H y' is computed first, one time segment at a
+time with the echoes as the batch (the (n_echo, samples) work array and the caller's NUFFT plan
+for that batch, the one that gridded the echoes), then the Toeplitz kernels; the scaled echo
+operators (square roots of the weights per sample) are only built where they are applied (the
+objective, ``normal="nufft"``, TV).
 
 Decay handling (:data:`DECAY_MODELS`): ``none``; ``r2star-map`` (a known R2* map in 1/s,
 or estimated from the echo ratio of a first reconstruction: R2* = -ln(|x2|/|x1|) / (TE2-TE1),
@@ -133,6 +141,59 @@ class _Progress:
             self.bar.close()
 
 
+class _CG:
+    """Conjugate gradient for A x = b, A Hermitian positive definite: ``sigpy.alg.ConjugateGradient``'s
+    recursion (no preconditioner), one :meth:`update` per iteration; ``resid`` is ||r||."""
+
+    def __init__(self, a, b, x, max_iter: int):
+        from recon.device import get_array_module
+
+        self.xp = xp = get_array_module(x)
+        self.a, self.x, self.max_iter, self.iter = a, x, int(max_iter), 0
+        self.r = b - a(x)
+        self.p = self.r.copy()
+        self.rz = xp.real(xp.vdot(self.r, self.r))
+        self.resid = float(self.rz) ** 0.5
+        self.not_positive_definite = False
+
+    def update(self) -> None:
+        xp = self.xp
+        ap = self.a(self.p)
+        pap = float(xp.real(xp.vdot(self.p, ap)))
+        if pap <= 0:
+            self.not_positive_definite = True
+            self.iter += 1
+            return
+        alpha = self.rz / pap
+        self.x += alpha * self.p
+        if self.iter < self.max_iter - 1:
+            self.r -= alpha * ap
+            rz = xp.real(xp.vdot(self.r, self.r))
+            self.p *= rz / self.rz
+            self.p += self.r
+            self.rz = rz
+        self.resid = float(self.rz) ** 0.5
+        self.iter += 1
+
+    def done(self) -> bool:
+        return self.iter >= self.max_iter or self.not_positive_definite or self.resid <= 0
+
+
+def _gradient_normal(v, xp):
+    """D^H D v for D the circular forward differences on every axis (``sigpy.linop.FiniteDifference``):
+    sum_a (2 v - roll(v, 1, a) - roll(v, -1, a)), the negative periodic Laplacian."""
+    out = (2 * v.ndim) * v
+    for a in range(v.ndim):
+        out -= xp.roll(v, 1, axis=a)
+        out -= xp.roll(v, -1, axis=a)
+    return out
+
+
+def _gradient_sq(v, xp) -> float:
+    """||D v||^2 (the gradient regulariser's value)."""
+    return float(sum(float(xp.vdot(d, d).real) for d in (v - xp.roll(v, 1, axis=a) for a in range(v.ndim))))
+
+
 @dataclasses.dataclass
 class IterativeResult:
     """x (complex image at t = 0), echo images x exp(-z TE_e), the R2* map used, histories.
@@ -173,6 +234,51 @@ def _sample_decay(model: str, t_abs: np.ndarray) -> np.ndarray | None:
     return sum(f * np.exp(-t_abs / t2) for f, t2 in TISSUE_BIEXP)
 
 
+def _release_free_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc ``malloc_trim(0)``; nothing elsewhere).
+
+    numpy arrays smaller than glibc's dynamic mmap threshold (which rises to 32 MiB once a larger
+    array was freed) live on the heap, and freed they stay resident: ~375 MB after the solver at the
+    64^3 protocol, reused by nothing the run does next. Called when the solver starts and ends."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+        pass
+
+
+def _rhs(tsos, decays, data, w, xp):
+    """sum_e A_e^H (W d_e y_e), A_e the time-segmented echo operators: for each segment l one adjoint
+    NUFFT of the echoes as a batch (conj(b_el) W d_e y_e), summed with the voxel factors conj(e_el).
+
+    Same value as ``sum_e _Scaled(A_e).adjoint(sqrt(W / dV) y_e)``, but the work array is one
+    (n_echo, samples) batch per segment instead of (L, samples) per echo plus copies of the data."""
+    nufft = tsos[0].nufft
+    n_e = len(tsos)
+    wd = xp.asarray(w)
+    batch = xp.empty((n_e,) + tuple(nufft.kshape), dtype=nufft.dtype)
+    out = xp.zeros(tuple(nufft.shape), dtype=nufft.dtype)
+    for seg in range(max(a.n_segments for a in tsos)):
+        echoes = [e for e, a in enumerate(tsos) if seg < a.n_segments]
+        for i, e in enumerate(echoes):
+            b, _ = tsos[e]._arrays(xp)
+            fac = xp.conj(b[seg])  # per readout time
+            if decays[e] is not None:
+                fac = fac * xp.asarray(decays[e], dtype=fac.dtype)
+            xp.multiply(data[e], wd, out=batch[i])
+            batch[i] *= fac
+        img = nufft.adjoint(batch[: len(echoes)] if len(echoes) < n_e else batch)
+        for i, e in enumerate(echoes):
+            _, ee = tsos[e]._arrays(xp)
+            out += img[i] * xp.conj(ee[seg])
+        del img
+    return out
+
+
 def reconstruct_iterative(
     nufft,
     data: np.ndarray,
@@ -196,6 +302,7 @@ def reconstruct_iterative(
     plans=None,
     progress: bool = True,
     gridded: np.ndarray | None = None,
+    release_nufft: bool = False,
 ) -> IterativeResult:
     """Joint least-squares reconstruction of all echoes sharing one image.
 
@@ -223,8 +330,12 @@ def reconstruct_iterative(
     gridded : the plain gridding images of the echoes (n_echo, N0, N1, N2) when the caller has
         them (the pipeline does): used for the R2* estimate and the warm start instead of
         gridding again (saves three adjoint NUFFTs).
+    release_nufft : free ``nufft``'s plans and points (:meth:`recon.nufft.NUFFT.release`; the next
+        transform rebuilds them) once the right-hand side is computed, before the Toeplitz kernels
+        are built, where nothing else transforms through it (Toeplitz CG without the objective):
+        ~130 MB less at the solver's peak at the 64^3 protocol. For a caller that owns the operator
+        (no plan cache keeps it for another scan).
     """
-    sp = _sigpy()
     from recon.b0.operator import TimeSegmentedOperator, sample_times
     from recon.device import get_array_module, is_device_array, to_host
     from recon.nufft import gridding
@@ -243,9 +354,13 @@ def reconstruct_iterative(
         raise InputError(f"data must be (n_echo={len(te)}, {', '.join(map(str, nufft.kshape))}), got {tuple(data.shape)}")
     if not bool(xp.all(xp.isfinite(data))):
         raise InputError("k-space data contain NaN or infinite values")
+    _release_free_heap()
     shape = nufft.shape
     dv = float(np.prod(np.asarray(nufft.fov) / np.asarray(shape)))
-    w = np.asarray(to_host(dcf), dtype=np.float64)
+    real = np.float32 if nufft.dtype == np.complex64 else np.float64
+    w = np.asarray(to_host(dcf))  # no copy of the caller's weights (float64 or float32)
+    if w.dtype not in (np.float32, np.float64):
+        w = w.astype(real)
     sample_times(nufft, t_s)  # checks the shape of t_s
     f = np.zeros(shape) if fieldmap_hz is None else np.asarray(to_host(fieldmap_hz), dtype=np.float64)
 
@@ -256,19 +371,25 @@ def reconstruct_iterative(
         r2star_hz = r2star_from_echoes(g[0], g[1], te[0], te[1])
     r2 = None if decay != "r2star-map" else np.asarray(to_host(r2star_hz), dtype=np.float64)
 
-    ops, segments, terms = [], [], []
-    base = w * dv  # per-sample weights W dV shared by the echoes; decay is a factor per readout time
-    sqrt_base = np.sqrt(base).astype(np.float32 if nufft.dtype == np.complex64 else np.float64)
+    segments, terms, tsos, decays = [], [], [], []
     for te_e in te:
         a = TimeSegmentedOperator(nufft, t_s, f, te_s=te_e, r2star_hz=r2, n_segments=n_segments, mask=mask)
         segments.append(a.n_segments)
         d = _sample_decay(decay, te_e + a.t_compact_s)  # None or the decay in b's (readout-time) layout
-        scale = sqrt_base if d is None else sqrt_base * d.astype(sqrt_base.dtype)
-        ops.append(_Scaled(a, scale))
-        terms.append(a.toeplitz_term(None if d is None else d**2))
-    sqrt_wdv = xp.asarray(np.sqrt(w / dv), dtype=sqrt_base.dtype)
-    # y'_e = sqrt(W / dV) y_e is only kept when the objective is asked for
-    y = [sqrt_wdv * data[e] for e in range(len(te))] if objective else None
+        tsos.append(a)
+        decays.append(d)
+        # kernel weights W x (dV |d|^2): W per sample shared by the echoes, the rest per readout time
+        terms.append(a.toeplitz_term(np.asarray(dv) if d is None else dv * d**2))
+    need_ops = objective or regulariser == "tv" or normal == "nufft"
+    ops = []
+    if need_ops:
+        sqrt_base = np.sqrt(w * dv).astype(real)
+        ops = [_Scaled(a, sqrt_base if d is None else sqrt_base * d.astype(real)) for a, d in zip(tsos, decays)]
+        sqrt_wdv = xp.asarray(np.sqrt(w / dv).astype(real))
+        # y'_e = sqrt(W / dV) y_e is only kept when the objective is asked for
+        y = [sqrt_wdv * data[e] for e in range(len(te))] if objective else None
+    else:
+        y = None
 
     if x0 is None:
         x0 = to_host(gridded[0]) if gridded is not None else to_host(gridding(nufft, data[0], xp.asarray(w)))
@@ -278,9 +399,9 @@ def reconstruct_iterative(
         x0 = x0 * comp
     x = xp.array(xp.asarray(x0), dtype=nufft.dtype, copy=True)
 
-    D = sp.linop.FiniteDifference(shape)
     residuals: list = []
     history: list = []
+    D = None
 
     def data_objective(xv):
         val = 0.0
@@ -290,13 +411,14 @@ def reconstruct_iterative(
         if regulariser == "tikhonov":
             val += lamda * float(xp.vdot(xv, xv).real)
         elif regulariser == "gradient":
-            g = D(xv)
-            val += lamda * float(xp.vdot(g, g).real)
+            val += lamda * _gradient_sq(xv, xp)
         elif regulariser == "tv":
             val += lamda * float(xp.abs(D(xv)).sum())
         return val
 
     if regulariser == "tv":
+        sp = _sigpy()
+        D = sp.linop.FiniteDifference(shape)
         A = sp.linop.Vstack([op.sigpy(f"A_echo{e + 1}") for e, op in enumerate(ops)]) if len(ops) > 1 else ops[0].sigpy()
         ys = y if y is not None else [sqrt_wdv * data[e] for e in range(len(te))]
         yv = xp.concatenate([ye.ravel() for ye in ys]) if len(ops) > 1 else ys[0]
@@ -313,10 +435,14 @@ def reconstruct_iterative(
         )
         alg, get_x = app.alg, (lambda: app.x)
     else:
+        # A'^H y' = sum_e A_e^H (W d_e y_e) first (before the kernels exist), one segment at a time
+        rhs = _rhs(tsos, decays, data, w, xp)
+        if release_nufft and normal == "toeplitz" and not objective:
+            getattr(nufft, "release", lambda: None)()  # its sorted points and fine grids go before the 2N-grid kernel plan is made
         if normal == "toeplitz":
             from recon.b0.toeplitz import ToeplitzNormal
 
-            tn = ToeplitzNormal(nufft, terms, plans=plans, base_weights=base)
+            tn = ToeplitzNormal(nufft, terms, plans=plans, base_weights=w)
             log.debug("iterative: %r", tn)
             data_normal = tn.normal
         else:
@@ -324,20 +450,19 @@ def reconstruct_iterative(
             def data_normal(v):
                 return sum(op.adjoint(op.forward(v)) for op in ops)
 
+        del terms
         lam = float(lamda) if regulariser in ("tikhonov", "gradient") else 0.0
 
         def normal_op(v):
             out = data_normal(v)
             if lam > 0:
-                out = out + lam * (v if regulariser == "tikhonov" else D.H(D(v)))
+                out += lam * (v if regulariser == "tikhonov" else _gradient_normal(v, xp))
             return out
 
-        rhs = sum(op.adjoint(sqrt_wdv * data[e] if y is None else y[e]) for e, op in enumerate(ops))
-        # construct with the real max_iter: SigPy's CG aliases its search direction when max_iter == 1
-        alg = sp.alg.ConjugateGradient(normal_op, rhs, x, max_iter=max_iter, tol=0)
+        alg = _CG(normal_op, rhs, x, max_iter)
         get_x = lambda: alg.x  # noqa: E731
     r0 = getattr(alg, "resid", None) or 1.0
-    # drive the SigPy algorithm one iteration at a time for progress, callbacks and our stopping rule
+    # drive the solver one iteration at a time for progress, callbacks and our stopping rule
     bar = _Progress(max_iter) if progress else None
     it = 0
     x_prev = get_x().copy()
@@ -365,6 +490,8 @@ def reconstruct_iterative(
         if bar is not None:
             bar.close()
     x = get_x()
+    alg = app = tn = data_normal = None  # the kernels and solver work arrays go before the heap is trimmed
+    _release_free_heap()
     z = xp.asarray(2j * np.pi * f + (0 if r2 is None else r2))
     echoes = xp.stack([x * xp.exp(-z * te_e) for te_e in te])
     if decay == "tissue":

@@ -156,12 +156,14 @@ def load_acquisition(source: Any, opts: RunOptions, timer: StageTimer | None = N
     )
     if acq.n_echoes >= 2 and not echo_pair(acq):  # logged once here; the stages only ask echo_pair()
         log.info("contrasts 1 and 2 share TE %.3f ms: separate images, no dual-echo field map", acq.te_s[0] * 1e3)
-    if not np.all(np.isfinite(acq.data)):
-        raise InputError("raw data contain NaN or infinite samples", where)
     from recon import limits
 
     data = np.asarray(acq.data)
-    peak = max(float(np.max(np.abs(data.real))), float(np.max(np.abs(data.imag)))) if data.size else 0.0  # no overflow
+    # largest |real| or |imag| by max/min of the float view (no temporaries); NaN propagates, inf is inf
+    f = np.ascontiguousarray(data).view(data.real.dtype) if np.iscomplexobj(data) else data
+    peak = max(float(np.max(f)), -float(np.min(f))) if data.size else 0.0
+    if not np.isfinite(peak):
+        raise InputError("raw data contain NaN or infinite samples", where)
     if peak > limits.get("raw_abs"):
         raise InputError(
             f"raw samples reach {peak:.3g}, beyond the plausible {limits.get('raw_abs'):g} (corrupt data; gridding would overflow)",
@@ -532,6 +534,8 @@ def correct_b0(
                     mask=mask,
                     plans=plans,
                     gridded=plain[:, c],
+                    # no cache keeps op: its plan may go once the last coil's right-hand side is made
+                    release_nufft=plans_or_default(plans).cache is None and c == ks.data.shape[1] - 1,
                 )
                 per_coil.append(to_host(res.echoes))
                 iters.append(res.iterations)
@@ -865,9 +869,9 @@ def reconstruct(
     own_op = plans.cache is None  # no plan cache keeps op for the next scan: its memory may go once it is done
     bins = None
     if one_pass(acq, opts, method):  # one gridding pass: time bins for the field map and tb-cpr
+        bins = grid_bins(op, dks, opts, plans, timer)  # the bins' points are cut from op's converted points
         if own_op:
-            op.release()  # the bins have their own plans (from op.k); op transforms only if a regrid is needed
-        bins = grid_bins(op, dks, opts, plans, timer)
+            op.release()  # the bins have their own plans; op transforms only if a regrid is needed
         plain = bins.plain()
     else:
         plain = grid(op, dks, acq.te_s, timer)

@@ -352,3 +352,25 @@ def test_result_json_and_qa_figure(tmp_path, noisy):
 def test_affine_round_trip():
     ijk = np.array([[0, 0, 0], [10.5, 3, 60]])
     assert np.allclose(mm_to_vox(AFFINE, vox_to_mm(AFFINE, ijk)), ijk)
+
+
+def test_cylinder_box_holds_every_voxel_of_the_cylinder():
+    """_cylinder_box (the tube zones of the fit): the mask inside the box equals the mask over the
+    whole grid, for tilted cylinders and an oblique, anisotropic affine (independent truth: the full grid)."""
+    from recon.calibrate.tubes import _cylinder_box, _cylinder_mask
+
+    rng = np.random.default_rng(4)
+    shape = (40, 36, 30)
+    rot = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag([3.5, 4.0, 5.0])
+    aff[:3, 3] = -aff[:3, :3] @ (np.asarray(shape) / 2)
+    full = tuple(slice(0, n) for n in shape)
+    for _ in range(6):
+        centre = rng.uniform(-40, 40, 3)
+        axis = rng.standard_normal(3)
+        axis /= np.linalg.norm(axis)
+        r, h = rng.uniform(3, 12), rng.uniform(5, 40)
+        ref = _cylinder_mask(shape, aff, full, centre, axis, r, h)
+        got = _cylinder_mask(shape, aff, _cylinder_box(shape, aff, centre, r, h), centre, axis, r, h)
+        assert ref.any() and np.array_equal(got, ref)

@@ -364,18 +364,19 @@ def _other_objects(mag: np.ndarray, tubes: list[Tube], aff: np.ndarray) -> np.nd
     """Mask of everything bright that is not a tube (the head): for the fit neighbourhoods and warnings."""
     from scipy import ndimage
 
-    from recon.calibrate.tubes import _cylinder_mask, voxel_sizes_mm
+    from recon.calibrate.tubes import _cylinder_box, _cylinder_mask, voxel_sizes_mm
 
     det = ndimage.gaussian_filter(mag, 0.7)
     thr = 0.1 * float(np.percentile(det, 99.9))
     lab, _ = ndimage.label(det > thr)
     vox = voxel_sizes_mm(aff)
     zone = np.zeros(mag.shape, bool)
-    full = tuple(slice(0, n) for n in mag.shape)
     for t in tubes:
         axis = np.asarray(t.axis_ras if t.axis_ras is not None else (0.0, 0.0, 1.0))
         half = (t.length_mm or 2 * t.radius_mm) / 2 + 1.5 * float(vox.mean())
-        zone |= _cylinder_mask(mag.shape, aff, full, np.asarray(t.centre_mm), axis, t.radius_mm + 1.5 * float(vox.mean()), half)
+        r = t.radius_mm + 1.5 * float(vox.mean())
+        box = _cylinder_box(mag.shape, aff, np.asarray(t.centre_mm), r, half)  # the same voxels as the whole grid
+        zone |= _cylinder_mask(mag.shape, aff, box, np.asarray(t.centre_mm), axis, r, half)
     tube_labels = set(np.unique(lab[zone]).tolist()) - {0}
     others = (lab > 0) & ~np.isin(lab, list(tube_labels))
     for tl in tube_labels:  # a component bridging tube and head: keep its part outside the tube zones

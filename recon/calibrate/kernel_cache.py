@@ -104,13 +104,12 @@ def kernel_key(
     return hashlib.blake2b(desc.encode(), digest_size=20).hexdigest()
 
 
-def cached_kernel(
-    key: Callable[[], str], box: tuple, build: Callable[[], tuple[np.ndarray, np.ndarray]]
-) -> tuple[tuple[np.ndarray, np.ndarray], str]:
-    """(spectrum, image) of a kernel on ``box`` through the disk cache, and how they were obtained.
+def cached_kernel(key: Callable[[], str], box: tuple, build: Callable[[], np.ndarray]) -> tuple[np.ndarray, str]:
+    """The point-response image of a kernel on ``box`` through the disk cache, and how it was obtained.
 
-    ``key()`` is called only when the cache is on. Returns ((spec, image), "cached" | "computed" |
-    "computed (cache off)" | "computed (not cached: why)").
+    ``key()`` is called only when the cache is on. Returns (image, "cached" | "computed" |
+    "computed (cache off)" | "computed (not cached: why)"). Only the image is stored (the spectrum
+    is one FFT away and the default fit never needs the full-box one).
     """
     d = cache_dir()
     if d is None:
@@ -120,33 +119,32 @@ def cached_kernel(
     if hit is not None:
         log.info("point-response kernel from the cache %s", entry)
         return hit, "cached"
-    spec, img = build()
-    why = _store(entry, spec, img)
-    return (spec, img), "computed" if why is None else f"computed (not cached: {why})"
+    img = build()
+    why = _store(entry, img)
+    return img, "computed" if why is None else f"computed (not cached: {why})"
 
 
-def _load(entry: Path, box: tuple) -> tuple[np.ndarray, np.ndarray] | None:
+def _load(entry: Path, box: tuple) -> np.ndarray | None:
     if not entry.is_file():
         return None
     try:
         with np.load(entry, allow_pickle=False) as z:
-            spec, img = z["spec"], z["image"]
-        ok = all(a.shape == box and a.dtype == np.complex64 and np.isfinite(a).all() for a in (spec, img))
-        if not ok:
+            img = z["image"]
+        if not (img.shape == box and img.dtype == np.complex64 and np.isfinite(img).all()):
             raise ValueError(f"shape or values do not fit the box {box}")
     except Exception as e:  # any damage: rebuild (the entry is ours; never trusted over a rebuild)
         log.warning("kernel cache entry %s unreadable (%s): rebuilding", entry, e)
         entry.unlink(missing_ok=True)
         return None
     touch(entry)
-    return spec, img
+    return img
 
 
-def _store(entry: Path, spec: np.ndarray, img: np.ndarray) -> str | None:
+def _store(entry: Path, img: np.ndarray) -> str | None:
     def write(f) -> None:
-        np.savez(f, spec=np.ascontiguousarray(spec), image=np.ascontiguousarray(img))
+        np.savez(f, image=np.ascontiguousarray(img))
 
-    return store_entry(entry, spec.nbytes + img.nbytes, write, "the point-response kernel", suffix=SUFFIX)
+    return store_entry(entry, img.nbytes, write, "the point-response kernel", suffix=SUFFIX)
 
 
 def info() -> dict[str, Any]:

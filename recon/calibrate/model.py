@@ -139,7 +139,7 @@ class SystemModel:
             fov_m=tuple(traj.fov_m),
             undersampling=us,
             plans=plans,
-            **({"k_identity": traj.design_identity()} | kw),
+            **({"k_identity": traj.content_key()} | kw),
         )
 
     @property
@@ -163,23 +163,22 @@ class SystemModel:
         t = np.broadcast_to(np.asarray(self.t_s, dtype=np.float64), self.k.shape[:-1])
         return np.exp(-t / float(t2star_s))
 
-    def kernel(self, t2star_s: float) -> np.ndarray:
-        """Spectrum of the system's point response for a pool of T2* ``t2star_s`` on the 2N box.
+    def kernel_image(self, t2star_s: float) -> np.ndarray:
+        """The system's point response for a pool of T2* ``t2star_s`` on the 2N box (image, complex64).
 
         ``p(r) = sum_m w_m d(t_m) exp(+i 2 pi k_m . r)`` (w the density weights, d the decay over the
         readout) is the gridding reconstruction of a unit point at the origin. It is computed once per
         T2* by one adjoint NUFFT onto a grid of twice the matrix (voxel unchanged, FOV doubled), so that
-        every difference of two voxel positions of the image is sampled; the result is its FFT in
-        numpy's order (complex64, shape 2N), cached per T2* in memory (the plans) and on disk per
-        protocol (:mod:`recon.calibrate.kernel_cache`).
+        every difference of two voxel positions of the image is sampled (r = 0 at index N); cached per
+        T2* in memory (the plans) and on disk per protocol (:mod:`recon.calibrate.kernel_cache`).
         """
         key = float(t2star_s)
-        hit = self._kernels.get(key)
+        hit = self._kernel_images.get(key)
         if hit is not None:
             return hit
         from recon.plans import array_digest, plans_or_default
 
-        def build() -> tuple[np.ndarray, np.ndarray]:
+        def build() -> np.ndarray:
             from recon.calibrate.kernel_cache import cached_kernel, kernel_key
 
             def disk_key() -> str:
@@ -192,25 +191,33 @@ class SystemModel:
             return out
 
         def cache_key() -> tuple:
-            return (
-                array_digest(self.k),
-                array_digest(self.dcf),
-                array_digest(np.asarray(self.t_s)),
-                self.matrix,
-                self.fov_m,
-                float(self.kernel_eps),
-                key,
+            ident = (
+                (self.k_identity,) if self.k_identity is not None else (array_digest(self.k), array_digest(np.asarray(self.t_s)))
             )
+            return (*ident, array_digest(self.dcf), self.matrix, self.fov_m, float(self.kernel_eps), key)
 
-        spec, p = plans_or_default(self.plans).get("psf", cache_key, build)
-        self._kernels[key] = spec
+        p = plans_or_default(self.plans).get("psf", cache_key, build)
         self._kernel_images[key] = p
-        return spec
+        return p
 
-    def _build_kernel(self, t2star_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """(spectrum, image) of the point response on the 2N box (:meth:`kernel`); one adjoint NUFFT."""
+    def kernel(self, t2star_s: float) -> np.ndarray:
+        """Spectrum of :meth:`kernel_image` on the 2N box, in numpy's FFT order (complex64).
+
+        Computed on first use from the image (one 2N-box FFT) and kept per T2*; the default tube fit
+        uses windowed templates (:meth:`template` with ``window``) and never needs it.
+        """
+        key = float(t2star_s)
+        hit = self._kernels.get(key)
+        if hit is not None:
+            return hit
         from scipy import fft as sfft
 
+        spec = sfft.fftn(sfft.ifftshift(self.kernel_image(key)), workers=_workers()).astype(np.complex64)
+        self._kernels[key] = spec
+        return spec
+
+    def _build_kernel(self, t2star_s: float) -> np.ndarray:
+        """The point response on the 2N box (:meth:`kernel_image`); one adjoint NUFFT."""
         from recon.nufft import NUFFT
         from recon.nufft.operator import gridding
 
@@ -220,8 +227,7 @@ class SystemModel:
         w = self.decay_weights(t2star_s).astype(np.float32)
         p = np.asarray(gridding(op2, w.astype(op2.dtype), self.dcf)).astype(np.complex64)
         del op2
-        spec = sfft.fftn(sfft.ifftshift(p), workers=_workers()).astype(np.complex64)
-        return spec, p
+        return p
 
     def _patch_kernel(self, t2star_s: float, box: tuple) -> np.ndarray:
         """Spectrum of the point response cropped to ``box`` (even sizes <= 2N) about the origin."""
@@ -231,8 +237,7 @@ class SystemModel:
             return hit
         from scipy import fft as sfft
 
-        self.kernel(t2star_s)
-        p = self._kernel_images[float(t2star_s)]
+        p = self.kernel_image(t2star_s)
         sl = tuple(slice(m - g // 2, m - g // 2 + g) for m, g in zip(self.matrix, box))  # r = 0 at index N
         spec = sfft.fftn(sfft.ifftshift(p[sl]), workers=_workers()).astype(np.complex64)
         self._kernels[key] = spec
@@ -296,9 +301,12 @@ class SystemModel:
         )
         base = P * ph
 
+        # fftshift(img)[src] read straight from img: index j of the shifted box is (j - G // 2) mod G
+        take = np.ix_(*[(np.arange(sl.start, sl.stop) - g // 2) % g for sl, g in zip(src, box)])
+
         def image(spec: np.ndarray, out: np.ndarray) -> None:
-            img = sfft.fftshift(sfft.ifftn(spec, workers=_workers(), overwrite_x=True))
-            out[dest] = np.real(img[src])
+            img = sfft.ifftn(spec, workers=_workers(), overwrite_x=True)
+            out[dest] = np.real(img[take])
 
         nf = 5 if derivatives else 1
         out = np.zeros((nf,) + n, dtype=np.float64)

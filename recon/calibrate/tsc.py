@@ -45,10 +45,14 @@ def phase_correct(image: np.ndarray, phase_sigma_vox: float = 2.0) -> tuple[np.n
     return (x * np.exp(-1j * phase)).real, phase
 
 
-def noise_sigma_complex(image: np.ndarray, phase_sigma_vox: float = 2.0) -> float:
-    """Noise SD per real channel from the imaginary part of the phase-corrected image (1.4826 x MAD)."""
+def noise_sigma_complex(image: np.ndarray, phase_sigma_vox: float = 2.0, phase: np.ndarray | None = None) -> float:
+    """Noise SD per real channel from the imaginary part of the phase-corrected image (1.4826 x MAD).
+
+    ``phase``: the smooth phase (rad) of :func:`phase_correct` when already computed.
+    """
     x = np.asarray(image)
-    _, phase = phase_correct(x, phase_sigma_vox)
+    if phase is None:
+        _, phase = phase_correct(x, phase_sigma_vox)
     im = (x * np.exp(-1j * phase)).imag.ravel()
     im = im[np.isfinite(im)]
     return float(1.4826 * np.median(np.abs(im - np.median(im))))
@@ -100,14 +104,18 @@ def signal_image(
     if mode == "real" and not cplx:
         raise CalibrationError("signal mode 'real' needs the complex echo-1 image; use 'magnitude-nf'")
     info: dict = {"mode": mode}
+    real_phase = phase_correct(x, phase_sigma_vox) if mode == "real" else None  # once, for the noise and the signal
     if noise_sigma is None and mode != "magnitude":
-        noise_sigma = noise_sigma_complex(x, phase_sigma_vox) if cplx else noise_sigma_magnitude(x)
+        if cplx:
+            noise_sigma = noise_sigma_complex(x, phase_sigma_vox, phase=None if real_phase is None else real_phase[1])
+        else:
+            noise_sigma = noise_sigma_magnitude(x)
         info["noise_sigma_source"] = "estimated (imaginary part)" if cplx else "estimated (background)"
     elif noise_sigma is not None:
         info["noise_sigma_source"] = "given"
     info["noise_sigma"] = None if noise_sigma is None else float(noise_sigma)
     if mode == "real":
-        s, _ = phase_correct(x, phase_sigma_vox)
+        s = real_phase[0]
         info["phase_sigma_vox"] = float(phase_sigma_vox)
     elif mode == "magnitude-nf":
         s = noise_floor_correct(x, noise_sigma)

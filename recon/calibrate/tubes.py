@@ -211,6 +211,18 @@ def _cylinder_fit(idx: np.ndarray, aff: np.ndarray, vox: np.ndarray):
     return c, axis, radius, length
 
 
+def _cylinder_box(shape, aff, centre, radius, half_length) -> tuple[slice, ...]:
+    """Voxel box (slices) that holds every voxel centre of the cylinder: its bounding sphere, plus one voxel."""
+    reach = math.sqrt(radius**2 + half_length**2)
+    ijk = np.linalg.solve(np.asarray(aff, dtype=float), np.append(np.asarray(centre, dtype=float), 1.0))[:3]
+    vox = voxel_sizes_mm(aff)
+    out = []
+    for d, n in enumerate(shape):
+        h = reach / float(vox[d]) + 1.0
+        out.append(slice(max(int(math.floor(ijk[d] - h)), 0), min(int(math.ceil(ijk[d] + h)) + 1, n)))
+    return tuple(out)
+
+
 def _cylinder_mask(shape, aff, sl, centre, axis, radius, half_length) -> np.ndarray:
     """Voxels (within the box ``sl``) whose centres lie inside the given cylinder (RAS mm)."""
     grids = np.meshgrid(*[np.arange(s.start, s.stop) for s in sl], indexing="ij")

@@ -90,6 +90,18 @@ class Trajectory:
         self.t.setflags(write=False)
         self.__dict__["_design_identity"] = str(key)
 
+    def content_key(self) -> str:
+        """Content key of ``k`` and ``t``: :meth:`design_identity` if known, else a BLAKE2b digest of
+        both, computed once (k and t are then read-only, so it cannot go stale). The density-weight
+        and point-response caches key on it: one hash of k per trajectory, not one per cache."""
+        key = self.design_identity()
+        if key is None:
+            from recon.plans import array_digest
+
+            key = f"content:{array_digest(self.k)}:{array_digest(self.t)}"
+            self.mark_design(key)
+        return key
+
     def __post_init__(self) -> None:
         self.k = np.asarray(self.k, dtype=np.float64)
         self.t = np.asarray(self.t, dtype=np.float64)

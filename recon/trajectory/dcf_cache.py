@@ -86,10 +86,9 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def dcf_key(traj: Trajectory, method: str, options: dict[str, Any] | None = None, source_path=None) -> str:
     """Cache key of the weights of ``traj`` by ``method``: content hash, grid, method, options, version."""
-    from recon.plans import array_digest
     from recon.trajectory.dcf import PIPE_VERSION
 
-    content = file_digest(source_path) if source_path is not None else array_digest(traj.k)
+    content = file_digest(source_path) if source_path is not None else traj.content_key()
     desc = json.dumps(
         {
             "content": content,

@@ -22,7 +22,10 @@ scans alone (``run_batch``). The job is the whole reconstruction, ``recon.pipeli
 
 Usage::
 
-    python benchmarks/batch.py [--scans 8] [--matrix 32] [--out FILE.json]
+    python benchmarks/batch.py [--scans 8] [--matrix 32] [--rounds 3] [--out FILE.json]
+
+Rounds are interleaved (each configuration once per round, the order rotated between rounds);
+the JSON holds every round, the medians and each round's ratio to the loop of the same round.
 
 Why by hand: no tool times a Dask batch against a process-per-scan loop with the same job.
 """
@@ -34,6 +37,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +45,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# this checkout's recon, also in the loop's processes and the Dask workers (an installed narecon,
+# e.g. `pip install -e` of another checkout, would otherwise be what is measured)
+sys.path.insert(0, str(REPO))
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def main() -> int:
@@ -51,6 +59,7 @@ def main() -> int:
     ap.add_argument("--configs", nargs="+", default=["loop", "batch-1w", "batch-2w", "batch-2w-warm", "batch-1w-nocache"])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "batch_results.json"))
     ap.add_argument("--work", help="work folder (default: a temporary one)")
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds (every configuration once per round)")
     args = ap.parse_args()
 
     job = "full"
@@ -60,6 +69,14 @@ def main() -> int:
 
     from recon.cli import main as cli
 
+    # 6-7.5 mm voxels (32^3): the CLI's default tubes (scaled to 2 voxels beside the head) do not all
+    # separate, so `narecon run` stops ("found 3 tubes"); tubes of 2 voxels in the FOV's corners do
+    vox_mm = 224.0 / args.matrix
+    tubes = []
+    if 6.0 < vox_mm <= 7.5:
+        r = 2 * vox_mm
+        corners = ((88, 72, 30), (88, -72, 60), (-88, 72, 90), (-88, -72, 120))
+        tubes = [f"--tube={x},{y},0,{r:.1f},80,{mm}" for x, y, mm in corners]
     for i in range(args.distinct):
         d = work / f"sim{i}"
         if not (d / "raw.dat").exists():
@@ -77,6 +94,7 @@ def main() -> int:
                     "--snr",
                     "80",
                     "--force",
+                    *tubes,
                 ]
             )
             print(f"simulated {d / 'raw.dat'} in {time.perf_counter() - t:.1f} s")
@@ -93,10 +111,10 @@ def main() -> int:
     from recon.batch.engine import run_batch
     from recon.batch.manifest import read_manifest
 
-    results = {}
-    for cfg in args.configs:
+    def measure(cfg: str) -> dict:
         out = work / f"out-{cfg}"
         shutil.rmtree(out, ignore_errors=True)
+        load = os.getloadavg()[0]
         t0 = time.perf_counter()
         if cfg == "loop":
             out.mkdir()
@@ -104,37 +122,53 @@ def main() -> int:
                 cmd = [sys.executable, "-m", "recon", "-q", "run", str(p), "--out", str(out / f"S{s:03d}")]
                 subprocess.run(cmd, check=True)
             total = time.perf_counter() - t0
-            results[cfg] = {"total_s": total, "scans_per_min": 60 * len(raws) / total}
-        else:
-            workers = 2 if "2w" in cfg else 1
-            threads = 2 if cfg.endswith("-2t") else None
-            with open_client("local", workers=workers, warm="warm" in cfg, threads_per_worker=threads) as bc:
-                bc.client.wait_for_workers(workers)
-                t1 = time.perf_counter()
-                rep = run_batch(
-                    read_manifest(manifest),
-                    out,
-                    bc.client,
-                    progress=False,
-                    plan_cache="nocache" not in cfg,
-                )
-                t2 = time.perf_counter()
-            assert rep.ok, rep.failed
-            total = time.perf_counter() - t0
-            per_scan = sorted(r["seconds"] for r in rep.rows)
-            results[cfg] = {
-                "total_s": total,
-                "scans_s": t2 - t1,
-                "scans_per_min": 60 * len(raws) / total,
-                "scans_per_min_excl_startup": 60 * len(raws) / (t2 - t1),
-                "first_scan_s": max(per_scan),
-                "median_scan_s": per_scan[len(per_scan) // 2],
-            }
-        print(f"{cfg:18s} {json.dumps({k: round(v, 2) for k, v in results[cfg].items()})}")
+            return {"total_s": total, "scans_per_min": 60 * len(raws) / total, "load_1min": load}
+        workers = 2 if "2w" in cfg else 1
+        threads = 2 if cfg.endswith("-2t") else None
+        with open_client("local", workers=workers, warm="warm" in cfg, threads_per_worker=threads) as bc:
+            bc.client.wait_for_workers(workers)
+            t1 = time.perf_counter()
+            rep = run_batch(
+                read_manifest(manifest),
+                out,
+                bc.client,
+                progress=False,
+                plan_cache="nocache" not in cfg,
+            )
+            t2 = time.perf_counter()
+        assert rep.ok, rep.failed
+        total = time.perf_counter() - t0
+        per_scan = sorted(r["seconds"] for r in rep.rows)
+        return {
+            "total_s": total,
+            "scans_s": t2 - t1,
+            "scans_per_min": 60 * len(raws) / total,
+            "scans_per_min_excl_startup": 60 * len(raws) / (t2 - t1),
+            "first_scan_s": max(per_scan),
+            "median_scan_s": per_scan[len(per_scan) // 2],
+            "load_1min": load,
+        }
+
+    # interleaved rounds: every configuration once per round, the order rotated from round to round
+    rounds: dict[str, list[dict]] = {cfg: [] for cfg in args.configs}
+    for r in range(args.rounds):
+        k = r % len(args.configs)
+        for cfg in args.configs[k:] + args.configs[:k]:
+            rounds[cfg].append(measure(cfg))
+            print(f"round {r + 1} {cfg:18s} {json.dumps({k: round(v, 2) for k, v in rounds[cfg][-1].items()})}")
+    results = {}
+    for cfg, rs in rounds.items():
+        results[cfg] = {key: statistics.median(x[key] for x in rs) for key in rs[0]}
+        results[cfg]["rounds"] = rs
+        if "loop" in rounds:  # the ratio of each round to the loop of the same round
+            ratios = [x["scans_per_min"] / lp["scans_per_min"] for x, lp in zip(rs, rounds["loop"])]
+            results[cfg]["x_loop_per_round"] = ratios
+            results[cfg]["x_loop_median"] = statistics.median(ratios)
 
     meta = {
         "job": job,
         "scans": len(raws),
+        "rounds": args.rounds,
         "matrix": args.matrix,
         "cpus": len(os.sched_getaffinity(0)),
         "load_avg_at_end": os.getloadavg(),

@@ -313,23 +313,52 @@ def to_compute_device(ks: KSpace, opts: RunOptions) -> KSpace:
     return dataclasses.replace(ks, data=to_device(ks.data), dcf=to_device(ks.dcf, dtype=np.float32))
 
 
-def check_memory(acq, traj, matrix, opts: RunOptions) -> None:
-    """Refuse, before any grid is allocated, a reconstruction above the memory limit (:mod:`recon.limits`)."""
+def memory_estimate(acq, traj, matrix, opts: RunOptions):
+    """The :class:`recon.limits.MemoryEstimate` of this run (what :func:`check_memory` checks).
+
+    The default run (:func:`one_pass`) grids into time bins through one shared plan re-pointed to
+    each bin: it counts the bins' images (bins x echoes x coils, the count of :func:`grid_bins`,
+    ``b0_segments`` or the first-pass rule) and one more plan, not one plan per bin (which put the
+    128^3 protocol with 24 bins at 22 GiB against 3.6 GiB measured, benchmarks/README.md).
+    """
     from recon import limits
 
-    src = ", ".join(acq.sources) if getattr(acq, "sources", None) else None
-    limits.check_matrix(matrix, "matrix", src)
+    method = choose_b0_method(acq, opts)
+    bins = one_pass(acq, opts, method)
     est = limits.estimate_recon_memory(
         matrix,
         traj.n_projections,
         traj.n_samples,
         n_coils=acq.n_coils,
         n_echoes=acq.n_echoes,
-        b0_method=choose_b0_method(acq, opts),
+        b0_method="none" if bins else method,
         n_segments=opts.b0_segments or 1,
         iterative=opts.b0 == "iterative",
         tube_model=model_calibration(opts),
     )
+    if bins:
+        from recon.b0 import DEFAULT_TOL_RAD, n_time_bins
+        from recon.b0.segments import FIRST_PASS_FIELD_HZ
+
+        n = (
+            int(opts.b0_segments)
+            if opts.b0_segments
+            else n_time_bins(FIRST_PASS_FIELD_HZ, (traj.n_samples - 1) * traj.dwell_s, DEFAULT_TOL_RAD)
+        )
+        m = (int(matrix),) * 3 if isinstance(matrix, (int, float)) else tuple(int(v) for v in matrix)
+        vox = float(m[0]) * m[1] * m[2]
+        est.parts[f"time-bin images ({n} bins)"] = n * acq.n_echoes * max(1, acq.n_coils) * vox * 8.0
+        est.parts["time-bin plan (one, re-pointed per bin)"] = vox * 8.0 * 8.0 + float(traj.n_projections) * traj.n_samples * 16.0
+    return est
+
+
+def check_memory(acq, traj, matrix, opts: RunOptions) -> None:
+    """Refuse, before any grid is allocated, a reconstruction above the memory limit (:mod:`recon.limits`)."""
+    from recon import limits
+
+    src = ", ".join(acq.sources) if getattr(acq, "sources", None) else None
+    limits.check_matrix(matrix, "matrix", src)
+    est = memory_estimate(acq, traj, matrix, opts)
     import contextlib
 
     raised = limits.override(memory=opts.max_memory_gb * 2**30) if opts.max_memory_gb else contextlib.nullcontext()

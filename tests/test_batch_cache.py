@@ -100,3 +100,44 @@ def test_changed_trajectory_file_is_rebuilt(traj_file):
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     t2, _ = pl.load_trajectory(fake_acq(traj), opts, plans)
     assert t1 is not t2 and cache.stats()["trajectory"] == {"hits": 0, "misses": 2}
+
+
+def test_digest_memo_hashes_each_live_array_once_and_freezes_it():
+    from recon.batch.cache import DigestMemo
+    from recon.plans import array_digest
+
+    memo = DigestMemo()
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((50, 3))
+    d = memo(a)
+    assert d == array_digest(a) and memo(a) == d and memo.computed == 1  # remembered
+    assert not a.flags.writeable  # an in-place write cannot make the remembered digest stale
+    with pytest.raises(ValueError):
+        a[0, 0] = 1.0
+    b = a.copy()  # same bytes, another object: hashed (and equal)
+    assert memo(b) == d and memo.computed == 2
+    b2 = a.copy()
+    b2[7, 1] += 1e-12
+    assert memo(b2) != d
+    for _ in range(20):  # freed arrays: a new object that may reuse an id is hashed afresh
+        c = rng.standard_normal((50, 3))
+        assert memo(c) == array_digest(c)
+        del c
+    assert memo(a.T) == array_digest(a.T)  # a view with another layout is its own entry
+    assert memo([1.0, 2.0]) == array_digest(np.asarray([1.0, 2.0]))  # not an array: hashed every time
+
+
+def test_remembered_digests_give_the_plain_keys_and_are_undone():
+    import recon.plans as rp
+    from recon.batch.cache import DigestMemo, remembered_digests
+
+    k = np.random.default_rng(4).uniform(-50, 50, (10, 20, 3))
+    plain = nufft_key(k.copy(), (16,) * 3, 0.2, eps=1e-4)
+    memo = DigestMemo()
+    with remembered_digests(memo):
+        assert rp.array_digest is memo
+        assert rp.nufft_key(k, (16,) * 3, 0.2, eps=1e-4) == plain
+        assert rp.nufft_key(k, (16,) * 3, 0.2, eps=1e-4) == plain
+        assert Plans.dcf_key(types.SimpleNamespace(k=k), "analytic")[0] == plain[0]
+    assert memo.computed == 1  # k hashed once for three keys
+    assert rp.array_digest is not memo

@@ -24,6 +24,9 @@ CASES = {
     "nufft_cpu.py": ["--quick", "--repeats", "1", "--no-memory", "--impl", "narecon", "finufft-default", "--out", "{tmp}/n.json"],
     "gpu_nufft.py": ["--sizes", "32", "--impl", "finufft", "cuda-host-gm", "--repeats", "1", "--out", "{tmp}/g.json"],
     "run_floor.py": ["--matrix", "24", "--rounds", "1", "--no-memory", "--work", "{tmp}/rf", "--results", "{tmp}/res"],
+    "run_128.py": [
+        "measure", "--matrix", "24", "--simulate", "--rounds", "1", "--no-memory", "--work", "{tmp}/w", "--results", "{tmp}/res",
+    ],
     "run_before_after.py": [str(REPO), str(REPO), "--raw", str(REPO / "data_samples" / "raw.dat"), "--rounds", "1"],
     "stage_memory.py": [str(REPO / "data_samples" / "raw.dat"), "--options", '{{"qa": false}}'],
     "batch.py": [

@@ -192,9 +192,12 @@ def run_scan(payload: dict[str, Any], recon_fn: ReconFn | None = None) -> dict[s
 
             if payload.get("plan_cache", True):
                 from recon.batch.cache import WORKER_PLANS as plans
+                from recon.batch.cache import remembered_digests
+
+                with remembered_digests():  # the protocol's arrays are hashed once per worker, not per scan
+                    result = run_pipeline(list(payload["raw"]), scan_dir, opts, plans=plans)
             else:
-                plans = Plans()
-            result = run_pipeline(list(payload["raw"]), scan_dir, opts, plans=plans)
+                result = run_pipeline(list(payload["raw"]), scan_dir, opts, plans=Plans())
         else:
             result = recon_fn(list(payload["raw"]), scan_dir, opts)
         seconds = time.perf_counter() - t0

@@ -108,8 +108,8 @@ class SystemModel:
     object_edge_m: float = 0.0
     kernel_eps: float = KERNEL_EPS
     k_identity: str | None = None
-    """Content key of k and t when known (a built-in design's :meth:`Trajectory.design_identity`):
-    the kernel's disk-cache key then skips hashing k (0.1-0.15 s at the 64^3 protocol)."""
+    """Content key of k and t when known (:meth:`Trajectory.content_key`: a built-in design's identity or
+    the trajectory's one digest): the kernel's cache keys then skip hashing k (0.1-0.15 s at 64^3)."""
 
     def __post_init__(self) -> None:
         self.k = np.asarray(self.k)

@@ -77,8 +77,8 @@ def check_output_dir(out_dir: str | os.PathLike, *, force: bool = False, inputs:
 def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, qa: bool = True) -> dict[str, float]:
     """Write ``result`` into ``out_dir`` atomically; returns the writer's timings (s).
 
-    Hashing the inputs (hashlib) and deflating the NIfTI volumes (zlib) release the GIL, so they
-    run on one helper thread while this thread draws qa.png and builds recon.h5 (both hold it).
+    Hashing the inputs (hashlib), deflating the NIfTI volumes (zlib) and writing recon.h5 (HDF5's
+    deflate) release the GIL, so they run on one helper thread while this thread draws qa.png.
     Every helper job is finished before the temporary folder is renamed or removed.
     """
     from concurrent.futures import ThreadPoolExecutor, wait
@@ -116,6 +116,17 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
                 (tmp / "calibration.json").write_text(json.dumps(cal_dict, indent=2, default=json_default))
                 if getattr(result, "regions", None) is not None:  # regional TSC (recon.calibrate.regions)
                     (tmp / "regions.tsv").write_text(result.regions.to_tsv())
+
+                def h5() -> None:  # on the helper thread after the hashes (FIFO, one worker): HDF5's deflate releases the GIL
+                    prov = dict(result.provenance)
+                    prov["inputs"] = [
+                        {"path": os.path.abspath(p), "sha256": h.result(), "bytes": os.path.getsize(p)}
+                        for p, h in zip(acq.sources, hashes)
+                    ]
+                    prov["timings_s"] = dict(result.timings_s)
+                    write_h5(tmp / "recon.h5", result, prov, cal_dict)
+
+                jobs.append(pool.submit(h5))
                 if qa:
                     _write_qa(tmp / "qa.png", result, cal_dict)
                 for job in jobs:
@@ -123,13 +134,6 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
                 from recon.export.run_outputs import export_run  # BIDS sidecars; DICOM / ISMRMRD images if asked
 
                 export_run(tmp, result)
-                prov = dict(result.provenance)
-                prov["inputs"] = [
-                    {"path": os.path.abspath(p), "sha256": h.result(), "bytes": os.path.getsize(p)}
-                    for p, h in zip(acq.sources, hashes)
-                ]
-                prov["timings_s"] = dict(result.timings_s)
-                write_h5(tmp / "recon.h5", result, prov, cal_dict)
             finally:
                 wait(jobs)  # never leave a helper writing into a folder that is being removed
     return dict(timer.timings)

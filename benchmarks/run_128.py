@@ -52,7 +52,7 @@ def _vmhwm() -> int:
 def simulate_scan(args) -> int:
     """Simulate the protocol scan with the CLI's phantom and trajectory; print and store the timings."""
     from recon.cli import build_parser
-    from recon.cli.simulate import make_phantom, make_trajectory
+    from recon.cli.simulate import make_phantom, make_trajectory, simulate_options
     from recon.log import setup_logging
     from recon.sim import simulate, write_simulation
 
@@ -63,21 +63,9 @@ def simulate_scan(args) -> int:
     traj = make_trajectory(cli)
     phantom = make_phantom(cli, traj)
     t1 = time.perf_counter()
+    kw = simulate_options(cli) | dict(n_threads=args.threads)  # the CLI's protocol; only the fidelity knobs differ
     res = simulate(
-        phantom,
-        traj,
-        te_s=[t * 1e-3 for t in cli.te_ms],
-        tr_s=cli.tr_ms * 1e-3,
-        flip_deg=cli.flip_deg,
-        field_t=cli.field_t,
-        snr=cli.snr,
-        oversampling=cli.oversampling,
-        seed=cli.seed,
-        supersample=args.supersample,
-        eps=args.eps,
-        bin_tolerance=args.bin_tolerance,
-        n_threads=args.threads,
-        progress=False,
+        phantom, traj, **kw, supersample=args.supersample, eps=args.eps, bin_tolerance=args.bin_tolerance, progress=False
     )
     t2 = time.perf_counter()
     settings = {

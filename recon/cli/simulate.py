@@ -208,6 +208,22 @@ def make_phantom(args: argparse.Namespace, traj):
     )
 
 
+def simulate_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of :func:`recon.sim.simulate` from the ``narecon simulate`` options (SI units)."""
+    return dict(
+        te_s=[t * 1e-3 for t in args.te_ms],
+        tr_s=args.tr_ms * 1e-3,
+        flip_deg=args.flip_deg,
+        field_t=args.field_t,
+        snr=None if args.snr == 0 else args.snr,
+        n_coils=args.coils,
+        receive=args.receive,
+        oversampling=args.oversampling,
+        seed=args.seed,
+        n_threads=args.threads,
+    )
+
+
 COARSE_VOXEL_M = 6.5e-3
 """Above this voxel size the default tubes, scaled to 2 voxels, go to the FOV's corners (no room beside the head).
 
@@ -241,20 +257,7 @@ def run(args: argparse.Namespace) -> int:
         with stage("trajectory"):
             traj = make_trajectory(args)
         phantom = make_phantom(args, traj)
-    res = simulate(
-        phantom,
-        traj,
-        te_s=[t * 1e-3 for t in args.te_ms],
-        tr_s=args.tr_ms * 1e-3,
-        flip_deg=args.flip_deg,
-        field_t=args.field_t,
-        snr=None if args.snr == 0 else args.snr,
-        n_coils=args.coils,
-        receive=args.receive,
-        oversampling=args.oversampling,
-        seed=args.seed,
-        n_threads=args.threads,
-    )
+    res = simulate(phantom, traj, **simulate_options(args))
     with stage("write outputs"):
         write_simulation(res, traj, args.out, ismrmrd=args.ismrmrd, overwrite=args.force, phantom=phantom)
     sim = res.truth.info["simulation"]

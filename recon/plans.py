@@ -23,7 +23,6 @@ Written here because neither Dask nor finufft caches application objects across 
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import os
 import threading
@@ -84,10 +83,15 @@ class PlanCache:
 
 
 def array_digest(a: np.ndarray) -> str:
-    """BLAKE2b digest of an array's dtype, shape and bytes."""
+    """Content digest of an array's dtype, shape and bytes: XXH3-128 (xxhash), 32 hex characters.
+
+    Cache keys only (plans, density weights, point-response kernels), not integrity against an
+    adversary: XXH3 runs at memory speed (0.015 s for the 116 MB of k of the 64^3 protocol, BLAKE2b
+    0.22 s) with a 128-bit digest, so an accidental collision is out of reach."""
+    import xxhash
+
     a = np.ascontiguousarray(a)
-    h = hashlib.blake2b(digest_size=20)
-    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h = xxhash.xxh3_128(f"{a.dtype.str}{a.shape}".encode())
     h.update(memoryview(a).cast("B"))
     return h.hexdigest()
 

@@ -37,6 +37,21 @@ def test_nufft_key_depends_on_every_sample():
     assert nufft_key(k, (16,) * 3, 0.2, eps=1e-4) != nufft_key(k, (16,) * 3, 0.2, eps=1e-6)
 
 
+def test_array_digest_is_xxh3_of_dtype_shape_and_bytes():
+    import xxhash
+
+    from recon.plans import array_digest
+
+    a = np.random.default_rng(1).standard_normal((5, 7, 3))
+    ref = xxhash.xxh3_128(f"{a.dtype.str}{a.shape}".encode() + a.tobytes()).hexdigest()
+    assert array_digest(a) == ref == array_digest(np.asfortranarray(a))  # the C-order bytes, whatever the layout
+    b = a.copy()
+    b.reshape(-1).view(np.uint8)[37] ^= 1  # one bit of one sample
+    assert array_digest(b) != ref
+    assert array_digest(a.reshape(7, 5, 3)) != ref  # same bytes, other shape
+    assert array_digest(a.astype(np.float32)) != array_digest(a)
+
+
 @pytest.fixture
 def traj_file(tmp_path):
     traj = density_adapted_radial(fov_m=0.2, res_m=0.025, p=0.3, gmax_t_per_m=4e-3, dwell_s=10e-6)

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from recon.plans import array_digest
 from recon.trajectory import dcf_cache as _dcf_cache
 from recon.trajectory.dcf_cache import cache_root, store_entry, touch
 
@@ -64,13 +65,6 @@ def code_digest() -> str:
     return _CODE_DIGEST
 
 
-def _sha1(a: np.ndarray) -> str:
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha1(f"{a.dtype.str}{a.shape}".encode())
-    h.update(memoryview(a).cast("B"))
-    return h.hexdigest()
-
-
 def kernel_key(
     k: np.ndarray | None,
     dcf: np.ndarray,
@@ -90,9 +84,9 @@ def kernel_key(
         raise ValueError("kernel_key needs k or its identity")
     desc = json.dumps(
         {
-            "k": f"design:{k_identity}" if k_identity is not None else _sha1(np.asarray(k)),
-            "dcf": _sha1(np.asarray(dcf)),
-            "t": _sha1(np.asarray(t_s)),
+            "k": f"design:{k_identity}" if k_identity is not None else array_digest(np.asarray(k)),
+            "dcf": array_digest(np.asarray(dcf)),
+            "t": array_digest(np.asarray(t_s)),
             "matrix": [int(m) for m in matrix],
             "fov_m": [float(f) for f in fov_m],
             "eps": float(eps),

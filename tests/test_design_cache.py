@@ -54,12 +54,46 @@ def test_cached_design_equals_a_fresh_build(cache):
     assert tc.info()["entries"] == 1
 
 
-def test_damaged_entry_is_rebuilt(cache):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[:1000],  # truncated
+        lambda b: b + b"x",  # appended
+        lambda b: b[:-5] + bytes([b[-5] ^ 1]) + b[-4:],  # one bit of the last array
+        lambda b: b"PK\x03\x04" + b[4:],  # not our format (e.g. a zip)
+    ],
+)
+def test_damaged_entry_is_rebuilt(cache, damage):
     tc.cached_design({"p": 0.3}, _build)
-    (entry,) = list(cache.glob("*.npz"))
-    entry.write_bytes(entry.read_bytes()[:1000])  # truncated
+    (entry,) = list(cache.glob("*" + tc.SUFFIX))
+    entry.write_bytes(damage(entry.read_bytes()))
     t, how = tc.cached_design({"p": 0.3}, _build)
     assert how == "computed" and np.array_equal(t.k, _build().k)
+    t2, how2 = tc.cached_design({"p": 0.3}, _build)  # rebuilt and stored again
+    assert how2 == "cached" and np.array_equal(t2.k, t.k)
+
+
+def test_entry_arrays_are_mapped_copy_on_write(cache, tmp_path):
+    """read_arrays gives back every array bit for bit, writable without changing the file."""
+    from recon.trajectory.dcf_cache import read_arrays, write_arrays
+
+    rng = np.random.default_rng(3)
+    arrays = {
+        "a": rng.standard_normal((7, 5, 3)),
+        "b": np.arange(11, dtype=np.int64),
+        "c": np.zeros((0, 3)),
+        "d": rng.random(3).astype(np.float32),
+    }
+    path = tmp_path / "e.nrc"
+    with open(path, "wb") as f:
+        write_arrays(f, {"x": 1, "s": "é"}, arrays)
+    before = path.read_bytes()
+    meta, back = read_arrays(path)
+    assert meta == {"x": 1, "s": "é"} and list(back) == list(arrays)
+    for name, a in arrays.items():
+        assert back[name].dtype == a.dtype and back[name].shape == a.shape and np.array_equal(back[name], a)
+    back["a"][0, 0, 0] = 99.0
+    assert path.read_bytes() == before
 
 
 def test_key_follows_parameters_and_generator_code(cache, monkeypatch):
@@ -125,3 +159,17 @@ def test_a_design_carries_its_identity_read_only_and_copies_do_not(cache):
     assert kernel_key(None, *args, k_identity=a.design_identity()) == kernel_key(a.k, *args, k_identity=a.design_identity())
     assert kernel_key(None, *args, k_identity=a.design_identity()) != kernel_key(a.k, *args)
     assert kernel_key(None, *args, k_identity=a.design_identity()) != kernel_key(None, *args, k_identity=c.design_identity())
+
+
+def test_cached_design_is_not_validated_twice(cache, monkeypatch):
+    """A stored design passed validate() when it was built; its digest-checked entry is not re-validated."""
+    from recon.trajectory.base import Trajectory
+
+    t0, _ = tc.cached_design({"p": 0.3}, _build)
+    calls = []
+    real = Trajectory.validate
+    monkeypatch.setattr(Trajectory, "validate", lambda self: calls.append(1) or real(self))
+    t1, how = tc.cached_design({"p": 0.3}, _build)
+    assert how == "cached" and calls == [] and np.array_equal(t1.k, t0.k)
+    Trajectory(k=t1.k, t=t1.t, fov_m=t1.fov_m, matrix=t1.matrix, dwell_s=t1.dwell_s)
+    assert calls == [1]  # any other construction validates

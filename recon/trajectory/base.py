@@ -9,6 +9,7 @@ n_samples) is the k-space volume each sample represents, in 1/m^3 (see
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 from typing import Any
@@ -17,6 +18,9 @@ import numpy as np
 
 from recon.errors import TrajectoryError
 from recon.physics import GAMMA_BAR_1H_HZ_PER_T, GAMMA_BAR_23NA_HZ_PER_T  # noqa: F401  (re-exported)
+
+_VERIFIED = contextvars.ContextVar("narecon_trajectory_verified", default=False)
+"""True while :func:`verified_trajectory` builds a trajectory (its validation is skipped)."""
 
 _CHUNK = 256
 """Projections per block in the passes over k that need temporaries (checks, kmax)."""
@@ -109,7 +113,8 @@ class Trajectory:
         self.matrix = tuple(int(round(x)) for x in _as3(self.matrix, "matrix"))
         self.dwell_s = float(self.dwell_s)
         self.gamma_hz_per_t = float(self.gamma_hz_per_t)
-        self.validate()
+        if not _VERIFIED.get():
+            self.validate()
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
@@ -259,3 +264,17 @@ class Trajectory:
             solid_angle=None if self.solid_angle is None else self.solid_angle[idx],
             waveforms=wf,
         )
+
+
+def verified_trajectory(**fields: Any) -> Trajectory:
+    """``Trajectory(**fields)`` without :meth:`Trajectory.validate`, for arrays already validated.
+
+    Only for a cache entry that stores a trajectory which passed ``validate`` when it was built and
+    whose bytes match the entry's digest (:func:`recon.trajectory.design_cache.cached_design`): the
+    full-array passes over k (0.03-0.1 s at the 64^3 protocol) would check the same bytes again.
+    The conversions of ``__post_init__`` (dtype, FOV and matrix tuples) still run."""
+    token = _VERIFIED.set(True)
+    try:
+        return Trajectory(**fields)
+    finally:
+        _VERIFIED.reset(token)

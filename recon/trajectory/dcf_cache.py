@@ -203,6 +203,92 @@ def store_entry(entry: Path, nbytes: int, write, what: str, suffix: str = _SUFFI
     return None
 
 
+ENTRY_MAGIC = b"NARECONC"
+"""First bytes of an array-store cache entry (:func:`write_arrays`)."""
+_ENTRY_VERSION = 1
+_ENTRY_ALIGN = 64
+_ENTRY_HEADER_MAX = 1 << 20  # bytes of JSON header; a longer one is damage, not an entry
+
+
+def _raw(a: np.ndarray):
+    """The bytes of a C-contiguous array without a copy (memoryview cannot cast an empty one)."""
+    return memoryview(a).cast("B") if a.size else b""
+
+
+def write_arrays(f, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Write ``meta`` (JSON) and ``arrays`` to the open binary file ``f`` as one cache entry.
+
+    Layout: :data:`ENTRY_MAGIC`, version and header length (two little-endian uint32), the JSON
+    header (meta; each array's name, dtype, shape and offset; the end offset; an XXH3-128 digest of
+    the arrays' bytes), then each array's C-order bytes at a 64-byte-aligned offset. Unlike an
+    ``.npz`` (zip members read through a CRC and copied), :func:`read_arrays` maps the arrays in
+    place: the 116 MB design of the 64^3 protocol loads in ~0.02 s instead of ~0.2 s.
+    """
+    import xxhash
+
+    order = [(name, np.ascontiguousarray(a)) for name, a in arrays.items()]
+    digest = xxhash.xxh3_128()
+    for _, a in order:
+        digest.update(_raw(a))
+
+    def header(base: int) -> tuple[bytes, list, int]:
+        table, off = [], base
+        for name, a in order:
+            off += -off % _ENTRY_ALIGN
+            table.append([name, a.dtype.str, list(a.shape), off])
+            off += a.nbytes
+        doc = {"meta": meta, "arrays": table, "end": off, "digest": digest.hexdigest()}
+        return json.dumps(doc).encode(), table, off
+
+    # the header's length moves the data: fix the base once the header length is known (two passes at most)
+    base = 0
+    for _ in range(8):
+        text, table, _end = header(base)
+        want = len(ENTRY_MAGIC) + 8 + len(text)
+        if want <= base:
+            break
+        base = want + (-want % _ENTRY_ALIGN)
+    else:  # pragma: no cover - the header's length converges in two passes
+        raise ValueError("cache entry header does not converge")
+    f.write(ENTRY_MAGIC + np.array([_ENTRY_VERSION, len(text)], dtype="<u4").tobytes() + text)
+    for (_, a), (_, _, _, off) in zip(order, table):
+        f.write(b"\0" * (off - f.tell()))
+        f.write(_raw(a))
+
+
+def read_arrays(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(meta, arrays) of an entry written by :func:`write_arrays`; the arrays are copy-on-write maps
+    of the file (no read until used, writable without touching the file). Raises ValueError when
+    the file is not such an entry, is truncated, or its arrays do not match the stored digest."""
+    import xxhash
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(len(ENTRY_MAGIC) + 8)
+        if len(head) < len(ENTRY_MAGIC) + 8 or head[: len(ENTRY_MAGIC)] != ENTRY_MAGIC:
+            raise ValueError("not a narecon cache entry")
+        version, n = (int(x) for x in np.frombuffer(head[len(ENTRY_MAGIC) :], dtype="<u4"))
+        if version != _ENTRY_VERSION or n > min(_ENTRY_HEADER_MAX, size):
+            raise ValueError(f"entry version {version} / header of {n} bytes not understood")
+        doc = json.loads(f.read(n).decode())
+    if int(doc["end"]) != size:
+        raise ValueError(f"{size} bytes, the header says {doc['end']} (truncated or appended)")
+    arrays: dict[str, np.ndarray] = {}
+    digest = xxhash.xxh3_128()
+    for name, dt, shape, off in doc["arrays"]:
+        dtype, shape = np.dtype(dt), tuple(int(x) for x in shape)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if dtype.hasobject or off < 0 or off + nbytes > size:
+            raise ValueError(f"array {name!r} ({dt}, {shape}) does not fit the file")
+        a = np.memmap(path, dtype=dtype, mode="c", offset=off, shape=shape) if nbytes else np.zeros(shape, dtype)
+        a = np.asarray(a)  # a plain ndarray view of the map
+        digest.update(_raw(a))
+        arrays[name] = a
+    if digest.hexdigest() != doc["digest"]:
+        raise ValueError("the arrays do not match the entry's digest (damaged)")
+    return doc["meta"], arrays
+
+
 def touch(entry: Path) -> None:
     """Mark a cache entry as just used (least recently used entries are evicted first)."""
     try:

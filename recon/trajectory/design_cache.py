@@ -3,11 +3,12 @@
 Designing the built-in TPI of the 64^3 protocol costs 0.6-0.7 s (4.8 s at 128^3), several
 NUFFT-equivalents of a run whose floor is one adjoint; every scan of a protocol has the same
 design. :func:`cached_design` returns the design for a parameter description, from
-``<cache>/trajectory/<key>.npz`` when present, else built and stored. The key is a BLAKE2b digest
+``<cache>/trajectory/<key>.nrc`` when present, else built and stored. The key is a BLAKE2b digest
 of the parameters (JSON), narecon's version and the bytes of every module of
 :mod:`recon.trajectory` (so a change of any generator invalidates every entry without a manual
-version bump). Entries are uncompressed ``.npz`` files (k, t, solid angle, waveforms and a JSON
-header), written atomically; the directory shares the bound ``NARECON_CACHE_MAX_MB`` and the
+version bump). Entries are :func:`recon.trajectory.dcf_cache.write_arrays` files (k, t, solid angle, waveforms
+and a JSON header; the arrays memory-mapped on load and checked against an XXH3 digest), written
+atomically; the directory shares the bound ``NARECON_CACHE_MAX_MB`` and the
 switch ``NARECON_CACHE_DIR=off`` with the DCF cache (:mod:`recon.trajectory.dcf_cache`). A
 damaged entry is removed and the design rebuilt.
 """
@@ -24,12 +25,13 @@ from typing import Any
 import numpy as np
 
 from recon.trajectory import dcf_cache as _dcf_cache
-from recon.trajectory.base import Trajectory
+from recon.trajectory.base import Trajectory, verified_trajectory
 from recon.trajectory.dcf_cache import cache_root, store_entry, touch
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".npz"
+SUFFIX = ".nrc"
+_LEGACY_SUFFIX = ".npz"  # entries of narecon <= session 5 (zip archives): removed by clear()
 _CODE_DIGEST: str | None = None
 
 
@@ -108,8 +110,7 @@ def _store(entry: Path, traj: Trajectory) -> str | None:
             arrays[f"waveform_{k}"] = v
 
     def write(f) -> None:
-        meta = json.dumps(_meta(traj))
-        np.savez(f, meta=np.frombuffer(meta.encode(), dtype=np.uint8), **arrays)
+        _dcf_cache.write_arrays(f, _meta(traj), arrays)
 
     return store_entry(entry, sum(a.nbytes for a in arrays.values()), write, "the trajectory design", suffix=SUFFIX)
 
@@ -118,20 +119,19 @@ def _load(entry: Path) -> Trajectory | None:
     if not entry.is_file():
         return None
     try:
-        with np.load(entry, allow_pickle=False) as z:
-            meta = json.loads(bytes(z["meta"]).decode())
-            wf = dict(meta.pop("waveform_scalars") or {})
-            for name in z.files:
-                if name.startswith("waveform_"):
-                    wf[name[len("waveform_") :]] = z[name]
-            traj = Trajectory(
-                k=z["k"],
-                t=z["t"],
-                dcf=z["dcf"] if "dcf" in z.files else None,
-                solid_angle=z["solid_angle"] if "solid_angle" in z.files else None,
-                waveforms=wf or None,
-                **meta,
-            )
+        meta, z = _dcf_cache.read_arrays(entry)
+        wf = dict(meta.pop("waveform_scalars") or {})
+        for name, a in z.items():
+            if name.startswith("waveform_"):
+                wf[name[len("waveform_") :]] = a
+        traj = verified_trajectory(  # validated when it was built; the digest matched
+            k=z["k"],
+            t=z["t"],
+            dcf=z.get("dcf"),
+            solid_angle=z.get("solid_angle"),
+            waveforms=wf or None,
+            **meta,
+        )
     except Exception as e:  # any damage: rebuild (the entry is ours; never trusted over a rebuild)
         log.warning("trajectory cache entry %s unreadable (%s): rebuilding", entry, e)
         entry.unlink(missing_ok=True)
@@ -147,4 +147,4 @@ def info() -> dict[str, Any]:
 
 def clear() -> int:
     """Remove every design cache entry; returns how many were removed."""
-    return _dcf_cache.clear(cache_dir(), SUFFIX)
+    return _dcf_cache.clear(cache_dir(), SUFFIX) + _dcf_cache.clear(cache_dir(), _LEGACY_SUFFIX)

@@ -105,7 +105,8 @@ def check_trajectory_units(traj, acq, source: str | None = None) -> dict[str, fl
         return out
     # |k| at that sample above each readout's own closest approach to the centre (0 for a line
     # through or from the centre, whatever its offset: Cartesian lines, radial spokes)
-    kr = np.sqrt((traj.k[pidx] ** 2).sum(-1))
+    kp = traj.k[pidx]
+    kr = np.sqrt(np.einsum("ijk,ijk->ij", kp, kp))  # |k| without the (n, n_samp, 3) square temporary
     kmax = float(kr.max())
     excess = kr[:, j] - kr.min(axis=1)
     frac = float(excess.mean() / kmax) if kmax > 0 else 0.0

@@ -64,14 +64,16 @@ def test_cached_kernel_equals_a_fresh_build(cache, protocol):
 
 def test_damaged_or_misfit_entry_is_rebuilt(cache, protocol):
     spec = _model(protocol).kernel(0.05)
-    (entry,) = list(cache.glob("*.npz"))
+    (entry,) = list(cache.glob("*" + kc.SUFFIX))
     entry.write_bytes(entry.read_bytes()[:1000])  # truncated
     assert np.array_equal(_model(protocol).kernel(0.05), spec)
-    (entry,) = list(cache.glob("*.npz"))
-    np.savez(entry, spec=np.zeros((4, 4, 4), np.complex64), image=np.zeros((4, 4, 4), np.complex64))
+    (entry,) = list(cache.glob("*" + kc.SUFFIX))
+    from recon.trajectory.dcf_cache import read_arrays, write_arrays
+
+    with open(entry, "wb") as f:  # a well-formed entry of the wrong box
+        write_arrays(f, {}, {"image": np.zeros((4, 4, 4), np.complex64)})
     assert np.array_equal(_model(protocol).kernel(0.05), spec)
-    with np.load(entry) as z:
-        assert z["image"].shape == (2 * N,) * 3  # the misfit entry was replaced
+    assert read_arrays(entry)[1]["image"].shape == (2 * N,) * 3  # the misfit entry was replaced
 
 
 def test_key_follows_content_t2star_grid_accuracy_and_code(protocol, monkeypatch):

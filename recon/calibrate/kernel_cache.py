@@ -1,18 +1,19 @@
 """Disk cache of the calibration's point-response kernel, keyed by the protocol's content.
 
 :meth:`recon.calibrate.SystemModel.kernel` grids the system's point response onto a box of twice
-the matrix, one adjoint NUFFT per tube T2* (about 1.2 s of the 64^3 protocol's 6 s run, the same
-for every scan of a protocol). :func:`cached_kernel` returns (spectrum, image) of that kernel from
-``<cache>/psf/<key>.npz`` when present, else builds and stores them. The key is a SHA-1 digest of
-the bytes of k, the density weights and the sample times (SHA-1 because it hashes the 155 MB of
-the 64^3 protocol in 0.1 s, BLAKE2b in 0.25 s; the key is not a security boundary), with the
-matrix, FOV, kernel accuracy, T2*, narecon's version, finufft's version and the source of
-:mod:`recon.calibrate.model` and this module (a change of either invalidates every entry).
+the matrix, one adjoint NUFFT per tube T2* (about 1 s of the 64^3 protocol's run, the same for
+every scan of a protocol). :func:`cached_kernel` returns the kernel's image from
+``<cache>/psf/<key>.nrc`` when present, else builds and stores it. The key is a digest of k, the
+density weights and the sample times (:func:`recon.plans.array_digest`, XXH3-128; a built-in
+design's identity instead of k), with the matrix, FOV, kernel accuracy, T2*, narecon's version,
+finufft's version and the source of :mod:`recon.calibrate.model` and this module (a change of
+either invalidates every entry).
 
-Entries are uncompressed ``.npz`` files (``spec`` and ``image``, complex64 on the 2N box, 33 MB
-at 64^3), written atomically; the directory shares the bound ``NARECON_CACHE_MAX_MB`` and the
-switch ``NARECON_CACHE_DIR=off`` with the DCF cache (:mod:`recon.trajectory.dcf_cache`), and
-``narecon cache info|clear`` covers it. An entry that does not load or does not have the box's
+Entries are :func:`recon.trajectory.dcf_cache.write_arrays` files (``image``, complex64 on the 2N
+box, 16 MB at 64^3; mapped on load and checked against their XXH3 digest), written atomically; the
+directory shares the bound ``NARECON_CACHE_MAX_MB`` and the switch ``NARECON_CACHE_DIR=off`` with
+the DCF cache (:mod:`recon.trajectory.dcf_cache`), and ``narecon cache info|clear`` covers it (and
+the ``.npz`` entries of earlier versions). An entry that does not load or does not have the box's
 shape is removed and the kernel rebuilt.
 """
 
@@ -33,7 +34,8 @@ from recon.trajectory.dcf_cache import cache_root, store_entry, touch
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".npz"
+SUFFIX = ".nrc"
+_LEGACY_SUFFIX = ".npz"  # entries of narecon <= session 5: removed by clear()
 _CODE_DIGEST: str | None = None
 
 
@@ -122,8 +124,8 @@ def _load(entry: Path, box: tuple) -> np.ndarray | None:
     if not entry.is_file():
         return None
     try:
-        with np.load(entry, allow_pickle=False) as z:
-            img = z["image"]
+        _, z = _dcf_cache.read_arrays(entry)
+        img = z["image"]
         if not (img.shape == box and img.dtype == np.complex64 and np.isfinite(img).all()):
             raise ValueError(f"shape or values do not fit the box {box}")
     except Exception as e:  # any damage: rebuild (the entry is ours; never trusted over a rebuild)
@@ -136,7 +138,7 @@ def _load(entry: Path, box: tuple) -> np.ndarray | None:
 
 def _store(entry: Path, img: np.ndarray) -> str | None:
     def write(f) -> None:
-        np.savez(f, image=np.ascontiguousarray(img))
+        _dcf_cache.write_arrays(f, {}, {"image": img})
 
     return store_entry(entry, img.nbytes, write, "the point-response kernel", suffix=SUFFIX)
 
@@ -148,4 +150,4 @@ def info() -> dict[str, Any]:
 
 def clear() -> int:
     """Remove every kernel cache entry; returns how many were removed."""
-    return _dcf_cache.clear(cache_dir(), SUFFIX)
+    return _dcf_cache.clear(cache_dir(), SUFFIX) + _dcf_cache.clear(cache_dir(), _LEGACY_SUFFIX)

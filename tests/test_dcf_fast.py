@@ -119,7 +119,7 @@ def test_cache_computes_once_then_reads_back(cache, file_traj):
     assert how1 == "computed (pipe)" and how2 == "cached (pipe)"
     np.testing.assert_array_equal(w1, w2)
     np.testing.assert_array_equal(w1, compute_dcf(tr, "pipe"))
-    assert len(list(cache.glob("*.npy"))) == 1
+    assert len(list(cache.glob("*" + dc._SUFFIX))) == 1
     assert not list(cache.glob(".*"))  # no temporary left behind
 
 
@@ -136,12 +136,13 @@ def test_cache_key_follows_the_file_content(cache, file_traj, tmp_path):
 def test_corrupt_or_mismatched_entry_is_recomputed(cache, file_traj):
     tr, p = file_traj
     w, _ = dc.cached_dcf(tr, "pipe", source_path=p)
-    entry = next(cache.glob("*.npy"))
+    entry = next(cache.glob("*" + dc._SUFFIX))
     entry.write_bytes(b"not numpy")
     w2, how = dc.cached_dcf(tr, "pipe", source_path=p)
     assert how == "computed (pipe)"
     np.testing.assert_array_equal(w, w2)
-    np.save(entry, np.ones((3, 3)))  # wrong shape
+    with open(entry, "wb") as f:  # a well-formed entry of the wrong shape
+        dc.write_arrays(f, {}, {"dcf": np.ones((3, 3))})
     assert dc.cached_dcf(tr, "pipe", source_path=p)[1] == "computed (pipe)"
 
 
@@ -150,9 +151,9 @@ def test_size_bound_evicts_least_recently_used(cache, file_traj, monkeypatch):
     nbytes = tr.k.shape[0] * tr.k.shape[1] * 8
     monkeypatch.setenv("NARECON_CACHE_MAX_MB", str(1.5 * nbytes / 2**20))  # room for one entry
     dc.cached_dcf(tr, "pipe", source_path=p)
-    first = set(cache.glob("*.npy"))
+    first = set(cache.glob("*" + dc._SUFFIX))
     dc.cached_dcf(tr, "pipe", source_path=p, n_iter=2)
-    after = set(cache.glob("*.npy"))
+    after = set(cache.glob("*" + dc._SUFFIX))
     assert len(after) == 1 and after != first
 
 
@@ -163,7 +164,7 @@ def test_analytic_and_file_weights_bypass_the_cache(cache, file_traj):
     np.testing.assert_array_equal(w, compute_dcf(tr, "analytic"))
     with_w = tr.with_dcf(w)
     assert dc.cached_dcf(with_w, "auto")[1] == "from trajectory file"
-    assert not cache.exists() or not list(cache.glob("*.npy"))
+    assert not cache.exists() or not list(cache.glob("*" + dc._SUFFIX))
 
 
 def test_cache_off(monkeypatch, file_traj):
@@ -226,3 +227,14 @@ def test_analytic_weights_of_a_built_in_design_are_cached_others_computed(cache)
     other = dataclasses.replace(tr, k=tr.k * 1.01)
     w3, how3 = dc.cached_dcf(other, "analytic")
     assert how3 == "computed (analytic)" and not np.array_equal(w3, w2)
+
+
+def test_only_finite_non_negative_weights_are_stored(cache, tmp_path):
+    """A load does not re-check the weights: the store refuses any it could not hand back."""
+    for bad in (np.nan, -1.0, np.inf):
+        w = np.ones((4, 5))
+        w[2, 3] = bad
+        entry = tmp_path / f"bad{dc._SUFFIX}"
+        assert dc._store(entry, w) is not None and not entry.exists()
+    assert dc._store(tmp_path / f"good{dc._SUFFIX}", np.ones((4, 5))) is None
+    np.testing.assert_array_equal(dc._load(tmp_path / f"good{dc._SUFFIX}", (4, 5)), np.ones((4, 5)))

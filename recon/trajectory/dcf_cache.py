@@ -7,14 +7,16 @@ weights of a trajectory and where they came from:
 * ``traj.dcf`` when the trajectory carries weights (method ``auto``): "from trajectory file";
 * ``analytic`` weights are computed (cheaper than reading them back);
 * other methods (``pipe``) are looked up in the cache directory under a key made of the
-  trajectory file's content hash (BLAKE2b of its bytes; of k, FOV and matrix when there is no
-  file), the method, its options and :data:`recon.trajectory.dcf.PIPE_VERSION`; on a miss they
+  trajectory's content key (:meth:`~recon.trajectory.Trajectory.content_key`: a built-in design's
+  identity, else an XXH3 digest of k and t; BLAKE2b of the file's bytes when a ``source_path`` is
+  given), the method, its options and :data:`recon.trajectory.dcf.PIPE_VERSION`; on a miss they
   are computed and stored.
 
 Cache directory: ``$NARECON_CACHE_DIR/dcf`` if set, else ``platformdirs.user_cache_dir("narecon")/dcf``
 when platformdirs is installed, else ``$XDG_CACHE_HOME/narecon/dcf`` (default ``~/.cache``).
-Entries are ``<key>.npy`` (float64, n_projections x n_samples), written atomically (temporary
-file and rename, so concurrent workers never read half a file); a hit refreshes the entry's
+Entries are ``<key>.nrc`` (:func:`write_arrays`: float64, n_projections x n_samples, mapped on
+load and checked against their XXH3 digest; only finite non-negative weights are stored), written
+atomically (temporary file and rename, so concurrent workers never read half a file); a hit refreshes the entry's
 modification time, and after each store the least recently used entries are removed until the
 directory holds at most ``NARECON_CACHE_MAX_MB`` (default 2048) MB. An entry that does not load
 or does not fit the trajectory is removed and recomputed. ``NARECON_CACHE_DIR=off`` (or ``0``)
@@ -43,7 +45,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_MB = 2048
 """Default size bound of the DCF cache directory in MB (``NARECON_CACHE_MAX_MB``)."""
 
-_SUFFIX = ".npy"
+_SUFFIX = ".nrc"
+_LEGACY_SUFFIX = ".npy"  # entries of narecon <= session 5: removed by clear()
 
 
 def cache_root() -> Path | None:
@@ -167,12 +170,14 @@ def cached_dcf(
 
 
 def _load(entry: Path, shape: tuple) -> np.ndarray | None:
+    """The weights of a cache entry (mapped; finite and non-negative when stored, digest-checked), or None."""
     if not entry.is_file():
         return None
     try:
-        w = np.load(entry, allow_pickle=False)
-        ok = w.shape == tuple(shape) and w.dtype == np.float64 and np.isfinite(w).all() and (w >= 0).all()
-    except (OSError, ValueError) as e:
+        _, z = read_arrays(entry)
+        w = z["dcf"]
+        ok = w.shape == tuple(shape) and w.dtype == np.float64
+    except (OSError, ValueError, KeyError) as e:
         log.warning("DCF cache entry %s unreadable (%s): recomputing", entry, e)
         ok = False
     if not ok:
@@ -298,10 +303,13 @@ def touch(entry: Path) -> None:
 
 
 def _store(entry: Path, w: np.ndarray) -> str | None:
-    """Write ``w`` atomically and bound the directory; returns None or why it was not stored."""
-    return store_entry(
-        entry, w.nbytes, lambda f: np.save(f, np.ascontiguousarray(w, dtype=np.float64), allow_pickle=False), "density weights"
-    )
+    """Write ``w`` atomically and bound the directory; returns None or why it was not stored.
+
+    Only finite, non-negative weights are stored (checked here, once), so a load need not check them."""
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    if not (np.isfinite(w).all() and (w >= 0).all()):
+        return "weights not finite and non-negative"
+    return store_entry(entry, w.nbytes, lambda f: write_arrays(f, {}, {"dcf": w}), "density weights")
 
 
 def entries(d: Path | None = None, suffix: str = _SUFFIX) -> list[Path]:
@@ -340,8 +348,11 @@ def info(d: Path | None | str = "dcf", suffix: str = _SUFFIX) -> dict[str, Any]:
 
 def clear(d: Path | None | str = "dcf", suffix: str = _SUFFIX) -> int:
     """Remove every entry of a cache directory (default the DCF cache); returns how many were removed."""
+    legacy = d == "dcf" and suffix == _SUFFIX  # the DCF cache's own: also its entries of earlier versions
     d = cache_dir() if d == "dcf" else d
     files = entries(d, suffix) if d is not None else []
+    if legacy and d is not None:
+        files += entries(d, _LEGACY_SUFFIX)
     for p in files:
         p.unlink(missing_ok=True)
     return len(files)

@@ -403,8 +403,12 @@ def _read_header(path: Path, fid, meas_off: int) -> tuple[dict, int]:
     return hdr, hdr_len
 
 
-def _read_one(path: Path) -> dict[str, Any]:
-    """Parse one file: header values, image readouts (as arrays) and noise readouts."""
+def _read_one(path: Path, defer: bool = False) -> dict[str, Any]:
+    """Parse one file: header values, image readouts (as arrays) and noise readouts.
+
+    ``defer``: leave ``data`` None and put the readouts' block offsets in ``gather`` instead, so
+    :func:`_assign_echoes` copies the samples once, straight into their (echo, coil, projection,
+    sample) places (one copy of the data, not a file-order copy and then an echo-sorted one)."""
     if not path.exists():
         raise InputError("raw data file not found", path)
     if path.is_dir():
@@ -422,10 +426,10 @@ def _read_one(path: Path) -> dict[str, Any]:
         # read-only map of the file, released with its last view (not closed here: a view held by
         # an exception's traceback would make mmap.close() raise BufferError over the real error)
         buf = mmap.mmap(fid.fileno(), 0, access=mmap.ACCESS_READ)
-    return _read_blocks(path, buf, ve, meas_off + hdr_len, meas_end, size, hv)
+    return _read_blocks(path, buf, ve, meas_off + hdr_len, meas_end, size, hv, defer)
 
 
-def _read_blocks(path: Path, buf, ve: bool, start: int, end: int, size: int, hv: dict) -> dict[str, Any]:
+def _read_blocks(path: Path, buf, ve: bool, start: int, end: int, size: int, hv: dict, defer: bool = False) -> dict[str, Any]:
     offsets, stats = _walk_mdbs(buf, ve, start, end, size)
     h = _headers(buf, offsets, ve)
     mask = h["EvalInfoMask"]
@@ -442,7 +446,8 @@ def _read_blocks(path: Path, buf, ve: bool, start: int, end: int, size: int, hv:
     (n_cha, n_col), _ = shapes.most_common(1)[0]
     keep = is_img & (ch == n_cha) & (ns == n_col)
     dropped = {f"{c}x{s}": n for (c, s), n in shapes.items() if (c, s) != (n_cha, n_col)}
-    data = _gather(buf, offsets[keep], ve, n_cha, n_col)
+    kept = offsets[keep]
+    data = None if defer else _gather(buf, kept, ve, n_cha, n_col)
     eco = h["Eco"][keep].astype(np.int64)
     lin = h["Lin"][keep].astype(np.int64)
     noise_sel = is_noise & (ch == n_cha)
@@ -457,7 +462,8 @@ def _read_blocks(path: Path, buf, ve: bool, start: int, end: int, size: int, hv:
             blocks = {int(c): iter(p) for c, p in zip(cols.tolist(), parts)}
             noise_arr = np.concatenate([next(blocks[int(ns[i])]) for i in order], axis=1)
     del h
-    _check_magnitude(path, data)
+    if data is not None:
+        _check_magnitude(path, data)
     n_beyond = 0
     if (
         not stats["acqend"]
@@ -491,7 +497,7 @@ def _read_blocks(path: Path, buf, ve: bool, start: int, end: int, size: int, hv:
             "%s: %s; kept the %d complete imaging readouts before that point",
             path,
             stats["stop_reason"],
-            len(data),
+            len(kept),
         )
     stats.pop("end_pos", None)
     stats["n_beyond_declared_end"] = n_beyond
@@ -500,6 +506,7 @@ def _read_blocks(path: Path, buf, ve: bool, start: int, end: int, size: int, hv:
         ve=ve,
         hv=hv,
         data=data,
+        gather=(buf, kept, ve, n_cha, n_col) if defer else None,
         eco=eco,
         lin=lin,
         noise=noise_arr,
@@ -526,7 +533,7 @@ def _check_magnitude(path: Path, data: np.ndarray) -> None:
 
 def _assign_echoes(r: dict, echo_from: str, n_echoes: int | None) -> tuple[np.ndarray, np.ndarray, list]:
     """Return data (echo, coil, proj, sample), projection index (echo, proj) and notes."""
-    path, data, eco, lin = r["path"], r["data"], r["eco"], r["lin"]
+    path, data, eco, lin = r["path"], r.get("data"), r["eco"], r["lin"]
     n_con = r["hv"]["n_contrasts"]
     notes: list[str] = []
     if echo_from == "eco":
@@ -576,6 +583,16 @@ def _assign_echoes(r: dict, echo_from: str, n_echoes: int | None) -> tuple[np.nd
                 n_dup,
                 "Lin" if echo_from == "eco" else "order",
             )
+    pidx = np.stack([proj[g] for g in groups])
+    if data is None:  # deferred (read_twix): gather the blocks in (echo, projection) order, one copy
+        buf, offs, ve, n_cha, n_col = r["gather"]
+        rows = _gather(buf, offs[np.concatenate(groups)], ve, n_cha, n_col)  # (echo x proj, coil, sample)
+        _check_magnitude(path, rows)
+        m = len(groups[0])
+        out = rows.reshape(len(groups), m, n_cha, n_col)
+        if n_cha == 1:
+            return out.reshape(len(groups), 1, m, n_col), pidx, notes  # already (echo, coil, proj, sample)
+        return np.ascontiguousarray(out.transpose(0, 2, 1, 3)), pidx, notes
     n_cha = data.shape[1]
     # one copy of the samples, straight into (echo, coil, proj, sample): no per-echo copies and stack
     out = np.empty((len(groups), n_cha, len(groups[0]), data.shape[2]), dtype=data.dtype)
@@ -584,7 +601,6 @@ def _assign_echoes(r: dict, echo_from: str, n_echoes: int | None) -> tuple[np.nd
             np.take(data[:, 0], g, axis=0, out=out[e, 0])
         else:
             out[e] = data[g].transpose(1, 0, 2)
-    pidx = np.stack([proj[g] for g in groups])
     return out, pidx, notes
 
 
@@ -697,7 +713,7 @@ def read_twix(
         raise InputError("no raw data file given")
     parts = []
     for p in paths:
-        r = _read_one(p)
+        r = _read_one(p, defer=True)
         data, pidx, notes = _assign_echoes(r, echo_from, n_echoes)
         parts.append((r, data, pidx, notes))
     if len(parts) == 1:

@@ -177,6 +177,31 @@ def test_foreign_trajectory_file_minimal(tmp_path):
     assert tr.k.shape == (10, 20, 3) and tr.fov_m == (0.2, 0.2, 0.2)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "big-endian", "chunked-gzip"])
+def test_file_datasets_read_as_h5py_reads_them(tmp_path, layout):
+    """k, t and dcf come back equal to h5py's own read whatever the storage (contiguous ones are
+    mapped copy-on-write from the file: writing to them leaves the file as it was)."""
+    import h5py
+
+    rng = np.random.default_rng(4)
+    k = rng.uniform(-50, 50, (12, 20, 3))
+    f = tmp_path / "t.h5"
+    kw = {"chunks": (4, 20, 3), "compression": "gzip"} if layout == "chunked-gzip" else {}
+    dt = ">f8" if layout == "big-endian" else "<f8"
+    with h5py.File(f, "w") as h:
+        h.create_dataset("k", data=k.astype(dt), **kw)
+        h.create_dataset("t", data=(np.arange(20) * 1e-5).astype(dt))
+        h.create_dataset("dcf", data=rng.random((12, 20)).astype(dt), **({"compression": "gzip"} if kw else {}))
+        h.attrs.update(fov_m=0.2, matrix=32, gamma_hz_per_t=GAMMA, dwell_s=1e-5)
+    before = f.read_bytes()
+    tr = read_trajectory(f)
+    with h5py.File(f) as h:
+        for name in ("k", "t", "dcf"):
+            np.testing.assert_array_equal(getattr(tr, name), h[name][()])
+    tr.dcf[0, 0] = -5.0
+    assert f.read_bytes() == before
+
+
 @pytest.mark.parametrize("case", ["missing", "not_hdf5", "no_k", "bad_shape", "units_cm"])
 def test_bad_trajectory_files(tmp_path, case):
     import h5py

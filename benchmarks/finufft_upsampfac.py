@@ -27,8 +27,10 @@ import numpy as np
 
 def setup_rounds(k, shape, fov, eps, rounds):
     """NUFFT set-up (points + plan + setpts) of recon.nufft.NUFFT against finufft's own plan + setpts
-    with float32 points already made, at the same upsampling, and against the former set-up path
-    (float64 finiteness and extent passes, a float64 k * fov copy, then float32 points per axis)."""
+    with float32 points already made, against finufft from the same float64 k in cycles/m (the
+    numpy conversion a finufft user writes, then plan + setpts), at the same upsampling, and against
+    the former set-up path (float64 finiteness and extent passes, a float64 k * fov copy, then
+    float32 points per axis)."""
     import finufft
 
     from recon.nufft import NUFFT
@@ -45,6 +47,10 @@ def setup_rounds(k, shape, fov, eps, rounds):
     def own():
         finufft.Plan(2, shape, 1, eps, -1, dtype="complex64", **kw).setpts(*pts)
 
+    def own_from_k():  # what a finufft user with k in cycles/m (float64) writes: convert per axis, then plan + setpts
+        p = [(2 * np.pi * fov / n[d] * k[:, d]).astype(np.float32) for d in range(3)]
+        finufft.Plan(2, shape, 1, eps, -1, dtype="complex64", **kw).setpts(*p)
+
     def before():
         kk = np.asarray(k)
         assert np.all(np.isfinite(kk))
@@ -53,7 +59,12 @@ def setup_rounds(k, shape, fov, eps, rounds):
         p = [np.ascontiguousarray((2 * np.pi * kg[:, d] / n[d]).astype(np.float32)) for d in range(3)]
         finufft.Plan(2, shape, 1, eps, -1, dtype="complex64", **kw).setpts(*p)
 
-    jobs = {"finufft plan+setpts": own, "NUFFT (now)": ours, "NUFFT (before)": before}
+    jobs = {
+        "finufft plan+setpts": own,
+        "finufft from float64 k (numpy conversion + plan + setpts)": own_from_k,
+        "NUFFT (now)": ours,
+        "NUFFT (before)": before,
+    }
     times = {j: [] for j in jobs}
     rng = np.random.default_rng(2)
     for _ in range(rounds):

@@ -73,7 +73,7 @@ def test_tubes_kept_and_eye_dropped(layout):
     assert len(warnings) == 1 and "ignored" in warnings[0]
     eye = [float(v) for v in warnings[0].split("ignored ")[1].split(" mm")[0].strip("[]").split(",")]
     assert np.linalg.norm(np.subtract(eye, EYE)) < 2.0, warnings[0]
-    assert "radius" in warnings[0] and "median" in warnings[0]
+    assert "radius" in warnings[0] and "mm vs the tubes" in warnings[0]
 
 
 def _overlap_of(inside) -> float:

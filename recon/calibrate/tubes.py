@@ -26,11 +26,12 @@ Automatic detection (:func:`detect_tubes`) works on the echo-1 magnitude image:
 4. score how tube-like each candidate is: its cylinder fit (intersection over union of the
    half-maximum object with its moment cylinder: about 0.9 for a tube, 0.77 for a sphere) x
    min(1, length / diameter) x its radius consistency (a Gaussian of SD ``RADIUS_LOG_SD`` in
-   ln(radius / the candidates' median radius)). The threshold sweep of step 1 ends once
-   ``len(concentrations)`` candidates score at least ``TUBE_LIKE_SCORE`` (an eye that separates
-   from the head at the first threshold does not end it); with more candidates than
-   concentrations the most tube-like are kept (ties: the larger ROI) and a warning names each
-   one dropped, its centre and radius in mm and the weakest factor of its score;
+   ln(radius / the median radius of the ``len(concentrations)`` best-shaped candidates)). The
+   threshold sweep of step 1 ends once ``len(concentrations)`` candidates score at least
+   ``TUBE_LIKE_SCORE`` (an eye that separates from the head at the first threshold does not end
+   it); with more candidates than concentrations the most tube-like are kept (ties: the larger
+   ROI) and a warning names each one dropped, its centre and radius in mm and the weakest factor
+   of its score;
 5. match the tubes to the concentrations by rank of their mean signal (in ``rank_image`` when
    given, e.g. the sensitivity-corrected signal).
 
@@ -75,7 +76,7 @@ NOISE_CAP = 0.3
 HEAD_MIN_ML = 250.0
 """A lone component larger than this (ml) is taken as the head, not a tube."""
 RADIUS_LOG_SD = 0.2
-"""Radius consistency of a candidate: a Gaussian in ln(radius / median radius of the candidates) of this SD."""
+"""Radius consistency of a candidate: a Gaussian in ln(radius / the tubes' median radius) of this SD."""
 TUBE_LIKE_SCORE = 0.75
 """A candidate scoring at least this (of 1) counts towards the tubes that end the threshold sweep."""
 
@@ -334,11 +335,11 @@ class _Candidate:
         factors = {
             "not a cylinder": self.fit,
             "shorter than wide": min(1.0, self.elongation),
-            "radius unlike the others'": _radius_consistency(t.radius_mm, self.radius_ref_mm),
+            "radius unlike the tubes'": _radius_consistency(t.radius_mm, self.radius_ref_mm),
         }
         return (
-            f"{np.round(t.centre_mm, 1).tolist()} mm (radius {t.radius_mm:.1f} mm vs {self.radius_ref_mm:.1f} mm "
-            f"median, length {t.length_mm or 0.0:.1f} mm, cylinder fit {self.fit:.2f}, {t.n_voxels} ROI voxels; "
+            f"{np.round(t.centre_mm, 1).tolist()} mm (radius {t.radius_mm:.1f} mm vs the tubes' {self.radius_ref_mm:.1f} mm, "
+            f"length {t.length_mm or 0.0:.1f} mm, cylinder fit {self.fit:.2f}, {t.n_voxels} ROI voxels; "
             f"score {self.score:.2f}, mainly: {min(factors, key=factors.get)})"
         )
 
@@ -348,19 +349,21 @@ def _radius_consistency(radius_mm: float, ref_mm: float) -> float:
     return math.exp(-0.5 * (math.log(radius_mm / ref_mm) / RADIUS_LOG_SD) ** 2)
 
 
-def _score_candidates(cands: Sequence[_Candidate]) -> None:
+def _score_candidates(cands: Sequence[_Candidate], n_tubes: int) -> None:
     """Tube-likeness in [0, 1] of each candidate, in place (module docstring, step 4).
 
-    score = cylinder fit (IoU) x min(1, length / diameter) x exp(-(ln(r / r_med) / RADIUS_LOG_SD)^2 / 2),
-    with r_med the median fitted radius of all candidates: tubes are cylinders, usually longer than
-    wide, and of one size; an eye or another blob beside the head is round and of its own size.
+    score = cylinder fit (IoU) x min(1, length / diameter) x exp(-(ln(r / r_ref) / RADIUS_LOG_SD)^2 / 2):
+    tubes are cylinders, usually longer than wide, and of one size; an eye or another blob beside the
+    head is round and of its own size. r_ref is the median fitted radius of the ``n_tubes`` candidates
+    of best shape (fit x elongation), so that small irregular blobs do not set the tubes' size.
     """
     if not cands:
         return
-    r_med = float(np.median([c.tube.radius_mm for c in cands]))
+    shape = sorted(cands, key=lambda c: -c.fit * min(1.0, c.elongation))
+    r_ref = float(np.median([c.tube.radius_mm for c in shape[: max(n_tubes, 1)]]))
     for c in cands:
-        c.radius_ref_mm = r_med
-        c.score = c.fit * min(1.0, c.elongation) * _radius_consistency(c.tube.radius_mm, r_med)
+        c.radius_ref_mm = r_ref
+        c.score = c.fit * min(1.0, c.elongation) * _radius_consistency(c.tube.radius_mm, r_ref)
 
 
 def detect_tubes(
@@ -461,7 +464,12 @@ def detect_tubes(
                 merged.append(_Candidate(t, fit))
         if best is None or len(merged) > len(best[1]):
             best = (thr if best is None else best[0], merged, rej if best is None else best[2] + rej)
-        _score_candidates(merged)
+        _score_candidates(merged, len(conc))
+        log.debug(
+            "threshold %.4g: candidates (centre mm, score) %s",
+            thr,
+            "; ".join(f"{np.round(c.tube.centre_mm, 1).tolist()} {c.score:.2f}" for c in merged),
+        )
         # enough tube-like candidates end the sweep; an eye or other blob that separated early does not count
         if sum(c.score >= TUBE_LIKE_SCORE for c in merged) >= len(conc):
             break
@@ -484,7 +492,7 @@ def detect_tubes(
             f"found {len(candidates)} tubes but {len(conc)} concentrations were given ({', '.join(f'{c:g}' for c in conc)} mM){why}"
         )
     if len(candidates) > len(conc):  # keep the most tube-like, then the largest
-        _score_candidates(candidates)
+        _score_candidates(candidates, len(conc))
         candidates.sort(key=lambda c: (-c.score, -c.tube.n_voxels))
         kept, extra = candidates[: len(conc)], candidates[len(conc) :]
         w = (

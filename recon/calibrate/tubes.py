@@ -23,8 +23,17 @@ Automatic detection (:func:`detect_tubes`) works on the echo-1 magnitude image:
    narrow for the full erosion gets half a voxel less (``erosion_mm`` records it); components
    whose ROI keeps fewer than ``min_core_voxels`` voxels are rejected (the reason is logged and
    named in the error if too few tubes remain);
-4. keep the ``len(concentrations)`` largest cores and match them to the concentrations by rank of
-   their mean signal (in ``rank_image`` when given, e.g. the sensitivity-corrected signal).
+4. score how tube-like each candidate is: its cylinder fit (intersection over union of the
+   half-maximum object with its moment cylinder: about 0.9 for a tube, 0.77 for a sphere) x
+   min(1, length / diameter) x its radius consistency (a Gaussian of SD ``RADIUS_LOG_SD`` in
+   ln(radius / the median radius of the ``len(concentrations)`` best-shaped candidates)). The
+   threshold sweep of step 1 ends once ``len(concentrations)`` candidates score at least
+   ``TUBE_LIKE_SCORE`` (an eye that separates from the head at the first threshold does not end
+   it); with more candidates than concentrations the most tube-like are kept (ties: the larger
+   ROI) and a warning names each one dropped, its centre and radius in mm and the weakest factor
+   of its score;
+5. match the tubes to the concentrations by rank of their mean signal (in ``rank_image`` when
+   given, e.g. the sensitivity-corrected signal).
 
 A tubes file is CSV (``#`` comments allowed) with the columns ``x_mm, y_mm, z_mm, radius_mm,
 concentration_mM`` and optionally ``length_mm`` and the axis ``ax, ay, az`` (RAS, default S-I):
@@ -66,6 +75,10 @@ NOISE_CAP = 0.3
 """... unless that exceeds this fraction of the maximum (objects, not noise, fill most of the image)."""
 HEAD_MIN_ML = 250.0
 """A lone component larger than this (ml) is taken as the head, not a tube."""
+RADIUS_LOG_SD = 0.2
+"""Radius consistency of a candidate: a Gaussian in ln(radius / the tubes' median radius) of this SD."""
+TUBE_LIKE_SCORE = 0.75
+"""A candidate scoring at least this (of 1) counts towards the tubes that end the threshold sweep."""
 
 
 @dataclasses.dataclass
@@ -255,6 +268,7 @@ def _tube_candidates(labels, n, excluded, det, mag, aff, vox, erode_mm, min_core
             rejected.append((len(idx), f"object at voxel {np.round(idx.mean(0), 1).tolist()} ({len(idx)} voxels)"))
             continue
         centre, axis, radius, length = _cylinder_fit(idx, aff, vox)
+        fit = _cylinder_overlap(obj, sl, mag.shape, aff, centre, axis, radius, length / 2)
         mask, used = None, erode_mm
         for er in (erode_mm, erode_mm - 0.5 * float(vox.min())):  # small tubes: half a voxel less
             if radius - er > 0 and length / 2 - er > 0:
@@ -272,20 +286,84 @@ def _tube_candidates(labels, n, excluded, det, mag, aff, vox, erode_mm, min_core
                 )
             )
             continue
-        candidates.append(
-            Tube(
-                float("nan"),
-                tuple(centre),
-                tuple(centre_vox),
-                radius_mm=radius,
-                erosion_mm=used,
-                source="auto",
-                mask=mask,
-                length_mm=length,
-                axis_ras=tuple(float(v) for v in axis),
-            ).measure(mag)
-        )
+        tube = Tube(
+            float("nan"),
+            tuple(centre),
+            tuple(centre_vox),
+            radius_mm=radius,
+            erosion_mm=used,
+            source="auto",
+            mask=mask,
+            length_mm=length,
+            axis_ras=tuple(float(v) for v in axis),
+        ).measure(mag)
+        candidates.append((tube, fit))
     return candidates, rejected
+
+
+def _cylinder_overlap(obj, sl, shape, aff, centre, axis, radius, half_length) -> float:
+    """Intersection over union of the object ``obj`` (boolean, on the box ``sl``) and its fitted cylinder.
+
+    About 0.9 for a blurred cylinder on the lattice, 0.77 for a sphere (whose moment cylinder has
+    0.89 x its radius and 1.55 x its radius as length), less for irregular shapes.
+    """
+    box = _cylinder_box(shape, aff, centre, radius, half_length)
+    cyl = _cylinder_mask(shape, aff, box, centre, axis, radius, half_length)
+    full = np.zeros(shape, dtype=bool)
+    full[sl] = obj
+    union = int((cyl | full).sum())
+    return float((cyl & full).sum()) / union if union else 0.0
+
+
+@dataclasses.dataclass
+class _Candidate:
+    """A tube candidate during detection: the tube, its cylinder fit (IoU) and its tube-likeness."""
+
+    tube: Tube
+    fit: float
+    score: float = 0.0
+    radius_ref_mm: float = float("nan")
+
+    @property
+    def elongation(self) -> float:
+        """Fitted length / diameter."""
+        return float(self.tube.length_mm or 0.0) / (2.0 * self.tube.radius_mm)
+
+    def describe(self) -> str:
+        """Centre (mm), the score's factors and the weakest of them, for the warning."""
+        t = self.tube
+        factors = {
+            "not a cylinder": self.fit,
+            "shorter than wide": min(1.0, self.elongation),
+            "radius unlike the tubes'": _radius_consistency(t.radius_mm, self.radius_ref_mm),
+        }
+        return (
+            f"{np.round(t.centre_mm, 1).tolist()} mm (radius {t.radius_mm:.1f} mm vs the tubes' {self.radius_ref_mm:.1f} mm, "
+            f"length {t.length_mm or 0.0:.1f} mm, cylinder fit {self.fit:.2f}, {t.n_voxels} ROI voxels; "
+            f"score {self.score:.2f}, mainly: {min(factors, key=factors.get)})"
+        )
+
+
+def _radius_consistency(radius_mm: float, ref_mm: float) -> float:
+    """exp(-(ln(r / r_ref) / RADIUS_LOG_SD)^2 / 2): 1 at the reference radius, 0.61 at +-22 %."""
+    return math.exp(-0.5 * (math.log(radius_mm / ref_mm) / RADIUS_LOG_SD) ** 2)
+
+
+def _score_candidates(cands: Sequence[_Candidate], n_tubes: int) -> None:
+    """Tube-likeness in [0, 1] of each candidate, in place (module docstring, step 4).
+
+    score = cylinder fit (IoU) x min(1, length / diameter) x exp(-(ln(r / r_ref) / RADIUS_LOG_SD)^2 / 2):
+    tubes are cylinders, usually longer than wide, and of one size; an eye or another blob beside the
+    head is round and of its own size. r_ref is the median fitted radius of the ``n_tubes`` candidates
+    of best shape (fit x elongation), so that small irregular blobs do not set the tubes' size.
+    """
+    if not cands:
+        return
+    shape = sorted(cands, key=lambda c: -c.fit * min(1.0, c.elongation))
+    r_ref = float(np.median([c.tube.radius_mm for c in shape[: max(n_tubes, 1)]]))
+    for c in cands:
+        c.radius_ref_mm = r_ref
+        c.score = c.fit * min(1.0, c.elongation) * _radius_consistency(c.tube.radius_mm, r_ref)
 
 
 def detect_tubes(
@@ -378,14 +456,22 @@ def detect_tubes(
         # union over thresholds: a tube that separated at a lower threshold is kept (low-concentration tubes
         # vanish at the thresholds that separate bright tubes bridged to the head, and vice versa)
         merged = list(best[1]) if best is not None else []
-        for c in cands:
+        for t, fit in cands:
             if not any(
-                float(np.linalg.norm(np.subtract(c.centre_mm, f.centre_mm))) < max(f.radius_mm, c.radius_mm) for f in merged
+                float(np.linalg.norm(np.subtract(t.centre_mm, f.tube.centre_mm))) < max(f.tube.radius_mm, t.radius_mm)
+                for f in merged
             ):
-                merged.append(c)
+                merged.append(_Candidate(t, fit))
         if best is None or len(merged) > len(best[1]):
             best = (thr if best is None else best[0], merged, rej if best is None else best[2] + rej)
-        if len(merged) >= len(conc):
+        _score_candidates(merged, len(conc))
+        log.debug(
+            "threshold %.4g: candidates (centre mm, score) %s",
+            thr,
+            "; ".join(f"{np.round(c.tube.centre_mm, 1).tolist()} {c.score:.2f}" for c in merged),
+        )
+        # enough tube-like candidates end the sweep; an eye or other blob that separated early does not count
+        if sum(c.score >= TUBE_LIKE_SCORE for c in merged) >= len(conc):
             break
     if best is None:
         raise CalibrationError(f"no tubes found: nothing above the detection threshold {levels[0]:.4g}")
@@ -405,18 +491,20 @@ def detect_tubes(
         raise CalibrationError(
             f"found {len(candidates)} tubes but {len(conc)} concentrations were given ({', '.join(f'{c:g}' for c in conc)} mM){why}"
         )
-    if len(candidates) > len(conc):  # keep the earliest found (lowest threshold), then the largest
-        order = {id(t): i for i, t in enumerate(candidates)}
-        candidates.sort(key=lambda t: (order[id(t)] >= len(conc), -t.n_voxels))
-        extra = candidates[len(conc) :]
-        candidates = candidates[: len(conc)]
+    if len(candidates) > len(conc):  # keep the most tube-like, then the largest
+        _score_candidates(candidates, len(conc))
+        candidates.sort(key=lambda c: (-c.score, -c.tube.n_voxels))
+        kept, extra = candidates[: len(conc)], candidates[len(conc) :]
         w = (
-            f"{len(extra)} further tube-like object(s) ignored (kept the {len(conc)} largest): centres "
-            + ", ".join(str(np.round(t.centre_mm, 1).tolist()) for t in extra)
-            + " mm"
+            f"{len(candidates)} candidate objects for {len(conc)} concentrations: kept the {len(conc)} most "
+            f"tube-like (scores {min(c.score for c in kept):.2f}..{max(c.score for c in kept):.2f}; "
+            "score = cylinder fit x min(1, length / diameter) x radius consistency); ignored "
+            + "; ".join(c.describe() for c in extra)
         )
         log.warning(w)
         warnings.append(w)
+        candidates = kept
+    candidates = [c.tube for c in candidates]
     if rank_image is not None:
         ri = np.asarray(rank_image)
         if ri.shape != mag.shape:

@@ -81,9 +81,16 @@ def test_phantom_tubes_tsc_and_tissue(recon_phantom, tmp_path):
 
 @pytest.mark.slow
 def test_phantom_tubes_file_matches_auto(recon_phantom, tmp_path):
-    from recon.calibrate import calibrate
+    """Through the tube model (the default), the tubes file's geometry and the detected tubes give the
+    same line, at the physical slope. (Eroded ROI means of the two geometries differ by 3.5 % on these
+    2.5-voxel tubes, 0.904 against 0.873: the ringing profile makes erosion depend on the ROI.)"""
+    import math
 
-    _, _, res, img, aff = recon_phantom
+    from recon.calibrate import SystemModel, calibrate
+    from recon.calibrate.relax import t1_saturation
+
+    traj, dcf, res, img, aff = recon_phantom
+    acq = res.acquisition
     p = tmp_path / "tubes.csv"
     p.write_text(
         "x_mm,y_mm,z_mm,radius_mm,concentration_mM,length_mm\n"
@@ -93,7 +100,14 @@ def test_phantom_tubes_file_matches_auto(recon_phantom, tmp_path):
             for t in res.truth.info["tubes"]
         )
     )
-    auto = calibrate(img[0], aff).result.fit
-    filed = calibrate(img[0], aff, tubes_file=p).result.fit
-    assert filed.slope == pytest.approx(auto.slope, rel=0.03)
-    assert filed.r2 > 0.999
+    sm = SystemModel.from_trajectory(
+        traj, dcf, acq.te_s, acq.tr_s, acq.flip_deg, object_edge_m=res.truth.info["phantom"]["edge_mm"] * 1e-3
+    )
+    auto = calibrate(img[0], aff, system=sm).result.fit
+    filed = calibrate(img[0], aff, tubes_file=p, system=sm).result.fit
+    assert filed.slope == pytest.approx(auto.slope, rel=0.01)
+    assert filed.r2 > 0.999 and auto.r2 > 0.999
+    tube = res.truth.info["tubes"][0]
+    # the simulated signal per mM of a tube: T1 saturation and T2* decay at TE
+    expected = t1_saturation(tr_s=acq.tr_s, flip_deg=acq.flip_deg, t1_s=tube["t1_s"]) * math.exp(-acq.te_s[0] / tube["t2star_s"])
+    assert auto.slope == pytest.approx(expected, rel=0.02)

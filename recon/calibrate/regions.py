@@ -27,7 +27,9 @@ specific blur. Here every labelled region is modelled instead:
   :data:`recon.physics.TISSUE`; fluid: mono-exponential :data:`recon.physics.CSF`; tube:
   :data:`recon.physics.SALINE_TUBE` or the system model's tube T2*), and the gridding is the
   reconstruction's own (same density weights, same NUFFT, :class:`~recon.calibrate.model.SystemModel`).
-  Cost: one type-2 NUFFT per region and one type-1 per region, echo and pass (batched).
+  Cost: one type-2 NUFFT per region and one type-1 per region and T2* component
+  (:func:`basis_templates`: every echo's and refinement pass's template is a real combination of
+  those; regions are streamed in chunks, so memory does not grow with regions x samples).
 * **Fit.** Over the object support (the regions' union dilated by :data:`SUPPORT_DILATE_VOX`) the
   calibrated-signal image is modelled as ``S = sum_j c_j T_j + b0``; ``c_j`` (least squares) is the
   signal a large uniform region of that compartment would give, the same kind of number as a tube's
@@ -282,31 +284,47 @@ def downsample(occ: np.ndarray, supersample: int = SUPERSAMPLE) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- templates
-def region_spectra(occ: np.ndarray, sm: SystemModel, supersample: int = SUPERSAMPLE, n_sub: int = 1) -> np.ndarray:
-    """Fourier transforms (n, n_proj, n_samp) at the trajectory's k of the occupancies as piecewise-constant objects."""
-    from recon.plans import plans_or_default
-
+def _spectrum_weights(sm: SystemModel, supersample: int, n_sub: int) -> np.ndarray:
+    """Per-sample factor (complex64, kshape) that turns the 2x-grid type-2 NUFFT of an occupancy into the
+    region's Fourier transform: the cell volume, the constant shift between occupancy cells and the 2x
+    NUFFT grid, the ``n_sub``-point box response and the object-edge blur. Computed in blocks of samples
+    (no (M, 3) float64 copy of k at 128^3)."""
     S = int(supersample)
-    fine = tuple(S * m for m in sm.matrix)
     vox = sm.voxel_m
     cell = vox / S
-    op2 = plans_or_default(sm.plans).nufft(sm.k, fine, sm.fov_m, eps=sm.eps)
-    y = np.asarray(op2.forward(occ.astype(op2.dtype)))  # sum_c O(c) exp(-i 2 pi k . r_c), r_c on the 2x NUFFT grid
-    kf = sm.k.reshape(-1, 3).astype(np.float64)
     # the 2x NUFFT grid puts cell c at (c - S N/2) * cell; the occupancy cell c is centred at
     # (c + 0.5) / S - 0.5 - N//2 recon voxels: a constant shift per axis
     N = np.asarray(sm.matrix, dtype=np.float64)
     shift = ((0.5 / S - 0.5 - np.floor(N / 2)) * vox) - (-(S * N // 2) * cell)
-    w = np.exp(-2j * np.pi * (kf @ shift)) * float(np.prod(cell))
-    if n_sub > 1:  # occupancies are n_sub^3-point averages: undo that discrete box filter's response
-        for d in range(3):
-            x = np.pi * kf[:, d] * cell[d]
-            safe = np.where(np.abs(x) > 1e-9, x, 1.0)
-            h = np.where(np.abs(x) > 1e-9, np.sin(safe) / (n_sub * np.sin(safe / n_sub)), 1.0)
-            w = w / h
-    if sm.object_edge_m > 0:
-        w = w * np.exp(-2 * np.pi**2 * sm.object_edge_m**2 * (kf**2).sum(1))
-    return (y.reshape(len(occ), -1) * w[None].astype(np.complex64)).reshape((len(occ),) + sm.k.shape[:-1])
+    k = sm.k.reshape(-1, 3)
+    out = np.empty(len(k), dtype=np.complex64)
+    step = 1 << 20
+    for i in range(0, len(k), step):
+        kf = np.asarray(k[i : i + step], dtype=np.float64)
+        w = np.exp(-2j * np.pi * (kf @ shift)) * float(np.prod(cell))
+        if n_sub > 1:  # occupancies are n_sub^3-point averages: undo that discrete box filter's response
+            for d in range(3):
+                x = np.pi * kf[:, d] * cell[d]
+                safe = np.where(np.abs(x) > 1e-9, x, 1.0)
+                h = np.where(np.abs(x) > 1e-9, np.sin(safe) / (n_sub * np.sin(safe / n_sub)), 1.0)
+                w = w / h
+        if sm.object_edge_m > 0:
+            w = w * np.exp(-2 * np.pi**2 * sm.object_edge_m**2 * np.einsum("ij,ij->i", kf, kf))
+        out[i : i + step] = w
+    return out.reshape(sm.k.shape[:-1])
+
+
+def region_spectra(occ: np.ndarray, sm: SystemModel, supersample: int = SUPERSAMPLE, n_sub: int = 1) -> np.ndarray:
+    """Fourier transforms (n, n_proj, n_samp) complex64 at the trajectory's k of the occupancies as
+    piecewise-constant objects."""
+    from recon.plans import plans_or_default
+
+    fine = tuple(int(supersample) * m for m in sm.matrix)
+    op2 = plans_or_default(sm.plans).nufft(sm.k, fine, sm.fov_m, eps=sm.eps)
+    y = np.asarray(op2.forward(occ.astype(op2.dtype)))  # sum_c O(c) exp(-i 2 pi k . r_c), r_c on the 2x NUFFT grid
+    y = y.reshape((len(occ),) + sm.k.shape[:-1])
+    y *= _spectrum_weights(sm, supersample, n_sub)[None]
+    return y
 
 
 def readout_decay(model: RelaxationModel, te_s: float, sm: SystemModel) -> np.ndarray:
@@ -320,8 +338,61 @@ def templates(spectra: np.ndarray, decays: Sequence[np.ndarray], sm: SystemModel
     from recon.nufft.operator import gridding
 
     op = sm.nufft()
-    batch = np.stack([s * d for s, d in zip(spectra, decays)]).astype(op.dtype)
+    batch = np.stack([s * np.asarray(d, dtype=np.float32) for s, d in zip(spectra, decays)]).astype(op.dtype)
     return np.real(np.asarray(gridding(op, batch, sm.dcf))).astype(np.float64)
+
+
+def decay_basis(model: RelaxationModel, readout: bool = True) -> tuple[float, ...]:
+    """The T2* values (s) whose ``exp(-t / T2*)`` over the readout span ``model``'s readout decay after any
+    TE and any change of its fractions (the echo-ratio refinement keeps the T2* values); () when the
+    readout decay is not modelled (one template with d = 1)."""
+    return tuple(model.t2star_s) if readout else ()
+
+
+def basis_coefficients(model: RelaxationModel, te_s: float, readout: bool = True) -> np.ndarray:
+    """Coefficients c_i with ``D(TE + t) / D(TE) = sum_i c_i exp(-t / T2*_i)`` (:func:`readout_decay`)."""
+    if not readout:
+        return np.ones(1)
+    fr, t2 = np.asarray(model.fractions), np.asarray(model.t2star_s)
+    return fr * np.exp(-te_s / t2) / float(model.decay(te_s))
+
+
+MAX_SPECTRA_BYTES = 256 << 20
+"""Region spectra held at once while the basis templates are made (a chunk of regions; at least one)."""
+
+
+def basis_templates(
+    occ: np.ndarray, sm: SystemModel, bases: Sequence[tuple[float, ...]], supersample: int = SUPERSAMPLE, n_sub: int = 1
+) -> list[np.ndarray]:
+    """Per region j, real images (n_basis_j or 1, *matrix): ``Re gridding(exp(-t / T2*_i) F_j)`` for each
+    T2* of ``bases[j]`` (just ``Re gridding(F_j)`` for an empty basis).
+
+    Every template of a region, for any echo and any refined fraction, is a real combination of these
+    (:func:`basis_coefficients`), so the regions' spectra are made once, a chunk of regions at a time
+    (:data:`MAX_SPECTRA_BYTES`), and never all held: memory O(chunk x samples) instead of O(regions x
+    samples x echoes), and one gridding per region and T2* instead of one per region, echo and pass.
+    """
+    from recon.nufft.operator import gridding
+
+    op = sm.nufft()
+    per = int(np.prod(sm.k.shape[:-1])) * 8
+    chunk = max(1, int(MAX_SPECTRA_BYTES // max(per, 1)))
+    t = np.broadcast_to(np.asarray(sm.t_s, dtype=np.float64), sm.k.shape[:-1])
+    factors = {t2: np.exp(-t / t2).astype(np.float32) for b in bases for t2 in b}
+    out: list[np.ndarray] = []
+    for j0 in range(0, len(occ), chunk):
+        spec = region_spectra(occ[j0 : j0 + chunk], sm, supersample, n_sub)
+        for j, F in enumerate(spec, start=j0):
+            batch = np.stack([F * factors[t2] for t2 in bases[j]]) if bases[j] else F[None]
+            out.append(np.real(np.asarray(gridding(op, batch.astype(op.dtype, copy=False), sm.dcf))).astype(np.float64))
+            del batch
+        del spec
+    return out
+
+
+def _combine(basis: Sequence[np.ndarray], models: Sequence[RelaxationModel], te_s: float, readout: bool) -> np.ndarray:
+    """Templates (n, *matrix) at echo time ``te_s`` from :func:`basis_templates` and each region's model."""
+    return np.stack([np.tensordot(basis_coefficients(m, te_s, readout), b, axes=1) for b, m in zip(basis, models)])
 
 
 REFINE_PASSES = 2
@@ -497,11 +568,11 @@ def regional_tsc(
     occ_vox = downsample(occ, supersample)
     t1 = time.perf_counter()
     n_sub = points_per_cell(label_affine, affine, supersample)
-    spectra = region_spectra(occ, sm, supersample, n_sub)
-    del occ
-    timings["type-2 NUFFT (2x grid)"] = time.perf_counter() - t1
     models = dict(models or {})
     mods = [models.get(s.name) or class_model(s.cls, sm.tube_t2star_s) for s in use]
+    basis = basis_templates(occ, sm, [decay_basis(m, readout) for m in mods], supersample, n_sub)
+    del occ
+    timings["basis templates (type-2 NUFFT on the 2x grid, gridding per T2*)"] = time.perf_counter() - t1
     support = ndimage.binary_dilation(occ_vox.sum(0) > 0, iterations=SUPPORT_DILATE_VOX)
     if refine and len(signals) < 2:
         raise CalibrationError("regional TSC: refine = 'echo-ratio' needs the echo-2 image (an echo pair)")
@@ -518,8 +589,7 @@ def regional_tsc(
         amps = []
         for e, sig in enumerate(signals):
             t2 = time.perf_counter()
-            te = float(sm.te_s[e])
-            T = templates(spectra, [readout_decay(m, te, sm) if readout else 1.0 for m in mods], sm)
+            T = _combine(basis, mods, float(sm.te_s[e]), readout)
             timings[f"templates echo {e + 1} pass {it + 1}"] = time.perf_counter() - t2
             amps.append(_fit(sig, T, support))
             if e == 0:

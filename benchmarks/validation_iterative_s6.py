@@ -1,0 +1,168 @@
+"""Session 6: `--b0 iterative` against gridding on the re-simulated seed-1 validation family.
+
+Reads the records that ``narecon validate --seed 1 --indices ... --iterative all --out DIR`` wrote
+(DIR/cases.json, or DIR.partial/case_*.json of an unfinished chunk), in case order, and writes
+
+* ``benchmarks/validation_iterative.csv``: every row of every case and mode (recon.validate.report.write_csv);
+* ``benchmarks/validation_iterative_s6.md``: the per-case tables (default vs iterative per compartment, the
+  scored ``regional-fine-echo`` measure and the eroded voxel means), pass counts, and every compartment where
+  the iterative value is farther from the truth than gridding (|iterative bias| > |default bias|).
+
+Usage: ``python benchmarks/validation_iterative_s6.py DIR [DIR ...]``. Values are relative biases (%), tube
+deviations from the line in mM.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from recon.validate.report import write_csv
+from recon.validate.run import summarise
+
+HERE = Path(__file__).resolve().parent
+COMPARTMENTS = (
+    ("csf_sulcal", "sulcal CSF"),
+    ("csf_ventricles", "ventricles"),
+    ("vitreous", "vitreous"),
+    ("oedema", "oedema"),
+    ("tumour_rim", "tumour rim"),
+    ("necrotic_core", "necrotic core"),
+    ("grey_matter", "GM"),
+    ("white_matter", "WM"),
+)
+MEASURES = ("regional-fine-echo", "eroded")
+
+
+def load(dirs: list[str]) -> list[dict[str, Any]]:
+    """Every case record found in the given output folders (or their .partial folders), sorted by index."""
+    recs: dict[int, dict[str, Any]] = {}
+    for d in map(Path, dirs):
+        if (d / "cases.json").exists():
+            for r in json.loads((d / "cases.json").read_text()):
+                recs[int(r["case"]["index"])] = r
+        part = d.parent / (d.name + ".partial")
+        for f in sorted(part.glob("case_*.json")) if part.exists() else ():
+            r = json.loads(f.read_text())
+            recs.setdefault(int(r["case"]["index"]), r)
+    return [recs[i] for i in sorted(recs)]
+
+
+def value(rec: dict[str, Any], mode: str, quantity: str, measure: str) -> float | None:
+    """A row's value (None when the row is absent or not scored)."""
+    for r in rec["modes"].get(mode, {}).get("rows", []):
+        if r["quantity"] == quantity and r.get("measure") == measure and r.get("passed") is not None:
+            return float(r["value"])
+    return None
+
+
+def worst_tube(rec: dict[str, Any], mode: str) -> float | None:
+    vals = [r["value"] for r in rec["modes"].get(mode, {}).get("rows", []) if r["class"] == "tube_mM"]
+    return max(vals, key=abs) if vals else None
+
+
+def pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:+.1f}"
+
+
+def pair(a: float | None, b: float | None) -> str:
+    if a is None and b is None:
+        return "-"
+    mark = " **↑**" if a is not None and b is not None and abs(b) > abs(a) else ""
+    return f"{pct(a)} / {pct(b)}{mark}"
+
+
+def main(dirs: list[str]) -> str:
+    recs = load(dirs)
+    recs = [r for r in recs if "iterative" in r["modes"]]
+    write_csv(recs, HERE / "validation_iterative.csv")
+    out: list[str] = []
+    worse: list[tuple[str, str, int, float, float]] = []  # (compartment, measure, case, default, iterative)
+    scored: dict[tuple[str, str], int] = {}
+    for measure in MEASURES:
+        out += [
+            f"#### {measure}: default / iterative bias (%), per compartment (↑: iterative farther from the truth)",
+            "",
+            "| case | traj | matrix | min r (vox) | " + " | ".join(n for _, n in COMPARTMENTS) + " |",
+            "|---|---|---|---|" + "---|" * len(COMPARTMENTS),
+        ]
+        for rec in recs:
+            c = rec["case"]
+            cells = []
+            for q, name in COMPARTMENTS:
+                a, b = value(rec, "default", q, measure), value(rec, "iterative", q, measure)
+                cells.append(pair(a, b))
+                if a is not None and b is not None:
+                    scored[name, measure] = scored.get((name, measure), 0) + 1
+                    if abs(b) > abs(a):
+                        worse.append((name, measure, c["index"], a, b))
+            rmin = min(t["radius_vox"] for t in c["tubes"])
+            out.append(f"| {c['index']} | {c['trajectory']} | {c['matrix']} | {rmin:.2f} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += [
+        "#### Tubes, 2 mm sphere, pass, time",
+        "",
+        "| case | worst tube (mM) default / iterative | 2 mm sphere (%) default / iterative | pass regional-fine-echo "
+        "default / iterative | pass eroded default / iterative | s default / iterative (sim) |",
+        "|---|---|---|---|---|---|",
+    ]
+    npass = {(m, k): 0 for m in ("default", "iterative") for k in ("_regional_fine_echo", "")}
+    for rec in recs:
+        c = rec["case"]
+        ta, tb = worst_tube(rec, "default"), worst_tube(rec, "iterative")
+        sa = value(rec, "default", "2 mm sphere at lesion centre", "voxels")
+        sb = value(rec, "iterative", "2 mm sphere at lesion centre", "voxels")
+        for name, a, b in (("tubes (mM)", ta, tb), ("2 mm sphere", sa, sb)):
+            if a is not None and b is not None:
+                scored[name, "-"] = scored.get((name, "-"), 0) + 1
+                if abs(b) > abs(a):
+                    worse.append((name, "-", c["index"], a, b))
+        s = {m: summarise(rec, m) for m in ("default", "iterative")}
+
+        def yn(m: str, k: str, s=s) -> str:
+            p = s[m].get("passed" + k)
+            if s[m]["error"]:
+                return "error"
+            if p:
+                npass[m, k] += 1
+            return "yes" if p else f"no ({s[m]['n_failed' + k]})"
+
+        t = rec["modes"]
+        out.append(
+            f"| {c['index']} | {ta:+.2f} / {tb:+.2f}{' **↑**' if abs(tb) > abs(ta) else ''} | {pair(sa, sb)} | "
+            f"{yn('default', '_regional_fine_echo')} / {yn('iterative', '_regional_fine_echo')} | "
+            f"{yn('default', '')} / {yn('iterative', '')} | "
+            f"{t['default']['seconds']:.0f} / {t['iterative']['seconds']:.0f} ({rec['simulation_s']:.0f}) |"
+        )
+    n = len(recs)
+    out += [
+        "",
+        f"- cases: {n} ({', '.join(str(r['case']['index']) for r in recs)})",
+        f"- regional-fine-echo: default passes every bound in {npass['default', '_regional_fine_echo']} of {n}, "
+        f"iterative in {npass['iterative', '_regional_fine_echo']} of {n}",
+        f"- eroded: default passes every bound in {npass['default', '']} of {n}, iterative in {npass['iterative', '']} of {n}",
+        "",
+        "#### Where iterative is farther from the truth than gridding (|iterative| > |default|)",
+        "",
+        "| compartment | measure | worse / scored | cases (default → iterative, Δ|bias| in points) |",
+        "|---|---|---|---|",
+    ]
+    keys = [(name, m) for m in MEASURES for _, name in COMPARTMENTS] + [("tubes (mM)", "-"), ("2 mm sphere", "-")]
+    for name, m in keys:
+        if (name, m) not in scored:
+            continue
+        ws = [w for w in worse if w[0] == name and w[1] == m]
+        if name == "tubes (mM)":
+            txt = "; ".join(f"{i}: {a:+.2f} → {b:+.2f} ({abs(b) - abs(a):+.2f} mM)" for _, _, i, a, b in ws)
+        else:
+            txt = "; ".join(f"{i}: {pct(a)} → {pct(b)} ({100 * (abs(b) - abs(a)):+.1f})" for _, _, i, a, b in ws)
+        out.append(f"| {name} | {m} | {len(ws)} / {scored[name, m]} | {txt or '-'} |")
+    text = "\n".join(out) + "\n"
+    (HERE / "validation_iterative_s6.md").write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    print(main(sys.argv[1:]))

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,8 @@ class ReconResult:
     tsc_mM : TSC map in mM (None with ``calibration = none``). ratio : TSC / mean TSC in the
     ratio region, or None. calibration : :class:`recon.calibrate.Calibration` or None.
     affine : voxel -> scanner RAS+ mm. provenance : inputs, options, versions, timings.
+    input_sha256 : SHA-256 of each raw file (``acquisition.sources``), computed on a helper thread
+    from the moment the files are read (:func:`hash_inputs`), for the writer's provenance.
     """
 
     echoes: np.ndarray
@@ -93,6 +96,7 @@ class ReconResult:
     regions: Any = None  # recon.calibrate.regions.RegionalResult with options.regions
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
     timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    input_sha256: tuple[str, ...] | None = None  # one per acquisition.sources, hashed while the reconstruction ran
 
     @property
     def matrix(self) -> tuple[int, int, int]:
@@ -830,6 +834,40 @@ def provenance(
 
 
 # ---------------------------------------------------------------- composition
+def hash_inputs(paths: Sequence[str | os.PathLike]) -> Callable[[], tuple[str, ...] | None]:
+    """Start the SHA-256 of each file on a daemon thread; returns ``wait()`` -> tuple of hex digests.
+
+    The provenance hash of the raw data (0.2 s at 64^3, ~1.5 s for the 622 MB of the 128^3 protocol)
+    then overlaps the reconstruction (hashlib releases the GIL) instead of delaying the writer, and it
+    is the hash of the files as they were read. ``wait()`` gives None when a source is not a regular
+    file or cannot be read (an in-memory acquisition's names): the writer then hashes, and reports,
+    as before.
+    """
+    import threading
+
+    from recon.util import sha256_file
+
+    out: dict[str, Any] = {}
+    paths = list(paths)
+
+    def work() -> None:
+        try:
+            out["digests"] = tuple(sha256_file(p) for p in paths)
+        except OSError:
+            out["digests"] = None
+
+    if not paths or not all(os.path.isfile(p) for p in paths):
+        return lambda: None
+    th = threading.Thread(target=work, name="narecon-hash-inputs", daemon=True)
+    th.start()
+
+    def wait() -> tuple[str, ...] | None:
+        th.join()
+        return out.get("digests")
+
+    return wait
+
+
 def reconstruct(
     source: Any,
     options: RunOptions | dict[str, Any] | None = None,
@@ -851,6 +889,7 @@ def reconstruct(
     plans = plans_or_default(plans)
     timer = StageTimer()
     acq = load_acquisition(source, opts, timer)
+    digests = hash_inputs(acq.sources)
     if trajectory is not None:
         traj, traj_source = trajectory, "given"
         check_trajectory(acq, traj, traj_source)
@@ -915,6 +954,7 @@ def reconstruct(
         regions=regions,
         provenance=provenance(acq, opts, op, traj_source, dcf_method, method, fmap, iter_info, timer),
         timings_s=dict(timer.timings),
+        input_sha256=digests(),
     )
 
 

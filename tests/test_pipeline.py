@@ -73,11 +73,24 @@ def test_provenance(sample_run):
         assert f["b0_hz"].shape == (40, 40, 40)
         params = json.loads(f["trajectory"].attrs["params"])
     assert prov["inputs"][0]["sha256"] == hashlib.sha256(SAMPLE.read_bytes()).hexdigest()
+    assert prov["inputs"][0]["bytes"] == SAMPLE.stat().st_size  # the hash was made while reconstructing
     assert prov["device"] == "cpu" and prov["nufft_backend"] == "finufft"
     assert prov["acquisition"]["nucleus"] == "23Na" and prov["acquisition"]["te_s"] == pytest.approx([3e-4, 2.32e-3])
     assert {"read raw data", "trajectory", "calibration"} <= set(prov["timings_s"])
     assert params["generator"] == "tpi" and params["p"] == 0.3
     assert prov["versions"]["narecon"]
+
+
+def test_inputs_hashed_while_reconstructing(tmp_path):
+    """The raw file's SHA-256 is computed on a helper thread during the reconstruction (the writer
+    uses it); a source that is not a file leaves it to the writer."""
+    from recon.pipeline import hash_inputs
+
+    assert hash_inputs([str(SAMPLE)])() == (hashlib.sha256(SAMPLE.read_bytes()).hexdigest(),)
+    assert hash_inputs(["simulated"])() is None and hash_inputs([])() is None
+    two = tmp_path / "b.dat"
+    two.write_bytes(b"abc")
+    assert hash_inputs([SAMPLE, two])()[1] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256("abc")
 
 
 def test_calibration_and_field_map(sample_run):

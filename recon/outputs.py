@@ -58,9 +58,15 @@ def compressible(a: np.ndarray) -> bool:
     return len(zlib.compress(sample, 1)) < COMPRESSIBLE_RATIO * max(len(sample), 1)
 
 
+H5_DEFLATE = {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+"""recon.h5's deflate: level 1 after HDF5's byte shuffle (standard filters, readable by any HDF5).
+On the Pipe-Menon weights of the 64^3 protocol the shuffle halves the time (0.33 s instead of 0.66 s)
+and shrinks the dataset to 0.51 of its size instead of 0.71."""
+
+
 def _h5_compression(a: np.ndarray) -> dict[str, Any]:
-    """h5py ``create_dataset`` keywords: gzip level 1 for compressible arrays, none otherwise."""
-    return {"compression": "gzip", "compression_opts": 1} if compressible(a) else {}
+    """h5py ``create_dataset`` keywords: :data:`H5_DEFLATE` for compressible arrays, none otherwise."""
+    return dict(H5_DEFLATE) if compressible(a) else {}
 
 
 class _Done:
@@ -193,7 +199,7 @@ def write_h5(path: str | os.PathLike, result: Any, provenance: dict[str, Any], c
         b0 = np.asarray(result.fieldmap_hz, dtype=np.float32)
         f.create_dataset("b0_hz", data=b0, **_h5_compression(b0))
         f["b0_hz"].attrs["units"] = "Hz"
-        f.create_dataset("dcf", data=np.asarray(result.dcf, dtype=np.float32), compression="gzip", compression_opts=1)
+        f.create_dataset("dcf", data=np.asarray(result.dcf, dtype=np.float32), **H5_DEFLATE)
         f["dcf"].attrs["units"] = "1/m^3"
         f.create_dataset("affine", data=result.affine)
         f["affine"].attrs["units"] = "voxel index -> scanner RAS+ mm"

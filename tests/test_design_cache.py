@@ -173,3 +173,28 @@ def test_cached_design_is_not_validated_twice(cache, monkeypatch):
     assert how == "cached" and calls == [] and np.array_equal(t1.k, t0.k)
     Trajectory(k=t1.k, t=t1.t, fov_m=t1.fov_m, matrix=t1.matrix, dwell_s=t1.dwell_s)
     assert calls == [1]  # any other construction validates
+
+
+def test_damaged_entry_headers_raise_valueerror_only(tmp_path):
+    """Random byte changes in an entry's first 400 bytes (magic, lengths, JSON header) end in
+    ValueError, which every cache turns into a rebuild, never in another exception."""
+    import random
+
+    from recon.trajectory.dcf_cache import read_arrays, write_arrays
+
+    p = tmp_path / "e.nrc"
+    with open(p, "wb") as f:
+        write_arrays(f, {"a": 1}, {"k": np.arange(12.0).reshape(3, 4), "t": np.arange(4)})
+    blob = p.read_bytes()
+    rng = random.Random(0)
+    refused = 0
+    for _ in range(300):
+        b = bytearray(blob)
+        for _ in range(rng.randint(1, 4)):
+            b[rng.randrange(0, min(len(b), 400))] = rng.randrange(256)
+        p.write_bytes(bytes(b))
+        try:
+            read_arrays(p)
+        except ValueError:
+            refused += 1
+    assert refused > 200

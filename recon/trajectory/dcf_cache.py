@@ -276,12 +276,19 @@ def read_arrays(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if version != _ENTRY_VERSION or n > min(_ENTRY_HEADER_MAX, size):
             raise ValueError(f"entry version {version} / header of {n} bytes not understood")
         doc = json.loads(f.read(n).decode())
-    if int(doc["end"]) != size:
-        raise ValueError(f"{size} bytes, the header says {doc['end']} (truncated or appended)")
+    try:
+        end, table, want = int(doc["end"]), list(doc["arrays"]), str(doc["digest"])
+        table = [(str(name), np.dtype(dt), tuple(int(x) for x in shape), int(off)) for name, dt, shape, off in table]
+    except (KeyError, TypeError, ValueError) as e:  # a damaged header of the right length
+        raise ValueError(f"entry header not understood ({type(e).__name__}: {e})") from e
+    if end != size:
+        raise ValueError(f"{size} bytes, the header says {end} (truncated or appended)")
     arrays: dict[str, np.ndarray] = {}
     digest = xxhash.xxh3_128()
-    for name, dt, shape, off in doc["arrays"]:
-        dtype, shape = np.dtype(dt), tuple(int(x) for x in shape)
+    for name, dtype, shape, off in table:
+        dt = dtype.str
+        if any(x < 0 for x in shape):
+            raise ValueError(f"array {name!r} has a negative dimension {shape}")
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if dtype.hasobject or off < 0 or off + nbytes > size:
             raise ValueError(f"array {name!r} ({dt}, {shape}) does not fit the file")
@@ -289,9 +296,12 @@ def read_arrays(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         a = np.asarray(a)  # a plain ndarray view of the map
         digest.update(_raw(a))
         arrays[name] = a
-    if digest.hexdigest() != doc["digest"]:
+    if digest.hexdigest() != want:
         raise ValueError("the arrays do not match the entry's digest (damaged)")
-    return doc["meta"], arrays
+    meta = doc.get("meta")
+    if not isinstance(meta, dict):
+        raise ValueError("entry header has no meta mapping")
+    return meta, arrays
 
 
 def touch(entry: Path) -> None:

@@ -15,7 +15,6 @@ deviations from the line in mM.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +73,71 @@ def pair(a: float | None, b: float | None) -> str:
     return f"{pct(a)} / {pct(b)}{mark}"
 
 
-def main(dirs: list[str]) -> str:
-    recs = load(dirs)
+def demo_records() -> list[dict[str, Any]]:
+    """Two synthetic case records in the layout of ``narecon validate`` (for a smoke run of the report)."""
+    recs = []
+    for i, (d, it) in enumerate(((0.01, -0.05), (-0.02, 0.01))):
+        rows = [
+            {
+                "quantity": q,
+                "class": "fluid"
+                if "csf" in q or q == "vitreous"
+                else "lesion"
+                if q in ("oedema", "tumour_rim", "necrotic_core")
+                else "tissue",
+                "measure": m,
+                "value": v,
+                "bound": 0.05,
+                "passed": abs(v) <= 0.05,
+                "n_voxels": 10,
+            }
+            for q, _ in COMPARTMENTS
+            for m in MEASURES
+            for v in [d]
+        ]
+        rows += [
+            {
+                "quantity": "tube 1",
+                "class": "tube_mM",
+                "measure": "line",
+                "value": 0.2,
+                "bound": 1.5,
+                "passed": True,
+                "n_voxels": 9,
+            },
+            {
+                "quantity": "sphere",
+                "class": "sphere",
+                "measure": "voxels",
+                "value": 0.03,
+                "bound": 0.1,
+                "passed": True,
+                "n_voxels": 1,
+            },
+        ]
+        it_rows = [dict(r, value=it if r["class"] not in ("tube_mM", "sphere") else r["value"]) for r in rows]
+        case = {
+            "index": i,
+            "trajectory": "tpi",
+            "matrix": 40,
+            "snr": 150.0,
+            "tubes": [{"radius_vox": 2.1}],
+            "relaxation": {"white_matter": {"t2s_short_s": 0.003}},
+        }
+        recs.append(
+            {
+                "case": case,
+                "simulation_s": 3.0,
+                "modes": {"default": {"rows": rows, "seconds": 1.0}, "iterative": {"rows": it_rows, "seconds": 2.0}},
+            }
+        )
+    return recs
+
+
+def main(dirs: list[str], out_dir: Path = HERE, recs: list[dict[str, Any]] | None = None) -> str:
+    recs = load(dirs) if recs is None else recs
     recs = [r for r in recs if "iterative" in r["modes"]]
-    write_csv(recs, HERE / "validation_iterative.csv")
+    write_csv(recs, out_dir / "validation_iterative.csv")
     out: list[str] = []
     worse: list[tuple[str, str, int, float, float]] = []  # (compartment, measure, case, default, iterative)
     scored: dict[tuple[str, str], int] = {}
@@ -160,9 +220,16 @@ def main(dirs: list[str]) -> str:
             txt = "; ".join(f"{i}: {pct(a)} → {pct(b)} ({100 * (abs(b) - abs(a)):+.1f})" for _, _, i, a, b in ws)
         out.append(f"| {name} | {m} | {len(ws)} / {scored[name, m]} | {txt or '-'} |")
     text = "\n".join(out) + "\n"
-    (HERE / "validation_iterative_s6.md").write_text(text)
+    (out_dir / "validation_iterative_s6.md").write_text(text)
     return text
 
 
 if __name__ == "__main__":
-    print(main(sys.argv[1:]))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dirs", nargs="*", help="narecon validate output folders")
+    ap.add_argument("--out-dir", type=Path, default=HERE, help="where the CSV and the Markdown go (default: benchmarks/)")
+    ap.add_argument("--demo", action="store_true", help="two synthetic records instead of DIRs (a smoke run)")
+    a = ap.parse_args()
+    print(main(a.dirs, a.out_dir, demo_records() if a.demo else None))

@@ -104,4 +104,8 @@ def table(out: dict) -> str:
 
 
 if __name__ == "__main__":
-    print(table(main(int(sys.argv[1]))))
+    # python benchmarks/validation_iterative_s6_diag.py INDEX | --table-only RESULTS.json (re-render saved results)
+    if len(sys.argv) == 3 and sys.argv[1] == "--table-only":
+        print(table(json.loads(Path(sys.argv[2]).read_text())))
+    else:
+        print(table(main(int(sys.argv[1]))))

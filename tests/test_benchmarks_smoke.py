@@ -33,6 +33,8 @@ CASES = {
         "--scans", "2", "--distinct", "1", "--matrix", "24", "--configs", "loop", "batch-1w",
         "--out", "{tmp}/b.json", "--work", "{tmp}/bw",
     ],
+    "validation_iterative_s6.py": ["--demo", "--out-dir", "{tmp}"],
+    "validation_iterative_s6_diag.py": ["--table-only", str(REPO / "benchmarks" / "validation_iterative_s6_diag_0.json")],
 }  # fmt: skip
 
 

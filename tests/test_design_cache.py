@@ -198,3 +198,16 @@ def test_damaged_entry_headers_raise_valueerror_only(tmp_path):
         except ValueError:
             refused += 1
     assert refused > 200
+
+
+def test_store_removes_entries_of_the_earlier_format(cache):
+    """The .npz entries of earlier versions (never read again, not counted by the size bound) go when a
+    design is stored; nothing else in the directory is touched."""
+    cache.mkdir(parents=True, exist_ok=True)
+    old = cache / "0123abcd.npz"
+    old.write_bytes(b"PK old zip entry")
+    other = cache / "notes.txt"
+    other.write_text("keep")
+    tc.cached_design({"p": 0.3}, _build)
+    assert not old.exists() and other.read_text() == "keep"
+    assert len(list(cache.glob("*" + tc.SUFFIX))) == 1

@@ -140,7 +140,7 @@ def _store(entry: Path, img: np.ndarray) -> str | None:
     def write(f) -> None:
         _dcf_cache.write_arrays(f, {}, {"image": img})
 
-    return store_entry(entry, img.nbytes, write, "the point-response kernel", suffix=SUFFIX)
+    return store_entry(entry, img.nbytes, write, "the point-response kernel", suffix=SUFFIX, legacy_suffix=_LEGACY_SUFFIX)
 
 
 def info() -> dict[str, Any]:

@@ -187,10 +187,12 @@ def _load(entry: Path, shape: tuple) -> np.ndarray | None:
     return w
 
 
-def store_entry(entry: Path, nbytes: int, write, what: str, suffix: str = _SUFFIX) -> str | None:
+def store_entry(entry: Path, nbytes: int, write, what: str, suffix: str = _SUFFIX, legacy_suffix: str | None = None) -> str | None:
     """Write one cache entry atomically (``write(file object)``) and bound its directory to
     :func:`max_bytes`; returns None or why it was not stored. Shared by every on-disk cache
-    (density weights, trajectory designs, point-response kernels); ``what`` names the content in the log."""
+    (density weights, trajectory designs, point-response kernels); ``what`` names the content in the log.
+    ``legacy_suffix``: entries of an earlier format in this cache's own directory (never read again, and
+    not counted by the bound) are removed after a store, as ``narecon cache clear`` removes them."""
     from recon.atomic import atomic_file
     from recon.errors import OutputError
 
@@ -205,6 +207,9 @@ def store_entry(entry: Path, nbytes: int, write, what: str, suffix: str = _SUFFI
         log.warning("cannot store %s in the cache %s: %s", what, entry.parent, e)
         return str(e)
     _evict(entry.parent, bound, keep=entry, suffix=suffix)
+    if legacy_suffix:
+        for p in entries(entry.parent, legacy_suffix):
+            p.unlink(missing_ok=True)
     return None
 
 
@@ -319,7 +324,7 @@ def _store(entry: Path, w: np.ndarray) -> str | None:
     w = np.ascontiguousarray(w, dtype=np.float64)
     if not (np.isfinite(w).all() and (w >= 0).all()):
         return "weights not finite and non-negative"
-    return store_entry(entry, w.nbytes, lambda f: write_arrays(f, {}, {"dcf": w}), "density weights")
+    return store_entry(entry, w.nbytes, lambda f: write_arrays(f, {}, {"dcf": w}), "density weights", legacy_suffix=_LEGACY_SUFFIX)
 
 
 def entries(d: Path | None = None, suffix: str = _SUFFIX) -> list[Path]:

@@ -112,7 +112,8 @@ def _store(entry: Path, traj: Trajectory) -> str | None:
     def write(f) -> None:
         _dcf_cache.write_arrays(f, _meta(traj), arrays)
 
-    return store_entry(entry, sum(a.nbytes for a in arrays.values()), write, "the trajectory design", suffix=SUFFIX)
+    nbytes = sum(a.nbytes for a in arrays.values())
+    return store_entry(entry, nbytes, write, "the trajectory design", suffix=SUFFIX, legacy_suffix=_LEGACY_SUFFIX)
 
 
 def _load(entry: Path) -> Trajectory | None:

@@ -377,7 +377,8 @@ def basis_templates(
     op = sm.nufft()
     per = int(np.prod(sm.k.shape[:-1])) * 8
     chunk = max(1, int(MAX_SPECTRA_BYTES // max(per, 1)))
-    t = np.broadcast_to(np.asarray(sm.t_s, dtype=np.float64), sm.k.shape[:-1])
+    # per readout time as given ((n_samp,) or (n_proj, n_samp)): broadcast in the product, not stored per sample
+    t = np.asarray(sm.t_s, dtype=np.float64)
     factors = {t2: np.exp(-t / t2).astype(np.float32) for b in bases for t2 in b}
     out: list[np.ndarray] = []
     for j0 in range(0, len(occ), chunk):

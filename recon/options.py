@@ -20,18 +20,19 @@ import dataclasses
 import importlib
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from recon.errors import ConfigError
-from recon.nufft.operator import DEFAULT_EPS
 
 # ---- defaults that other modules share (defined once)
 DEFAULT_TUBES_MM: tuple[float, ...] = (30.0, 60.0, 90.0, 120.0)
 """Concentrations (mM) of the calibration tubes of the clinical protocol (DESIGN.md)."""
 DEFAULT_REFERENCE_MM = 145.0
 """Internal reference concentration (mM): CSF."""
+DEFAULT_EPS = 1e-4
+"""Default requested relative accuracy of the NUFFT (:class:`recon.nufft.NUFFT`) and of a run."""
 DEFAULT_ITER_LAMDA = 0.1
 """Regularisation weight of the iterative reconstruction, relative to the unit-curvature data term."""
 
@@ -55,6 +56,35 @@ def _registry(spec: str) -> Callable[[], tuple[str, ...]]:
 
     resolve.spec = spec  # type: ignore[attr-defined]
     return resolve
+
+
+class LazyChoices(Sequence[str]):
+    """argparse ``choices`` resolved on first use (a membership test, an error message or ``--help``).
+
+    Building the parser then imports no stage module (and no numpy); give the argument a ``metavar``,
+    since argparse otherwise lists the choices when the argument is added.
+    """
+
+    def __init__(self, spec: str) -> None:
+        self._resolve = _registry(spec)
+        self._values: tuple[str, ...] | None = None
+
+    def _get(self) -> tuple[str, ...]:
+        if self._values is None:
+            self._values = self._resolve()
+        return self._values
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._get()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self._get()[i]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -156,7 +156,7 @@ def test_defaults_defined_once():
     from recon.calibrate.calibration import DEFAULT_TUBES_MM
     from recon.iterative import reconstruct_iterative
     from recon.nufft import NUFFT
-    from recon.nufft.operator import DEFAULT_EPS
+    from recon.options import DEFAULT_EPS
 
     o = RunOptions()
     assert o.eps == DEFAULT_EPS
@@ -256,9 +256,11 @@ def test_import_walk_catches_a_violation(tmp_path):
 
 
 def test_import_recon_is_light():
+    """``import recon`` and building the whole CLI parser import no numpy and no stage (start-up, issue 20)."""
     code = (
         "import sys, recon, recon.cli; recon.cli.build_parser(); "
-        "heavy = [m for m in ('matplotlib', 'dask', 'sigpy', 'cupy', 'recon.b0', 'recon.calibrate') if m in sys.modules]; "
+        "heavy = [m for m in ('numpy', 'scipy', 'matplotlib', 'dask', 'sigpy', 'cupy', 'recon.b0', 'recon.calibrate', "
+        "'recon.nufft', 'recon.trajectory') if m in sys.modules]; "
         "print(','.join(heavy))"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -284,3 +286,17 @@ def test_benchmark_scripts_import_what_exists():
                         except ImportError:
                             missing.append(f"{path.name}: {node.module}.{a.name}")
     assert not missing, "\n".join(missing)
+
+
+def test_lazy_choices_resolve_on_use():
+    """argparse choices of ``traj import`` resolve on use: a bad value is refused naming the valid ones."""
+    from recon.options import LazyChoices
+
+    ch = LazyChoices("recon.trajectory.importers:FORMATS")
+    assert ch._values is None
+    assert "bart" in ch and "bogus" not in ch and list(ch)[0] == "pulseq" and len(ch) == 5
+    r = subprocess.run(
+        [sys.executable, "-m", "recon", "traj", "import", "x.npy", "--format", "bogus", "--out", "never.h5"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 2 and "invalid choice: 'bogus'" in r.stderr and "'narecon'" in r.stderr

@@ -51,12 +51,24 @@ def register(sub) -> None:
 
 def _register_import(ts) -> None:
     """``traj import`` (other formats -> narecon HDF5) and ``traj xenon`` (the 129Xe consortium's radial)."""
-    from recon.trajectory.importers import FORMATS, UNITS
+    from recon.options import LazyChoices  # the importers (and numpy) load only when --format/--units are used
 
     q = ts.add_parser("import", help="convert a trajectory (Pulseq .seq, BART .cfl, MRI-NUFFT .bin, .npy/.txt) to narecon's .h5")
     q.add_argument("src", help="trajectory file: .seq, .cfl/.hdr, .bin, .npy, .txt, .csv or .h5")
-    q.add_argument("--format", choices=FORMATS, default=None, help="format (default: from the extension)")
-    q.add_argument("--units", choices=UNITS, default=None, help="k units of arrays and BART files (BART: cycles/fov)")
+    q.add_argument(
+        "--format",
+        choices=LazyChoices("recon.trajectory.importers:FORMATS"),
+        metavar="FORMAT",
+        default=None,
+        help="format: %(choices)s (default: from the extension)",
+    )
+    q.add_argument(
+        "--units",
+        choices=LazyChoices("recon.trajectory.importers:UNITS"),
+        metavar="UNITS",
+        default=None,
+        help="k units of arrays and BART files: %(choices)s (BART: cycles/fov)",
+    )
     q.add_argument("--fov-mm", type=float, nargs="+", default=None, help="FOV in mm (1 or 3 values), where the file lacks it")
     q.add_argument("--matrix", type=int, nargs="+", default=None, help="nominal matrix (1 or 3 values)")
     q.add_argument("--dwell-us", type=float, default=None, help="ADC dwell in us (BART, arrays, MRI-NUFFT)")

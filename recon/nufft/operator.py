@@ -11,6 +11,7 @@ import numpy as np
 
 from recon.errors import BackendUnavailableError, InputError, TrajectoryError
 from recon.linop import LinearOperator
+from recon.options import DEFAULT_EPS  # defined with the run options (importing them needs no numpy)
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,6 @@ _LAZY_BACKENDS = {
 _DEVICE_DEFAULT = {"cpu": "finufft", "gpu": "cupy"}
 DEVICES = tuple(_DEVICE_DEFAULT)
 """Devices a NUFFT can run on (each with its default backend)."""
-DEFAULT_EPS = 1e-4
-"""Default requested relative accuracy of the NUFFT (the reconstruction's default too)."""
 
 
 class NufftBackend(ABC):

@@ -7,12 +7,14 @@ process), the simulator's raw files, and the reader's own rejection of bad files
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import threading
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -94,6 +96,13 @@ def test_batch_matches_run_isolates_failures_and_resumes(study, capsys):
             if n.endswith(".nii.gz"):
                 np.testing.assert_array_equal(nii(got / n), nii(ref / n), err_msg=n)
         assert json.loads((got / "calibration.json").read_text()) == json.loads((ref / "calibration.json").read_text())
+        # the provenance digest is the fingerprint's (the worker does not hash the raw file again) and the file's
+        marker = json.loads((got / ".narecon-complete.json").read_text())
+        with h5py.File(got / "recon.h5") as f:
+            prov = json.loads(f.attrs["provenance"])
+        raw_fp = [i["sha256"] for i in marker["fingerprint"]["inputs"] if i["role"].startswith("raw")]
+        assert [i["sha256"] for i in prov["inputs"]][: len(raw_fp)] == raw_fp
+        assert raw_fp[0] == hashlib.sha256((study / f"sim{i}" / "raw.dat").read_bytes()).hexdigest()
     assert not (out / "trunc").exists() and not (out / "foreign").exists()
 
     rc = main(["-q", "batch", str(study / "manifest.csv"), "--out", str(out), "--workers", "2", "--no-progress", "--config", cfg])

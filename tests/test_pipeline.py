@@ -93,6 +93,28 @@ def test_inputs_hashed_while_reconstructing(tmp_path):
     assert hash_inputs([SAMPLE, two])()[1] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256("abc")
 
 
+def test_known_digests_are_not_recomputed(tmp_path):
+    """A digest the caller already has (a batch fingerprint) is used while size and mtime match; a file
+    changed since is hashed again (the fingerprint's rule), and the batch worker passes its fingerprint."""
+    import os
+
+    from recon.batch.engine import known_digests
+    from recon.pipeline import hash_inputs
+
+    f = tmp_path / "a.dat"
+    f.write_bytes(b"abc")
+    st = os.stat(f)
+    real = hashlib.sha256(b"abc").hexdigest()
+    fake = "f" * 64  # not the file's digest: only a reuse can return it
+    assert hash_inputs([f], {str(f): (st.st_size, st.st_mtime_ns, fake)})() == (fake,)
+    assert hash_inputs([f], {str(f): (st.st_size, st.st_mtime_ns + 1, fake)})() == (real,)
+    assert hash_inputs([f], {str(f): (st.st_size + 1, st.st_mtime_ns, fake)})() == (real,)
+    assert hash_inputs([f], {str(tmp_path / "other"): (st.st_size, st.st_mtime_ns, fake)})() == (real,)
+    fp = {"inputs": [{"role": "raw", "path": str(f), "bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": fake}]}
+    assert hash_inputs([f], known_digests(fp))() == (fake,)
+    assert known_digests(None) == {} and known_digests({"inputs": [{"path": "x", "sha256": ""}]}) == {}
+
+
 def test_calibration_and_field_map(sample_run):
     out, _ = sample_run
     cal = json.loads((out / "calibration.json").read_text())

@@ -190,14 +190,15 @@ def run_scan(payload: dict[str, Any], recon_fn: ReconFn | None = None) -> dict[s
             from recon.pipeline import run as run_pipeline
             from recon.plans import Plans
 
+            known = known_digests(payload.get("fingerprint"))  # the driver hashed the raw files: not again
             if payload.get("plan_cache", True):
                 from recon.batch.cache import WORKER_PLANS as plans
                 from recon.batch.cache import remembered_digests
 
                 with remembered_digests():  # the protocol's arrays are hashed once per worker, not per scan
-                    result = run_pipeline(list(payload["raw"]), scan_dir, opts, plans=plans)
+                    result = run_pipeline(list(payload["raw"]), scan_dir, opts, plans=plans, known_sha256=known)
             else:
-                result = run_pipeline(list(payload["raw"]), scan_dir, opts, plans=Plans())
+                result = run_pipeline(list(payload["raw"]), scan_dir, opts, plans=Plans(), known_sha256=known)
         else:
             result = recon_fn(list(payload["raw"]), scan_dir, opts)
         seconds = time.perf_counter() - t0
@@ -219,6 +220,15 @@ def run_scan(payload: dict[str, Any], recon_fn: ReconFn | None = None) -> dict[s
         log.error("scan %s failed:\n%s", sid, traceback.format_exc())
         row.update(error=f"{type(e).__name__}: {e}", seconds=time.perf_counter() - t0)
     return row
+
+
+def known_digests(fp: dict | None) -> dict[str, tuple[int, int, str]]:
+    """The fingerprint's input digests as :func:`recon.pipeline.hash_inputs` takes them: {abspath: (bytes, mtime_ns, sha256)}."""
+    out = {}
+    for i in (fp or {}).get("inputs", []):
+        if i.get("sha256") and i.get("path") is not None:
+            out[os.path.abspath(i["path"])] = (int(i["bytes"]), int(i["mtime_ns"]), str(i["sha256"]))
+    return out
 
 
 def _brief(result: Any) -> Any:

@@ -229,3 +229,37 @@ def test_names_classes_and_sidecars(tmp_path):
         R.load_regions(tmp_path / "missing.nii.gz")
     with pytest.raises(InputError, match="class"):
         R.RegionSpec(1, "x", "bone")
+
+
+def test_t1_prior_sensitivity_bounds_the_t1_error():
+    """The regions.tsv column t1_prior_pct bounds the error the T1 priors make for any T1 of the region and
+    the tubes inside the literature ranges, and is attained (a corner): checked against the steady state
+    written out here, over random T1 draws, at a fast-TR and a long-TR protocol."""
+    import math
+
+    from recon.calibrate.regions import class_model, t1_prior_sensitivity
+    from recon.physics import RELAXATION_RANGES
+
+    def sat(tr, flip, t1):
+        e1 = math.exp(-tr / t1)
+        a = math.radians(flip)
+        return math.sin(a) * (1 - e1) / (1 - math.cos(a) * e1)
+
+    rng = np.random.default_rng(5)
+    tube_t1 = class_model("tube").t1_s
+    for tr, flip in ((0.174, 90.0), (0.060, 75.0)):
+        for cls in ("fluid", "tissue"):
+            prior_t1 = class_model(cls).t1_s
+            bound = t1_prior_sensitivity(tr, flip, cls, prior_t1, tube_t1)
+            errs = []
+            for _ in range(400):
+                t1_r = rng.uniform(*RELAXATION_RANGES[cls]["t1_s"])
+                t1_t = rng.uniform(*RELAXATION_RANGES["fluid"]["t1_s"])
+                # the regional value is converted with the priors: its error is the true over the assumed factor
+                true = sat(tr, flip, t1_t) / sat(tr, flip, t1_r)
+                assumed = sat(tr, flip, tube_t1) / sat(tr, flip, prior_t1)
+                errs.append(100 * abs(true / assumed - 1))
+            assert max(errs) <= bound + 1e-9, (tr, cls)
+            assert max(errs) >= 0.8 * bound, (tr, cls, max(errs), bound)  # not a loose bound
+    assert t1_prior_sensitivity(0.174, 90.0, "tube", 0.055, 0.055) is None
+    assert t1_prior_sensitivity(0.174, 90.0, "fluid", 0.06, 0.055) < t1_prior_sensitivity(0.06, 90.0, "fluid", 0.06, 0.055)

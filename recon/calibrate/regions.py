@@ -436,6 +436,7 @@ class RegionValue:
     echo_ratio: float | None = None
     echo_ratio_prior: float | None = None
     prior_mM: float | None = None  # with the class prior unrefined (the first pass)
+    t1_prior_pct: float | None = None  # the value's largest change (%) over the literature T1 ranges (:func:`t1_prior_sensitivity`)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -466,6 +467,7 @@ class RegionalResult:
         "echo_ratio",
         "echo_ratio_prior",
         "prior_mM",
+        "t1_prior_pct",
     )
 
     def to_tsv(self) -> str:
@@ -491,6 +493,7 @@ class RegionalResult:
                         f(r.echo_ratio, "{:.4f}"),
                         f(r.echo_ratio_prior, "{:.4f}"),
                         f(r.prior_mM, "{:.3f}"),
+                        f(r.t1_prior_pct, "{:.2f}"),
                     )
                 )
             )
@@ -503,6 +506,30 @@ class RegionalResult:
             "timings_s": self.timings_s,
             "warnings": self.warnings,
         }
+
+
+def t1_prior_sensitivity(tr_s: float, flip_deg: float, cls: str, t1_s: float, tube_t1_s: float) -> float | None:
+    """Largest change (%) of a region's TSC when its T1 and the tubes' T1 take any values in the literature
+    ranges (:data:`recon.physics.RELAXATION_RANGES`: ``tissue`` for tissue regions, ``fluid`` for fluids
+    and the tubes) instead of the priors ``t1_s`` and ``tube_t1_s`` (s), at TR (s) and flip (deg).
+
+    One TR cannot measure T1: the regional value is converted with the T1 priors, and this is the
+    systematic uncertainty that choice carries (a protocol property, not a fit error). None for
+    classes without a range (tubes, ignore). The value scales as S(T1_tube) / S(T1_region) with
+    S the spoiled steady state (:func:`recon.physics.t1_saturation`), so the extremes are corners.
+    """
+    rng = physics.RELAXATION_RANGES
+    if cls not in ("tissue", "fluid"):
+        return None
+    lo_r, hi_r = rng[cls]["t1_s"]
+    lo_t, hi_t = rng["fluid"]["t1_s"]
+
+    def sat(t1: float) -> float:
+        return physics.t1_saturation(tr_s=tr_s, flip_deg=flip_deg, t1_s=t1)
+
+    prior = sat(tube_t1_s) / sat(t1_s)
+    corners = [sat(a) / sat(b) / prior - 1.0 for a in (lo_t, hi_t) for b in (lo_r, hi_r)]
+    return 100.0 * max(abs(c) for c in corners)
 
 
 def _fit(signal: np.ndarray, T: np.ndarray, support: np.ndarray) -> np.ndarray:
@@ -621,8 +648,15 @@ def regional_tsc(
         if len(signals) > 1:
             er = float(amps[1][j] / c) if c else None
             erp = float(m.decay(sm.te_s[1]) / m.decay(te1))
-        out.append(RegionValue(s.label, s.name, s.cls, n, vm, float(mM), c, rec, float(rel), er, erp, float(mM_prior)))
+        t1_pct = t1_prior_sensitivity(sm.tr_s, sm.flip_deg, s.cls, m.t1_s, ref.t1_s)
+        out.append(RegionValue(s.label, s.name, s.cls, n, vm, float(mM), c, rec, float(rel), er, erp, float(mM_prior), t1_pct))
     timings["total"] = time.perf_counter() - t0
+    spread = {r.cls: r.t1_prior_pct for r in out if r.t1_prior_pct is not None}
+    if spread:
+        log.info(
+            "regional TSC: the T1 priors carry up to %s (literature T1 ranges; one TR cannot measure T1)",
+            ", ".join(f"+-{v:.1f} % for {c} regions" for c, v in sorted(spread.items())),
+        )
     settings = {
         "method": "GTM through the system model (recon.calibrate.regions)",
         "supersample": int(supersample),
@@ -635,5 +669,6 @@ def regional_tsc(
         "readout_decay": bool(readout),
         "calibration_line": {"slope": float(slope), "intercept": float(intercept)},
         "relaxation": {s.name: m.to_dict() for s, m in zip(use, mods)},
+        "t1_ranges_s": {c: physics.RELAXATION_RANGES[c]["t1_s"] for c in ("tissue", "fluid")},
     }
     return RegionalResult(out, settings, timings, warnings)

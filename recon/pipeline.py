@@ -62,6 +62,7 @@ class FieldMap:
 
     hz: np.ndarray
     info: dict[str, Any]
+    mask: np.ndarray | None = None  # the signal support the map was estimated in (coil-combined echo 1)
 
 
 @dataclasses.dataclass
@@ -472,13 +473,14 @@ def field_map(
     if method == "none" or not echo_pair(acq):
         return FieldMap(np.zeros(matrix), {"source": "none"})
     with timer.stage("field map (dual echo)"):
-        hz = estimate_fieldmap(plain[0], plain[1], acq.te_s[0], acq.te_s[1])
+        # one support per run (coil-combined echo 1): the map's and the correction's (it was computed twice)
+        mask = support_mask(np.abs(combined_plain[0]))
+        hz = estimate_fieldmap(plain[0], plain[1], acq.te_s[0], acq.te_s[1], mask)
     # refinement costs one corrected reconstruction per pass: by default only for the model-based
     # correction, whose gain it unlocks (3.3x vs 2.9x NRMSE reduction on the phantom)
     passes = (1 if method == "iterative" else 0) if opts.b0_refine is None else int(opts.b0_refine)
     if passes > 0:
         with timer.stage(f"field map refinement ({passes} pass)"):
-            mask = support_mask(np.abs(combined_plain[0]))
             hz = refine_fieldmap(op, ks.data, ks.dcf, acq.te_s, ks.t_s, hz, mask=mask, passes=passes, plans=plans)
     return FieldMap(
         hz,
@@ -488,6 +490,7 @@ def field_map(
             "te_s": [acq.te_s[0], acq.te_s[1]],
             "unaliased_range_hz": 0.5 / abs(acq.te_s[1] - acq.te_s[0]),
         },
+        mask,
     )
 
 
@@ -521,7 +524,7 @@ def correct_b0(
 
         with timer.stage(f"iterative reconstruction ({opts.iter_regulariser}, decay {opts.iter_decay})"):
             fm = fmap.hz if method != "none" else None
-            mask = support_mask(np.abs(combined_plain[0]))
+            mask = fmap.mask if fmap.mask is not None else support_mask(np.abs(combined_plain[0]))
             per_coil, iters, res = [], [], None
             for c in range(ks.data.shape[1]):
                 res = reconstruct_iterative(
@@ -553,7 +556,7 @@ def correct_b0(
         return images, ("iterative" if method != "none" else "none (iterative decay model)"), info
     if method == "none":
         return combined_plain, "none", None
-    mask = support_mask(np.abs(combined_plain[0]))
+    mask = fmap.mask if fmap.mask is not None else support_mask(np.abs(combined_plain[0]))
     if bins is not None and method == "tb-cpr":
         need = bins.bins_needed(fmap.hz, mask)
         if opts.b0_segments or need <= bins.n_bins:

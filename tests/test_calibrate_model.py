@@ -197,6 +197,39 @@ def test_warnings_name_the_alias_free_sphere_and_thin_tubes(scene):
     assert sm.alias_free_radius_m == pytest.approx(FOV / 2)
 
 
+def test_head_clearance_in_the_tube_box_equals_the_whole_grid_distance():
+    """The tube-to-head gap (warning) from a distance transform of the tube's box equals the whole grid's
+    (the previous computation, the truth here) whenever it is below the reach, and is at least the reach
+    otherwise; oblique and clipped tubes, random objects, anisotropic voxels."""
+    from scipy import ndimage
+
+    from recon.calibrate.model import _clearance, _cyl_inside, _img_coords
+
+    rng = np.random.default_rng(11)
+    shape, vox = (40, 36, 44), np.array([0.005, 0.0055, 0.0045])
+    axes = _img_coords(shape)
+    grid = np.stack(np.meshgrid(*[axes[d] * vox[d] for d in range(3)], indexing="ij"), -1).reshape(-1, 3)
+    close = far = 0
+    for _ in range(40):
+        others = ndimage.binary_dilation(rng.random(shape) > 0.9995, iterations=int(rng.integers(1, 4)))
+        a = rng.normal(size=3)
+        g = TubeGeometry(rng.uniform(-0.09, 0.09, 3), a / np.linalg.norm(a), rng.uniform(0.006, 0.02), rng.uniform(0.02, 0.08))
+        reach = 2.0 * float(vox.mean())
+        inside = _cyl_inside(grid, g, 0.0)
+        got = _clearance(others, shape, np.asarray(shape) // 2, vox, g, reach)
+        if not inside.any():
+            assert got is None
+            continue
+        full = float(ndimage.distance_transform_edt(~others, sampling=vox).ravel()[inside].min())
+        if full < reach:
+            close += 1
+            assert got == pytest.approx(full, abs=1e-12)
+        else:
+            far += 1
+            assert got >= reach
+    assert close >= 3 and far >= 3  # both branches were exercised
+
+
 def test_degenerate_calibrations_are_errors(scene, tmp_path):
     same = (TUBES[0], (TUBES[0][0], TUBES[0][1], TUBES[0][2], 90.0, TUBES[0][4]))
     with pytest.raises(CalibrationError, match="one place"):

@@ -519,6 +519,33 @@ def _cyl_dist(pts: np.ndarray, g: TubeGeometry) -> np.ndarray:
     return np.sqrt(dr**2 + dz**2)
 
 
+def _clearance(
+    others: np.ndarray, shape: tuple, centre: np.ndarray, vox: np.ndarray, g: TubeGeometry, reach_m: float
+) -> float | None:
+    """Smallest distance (m) from a voxel inside the cylinder to a voxel of ``others``; None when no voxel is inside.
+
+    The distance transform runs on the cylinder's box grown by ``reach_m`` + one voxel, not on the whole
+    grid: a gap below ``reach_m`` has its nearest other voxel inside that box, so it is exact there, and
+    a larger gap comes out at least ``reach_m`` (the nearest voxel in the box is no nearer than the true
+    one), which is all a comparison with ``reach_m`` needs.
+    """
+    c = np.asarray(g.centre_img_m, dtype=np.float64) / vox + centre
+    e = (math.hypot(g.length_m / 2, g.radius_m) + reach_m) / vox + 2.0
+    lo = np.clip(np.floor(c - e).astype(int), 0, shape)
+    hi = np.clip(np.ceil(c + e).astype(int) + 1, 0, shape)
+    if np.any(hi <= lo):
+        return None
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    pts = np.stack(np.meshgrid(*[(np.arange(a, b) - m) * v for a, b, m, v in zip(lo, hi, centre, vox)], indexing="ij"), -1)
+    inside = _cyl_inside(pts.reshape(-1, 3), g, 0.0).reshape(pts.shape[:3])
+    if not inside.any():
+        return None
+    sub = others[box]
+    if not sub.any():
+        return math.inf
+    return float(ndimage.distance_transform_edt(~sub, sampling=vox)[inside].min())
+
+
 def _cyl_inside(pts: np.ndarray, g: TubeGeometry, shrink_m: float = 0.0) -> np.ndarray:
     u = pts - g.centre_img_m
     along = u @ g.axis_img
@@ -754,11 +781,9 @@ def geometry_warnings(geoms: Sequence[TubeGeometry], sm: SystemModel, others: np
     vox = sm.voxel_m
     vmean = float(vox.mean())
     r_sup = sm.alias_free_radius_m
-    odist = None
-    if others is not None and np.any(others):
-        odist = ndimage.distance_transform_edt(~np.asarray(others, bool), sampling=vox)
-    axes = _img_coords(sm.matrix)
-    grid = np.stack(np.meshgrid(*[axes[d] * vox[d] for d in range(3)], indexing="ij"), -1).reshape(-1, 3)
+    oth = None if others is None or not np.any(others) else np.asarray(others, bool)
+    shape = tuple(int(v) for v in sm.matrix)
+    centre = np.asarray(shape) // 2
     for g, name in zip(geoms, names):
         # farthest point of the cylinder from the FOV centre (ends' rims)
         a = g.axis_img
@@ -781,11 +806,9 @@ def geometry_warnings(geoms: Sequence[TubeGeometry], sm: SystemModel, others: np
                 f"tube {name} radius {rv:.2f} voxels is below {SUPPORTED_RADIUS_VOX} voxels: validated only to "
                 f"twice the accuracy bounds"
             )
-        if odist is not None:
-            near = _near(tuple(sm.matrix), vox, g, 0.0)
-            inside = near[_cyl_inside(grid[near], g, 0.0)]
-            if inside.size:
-                gap = float(odist.ravel()[inside].min()) - 0.0
+        if oth is not None:
+            gap = _clearance(oth, shape, centre, vox, g, HEAD_CLEARANCE_VOX * vmean)
+            if gap is not None:
                 if gap < HEAD_CLEARANCE_VOX * vmean:
                     out.append(
                         f"tube {name} lies {gap * 1e3:.1f} mm from the head (< {HEAD_CLEARANCE_VOX:g} voxels): tube and "

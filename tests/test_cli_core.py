@@ -135,3 +135,14 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
         os.umask(mask)
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_validate_names_the_measure_of_each_verdict():
+    """`narecon validate`'s per-case line says which measure missed (the voxel map's eroded means fail on thin
+    compartments by the point response; the regional model is the one the issue's bounds are met with)."""
+    from recon.cli.validate import _verdicts
+
+    line = _verdicts({"passed": False, "n_failed": 2, "passed_regional_fine_echo": True, "n_failed_regional_fine_echo": 0})
+    assert line == "eroded voxel means: 2 bound(s) missed, regional model: pass"
+    assert _verdicts({"passed": True, "n_failed": 0, "passed_regional_fine_echo": None}) == "eroded voxel means: pass"
+    assert _verdicts({}) == "not scored"

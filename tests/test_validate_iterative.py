@@ -63,3 +63,18 @@ def test_fine_regional_of_an_iterative_run_is_the_pipelines_regional_value(tmp_p
     for name, v in own.items():
         assert val[name].model_mM == pytest.approx(v.model_mM, rel=1e-6), name
         assert val[name].prior_mM == pytest.approx(v.prior_mM, rel=1e-6), name
+
+
+def test_comparison_counts_passes_and_every_place_iterative_is_worse():
+    """Two synthetic records: case 0 default +1 % / iterative -5 % (fails the 3 % bound), case 1 -2 % / +1 %."""
+    from recon.validate.compare import COMPARTMENTS, TABLE_MEASURES, compare, demo_records
+
+    text, n = compare(demo_records())
+    assert n["cases"] == [0, 1]
+    for meas in TABLE_MEASURES:
+        assert n["passes"]["default", meas] == 2 and n["passes"]["iterative", meas] == 1
+    # worse exactly in case 0, in every compartment and measure; never in case 1 (|+1 %| < |-2 %|)
+    assert {w[2] for w in n["worse"]} == {0}
+    assert len(n["worse"]) == len(COMPARTMENTS) * len(TABLE_MEASURES)
+    assert "| vitreous | eroded | 1 / 2 | 0: +1.0 → -5.0 (+4.0) |" in text
+    assert "- regional-fine-echo: default passes every bound in 2 of 2, iterative in 1 of 2" in text

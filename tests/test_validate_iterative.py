@@ -78,3 +78,19 @@ def test_comparison_counts_passes_and_every_place_iterative_is_worse():
     assert len(n["worse"]) == len(COMPARTMENTS) * len(TABLE_MEASURES)
     assert "| vitreous | eroded | 1 / 2 | 0: +1.0 → -5.0 (+4.0) |" in text
     assert "- regional-fine-echo: default passes every bound in 2 of 2, iterative in 1 of 2" in text
+
+
+def test_diagnosis_table_has_one_column_per_variant():
+    from recon.validate.diag import table
+
+    rec = {
+        "variants": {
+            n: {"slope": s, "bias": {"grey_matter": g, "vitreous": None, "tube 30.0 mM": 0.25}}
+            for n, s, g in (("gridding", 0.95, -0.26), ("iterative", 0.951, -0.233))
+        }
+    }
+    t = table(rec).splitlines()
+    assert t[0] == "| quantity | gridding | iterative |"
+    assert "| grey_matter | -26.0 | -23.3 |" in t and "| tube 30.0 mM | +0.25 | +0.25 |" in t
+    assert not any(line.startswith("| vitreous") for line in t)  # not scored in the first variant
+    assert t[-1] == "| line slope | 0.9500 | 0.9510 |"

@@ -51,7 +51,11 @@ def variants(seed: int, index: int, names: tuple[str, ...] | None = None) -> dic
         for name in names or tuple(VARIANTS):
             extra = {k: (str(zero) if v == "ZERO" else v) for k, v in VARIANTS[name].items()}
             t1 = time.perf_counter()
-            r = reconstruct(acq, {"calibration": str(csv), "tube_edge_mm": edge_mm, "qa": False, **extra}, trajectory=traj)
+            try:
+                r = reconstruct(acq, {"calibration": str(csv), "tube_edge_mm": edge_mm, "qa": False, **extra}, trajectory=traj)
+            except Exception as e:  # a variant the pipeline refuses is a result, not the end of the diagnosis
+                out["variants"][name] = {"options": extra, "error": f"{type(e).__name__}: {e}"}
+                continue
             rows = measure(case, res.truth, r, None)
             fit = r.calibration.result.fit
             out["variants"][name] = {
@@ -66,7 +70,7 @@ def variants(seed: int, index: int, names: tuple[str, ...] | None = None) -> dic
 
 def table(out: dict[str, Any]) -> str:
     """Markdown: one row per measured quantity, one column per variant (%, tubes in mM from the line)."""
-    names = list(out["variants"])
+    names = [n for n, v in out["variants"].items() if "error" not in v]
     qs = [q for q, v in out["variants"][names[0]]["bias"].items() if v is not None]
     lines = ["| quantity | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for q in qs:
@@ -76,6 +80,7 @@ def table(out: dict[str, Any]) -> str:
             cells.append("-" if v is None else (f"{v:+.2f}" if q.startswith("tube") else f"{100 * v:+.1f}"))
         lines.append(f"| {q} | " + " | ".join(cells) + " |")
     lines.append("| line slope | " + " | ".join(f"{out['variants'][n]['slope']:.4f}" for n in names) + " |")
+    lines += [f"\n{n}: {v['error']}" for n, v in out["variants"].items() if "error" in v]
     return "\n".join(lines) + "\n"
 
 

@@ -76,6 +76,10 @@ class ReconResult:
     affine : voxel -> scanner RAS+ mm. provenance : inputs, options, versions, timings.
     input_sha256 : SHA-256 of each raw file (``acquisition.sources``), computed on a helper thread
     from the moment the files are read (:func:`hash_inputs`), for the writer's provenance.
+    model_echoes : the echo images (same shape and signal units as ``echoes``) that the calibration's tube
+        model and the regional system model (``regions``) were fitted on: None when those are ``echoes``;
+        in an iterative run with the model calibration, the B0-corrected gridding images (tb-cpr), whose
+        point response the templates describe, while ``echoes`` and ``tsc_mM`` are the iterative image.
     """
 
     echoes: np.ndarray
@@ -98,6 +102,7 @@ class ReconResult:
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
     timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
     input_sha256: tuple[str, ...] | None = None  # one per acquisition.sources, hashed while the reconstruction ran
+    model_echoes: np.ndarray | None = None  # the images the tube and regional models describe, when not ``echoes``
 
     @property
     def matrix(self) -> tuple[int, int, int]:
@@ -972,6 +977,7 @@ def reconstruct(
         fieldmap_info=fmap.info,
         iterative_info=iter_info,
         regions=regions,
+        model_echoes=fit_images,  # the gridding images the tubes and regions were measured on (None: echoes)
         provenance=provenance(acq, opts, op, traj_source, dcf_method, method, fmap, iter_info, timer),
         timings_s=dict(timer.timings),
         input_sha256=digests(),

@@ -120,6 +120,13 @@ def fine_regional(result, phantom, truth, refine: str | None = "echo-ratio"):
 
     ``refine``: passed to :func:`recon.calibrate.regions.regional_tsc` (its values with the unrefined
     priors are in ``prior_mM``); with one echo there is no refinement.
+
+    The signals are those of the images the pipeline measures its own regions on
+    (``result.model_echoes`` when set, else ``result.echoes``): in an iterative run with the model
+    calibration these are the tb-cpr gridding images the tubes were fitted on, since the templates model
+    the gridding point response; ``cal.signal`` there is the iterative image's (the line applied to it),
+    which the templates do not describe. The iterative image itself is scored by the eroded voxel means
+    and the 2 mm sphere (:func:`measure`).
     """
     from recon.calibrate import SystemModel
     from recon.calibrate.regions import RegionSpec, classify, regional_tsc
@@ -142,7 +149,11 @@ def fine_regional(result, phantom, truth, refine: str | None = "echo-ratio"):
         object_edge_m=result.options.tube_edge_mm * 1e-3,
     )
     mode = cal.result.signal.get("mode", "auto")
-    signals = [cal.signal] + ([signal_image(result.echoes[1], mode)[0]] if result.echoes.shape[0] > 1 else [])
+    model = getattr(result, "model_echoes", None)
+    if model is None:  # the calibrated images are the reported ones: their echo-1 signal is cal.signal
+        signals = [cal.signal] + ([signal_image(result.echoes[1], mode)[0]] if result.echoes.shape[0] > 1 else [])
+    else:  # as recon.pipeline.regional_tsc(own_signal=False): both echoes of the images the tubes were fitted on
+        signals = [signal_image(model[e], mode)[0] for e in range(min(model.shape[0], 2))]
     f = cal.result.fit
     how = refine if len(signals) > 1 else None
     return regional_tsc(signals, sm, f.slope, f.intercept, labels, lab_aff, specs, result.affine, tsc_mM=result.tsc_mM, refine=how)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 
+@pytest.mark.slow  # ~15-30 s (an iterative reconstruction and two regional fits): the default suite stays under its budget
 def test_fine_regional_of_an_iterative_run_is_the_pipelines_regional_value(tmp_path, monkeypatch):
     """Seed-1 case 0 (TPI 40^3, the smallest matrix of the family), iterative, the pipeline's regions as truth.
 

@@ -14,63 +14,16 @@ deviations from the line in mM.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from recon.validate.compare import COMPARTMENTS, load, pair, pct, value, worst_tube
 from recon.validate.report import write_csv
 from recon.validate.run import summarise
 
 HERE = Path(__file__).resolve().parent
-COMPARTMENTS = (
-    ("csf_sulcal", "sulcal CSF"),
-    ("csf_ventricles", "ventricles"),
-    ("vitreous", "vitreous"),
-    ("oedema", "oedema"),
-    ("tumour_rim", "tumour rim"),
-    ("necrotic_core", "necrotic core"),
-    ("grey_matter", "GM"),
-    ("white_matter", "WM"),
-)
 MEASURES = ("regional-fine-echo", "eroded")
-
-
-def load(dirs: list[str]) -> list[dict[str, Any]]:
-    """Every case record found in the given output folders (or their .partial folders), sorted by index."""
-    recs: dict[int, dict[str, Any]] = {}
-    for d in map(Path, dirs):
-        if (d / "cases.json").exists():
-            for r in json.loads((d / "cases.json").read_text()):
-                recs[int(r["case"]["index"])] = r
-        part = d.parent / (d.name + ".partial")
-        for f in sorted(part.glob("case_*.json")) if part.exists() else ():
-            r = json.loads(f.read_text())
-            recs.setdefault(int(r["case"]["index"]), r)
-    return [recs[i] for i in sorted(recs)]
-
-
-def value(rec: dict[str, Any], mode: str, quantity: str, measure: str) -> float | None:
-    """A row's value (None when the row is absent or not scored)."""
-    for r in rec["modes"].get(mode, {}).get("rows", []):
-        if r["quantity"] == quantity and r.get("measure") == measure and r.get("passed") is not None:
-            return float(r["value"])
-    return None
-
-
-def worst_tube(rec: dict[str, Any], mode: str) -> float | None:
-    vals = [r["value"] for r in rec["modes"].get(mode, {}).get("rows", []) if r["class"] == "tube_mM"]
-    return max(vals, key=abs) if vals else None
-
-
-def pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:+.1f}"
-
-
-def pair(a: float | None, b: float | None) -> str:
-    if a is None and b is None:
-        return "-"
-    mark = " **↑**" if a is not None and b is not None and abs(b) > abs(a) else ""
-    return f"{pct(a)} / {pct(b)}{mark}"
+"""The measures session 6 tabulated (the helpers and the compartment list are recon.validate.compare's)."""
 
 
 def demo_records() -> list[dict[str, Any]]:

@@ -66,15 +66,17 @@ def worst_tube(rec: dict[str, Any], mode: str) -> float | None:
     return max(vals, key=abs) if vals else None
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
+    """A relative bias as signed percent with one decimal ("-" when absent)."""
     return "-" if v is None else f"{100 * v:+.1f}"
 
 
-def _pair(a: float | None, b: float | None) -> str:
+def pair(a: float | None, b: float | None) -> str:
+    """ "default / iterative" percents, marked ↑ where iterative is farther from the truth."""
     if a is None and b is None:
         return "-"
     mark = " **↑**" if a is not None and b is not None and abs(b) > abs(a) else ""
-    return f"{_pct(a)} / {_pct(b)}{mark}"
+    return f"{pct(a)} / {pct(b)}{mark}"
 
 
 def compare(recs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
@@ -99,7 +101,7 @@ def compare(recs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
             cells = []
             for q, name in COMPARTMENTS:
                 a, b = value(rec, "default", q, measure), value(rec, "iterative", q, measure)
-                cells.append(_pair(a, b))
+                cells.append(pair(a, b))
                 if a is not None and b is not None:
                     scored[name, measure] = scored.get((name, measure), 0) + 1
                     if abs(b) > abs(a):
@@ -127,19 +129,19 @@ def compare(recs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         s = {m: summarise(rec, m) for m in ("default", "iterative")}
         cells = []
         for meas, k in PASS_KEYS:
-            pair = []
+            verdicts = []
             for m in ("default", "iterative"):
                 p = s[m].get("passed" + k)
                 if s[m]["error"]:
-                    pair.append("error")
+                    verdicts.append("error")
                     continue
                 passes[m, meas] += bool(p)
-                pair.append("yes" if p else ("-" if p is None else f"no ({s[m]['n_failed' + k]})"))
-            cells.append(" / ".join(pair))
+                verdicts.append("yes" if p else ("-" if p is None else f"no ({s[m]['n_failed' + k]})"))
+            cells.append(" / ".join(verdicts))
         t = rec["modes"]
         tube = "-" if ta is None or tb is None else f"{ta:+.2f} / {tb:+.2f}{' **↑**' if abs(tb) > abs(ta) else ''}"
         out.append(
-            f"| {c['index']} | {tube} | {_pair(sa, sb)} | " + " | ".join(cells) + " | "
+            f"| {c['index']} | {tube} | {pair(sa, sb)} | " + " | ".join(cells) + " | "
             f"{t['default']['seconds']:.0f} / {t['iterative']['seconds']:.0f} ({rec['simulation_s']:.0f}) |"
         )
     n = len(recs)
@@ -162,7 +164,7 @@ def compare(recs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
         if name == "tubes (mM)":
             txt = "; ".join(f"{i}: {a:+.2f} → {b:+.2f} ({abs(b) - abs(a):+.2f} mM)" for _, _, i, a, b in ws)
         else:
-            txt = "; ".join(f"{i}: {_pct(a)} → {_pct(b)} ({100 * (abs(b) - abs(a)):+.1f})" for _, _, i, a, b in ws)
+            txt = "; ".join(f"{i}: {pct(a)} → {pct(b)} ({100 * (abs(b) - abs(a)):+.1f})" for _, _, i, a, b in ws)
         out.append(f"| {name} | {m} | {len(ws)} / {scored[name, m]} | {txt or '-'} |")
     numbers = {"cases": [r["case"]["index"] for r in recs], "passes": passes, "worse": worse, "scored": scored}
     return "\n".join(out) + "\n", numbers

@@ -26,14 +26,15 @@ import numpy as np
 
 
 def setup_rounds(k, shape, fov, eps, rounds):
-    """NUFFT set-up (points + plan + setpts) of recon.nufft.NUFFT against finufft's own plan + setpts
+    """NUFFT set-up (points + plan + setpts) of recon.nufft.NUFFT from float64 k and with the points a
+    cached design stores (recon.nufft.NufftPoints), against finufft's own plan + setpts
     with float32 points already made, against finufft from the same float64 k in cycles/m (the
     numpy conversion a finufft user writes, then plan + setpts), at the same upsampling, and against
     the former set-up path (float64 finiteness and extent passes, a float64 k * fov copy, then
     float32 points per axis)."""
     import finufft
 
-    from recon.nufft import NUFFT
+    from recon.nufft import NUFFT, make_points
     from recon.nufft.finufft_backend import choose_threads, choose_upsampfac
 
     n = np.asarray(shape, dtype=np.float64)
@@ -43,6 +44,11 @@ def setup_rounds(k, shape, fov, eps, rounds):
 
     def ours():
         NUFFT(k, shape, fov, eps=eps, upsampfac=uf)._plan(1)
+
+    stored = make_points(k, shape, fov, np.complex64)  # what a cached design carries (made when it was built)
+
+    def ours_stored():
+        NUFFT(k, shape, fov, eps=eps, upsampfac=uf, points=stored)._plan(1)
 
     def own():
         finufft.Plan(2, shape, 1, eps, -1, dtype="complex64", **kw).setpts(*pts)
@@ -62,7 +68,8 @@ def setup_rounds(k, shape, fov, eps, rounds):
     jobs = {
         "finufft plan+setpts": own,
         "finufft from float64 k (numpy conversion + plan + setpts)": own_from_k,
-        "NUFFT (now)": ours,
+        "NUFFT from float64 k (now)": ours,
+        "NUFFT with the design's stored points (cached design)": ours_stored,
         "NUFFT (before)": before,
     }
     times = {j: [] for j in jobs}

@@ -54,6 +54,7 @@ class KSpace:
     projections: np.ndarray
     prewhitened: bool = False
     noise_cov: np.ndarray | None = None  # (coil, coil) covariance the data were whitened with
+    points: Any = None  # recon.nufft.NufftPoints of k made beforehand (a cached design's), or None
 
 
 @dataclasses.dataclass
@@ -307,6 +308,7 @@ def prepare_kspace(acq, traj, dcf: np.ndarray, timer: StageTimer | None = None) 
         projections=common,
         prewhitened=prewhitened,
         noise_cov=cov,
+        points=traj.nufft_points(traj.matrix, traj.fov_m) if len(common) == traj.n_projections else None,
     )
 
 
@@ -380,7 +382,7 @@ def plan_nufft(ks: KSpace, matrix, fov_m, opts: RunOptions, plans: Plans | None 
     """Stage 5: the NUFFT operator of the acquired samples (from the caller's plans)."""
     timer = timer or StageTimer()
     with timer.stage("NUFFT plan"):
-        return plans_or_default(plans).nufft(ks.k, matrix, fov_m, device=opts.device, eps=opts.eps)
+        return plans_or_default(plans).nufft(ks.k, matrix, fov_m, points=ks.points, device=opts.device, eps=opts.eps)
 
 
 def grid(op, ks: KSpace, te_s, timer: StageTimer | None = None) -> np.ndarray:

@@ -150,11 +150,14 @@ class Plans:
         """A spread/interpolate-only gridder (e.g. the Pipe-Menon convolution's finufft plans) under ``key()``."""
         return self.get("spreader", key, builder)
 
-    def nufft(self, k: np.ndarray, shape: Sequence[int], fov: float | Sequence[float], **kw: Any):
-        """``recon.nufft.NUFFT(k, shape, fov, **kw)``, reused for bit-identical k and settings."""
+    def nufft(self, k: np.ndarray, shape: Sequence[int], fov: float | Sequence[float], points: Any = None, **kw: Any):
+        """``recon.nufft.NUFFT(k, shape, fov, points=points, **kw)``, reused for bit-identical k and settings.
+
+        ``points`` (:class:`recon.nufft.NufftPoints` made from this k) are not part of the key: they
+        follow from k."""
         from recon.nufft import NUFFT
 
-        return self.get("nufft", lambda: nufft_key(k, shape, fov, **kw), lambda: NUFFT(k, shape, fov, **kw))
+        return self.get("nufft", lambda: nufft_key(k, shape, fov, **kw), lambda: NUFFT(k, shape, fov, points=points, **kw))
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Hits and misses per kind (empty without a cache)."""

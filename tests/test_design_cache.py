@@ -117,11 +117,22 @@ def test_second_run_reads_the_design_and_reconstructs_the_same(cache, tmp_path):
 
     raw = Path(__file__).resolve().parents[1] / "data_samples" / "raw.dat"
     opts = {"calibration": "none", "b0": "none", "qa": False}
-    a = recon.reconstruct(raw, opts)
-    assert tc.info()["entries"] == 1
-    b = recon.reconstruct(raw, opts)
+    import recon.pipeline as pl
+
+    made = []
+    plan = pl.plan_nufft
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(pl, "plan_nufft", lambda *a, **kw: made.append(plan(*a, **kw)) or made[-1])
+    try:
+        a = recon.reconstruct(raw, opts)
+        assert tc.info()["entries"] == 1
+        b = recon.reconstruct(raw, opts)
+    finally:
+        monkey.undo()
     assert np.array_equal(a.trajectory.k, b.trajectory.k)
     assert np.allclose(a.echoes, b.echoes, rtol=0, atol=1e-6 * np.abs(a.echoes).max())
+    # both runs' NUFFTs took the design's points (made once when it was built, mapped when read)
+    assert [op.points_source for op in made] == ["given", "given"]
 
 
 def test_cli_cache_info_reports_both_caches(cache, capsys):
@@ -211,3 +222,55 @@ def test_store_removes_entries_of_the_earlier_format(cache):
     tc.cached_design({"p": 0.3}, _build)
     assert not old.exists() and other.read_text() == "keep"
     assert len(list(cache.glob("*" + tc.SUFFIX))) == 1
+
+
+def test_cached_design_carries_the_nufft_points_bit_identical_to_a_conversion(cache):
+    """The points stored with a design are make_points' of its k (the independent truth: a fresh
+    conversion); a NUFFT given them converts nothing and transforms bit-identically to one from k."""
+    from recon.nufft import NUFFT, make_points
+
+    a, how_a = tc.cached_design({"p": 0.3}, _build)
+    b, how_b = tc.cached_design({"p": 0.3}, _build)
+    assert (how_a, how_b) == ("computed", "cached")
+    ref = make_points(_build().k, b.matrix, b.fov_m, np.complex64)
+    for t in (a, b):  # the built design keeps the points it stored; the loaded one maps them
+        pts = t.nufft_points(t.matrix, t.fov_m)
+        assert pts is not None and pts.shape == tuple(t.matrix)
+        for d in range(3):
+            assert pts.x[d].dtype == np.float32 and np.array_equal(pts.x[d], ref.x[d])
+        assert pts.lo == ref.lo and pts.hi == ref.hi
+    pts = b.nufft_points(b.matrix, b.fov_m)
+    assert b.nufft_points(b.matrix, b.fov_m, np.complex128) is None  # other dtype: none kept
+    assert b.nufft_points(tuple(2 * m for m in b.matrix), b.fov_m) is None  # other grid
+    given = NUFFT(b.k, b.matrix, b.fov_m, points=pts)
+    fresh = NUFFT(_build().k, b.matrix, b.fov_m)
+    assert (given.points_source, fresh.points_source) == ("given", "converted")
+    assert given.points()[0] is pts.x[0]  # no copy
+    rng = np.random.default_rng(0)
+    y = (rng.standard_normal(b.k.shape[:-1]) + 1j * rng.standard_normal(b.k.shape[:-1])).astype(np.complex64)
+    assert np.array_equal(given.adjoint(y), fresh.adjoint(y))
+
+
+def test_points_that_do_not_fit_are_converted_and_bad_ones_refused(cache):
+    from recon.errors import TrajectoryError
+    from recon.nufft import NUFFT, NufftPoints, make_points
+
+    t = _build()
+    pts = make_points(t.k, t.matrix, t.fov_m)
+    op = NUFFT(t.k, tuple(m + 2 for m in t.matrix), t.fov_m, points=pts)  # other grid: ignored, k converted
+    assert op.points_source == "converted" and not np.array_equal(op.points()[0], pts.x[0])
+    wide = NufftPoints(x=pts.x, shape=pts.shape, fov_m=pts.fov_m, lo=pts.lo, hi=(float("nan"),) + pts.hi[1:])
+    with pytest.raises(TrajectoryError, match="NaN"):
+        NUFFT(t.k, t.matrix, t.fov_m, points=wide)  # the extent is re-checked on the given numbers
+    far = NufftPoints(x=pts.x, shape=pts.shape, fov_m=pts.fov_m, lo=pts.lo, hi=(10.0, 0.0, 0.0))
+    with pytest.raises(TrajectoryError, match="cycles/FOV"):
+        NUFFT(t.k, t.matrix, t.fov_m, points=far)
+
+
+def test_entry_of_another_points_format_loads_without_points(cache, monkeypatch):
+    import recon.nufft
+
+    tc.cached_design({"p": 0.3}, _build)
+    monkeypatch.setattr(recon.nufft, "POINTS_FORMAT", recon.nufft.POINTS_FORMAT + 1)
+    t, how = tc.cached_design({"p": 0.3}, _build)
+    assert how == "cached" and t.nufft_points(t.matrix, t.fov_m) is None

@@ -21,11 +21,25 @@ from __future__ import annotations
 from recon.nufft.operator import (
     BACKENDS,
     NUFFT,
+    POINTS_FORMAT,
     NufftBackend,
+    NufftPoints,
     available_backends,
     default_threads,
     gridding,
+    make_points,
     register_backend,
 )
 
-__all__ = ["NUFFT", "NufftBackend", "BACKENDS", "register_backend", "available_backends", "default_threads", "gridding"]
+__all__ = [
+    "NUFFT",
+    "NufftBackend",
+    "NufftPoints",
+    "make_points",
+    "POINTS_FORMAT",
+    "BACKENDS",
+    "register_backend",
+    "available_backends",
+    "default_threads",
+    "gridding",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from abc import ABC, abstractmethod
@@ -115,6 +116,116 @@ def _check_eps(eps: float) -> float:
     return float(eps)
 
 
+POINTS_FORMAT = 1
+"""Version of :func:`make_points`' output (bump when its arithmetic changes: stored points are then remade)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NufftPoints:
+    """The backend points of one trajectory on one grid, made once and checked.
+
+    ``x``: three (M,) contiguous arrays x_d = 2 pi k_d fov_d / N_d in radians, in the real dtype
+    (float32 for complex64); ``shape``: the grid (N0, N1, N2); ``fov_m``: the FOV in m per axis;
+    ``lo`` / ``hi``: the per-axis minimum and maximum of ``x`` (radians), from which the extent check
+    is repeated without a pass over the points. Made by :func:`make_points`; a trajectory design in the
+    disk cache stores them (:mod:`recon.trajectory.design_cache`), so that a run's NUFFT set-up is
+    finufft's own plan + setpts on them (``NUFFT(..., points=)``).
+    """
+
+    x: tuple[np.ndarray, np.ndarray, np.ndarray]
+    shape: tuple[int, int, int]
+    fov_m: tuple[float, float, float]
+    lo: tuple[float, float, float]
+    hi: tuple[float, float, float]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.x[0].dtype
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.x[0].shape[0])
+
+    def fits(self, shape: Sequence[int], fov_m: Sequence[float], real_dtype, n_samples: int) -> bool:
+        """Whether these are the points of a NUFFT with this grid, FOV (m), real dtype and sample count."""
+        return (
+            tuple(int(s) for s in shape) == tuple(self.shape)
+            and tuple(float(f) for f in fov_m) == tuple(self.fov_m)
+            and np.dtype(real_dtype) == self.dtype
+            and int(n_samples) == self.n_samples
+            and all(a.ndim == 1 and a.flags.c_contiguous and a.dtype == self.dtype for a in self.x)
+        )
+
+
+def _real_dtype(dtype) -> type:
+    return np.float32 if np.dtype(dtype) == np.complex64 else np.float64
+
+
+def _check_extent(lo, hi, shape) -> None:
+    """Raise TrajectoryError unless the points are finite and within 1.5 x the grid (cycles per FOV)."""
+    lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):  # min/max propagate NaN
+        raise TrajectoryError("k contains NaN or infinite values")
+    kext = np.maximum(np.abs(lo), np.abs(hi)) * np.asarray(shape) / (2 * np.pi)  # cycles per FOV
+    if np.any(kext > np.asarray(shape) * 1.5 * (1 + 1e-6)):
+        raise TrajectoryError(
+            f"k extends to {kext.round(1).tolist()} cycles/FOV, beyond "
+            f"1.5 x the grid {list(shape)}: check the units of k (cycles/m) and the FOV (m)"
+        )
+
+
+def make_points(k: np.ndarray, shape: Sequence[int], fov_m: float | Sequence[float], dtype=np.complex64) -> NufftPoints:
+    """The backend points of sample positions ``k`` (..., 3) in cycles/m on a grid ``shape`` with FOV ``fov_m`` (m).
+
+    x_d = 2 pi k_d fov_d / N_d into the real dtype of ``dtype``, checked on the result (finite, within
+    1.5 x the grid: :class:`~recon.errors.TrajectoryError` otherwise). k is read once per block of
+    32768 samples for all three axes (the block in cache), the blocks in two contiguous spans on two
+    threads; bit-identical to one multiply per axis.
+    """
+    shape = tuple(int(s) for s in shape)
+    fov_a = np.broadcast_to(np.asarray(fov_m, dtype=np.float64), (3,))
+    real = _real_dtype(dtype)
+    k = np.asarray(k)
+    n = int(np.prod(k.shape[:-1]))
+    kf = k.reshape(n, 3)
+    pts = [np.empty(n, dtype=real) for _ in range(3)]
+    scale = [2 * np.pi * fov_a[d] / shape[d] for d in range(3)]
+    step = 1 << 15  # 32768 samples: 0.8 MB of k per block, read once (from cache) for all three axes
+
+    def blocks(span: tuple[int, int]) -> list[tuple[list[float], list[float]]]:
+        out = []
+        for i in range(span[0], span[1], step):
+            kb = kf[i : min(i + step, span[1])]
+            lo, hi = [], []
+            for d in range(3):
+                o = pts[d][i : i + len(kb)]
+                np.multiply(kb[:, d], scale[d], out=o, casting="unsafe")
+                lo.append(float(o.min()))
+                hi.append(float(o.max()))
+            out.append((lo, hi))
+        return out
+
+    workers = min(2, default_threads()) if n >= 4 * step else 1
+    # one contiguous span of blocks per worker (two tasks, not one per block: the pool's
+    # per-task cost was ~15 ms over the 150 blocks of the 64^3 protocol)
+    cuts = [round(n * w / workers / step) * step for w in range(workers)] + [n]
+    spans = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    if len(spans) > 1:  # numpy's ufuncs release the GIL: the spans convert in parallel
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(spans), thread_name_prefix="narecon-points") as pool:
+            res = [r for part in pool.map(blocks, spans) for r in part]
+    else:
+        res = [r for sp in spans for r in blocks(sp)]
+    if res:
+        lo = np.min(np.array([r[0] for r in res], dtype=np.float64), axis=0)  # NaN propagates
+        hi = np.max(np.array([r[1] for r in res], dtype=np.float64), axis=0)
+    else:
+        lo = hi = np.zeros(3)
+    _check_extent(lo, hi, shape)
+    return NufftPoints(x=tuple(pts), shape=shape, fov_m=tuple(fov_a.tolist()), lo=tuple(lo.tolist()), hi=tuple(hi.tolist()))
+
+
 class SharedPlan:
     """One backend plan per setting, re-pointed between operators that are used one after another.
 
@@ -156,6 +267,9 @@ class NUFFT(LinearOperator):
     device : ``cpu`` or ``gpu`` (used when ``backend`` is None).
     eps : requested relative accuracy (default :data:`DEFAULT_EPS`, 1e-4).
     dtype : complex64 (default) or complex128.
+    points : optional :class:`NufftPoints` made beforehand from this ``k`` (:func:`make_points`, e.g.
+        stored with a cached trajectory design): used without converting k when they fit the grid,
+        FOV, dtype and sample count, else ignored. The caller vouches that they are ``k``'s.
     options : passed to the backend (e.g. ``n_threads``, ``upsampfac``).
 
     The operator is planned once per number of simultaneous transforms and reused; a batch
@@ -165,7 +279,8 @@ class NUFFT(LinearOperator):
 
     Set-up cost: the sample positions are converted once, block by block, to the points
     the backend takes (float32 radians for finufft with complex64), and checked (finite, within
-    1.5 x the grid) on those points; measured in benchmarks/README.md ("NUFFT set-up").
+    1.5 x the grid) on those points; with ``points`` given, no conversion (finufft's own plan +
+    setpts); measured in benchmarks/README.md ("NUFFT set-up").
     """
 
     def __init__(
@@ -177,6 +292,7 @@ class NUFFT(LinearOperator):
         device: str = "cpu",
         eps: float | None = None,
         dtype=np.complex64,
+        points: NufftPoints | None = None,
         **options,
     ):
         k = np.asarray(k)
@@ -200,10 +316,21 @@ class NUFFT(LinearOperator):
         self._cls = _load_backend(self.backend_name)
         self.kshape = tuple(k.shape[:-1])
         self.ishape, self.oshape = self.shape, self.kshape
-        # keep a reference to the caller's k (no copy); the backend points are made once here
+        # keep a reference to the caller's k (no copy); the backend points are made once here, or
+        # taken as given when they were made for this grid, FOV and dtype (their extent re-checked)
         self._k = k
         self._fov_a = fov_a
-        self._pts: tuple[np.ndarray, ...] | None = self._make_points(k)
+        if points is not None and points.fits(self.shape, self.fov, _real_dtype(self.dtype), int(np.prod(self.kshape))):
+            _check_extent(points.lo, points.hi, self.shape)
+            self._pts: tuple[np.ndarray, ...] | None = tuple(points.x)
+            self.points_source = "given"
+        else:
+            if points is not None:
+                log.debug(
+                    "NUFFT points given for %s / %s m / %s do not fit: converting k", points.shape, points.fov_m, points.dtype
+                )
+            self._pts = make_points(k, self.shape, self.fov, self.dtype).x
+            self.points_source = "converted"
         self.options = options
         self._plans: dict[int, object] = {}
         self._shared: SharedPlan | None = None  # set by subset(): transforms through a shared plan
@@ -245,61 +372,8 @@ class NUFFT(LinearOperator):
     def points(self) -> tuple[np.ndarray, ...]:
         """The backend's points x_d = 2 pi k_d fov_d / N_d (three (M,) arrays, float32 for complex64)."""
         if self._pts is None:
-            self._pts = self._make_points(self._k)
+            self._pts = make_points(self._k, self.shape, self.fov, self.dtype).x
         return self._pts
-
-    def _make_points(self, k: np.ndarray) -> tuple[np.ndarray, ...]:
-        """x_d = 2 pi k_d fov_d / N_d into the real dtype, checked on the result (finite, extent).
-
-        k is read once per block of 32768 samples for all three axes (the block in cache), the blocks in
-        two contiguous spans on two threads; bit-identical to one multiply per axis."""
-        real = np.float32 if self.dtype == np.complex64 else np.float64
-        n = int(np.prod(self.kshape))
-        kf = k.reshape(n, 3)
-        pts = [np.empty(n, dtype=real) for _ in range(3)]
-        scale = [2 * np.pi * self._fov_a[d] / self.shape[d] for d in range(3)]
-        step = 1 << 15  # 32768 samples: 0.8 MB of k per block, read once (from cache) for all three axes
-
-        def blocks(span: tuple[int, int]) -> list[tuple[list[float], list[float]]]:
-            out = []
-            for i in range(span[0], span[1], step):
-                kb = kf[i : min(i + step, span[1])]
-                lo, hi = [], []
-                for d in range(3):
-                    o = pts[d][i : i + len(kb)]
-                    np.multiply(kb[:, d], scale[d], out=o, casting="unsafe")
-                    lo.append(float(o.min()))
-                    hi.append(float(o.max()))
-                out.append((lo, hi))
-            return out
-
-        workers = min(2, default_threads()) if n >= 4 * step else 1
-        # one contiguous span of blocks per worker (two tasks, not one per block: the pool's
-        # per-task cost was ~15 ms over the 150 blocks of the 64^3 protocol)
-        cuts = [round(n * w / workers / step) * step for w in range(workers)] + [n]
-        spans = [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
-        if len(spans) > 1:  # numpy's ufuncs release the GIL: the spans convert in parallel
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=len(spans), thread_name_prefix="narecon-points") as pool:
-                res = [r for part in pool.map(blocks, spans) for r in part]
-        else:
-            res = [r for sp in spans for r in blocks(sp)]
-        if res:
-            lo = np.min(np.array([r[0] for r in res], dtype=np.float64), axis=0)  # NaN propagates
-            hi = np.max(np.array([r[1] for r in res], dtype=np.float64), axis=0)
-        else:
-            lo = hi = np.zeros(3)
-        pts = [p.reshape(-1) for p in pts]
-        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):  # min/max propagate NaN
-            raise TrajectoryError("k contains NaN or infinite values")
-        kext = np.maximum(np.abs(lo), np.abs(hi)) * np.asarray(self.shape) / (2 * np.pi)  # cycles per FOV
-        if np.any(kext > np.asarray(self.shape) * 1.5 * (1 + 1e-6)):
-            raise TrajectoryError(
-                f"k extends to {kext.round(1).tolist()} cycles/FOV, beyond "
-                f"1.5 x the grid {list(self.shape)}: check the units of k (cycles/m) and the FOV (m)"
-            )
-        return tuple(pts)
 
     @property
     def k(self) -> np.ndarray:

@@ -12,12 +12,16 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from recon.errors import TrajectoryError
 from recon.physics import GAMMA_BAR_1H_HZ_PER_T, GAMMA_BAR_23NA_HZ_PER_T  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from recon.nufft import NufftPoints
 
 _VERIFIED = contextvars.ContextVar("narecon_trajectory_verified", default=False)
 """True while :func:`verified_trajectory` builds a trajectory (its validation is skipped)."""
@@ -93,6 +97,24 @@ class Trajectory:
         self.k.setflags(write=False)
         self.t.setflags(write=False)
         self.__dict__["_design_identity"] = str(key)
+
+    def attach_points(self, points: NufftPoints) -> None:
+        """Keep ``points`` (:func:`recon.nufft.make_points` of this k) for :meth:`nufft_points`; k is
+        made read-only, so they cannot go stale."""
+        if points.n_samples != self.k.size // 3:
+            raise ValueError(f"{points.n_samples} points for a trajectory of {self.k.size // 3} samples")
+        self.k.setflags(write=False)
+        self.__dict__["_nufft_points"] = points
+
+    def nufft_points(self, shape: Sequence[int], fov_m: Sequence[float], dtype=np.complex64) -> NufftPoints | None:
+        """The NUFFT points made for this k on grid ``shape`` with FOV ``fov_m`` (m) and ``dtype``, if
+        kept (:meth:`attach_points`; a cached built-in design keeps those of its own matrix and FOV), else None."""
+        p = self.__dict__.get("_nufft_points")
+        if p is None:
+            return None
+        real = np.float32 if np.dtype(dtype) == np.complex64 else np.float64
+        fov = np.broadcast_to(np.asarray(fov_m, dtype=np.float64), (3,))
+        return p if p.fits(shape, fov.tolist(), real, self.k.size // 3) else None
 
     def content_key(self) -> str:
         """Content key of ``k`` and ``t``: :meth:`design_identity` if known, else a BLAKE2b digest of

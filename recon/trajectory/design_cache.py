@@ -6,11 +6,13 @@ design. :func:`cached_design` returns the design for a parameter description, fr
 ``<cache>/trajectory/<key>.nrc`` when present, else built and stored. The key is a BLAKE2b digest
 of the parameters (JSON), narecon's version and the bytes of every module of
 :mod:`recon.trajectory` (so a change of any generator invalidates every entry without a manual
-version bump). Entries are :func:`recon.trajectory.dcf_cache.write_arrays` files (k, t, solid angle, waveforms
-and a JSON header; the arrays memory-mapped on load and checked against an XXH3 digest), written
-atomically; the directory shares the bound ``NARECON_CACHE_MAX_MB`` and the
-switch ``NARECON_CACHE_DIR=off`` with the DCF cache (:mod:`recon.trajectory.dcf_cache`). A
-damaged entry is removed and the design rebuilt.
+version bump). Entries are :func:`recon.trajectory.dcf_cache.write_arrays` files: k, t, solid
+angle, waveforms, the NUFFT's float32 points on the design's own grid
+(:class:`recon.nufft.NufftPoints`, 58 MB at the 64^3 protocol: a run's NUFFT set-up then converts
+no k; stamped with :data:`recon.nufft.POINTS_FORMAT`) and a JSON header; the arrays memory-mapped
+on load and checked against an XXH3 digest; written atomically. The directory shares the bound
+``NARECON_CACHE_MAX_MB`` and the switch ``NARECON_CACHE_DIR=off`` with the DCF cache
+(:mod:`recon.trajectory.dcf_cache`). A damaged entry is removed and the design rebuilt.
 """
 
 from __future__ import annotations
@@ -99,6 +101,47 @@ def _meta(traj: Trajectory) -> dict[str, Any]:
     }
 
 
+def _points_for_store(traj: Trajectory) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The NUFFT points of the design on its own grid (complex64 runs), made once and attached to
+    ``traj``: arrays and header fields for the entry (none when they cannot be made)."""
+    from recon import nufft
+    from recon.errors import NareconError
+
+    pts = traj.nufft_points(traj.matrix, traj.fov_m)
+    if pts is None:
+        try:
+            pts = nufft.make_points(traj.k, traj.matrix, traj.fov_m, np.complex64)
+        except NareconError as e:  # a design beyond 1.5 x its grid is refused by the NUFFT; keep it without points
+            log.debug("no NUFFT points stored with the design: %s", e)
+            return {}, {}
+        traj.attach_points(pts)
+    meta = {
+        "format": nufft.POINTS_FORMAT,
+        "shape": list(pts.shape),
+        "fov_m": list(pts.fov_m),
+        "lo": list(pts.lo),
+        "hi": list(pts.hi),
+    }
+    return {f"points_{d}": pts.x[d] for d in range(3)}, {"nufft_points": meta}
+
+
+def _attach_points(traj: Trajectory, meta: dict[str, Any] | None, z: dict[str, np.ndarray]) -> None:
+    """Attach the entry's NUFFT points to ``traj`` when their format is this code's."""
+    from recon import nufft
+
+    if not meta or meta.get("format") != nufft.POINTS_FORMAT or any(f"points_{d}" not in z for d in range(3)):
+        return
+    pts = nufft.NufftPoints(
+        x=tuple(z[f"points_{d}"] for d in range(3)),
+        shape=tuple(int(v) for v in meta["shape"]),
+        fov_m=tuple(float(v) for v in meta["fov_m"]),
+        lo=tuple(float(v) for v in meta["lo"]),
+        hi=tuple(float(v) for v in meta["hi"]),
+    )
+    if pts.x[0].dtype == np.float32 and len({a.shape for a in pts.x}) == 1:
+        traj.attach_points(pts)
+
+
 def _store(entry: Path, traj: Trajectory) -> str | None:
     arrays: dict[str, np.ndarray] = {"k": traj.k, "t": traj.t}
     if traj.dcf is not None:
@@ -108,9 +151,11 @@ def _store(entry: Path, traj: Trajectory) -> str | None:
     for k, v in (traj.waveforms or {}).items():
         if isinstance(v, np.ndarray):
             arrays[f"waveform_{k}"] = v
+    pts, pmeta = _points_for_store(traj)
+    arrays.update(pts)
 
     def write(f) -> None:
-        _dcf_cache.write_arrays(f, _meta(traj), arrays)
+        _dcf_cache.write_arrays(f, {**_meta(traj), **pmeta}, arrays)
 
     nbytes = sum(a.nbytes for a in arrays.values())
     return store_entry(entry, nbytes, write, "the trajectory design", suffix=SUFFIX, legacy_suffix=_LEGACY_SUFFIX)
@@ -122,6 +167,7 @@ def _load(entry: Path) -> Trajectory | None:
     try:
         meta, z = _dcf_cache.read_arrays(entry)
         wf = dict(meta.pop("waveform_scalars") or {})
+        pmeta = meta.pop("nufft_points", None)
         for name, a in z.items():
             if name.startswith("waveform_"):
                 wf[name[len("waveform_") :]] = a
@@ -133,6 +179,7 @@ def _load(entry: Path) -> Trajectory | None:
             waveforms=wf or None,
             **meta,
         )
+        _attach_points(traj, pmeta, z)
     except Exception as e:  # any damage: rebuild (the entry is ours; never trusted over a rebuild)
         log.warning("trajectory cache entry %s unreadable (%s): rebuilding", entry, e)
         entry.unlink(missing_ok=True)

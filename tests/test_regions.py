@@ -263,3 +263,38 @@ def test_t1_prior_sensitivity_bounds_the_t1_error():
             assert max(errs) >= 0.8 * bound, (tr, cls, max(errs), bound)  # not a loose bound
     assert t1_prior_sensitivity(0.174, 90.0, "tube", 0.055, 0.055) is None
     assert t1_prior_sensitivity(0.174, 90.0, "fluid", 0.06, 0.055) < t1_prior_sensitivity(0.06, 90.0, "fluid", 0.06, 0.055)
+
+
+def test_thin_regions_on_coarse_labels_are_warned_about_and_fine_labels_are_not():
+    """Labels on the reconstruction grid: a 2-voxel slab and a 2.3-voxel-radius tube are named, a
+    12-voxel block is not; the same scene labelled 4x finer gives no warning."""
+    aff = np.diag([VOX * 1e3] * 3 + [1.0])
+    F = 4
+    ax = [((np.arange(F * N) + 0.5) / F - 0.5) for _ in range(3)]  # recon voxel coordinates of fine cells
+    X, Y, Z = np.meshgrid(*ax, indexing="ij")
+    fine = np.zeros((F * N,) * 3, dtype=np.int16)
+    fine[(X >= 2) & (X < 14) & (Y >= 2) & (Y < 14) & (Z >= 2) & (Z < 14)] = 1  # block, 12 voxels
+    fine[(X >= 16) & (X < 18) & (Y >= 2) & (Y < 22) & (Z >= 2) & (Z < 22)] = 2  # slab, 2 voxels thick
+    fine[((X - 19.5) ** 2 + (Y - 19.5) ** 2 <= 2.3**2) & (Z >= 2) & (Z < 22) & (X > 18)] = 3  # tube
+    coarse = fine[F // 2 :: F, F // 2 :: F, F // 2 :: F]  # each recon voxel its centre's label
+    specs = [R.RegionSpec(1, "block", "tissue"), R.RegionSpec(2, "slab", "fluid"), R.RegionSpec(3, "tube_a", "tube")]
+    occ_c = R.downsample(R.occupancy(coarse, aff, [1, 2, 3], aff, (N,) * 3), R.SUPERSAMPLE)
+    w = R.coarse_label_warnings(occ_c, specs, aff, aff)
+    assert R.label_voxel_ratio(aff, aff) == pytest.approx(1.0)
+    assert [x.split()[1] for x in w] == ["slab", "tube_a"], w
+    assert "voxels across" in w[0] and "4x finer" in w[0]
+    laff = _fine_affine(aff, F)
+    assert R.label_voxel_ratio(laff, aff) == pytest.approx(1 / F)
+    occ_f = R.downsample(R.occupancy(fine, laff, [1, 2, 3], aff, (N,) * 3), R.SUPERSAMPLE)
+    assert R.coarse_label_warnings(occ_f, specs, laff, aff) == []
+
+
+def test_regional_tsc_reports_thin_regions_of_recon_grid_labels(head):
+    h = dict(head)
+    fine = _run(h)
+    assert not any("voxels across" in w for w in fine.warnings)
+    h["labels"], h["laff"] = h["truth_labels"], h["aff"]  # the phantom's labels on the reconstruction grid
+    coarse = _run(h)
+    named = {w.split()[1] for w in coarse.warnings if "voxels across" in w}
+    assert named and named <= {v.name for v in coarse.regions}, coarse.warnings
+    assert coarse.settings["label_voxel_ratio"] == pytest.approx(1.0)

@@ -118,6 +118,8 @@ class ReconResult:
             d["relaxation_map"] = self.relaxation_info
         if self.background is not None:
             d["background_outside_mask_mM"] = self.background
+        if self.regions is not None:  # the regional record (values also in regions.tsv) with its settings and warnings
+            d["regional"] = self.regions.to_dict()
         return d
 
     def summary(self) -> dict[str, Any]:

@@ -248,3 +248,20 @@ def test_relaxation_map_tissue_vs_fluid():
     assert rmap[2, 8, 8] == pytest.approx(fac(TISSUE, 0.3e-3).relative, rel=1e-3)
     assert rmap[13, 8, 8] == pytest.approx(fac(CSF, 0.3e-3).relative, rel=1e-3)
     assert info["relative_tissue"] < info["relative_fluid"]
+
+
+def test_regional_record_in_calibration_json_names_thin_regions_of_coarse_labels(tmp_path):
+    """The sample's truth labels are on its 40^3 recon grid: the regional record in calibration.json
+    carries the label voxel size (1 recon voxel) and a warning for each compartment under ~6 voxels
+    across; its values are those of regions.tsv."""
+    import csv
+
+    out = tmp_path / "o"
+    run([str(SAMPLE)], out, RunOptions(qa=False, regions=str(SAMPLE.parent / "truth_labels.nii.gz")))
+    cal = json.loads((out / "calibration.json").read_text())
+    reg = cal["regional"]
+    assert reg["settings"]["label_voxel_ratio"] == pytest.approx(1.0)
+    thin = [w for w in reg["warnings"] if "voxels across" in w]
+    assert thin and all("4x finer" in w for w in thin)
+    tsv = {r["name"]: float(r["model_mM"]) for r in csv.DictReader(open(out / "regions.tsv"), delimiter="\t")}
+    assert {r["name"]: r["model_mM"] for r in reg["regions"]} == pytest.approx(tsv, rel=1e-3)

@@ -196,6 +196,18 @@ class RunOptions:
         high=10.0,
         help="Gaussian blur (SD) of the tube walls in the tube model: 0 for real tubes; simulated data: truth.json edge_mm",
     )
+    tube_t1_ms: float | None = _o(
+        None,
+        kind="float",
+        unit="ms",
+        low=5.0,
+        high=5000.0,
+        nullable=True,
+        cli="--tube-t1-ms",
+        help="measured T1 of the calibration tubes in ms (e.g. inversion recovery; default: the saline prior of "
+        "recon/physics.py, 55 ms): used by the T1 factors of --relaxation and --regions; a region's own measured "
+        "T1 goes in the label sidecar's t1_ms",
+    )
     reference_spheres: tuple = _o(
         (), kind="spheres", unit="mm", cli="--reference", help="internal reference sphere x,y,z,r in RAS mm (repeatable)"
     )

@@ -618,23 +618,33 @@ def gridding_for_calibration(
     return correct_b0(op, ks, acq, plain, combined_plain, fmap, GRIDDING_B0, grid_opts, plans, timer, label)[0]
 
 
-def relaxation_map(acq, traj, dcf, images, smooth_vox: float = 1.0) -> tuple[np.ndarray, dict[str, Any]]:
+def tube_reference(opts: RunOptions):
+    """The tubes' relaxation model: the saline prior, with the measured T1 when ``tube_t1_ms`` is given."""
+    from recon.calibrate import SALINE_TUBE
+    from recon.calibrate.regions import with_t1
+
+    return with_t1(SALINE_TUBE, None if opts.tube_t1_ms is None else opts.tube_t1_ms * 1e-3)
+
+
+def relaxation_map(acq, traj, dcf, images, smooth_vox: float = 1.0, reference=None) -> tuple[np.ndarray, dict[str, Any]]:
     """Per-voxel relative relaxation weighting r(x) of the echo-1 signal vs the tube model.
 
     Tissue (bi-exponential, fast decay) and fluid (CSF, mono-exponential) are told apart by the
     measured echo ratio q = |x2| / |x1| (smoothed): the models predict q_t and q_f over the
     readout (recon.calibrate.relax), the tissue fraction is w = clip((q_f - q) / (q_f - q_t), 0, 1),
     and r = w r_tissue + (1 - w) r_fluid, so tissue gets the tissue correction and fluids and tubes
-    (nearly) none, instead of one scalar for every voxel. Returns r and a record of the factors.
+    (nearly) none, instead of one scalar for every voxel. ``reference``: the tubes' model (default
+    the saline prior; :func:`tube_reference`). Returns r and a record of the factors.
     """
     from scipy.ndimage import gaussian_filter
 
-    from recon.calibrate import CSF, TISSUE, ReadoutWeighting, relaxation_factors
+    from recon.calibrate import CSF, SALINE_TUBE, TISSUE, ReadoutWeighting, relaxation_factors
 
     rw = ReadoutWeighting.from_trajectory(traj, dcf)
     te1, te2 = acq.te_s[0], acq.te_s[1]
+    ref = SALINE_TUBE if reference is None else reference
     f = {
-        (name, i): relaxation_factors(acq.tr_s, acq.flip_deg, te, target=model, readout=rw)
+        (name, i): relaxation_factors(acq.tr_s, acq.flip_deg, te, target=model, reference=ref, readout=rw)
         for name, model in (("tissue", TISSUE), ("fluid", CSF))
         for i, te in ((1, te1), (2, te2))
     }
@@ -696,12 +706,18 @@ def calibrate_images(
     sub = traj.subset(ks.projections) if len(ks.projections) < traj.n_projections else traj
     relax, relax_map, relax_info = None, None, None
     if opts.relaxation == "tissue":
-        relax = relaxation_factors(acq.tr_s, acq.flip_deg, acq.te_s[0], readout=ReadoutWeighting.from_trajectory(sub, ks.dcf))
+        relax = relaxation_factors(
+            acq.tr_s,
+            acq.flip_deg,
+            acq.te_s[0],
+            reference=tube_reference(opts),
+            readout=ReadoutWeighting.from_trajectory(sub, ks.dcf),
+        )
     elif opts.relaxation == "echo-ratio":
         if not echo_pair(acq):
             raise ConfigError("relaxation = echo-ratio needs two echoes at different TEs", where)
         with timer.stage("relaxation factor map (echo ratio)"):
-            relax_map, relax_info = relaxation_map(acq, sub, ks.dcf, images)
+            relax_map, relax_info = relaxation_map(acq, sub, ks.dcf, images, reference=tube_reference(opts))
     with timer.stage("calibration"):
         kw: dict[str, Any] = dict(signal=opts.signal, relaxation=relax)
         if opts.calibration == "auto":
@@ -781,7 +797,10 @@ def regional_tsc(
         signals = [first] + ([signal_image(images[1], mode)[0]] if echo_pair(acq) else [])
         fit = cal.result.fit
         refine = "echo-ratio" if opts.regions_relaxation == "echo-ratio" and len(signals) > 1 else None
-        res = regional(signals, sm, fit.slope, fit.intercept, labels, lab_aff, specs, affine, tsc_mM=tsc, refine=refine)
+        tube_t1 = None if opts.tube_t1_ms is None else opts.tube_t1_ms * 1e-3
+        res = regional(
+            signals, sm, fit.slope, fit.intercept, labels, lab_aff, specs, affine, tsc_mM=tsc, refine=refine, tube_t1_s=tube_t1
+        )
     if not own_signal:
         log.info("regions: measured on the %s gridding image (the templates model gridding, as the tubes')", GRIDDING_B0)
     return res

@@ -261,7 +261,30 @@ def test_regional_record_in_calibration_json_names_thin_regions_of_coarse_labels
     cal = json.loads((out / "calibration.json").read_text())
     reg = cal["regional"]
     assert reg["settings"]["label_voxel_ratio"] == pytest.approx(1.0)
-    thin = [w for w in reg["warnings"] if "voxels across" in w]
-    assert thin and all("4x finer" in w for w in thin)
+    (thin,) = [w for w in reg["warnings"] if "voxels across" in w]
+    assert "csf_ventricles (" in thin and "4x finer" in thin
     tsv = {r["name"]: float(r["model_mM"]) for r in csv.DictReader(open(out / "regions.tsv"), delimiter="\t")}
     assert {r["name"]: r["model_mM"] for r in reg["regions"]} == pytest.approx(tsv, rel=1e-3)
+
+
+def test_measured_tube_t1_scales_the_voxel_map_by_the_saturation_ratio():
+    """--tube-t1-ms replaces the saline prior's T1 (55 ms) in the tubes' T1 factor: with the tissue
+    correction every voxel's TSC changes by S(T1 given) / S(55 ms) exactly (S the spoiled steady state),
+    and the regional record names the measured value."""
+    import recon
+    from recon.physics import SALINE_TUBE, t1_saturation
+
+    a = recon.reconstruct(SAMPLE, {"relaxation": "tissue", "qa": False})
+    b = recon.reconstruct(
+        SAMPLE, {"relaxation": "tissue", "qa": False, "tube_t1_ms": 50.0, "regions": str(SAMPLE.parent / "truth_labels.nii.gz")}
+    )
+    acq = a.acquisition
+    want = t1_saturation(tr_s=acq.tr_s, flip_deg=acq.flip_deg, t1_s=0.050) / t1_saturation(
+        tr_s=acq.tr_s, flip_deg=acq.flip_deg, t1_s=SALINE_TUBE.t1_s
+    )
+    assert abs(want - 1) > 0.005  # the test can tell the two apart
+    m = np.abs(a.tsc_mM) > 10
+    np.testing.assert_allclose(b.tsc_mM[m] / a.tsc_mM[m], want, rtol=1e-4)
+    assert b.regions.settings["t1_measured_s"] == {"tubes": pytest.approx(0.050)}
+    with pytest.raises(ConfigError, match="tube_t1_ms"):
+        RunOptions(tube_t1_ms=0.05).validate()  # seconds where ms are asked

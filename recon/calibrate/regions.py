@@ -126,56 +126,91 @@ def class_model(cls: str, tube_t2star_s: float | None = None) -> RelaxationModel
     raise CalibrationError(f"region class {cls!r} has no relaxation prior; classes: {CLASSES}")
 
 
+T1_MS_RANGE = (5.0, 5000.0)
+"""Accepted measured T1 (ms) of a region or the tubes (23Na: 20-70 ms in vivo and in saline)."""
+
+
 @dataclasses.dataclass
 class RegionSpec:
-    """One labelled region: integer ``label``, ``name``, ``cls`` (one of :data:`CLASSES`)."""
+    """One labelled region: integer ``label``, ``name``, ``cls`` (one of :data:`CLASSES`) and, when it
+    was measured (e.g. by inversion recovery), its T1 ``t1_s`` in s (None: the class prior)."""
 
     label: int
     name: str
     cls: str
+    t1_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.cls not in CLASSES:
             raise InputError(f"region {self.name!r}: class {self.cls!r} is not one of {CLASSES}")
+        if self.t1_s is not None:
+            t1 = float(self.t1_s)
+            if not (math.isfinite(t1) and T1_MS_RANGE[0] <= t1 * 1e3 <= T1_MS_RANGE[1]):
+                raise InputError(f"region {self.name!r}: T1 {t1 * 1e3:g} ms outside {T1_MS_RANGE[0]:g}-{T1_MS_RANGE[1]:g} ms")
+            self.t1_s = t1
+
+
+def with_t1(model: RelaxationModel, t1_s: float | None) -> RelaxationModel:
+    """``model`` with a measured T1 (s) in place of its prior (``None``: unchanged)."""
+    if t1_s is None:
+        return model
+    return dataclasses.replace(model, name=f"{model.name}, measured T1 {t1_s * 1e3:.1f} ms", t1_s=float(t1_s))
 
 
 # ---------------------------------------------------------------- reading a label map and its names
-def _names_from_json(path: Path) -> dict[int, tuple[str, str | None]]:
+_Named = tuple[str, "str | None", "float | None"]  # name, class, measured T1 (s)
+
+
+def _t1_from(v: Any, path: Path, label: Any) -> float | None:
+    """A sidecar's ``t1_ms`` entry in s (None when absent or empty)."""
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return None
+    try:
+        t1 = float(v)
+    except (TypeError, ValueError):
+        raise InputError(f"region {label}: t1_ms {v!r} is not a number (ms)", path) from None
+    if not (math.isfinite(t1) and T1_MS_RANGE[0] <= t1 <= T1_MS_RANGE[1]):
+        raise InputError(f"region {label}: t1_ms {t1:g} outside {T1_MS_RANGE[0]:g}-{T1_MS_RANGE[1]:g} ms", path)
+    return t1 * 1e-3
+
+
+def _names_from_json(path: Path) -> dict[int, _Named]:
     try:
         d = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"cannot read region names: {e}", path) from e
-    out: dict[int, tuple[str, str | None]] = {}
+    out: dict[int, _Named] = {}
     if isinstance(d, dict) and isinstance(d.get("compartments"), list):  # truth.json of recon.sim
-        for c in d["compartments"]:
-            out[int(c["label"])] = (str(c["name"]), c.get("class"))
+        for c in d["compartments"]:  # names and classes only: a simulation's true T1 is not a measurement
+            out[int(c["label"])] = (str(c["name"]), c.get("class"), None)
         return out
     items = d.get("labels", d) if isinstance(d, dict) else d
-    if isinstance(items, dict):  # {"1": "grey_matter", ...} or {"1": {"name": ..., "class": ...}}
+    if isinstance(items, dict):  # {"1": "grey_matter", ...} or {"1": {"name": ..., "class": ..., "t1_ms": ...}}
         for k, v in items.items():
             if isinstance(v, dict):
-                out[int(k)] = (str(v["name"]), v.get("class"))
+                out[int(k)] = (str(v["name"]), v.get("class"), _t1_from(v.get("t1_ms"), path, k))
             else:
-                out[int(k)] = (str(v), None)
+                out[int(k)] = (str(v), None, None)
     elif isinstance(items, list):
         for v in items:
-            out[int(v["label"])] = (str(v["name"]), v.get("class"))
+            out[int(v["label"])] = (str(v["name"]), v.get("class"), _t1_from(v.get("t1_ms"), path, v["label"]))
     else:
-        raise InputError("region names: expected {label: name}, a list of {label, name[, class]} or truth.json", path)
+        raise InputError("region names: expected {label: name}, a list of {label, name[, class, t1_ms]} or truth.json", path)
     return out
 
 
-def _names_from_tsv(path: Path) -> dict[int, tuple[str, str | None]]:
-    out: dict[int, tuple[str, str | None]] = {}
+def _names_from_tsv(path: Path) -> dict[int, _Named]:
+    out: dict[int, _Named] = {}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
     if not rows or "label" not in rows[0] or "name" not in rows[0]:
-        raise InputError("region names TSV needs the columns label and name (optional: class)", path)
+        raise InputError("region names TSV needs the columns label and name (optional: class, t1_ms)", path)
     for r in rows:
         try:
-            out[int(r["label"])] = (r["name"].strip(), (r.get("class") or "").strip() or None)
+            lab = int(r["label"])
         except ValueError as e:
             raise InputError(f"region names TSV: bad label {r['label']!r}", path) from e
+        out[lab] = (r["name"].strip(), (r.get("class") or "").strip() or None, _t1_from(r.get("t1_ms"), path, lab))
     return out
 
 
@@ -216,15 +251,15 @@ def load_regions(label_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray,
     if np.any(np.abs(data - lab) > 1e-3):
         raise InputError("label map has non-integer values (expected integer labels, 0 = background)", label_path)
     side = names_sidecar(label_path)
-    names: dict[int, tuple[str, str | None]] = {}
+    names: dict[int, _Named] = {}
     if side is not None:
         names = _names_from_tsv(side) if side.suffix == ".tsv" else _names_from_json(side)
     specs = []
     for v in sorted(int(x) for x in np.unique(lab) if x != 0):
-        name, cls = names.get(v, (f"label_{v}", None))
+        name, cls, t1 = names.get(v, (f"label_{v}", None, None))
         if v not in names:
             log.warning("%s: label %d has no name in %s; treated as tissue", label_path, v, side or "any sidecar")
-        specs.append(RegionSpec(v, name, cls or classify(name)))
+        specs.append(RegionSpec(v, name, cls or classify(name), t1))
     if not specs:
         raise InputError("label map contains no labels (all zero)", label_path)
     return lab, np.asarray(img.affine, dtype=np.float64), specs
@@ -247,11 +282,11 @@ def coarse_label_warnings(
     Labels as coarse as the reconstruction voxels (:data:`COARSE_LABEL_RATIO`) misplace each boundary
     by up to half a voxel; a region under :data:`THIN_ACROSS_VOX` voxels across (``occ_vox``: its
     occupancy on the reconstruction grid) then has a regional value set by where its labels put the
-    boundary. Returns one warning per such region (none for finer labels)."""
+    boundary. Returns one warning naming every such region with its size (none for finer labels)."""
     ratio = label_voxel_ratio(label_affine, affine)
     if ratio < COARSE_LABEL_RATIO:
         return []
-    out = []
+    thin = []
     for s, occ in zip(specs, occ_vox):
         own = occ >= 0.5
         if not own.any():
@@ -260,13 +295,15 @@ def coarse_label_warnings(
         d = ndimage.distance_transform_edt(np.pad(own[box], 1))[1:-1, 1:-1, 1:-1][own[box]]
         across = 2.0 * float(np.percentile(d, 95))
         if across < THIN_ACROSS_VOX:
-            out.append(
-                f"region {s.name} (label {s.label}) is about {across:.1f} voxels across and its labels are "
-                f"{ratio:.2f} reconstruction voxels in size: its boundaries are placed to half a voxel, and "
-                f"its regional value can be off by 15-30 % (measured 17-27 % at 4-5 voxels across); give "
-                f"labels at least 4x finer than the reconstruction (the segmentation's own grid)"
-            )
-    return out
+            thin.append(f"{s.name} ({across:.1f})")
+    if not thin:
+        return []
+    return [
+        f"labels {ratio:.2f} reconstruction voxels in size and regions under {THIN_ACROSS_VOX:g} voxels across: "
+        f"{', '.join(thin)} voxels across; their boundaries are placed to half a voxel, so their regional values "
+        f"can be off by 15-30 % (measured 17-27 % at 4-5 voxels across); give labels at least 4x finer than the "
+        f"reconstruction (the segmentation's own grid)"
+    ]
 
 
 def points_per_cell(label_affine: np.ndarray, affine: np.ndarray, supersample: int = SUPERSAMPLE) -> int:
@@ -553,21 +590,32 @@ class RegionalResult:
         }
 
 
-def t1_prior_sensitivity(tr_s: float, flip_deg: float, cls: str, t1_s: float, tube_t1_s: float) -> float | None:
+def t1_prior_sensitivity(
+    tr_s: float,
+    flip_deg: float,
+    cls: str,
+    t1_s: float,
+    tube_t1_s: float,
+    region_measured: bool = False,
+    tube_measured: bool = False,
+) -> float | None:
     """Largest change (%) of a region's TSC when its T1 and the tubes' T1 take any values in the literature
     ranges (:data:`recon.physics.RELAXATION_RANGES`: ``tissue`` for tissue regions, ``fluid`` for fluids
     and the tubes) instead of the priors ``t1_s`` and ``tube_t1_s`` (s), at TR (s) and flip (deg).
 
     One TR cannot measure T1: the regional value is converted with the T1 priors, and this is the
-    systematic uncertainty that choice carries (a protocol property, not a fit error). None for
-    classes without a range (tubes, ignore). The value scales as S(T1_tube) / S(T1_region) with
-    S the spoiled steady state (:func:`recon.physics.t1_saturation`), so the extremes are corners.
+    systematic uncertainty that choice carries (a protocol property, not a fit error). A T1 that was
+    measured (``region_measured``, ``tube_measured``: the value given is the measurement) has no
+    literature range: it is held at its value, so with both measured the result is 0 (the measurement's
+    own error is the user's to state). None for classes without a range (tubes, ignore). The value
+    scales as S(T1_tube) / S(T1_region) with S the spoiled steady state
+    (:func:`recon.physics.t1_saturation`), so the extremes are corners.
     """
     rng = physics.RELAXATION_RANGES
     if cls not in ("tissue", "fluid"):
         return None
-    lo_r, hi_r = rng[cls]["t1_s"]
-    lo_t, hi_t = rng["fluid"]["t1_s"]
+    lo_r, hi_r = (t1_s, t1_s) if region_measured else rng[cls]["t1_s"]
+    lo_t, hi_t = (tube_t1_s, tube_t1_s) if tube_measured else rng["fluid"]["t1_s"]
 
     def sat(t1: float) -> float:
         return physics.t1_saturation(tr_s=tr_s, flip_deg=flip_deg, t1_s=t1)
@@ -599,6 +647,7 @@ def regional_tsc(
     models: Mapping[str, RelaxationModel] | None = None,
     refine: str | None = None,
     readout: bool = True,
+    tube_t1_s: float | None = None,
 ) -> RegionalResult:
     """Regional TSC (mM) of every non-ignored region through the system model (module docstring).
 
@@ -615,6 +664,9 @@ def regional_tsc(
         echo ratio (:func:`refine_fraction`, :data:`REFINE_PASSES` passes); None: the priors as they are.
     readout : model each region's decay over the readout (False: only at TE, as a voxel-wise
         relaxation factor would; kept for comparison and for the test that shows the difference).
+    tube_t1_s : the tubes' measured T1 in s (None: the saline prior). A region's own measured T1
+        (:attr:`RegionSpec.t1_s`, from the sidecar's ``t1_ms``) replaces its class prior's; tube regions
+        without one take ``tube_t1_s``.
     """
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -645,7 +697,11 @@ def regional_tsc(
     t1 = time.perf_counter()
     n_sub = points_per_cell(label_affine, affine, supersample)
     models = dict(models or {})
-    mods = [models.get(s.name) or class_model(s.cls, sm.tube_t2star_s) for s in use]
+
+    def own_t1(s: RegionSpec) -> float | None:
+        return s.t1_s if s.t1_s is not None else (tube_t1_s if s.cls == "tube" else None)
+
+    mods = [models.get(s.name) or with_t1(class_model(s.cls, sm.tube_t2star_s), own_t1(s)) for s in use]
     basis = basis_templates(occ, sm, [decay_basis(m, readout) for m in mods], supersample, n_sub)
     del occ
     timings["basis templates (type-2 NUFFT on the 2x grid, gridding per T2*)"] = time.perf_counter() - t1
@@ -678,7 +734,7 @@ def regional_tsc(
         len(signals),
         time.perf_counter() - t0,
     )
-    ref = class_model("tube", sm.tube_t2star_s)
+    ref = with_t1(class_model("tube", sm.tube_t2star_s), tube_t1_s)
     te1 = float(sm.te_s[0])
     out = []
     for j, (s, m) in enumerate(zip(use, mods)):
@@ -696,13 +752,18 @@ def regional_tsc(
         if len(signals) > 1:
             er = float(amps[1][j] / c) if c else None
             erp = float(m.decay(sm.te_s[1]) / m.decay(te1))
-        t1_pct = t1_prior_sensitivity(sm.tr_s, sm.flip_deg, s.cls, m.t1_s, ref.t1_s)
+        t1_pct = t1_prior_sensitivity(
+            sm.tr_s, sm.flip_deg, s.cls, m.t1_s, ref.t1_s, region_measured=s.t1_s is not None, tube_measured=tube_t1_s is not None
+        )
         out.append(RegionValue(s.label, s.name, s.cls, n, vm, float(mM), c, rec, float(rel), er, erp, float(mM_prior), t1_pct))
     timings["total"] = time.perf_counter() - t0
-    spread = {r.cls: r.t1_prior_pct for r in out if r.t1_prior_pct is not None}
+    spread: dict[str, float] = {}
+    for r in out:
+        if r.t1_prior_pct is not None:
+            spread[r.cls] = max(spread.get(r.cls, 0.0), r.t1_prior_pct)
     if spread:
         log.info(
-            "regional TSC: the T1 priors carry up to %s (literature T1 ranges; one TR cannot measure T1)",
+            "regional TSC: the T1 priors carry up to %s (literature T1 ranges unless measured; one TR cannot measure T1)",
             ", ".join(f"+-{v:.1f} % for {c} regions" for c, v in sorted(spread.items())),
         )
     settings = {
@@ -719,5 +780,9 @@ def regional_tsc(
         "calibration_line": {"slope": float(slope), "intercept": float(intercept)},
         "relaxation": {s.name: m.to_dict() for s, m in zip(use, mods)},
         "t1_ranges_s": {c: physics.RELAXATION_RANGES[c]["t1_s"] for c in ("tissue", "fluid")},
+        "t1_measured_s": {
+            **({"tubes": float(tube_t1_s)} if tube_t1_s is not None else {}),
+            **{s.name: s.t1_s for s in use if s.t1_s is not None},
+        },
     }
     return RegionalResult(out, settings, timings, warnings)

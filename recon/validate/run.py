@@ -24,6 +24,8 @@ Measurement (DESIGN.md "What accuracy means"):
   one TR cannot measure T1, and the family draws every compartment's and the tubes' T1 within the
   literature range (fluids 50-65 ms), so at TR 174 ms a fluid's value relative to the tubes carries
   up to +-4 % that no reconstruction removes. The split says which part of a bias is the method's.
+  It is also what a user gets who measured the T1s (``tube_t1_ms`` and the label sidecar's ``t1_ms``):
+  ``tests/test_regions.py`` checks that a run with the true T1 given equals this division to 1e-9.
 
 Targets (issue 15) by class: tubes |dev| <= 1.5 mM; fluids (CSF, vitreous) +-3 %; lesions (tumour
 rim, necrotic core, oedema) +-5 %; GM/WM +-5 %; 2 mm sphere +-10 %. A case is in the validated

@@ -204,9 +204,8 @@ class RunOptions:
         high=5000.0,
         nullable=True,
         cli="--tube-t1-ms",
-        help="measured T1 of the calibration tubes in ms (e.g. inversion recovery; default: the saline prior of "
-        "recon/physics.py, 55 ms): used by the T1 factors of --relaxation and --regions; a region's own measured "
-        "T1 goes in the label sidecar's t1_ms",
+        help="measured T1 of the calibration tubes (default: the saline prior, 55 ms) for the T1 factors of "
+        "--relaxation and --regions; a region's own: t1_ms in the label sidecar",
     )
     reference_spheres: tuple = _o(
         (), kind="spheres", unit="mm", cli="--reference", help="internal reference sphere x,y,z,r in RAS mm (repeatable)"

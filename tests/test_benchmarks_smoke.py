@@ -34,6 +34,7 @@ CASES = {
         "--out", "{tmp}/b.json", "--work", "{tmp}/bw",
     ],
     "validation_iterative_s6.py": ["--demo", "--out-dir", "{tmp}"],
+    "sample_accuracy.py": ["--variants", "readme", "--out", "{tmp}/s.json"],
     "validation_iterative_s6_diag.py": ["--table-only", str(REPO / "benchmarks" / "validation_iterative_s6_diag_0.json")],
 }  # fmt: skip
 

@@ -198,3 +198,36 @@ def test_a_plan_cache_keeps_the_bins_as_one_entry(case):
     # and a different bin count is a different entry
     grid_time_bins(c["op"], c["y"], c["dcf"], c["t"], n + 1, bin_eps=None, plans=plans)
     assert plans.stats()["time-bins"]["misses"] == 2
+
+
+def test_fftw_measure_only_for_large_fine_grids_executed_often():
+    """The FFTW planner rule (recon.nufft.finufft_backend.choose_fftw) and its wiring into the time bins'
+    shared plan: the 128^3 protocol's bins (fine grid 160^3, 24 executes) plan with FFTW_MEASURE, the
+    64^3 protocol's (80^3) and a single transform keep finufft's ESTIMATE."""
+    from recon.nufft.finufft_backend import FFTW_MEASURE, choose_fftw
+
+    assert choose_fftw((128,) * 3, 1.25, 24) == FFTW_MEASURE
+    assert choose_fftw((128,) * 3, 1.25, 1) is None
+    assert choose_fftw((64,) * 3, 1.25, 12) is None and choose_fftw((64,) * 3, 2.0, 12) is None
+    rng = np.random.default_rng(0)
+    n = 128
+    k = rng.uniform(-0.5, 0.5, (40, 600, 3)) * n / 0.224  # cycles/m within the 128^3 grid
+    t = np.arange(600) * 4e-5
+    op = NUFFT(k, (n,) * 3, 0.224)
+    gr = TimeBinnedGridder(op, t, 24, np.ones(k.shape[:2]))
+    assert {nb.options.get("fftw") for _, nb in gr.bins} == {FFTW_MEASURE}
+    small = NUFFT(k * 0.5, (64,) * 3, 0.224)
+    gr = TimeBinnedGridder(small, t, 12, np.ones(k.shape[:2]))
+    assert all("fftw" not in nb.options for _, nb in gr.bins)
+
+
+def test_bins_planned_with_fftw_measure_equal_estimate(case):
+    """FFTW_MEASURE changes FFTW's algorithm, not the transform: the bins agree to float rounding."""
+    from recon.nufft.finufft_backend import FFTW_MEASURE
+
+    op, y, dcf, t = case["op"], case["y"], case["dcf"], case["t"]
+    a = TimeBinnedGridder(op, t, 6, dcf).grid(y[:, 0], dcf)
+    gm = TimeBinnedGridder(op, t, 6, dcf)
+    gm.bins = [(cols, nb.subset((slice(None), slice(None)), fftw=FFTW_MEASURE, **nb.options)) for cols, nb in gm.bins]
+    b = gm.grid(y[:, 0], dcf)
+    assert _rel(b, a) < 1e-5

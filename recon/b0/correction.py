@@ -225,7 +225,8 @@ class TimeBinnedGridder:
             cols: slice | np.ndarray = slice(s0, s1) if self._sorted else order[s0:s1]
             tb = t_col[cols]
             tau.append(0.5 * float(tb.min() + tb.max()))  # midpoint: no sample is more than half a bin away
-            opts = op.subset_options(eps=eps or op.eps, n_points=p_rows * (s1 - s0))
+            # one shared plan serves every bin: it is executed n_bins times per gridding
+            opts = op.subset_options(eps=eps or op.eps, n_points=p_rows * (s1 - s0), n_executes=n_bins)
             if plans is None and tuple(op.kshape) == (p_rows, n_col):  # cut from the operator's converted points
                 nb = op.subset((slice(None), cols), eps=eps or op.eps, shared=shared, **opts)
             else:

@@ -21,6 +21,13 @@ DENSE_SAMPLES_PER_VOXEL = 4.0
 SMALL_FINE_GRID = 2**22
 """Largest fine grid (points) of upsampling 2.0 where its FFT stays cheap (128^3 at 2x 64^3 -> 2^21)."""
 SPARSE_SAMPLES_PER_VOXEL = 0.5
+FFTW_ESTIMATE, FFTW_MEASURE = 64, 0
+"""FFTW planner flags as finufft's ``fftw`` option takes them (finufft's default is ESTIMATE)."""
+MEASURE_FINE_POINTS = 3_000_000
+"""Fine grids (points) from which a plan executed many times is planned with FFTW_MEASURE (160^3 is
+4.1 M; 128^3, measured not to pay, is 2.1 M)."""
+MEASURE_MIN_EXECUTES = 12
+"""Executes of one plan from which FFTW_MEASURE pays for its planning (see :func:`choose_fftw`)."""
 
 
 def choose_upsampfac(n_points: int, shape, eps: float | None = None) -> float | None:
@@ -38,6 +45,31 @@ def choose_upsampfac(n_points: int, shape, eps: float | None = None) -> float | 
     if density >= DENSE_SAMPLES_PER_VOXEL and 8 * n_vox <= SMALL_FINE_GRID and tol >= 1e-5:
         return 2.0
     return 1.25
+
+
+def fine_grid_points(shape, upsampfac: float | None) -> int:
+    """Approximate points of finufft's fine grid for ``shape`` at ``upsampfac`` (None: finufft's choice, taken as 2.0)."""
+    s = 2.0 if upsampfac is None else float(upsampfac)
+    return int(np.prod([max(int(np.ceil(s * n)), 2) for n in shape]))
+
+
+def choose_fftw(shape, upsampfac: float | None, n_executes: int) -> int | None:
+    """The FFTW planner flag for a plan executed ``n_executes`` times (None: finufft's default, ESTIMATE).
+
+    FFTW_MEASURE times candidate FFTs while planning, once per size and process (FFTW keeps its
+    wisdom in the process; finufft's bundled FFTW exports no wisdom functions, so it cannot be kept
+    across runs). Measured on the time bins of tb-cpr (2 threads, both echoes per execute,
+    benchmarks/README.md): on the 160^3 fine grid of a 128^3 recon a bin's execute takes 0.22-0.30 s
+    instead of 0.34-0.44 s, for 1.3 s of planning, so the 24 bins of the 128^3 protocol gain ~1.6 s;
+    on the 80^3 grid of 64^3 at upsampling 1.25 a bin gains ~0.015 s for 0.47 s of planning, and on
+    the 128^3 grid of 64^3 at 2.0 ~0.02 s for 1.5 s (losses for 12 bins). Hence MEASURE only for fine
+    grids of at least :data:`MEASURE_FINE_POINTS` points executed at least
+    :data:`MEASURE_MIN_EXECUTES` times; other sizes keep ESTIMATE until measured. The plans differ
+    only in float rounding (FFTW's choice of algorithm), not in accuracy.
+    """
+    if n_executes >= MEASURE_MIN_EXECUTES and fine_grid_points(shape, upsampfac) >= MEASURE_FINE_POINTS:
+        return FFTW_MEASURE
+    return None
 
 
 def choose_threads(n_points: int, n_trans: int) -> int:
@@ -60,10 +92,16 @@ class FinufftBackend(NufftBackend):
     point_input = "radians"
 
     @classmethod
-    def subset_options(cls, n_points: int, shape, options: dict, eps: float | None = None) -> dict:
-        """Options for a plan over a subset of ``n_points`` samples that keeps their upsampling factor."""
+    def subset_options(cls, n_points: int, shape, options: dict, eps: float | None = None, n_executes: int = 1) -> dict:
+        """Options for a plan over a subset of ``n_points`` samples that keeps their upsampling factor;
+        ``n_executes``: how often the plan will be executed (:func:`choose_fftw` picks the FFTW planner)."""
         if "upsampfac" not in options:
             options = {**options, "upsampfac": choose_upsampfac(n_points, shape, eps) or "auto"}
+        if "fftw" not in options:
+            uf = options["upsampfac"]
+            flag = choose_fftw(shape, None if uf == "auto" else uf, n_executes)
+            if flag is not None:
+                options = {**options, "fftw": flag}
         return options
 
     @classmethod

@@ -388,18 +388,22 @@ class NUFFT(LinearOperator):
     def n_samples(self) -> int:
         return int(np.prod(self.kshape))
 
-    def subset_options(self, eps: float | None = None, n_points: int | None = None) -> dict:
+    def subset_options(self, eps: float | None = None, n_points: int | None = None, n_executes: int = 1) -> dict:
         """Backend options for a NUFFT over a subset of these samples.
 
         ``eps``: the accuracy the subset plans will request (default: this operator's);
         ``n_points``: the subset's sample count, for which the backend chooses its settings (e.g.
         finufft's upsampling factor); default: all samples, i.e. the same spreading kernel as this
-        operator. Options the caller gave the operator are kept as given.
+        operator. ``n_executes``: how often one plan with these options will be executed (e.g. the
+        bins sharing a :class:`SharedPlan`; finufft then may plan its FFT with FFTW_MEASURE). Options
+        the caller gave the operator are kept as given.
         """
         hook = getattr(self._cls, "subset_options", None)
         tol = self.eps if eps is None else float(eps)
         n = self.n_samples if n_points is None else int(n_points)
-        return hook(n, self.shape, dict(self.options), tol) if hook else dict(self.options)
+        if not hook:
+            return dict(self.options)
+        return hook(n, self.shape, dict(self.options), tol, n_executes=int(n_executes))
 
     def _plan(self, n_trans: int):
         if self._shared is not None and hasattr(self._cls, "setpts") and self._cls.point_input == "radians":

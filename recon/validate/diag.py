@@ -23,6 +23,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gridding": {},
     "iterative": {"b0": "iterative"},
     "iter-lamda0": {"b0": "iterative", "iter_lamda": 0.0},
+    "iter-lamda0.03": {"b0": "iterative", "iter_lamda": 0.03},
+    "iter-lamda0.3": {"b0": "iterative", "iter_lamda": 0.3},
     "iter-decay-none": {"b0": "iterative", "iter_decay": "none"},
     "iter-decay-tissue": {"b0": "iterative", "iter_decay": "tissue"},
     "iter-no-b0": {"b0": "iterative", "fieldmap": "ZERO"},

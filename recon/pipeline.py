@@ -235,6 +235,10 @@ def load_trajectory(acq, opts: RunOptions, plans: Plans | None = None, timer: St
             traj = plans.trajectory(key, design)
             source = f"profile {opts.profile or 'default'} ({traj.params.get('generator')})"
         check_trajectory(acq, traj, source)
+        if opts.traj:  # a file's NUFFT points: converted once per file content (a design's come with it)
+            from recon.trajectory.design_cache import cached_points
+
+            log.debug("NUFFT points of the trajectory file: %s", cached_points(traj))
     log.info(
         "trajectory from %s: %d projections x %d samples, readout %.2f ms",
         source,

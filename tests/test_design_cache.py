@@ -274,3 +274,53 @@ def test_entry_of_another_points_format_loads_without_points(cache, monkeypatch)
     monkeypatch.setattr(recon.nufft, "POINTS_FORMAT", recon.nufft.POINTS_FORMAT + 1)
     t, how = tc.cached_design({"p": 0.3}, _build)
     assert how == "cached" and t.nufft_points(t.matrix, t.fov_m) is None
+
+
+def test_a_trajectory_file_gets_its_points_once_per_content(cache, tmp_path):
+    """A trajectory without a design identity (as read from a file): the first call converts and stores
+    its points, a fresh object with the same k and t maps them back bit for bit, other k do not hit."""
+    import dataclasses
+
+    from recon.nufft import make_points
+
+    def fresh():
+        t = _build()
+        return dataclasses.replace(t, k=np.array(t.k), t=np.array(t.t))  # no identity: content-keyed
+
+    a = fresh()
+    assert a.design_identity() is None
+    assert tc.cached_points(a) == "computed"
+    assert tc.cached_points(a) == "attached"
+    b = fresh()
+    assert tc.cached_points(b) == "cached"
+    ref = make_points(_build().k, b.matrix, b.fov_m)
+    pts = b.nufft_points(b.matrix, b.fov_m)
+    assert all(np.array_equal(pts.x[d], ref.x[d]) for d in range(3)) and pts.lo == ref.lo
+    other = dataclasses.replace(_build(), k=np.array(_build().k) * 0.9, t=np.array(_build().t))
+    assert tc.cached_points(other) == "computed"
+    assert tc.info()["entries"] == 2
+
+
+def test_run_with_a_trajectory_file_takes_the_cached_points(cache, tmp_path):
+    from pathlib import Path
+
+    import recon
+    import recon.pipeline as pl
+    from recon.io import build_trajectory, load_profile, read_raw
+    from recon.trajectory import write_trajectory
+
+    raw = Path(__file__).resolve().parents[1] / "data_samples" / "raw.dat"
+    tf = tmp_path / "site.h5"
+    write_trajectory(build_trajectory(read_raw(raw), load_profile(None)), tf)
+    made = []
+    plan = pl.plan_nufft
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(pl, "plan_nufft", lambda *a, **kw: made.append(plan(*a, **kw)) or made[-1])
+    try:
+        opts = {"calibration": "none", "b0": "none", "qa": False, "traj": str(tf)}
+        a = recon.reconstruct(raw, opts)
+        b = recon.reconstruct(raw, opts)
+    finally:
+        monkey.undo()
+    assert [op.points_source for op in made] == ["given", "given"]
+    assert np.array_equal(a.echoes, b.echoes)

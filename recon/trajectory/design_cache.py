@@ -12,7 +12,8 @@ angle, waveforms, the NUFFT's float32 points on the design's own grid
 no k; stamped with :data:`recon.nufft.POINTS_FORMAT`) and a JSON header; the arrays memory-mapped
 on load and checked against an XXH3 digest; written atomically. The directory shares the bound
 ``NARECON_CACHE_MAX_MB`` and the switch ``NARECON_CACHE_DIR=off`` with the DCF cache
-(:mod:`recon.trajectory.dcf_cache`). A damaged entry is removed and the design rebuilt.
+(:mod:`recon.trajectory.dcf_cache`). Trajectory files keep their NUFFT points here too
+(:func:`cached_points`, ``points-<key>.nrc``, keyed by their content). A damaged entry is removed and the design rebuilt.
 """
 
 from __future__ import annotations
@@ -140,6 +141,59 @@ def _attach_points(traj: Trajectory, meta: dict[str, Any] | None, z: dict[str, n
     )
     if pts.x[0].dtype == np.float32 and len({a.shape for a in pts.x}) == 1:
         traj.attach_points(pts)
+
+
+POINTS_PREFIX = "points-"
+"""Name prefix of the NUFFT-points entries of trajectories without a design identity (trajectory files)."""
+
+
+def cached_points(traj: Trajectory) -> str:
+    """Attach the NUFFT points of ``traj`` on its own grid (complex64 runs), through the disk cache.
+
+    For trajectories that are not built-in designs (a site's trajectory file, whose design entry
+    cannot carry them): keyed by :meth:`Trajectory.content_key` (the XXH3 digest of k and t, which
+    the calibration's kernel cache computes anyway), the grid, the FOV and
+    :data:`recon.nufft.POINTS_FORMAT`; a miss converts k once and stores the points (58 MB at the
+    64^3 protocol) as ``points-<key>.nrc`` beside the designs. Returns how: "attached" (already),
+    "cached", "computed", "computed (not cached: why)", "cache off" or "not made (why)" (the NUFFT
+    then converts k itself, and refuses it with the same error where the points are bad).
+    """
+    from recon.errors import NareconError
+
+    if traj.nufft_points(traj.matrix, traj.fov_m) is not None:
+        return "attached"
+    d = cache_dir()
+    if d is None:
+        return "cache off"
+    from recon import nufft
+
+    desc = json.dumps(
+        {"content": traj.content_key(), "matrix": list(traj.matrix), "fov_m": list(traj.fov_m), "format": nufft.POINTS_FORMAT},
+        sort_keys=True,
+    )
+    entry = d / f"{POINTS_PREFIX}{hashlib.blake2b(desc.encode(), digest_size=20).hexdigest()}{SUFFIX}"
+    if entry.is_file():
+        try:
+            meta, z = _dcf_cache.read_arrays(entry)
+            _attach_points(traj, meta.get("nufft_points"), z)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("NUFFT points cache entry %s unreadable (%s): remaking", entry, e)
+            entry.unlink(missing_ok=True)
+        if traj.nufft_points(traj.matrix, traj.fov_m) is not None:
+            touch(entry)
+            return "cached"
+    try:
+        arrays, pmeta = _points_for_store(traj)
+    except (NareconError, ValueError) as e:
+        return f"not made ({e})"
+    if not arrays:
+        return "not made (k beyond the NUFFT's range)"
+
+    def write(f) -> None:
+        _dcf_cache.write_arrays(f, pmeta, arrays)
+
+    why = store_entry(entry, sum(a.nbytes for a in arrays.values()), write, "the NUFFT points", suffix=SUFFIX)
+    return "computed" if why is None else f"computed (not cached: {why})"
 
 
 def _store(entry: Path, traj: Trajectory) -> str | None:

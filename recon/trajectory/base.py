@@ -106,6 +106,10 @@ class Trajectory:
         self.k.setflags(write=False)
         self.__dict__["_nufft_points"] = points
 
+    def detach_points(self) -> None:
+        """Forget the kept NUFFT points (a run that is done with them lets their memory or mapping go)."""
+        self.__dict__.pop("_nufft_points", None)
+
     def nufft_points(self, shape: Sequence[int], fov_m: Sequence[float], dtype=np.complex64) -> NufftPoints | None:
         """The NUFFT points made for this k on grid ``shape`` with FOV ``fov_m`` (m) and ``dtype``, if
         kept (:meth:`attach_points`; a cached built-in design keeps those of its own matrix and FOV), else None."""

@@ -938,6 +938,10 @@ def reconstruct(
     """
     opts = options if isinstance(options, RunOptions) else RunOptions.from_mapping(options or {})
     opts.validate()
+    if opts.regions is not None and opts.calibration not in ("internal", "none"):
+        from recon.calibrate.regions import check_regions
+
+        check_regions(opts.regions)  # a bad label map or sidecar is refused before any reconstruction
     plans = plans_or_default(plans)
     timer = StageTimer()
     acq = load_acquisition(source, opts, timer)

@@ -288,3 +288,18 @@ def test_measured_tube_t1_scales_the_voxel_map_by_the_saturation_ratio():
     assert b.regions.settings["t1_measured_s"] == {"tubes": pytest.approx(0.050)}
     with pytest.raises(ConfigError, match="tube_t1_ms"):
         RunOptions(tube_t1_ms=0.05).validate()  # seconds where ms are asked
+
+
+def test_a_bad_region_sidecar_is_refused_before_the_raw_data_are_read(tmp_path):
+    import shutil
+
+    lab = tmp_path / "seg.nii.gz"
+    shutil.copy(SAMPLE.parent / "truth_labels.nii.gz", lab)
+    (tmp_path / "seg.tsv").write_text("label\tname\tt1_ms\n1\tgrey_matter\t0.04\n")  # seconds given as ms
+    with pytest.raises(InputError, match="t1_ms 0.04 outside") as e:
+        run([str(tmp_path / "no_such_scan.dat")], tmp_path / "o", RunOptions(qa=False, regions=str(lab)))
+    assert "seg.tsv" in str(e.value) and not (tmp_path / "o").exists()
+    (tmp_path / "seg.tsv").write_text("label\tname\tclass\n1\tgrey_matter\tbone\n")
+    with pytest.raises(InputError, match="class 'bone'") as e:
+        run([str(tmp_path / "no_such_scan.dat")], tmp_path / "o", RunOptions(qa=False, regions=str(lab)))
+    assert "seg.tsv" in str(e.value)

@@ -229,6 +229,33 @@ def names_sidecar(label_path: str | os.PathLike) -> Path | None:
     return t if t.is_file() else None
 
 
+def check_regions(label_path: str | os.PathLike) -> None:
+    """Refuse a label map or names sidecar that :func:`load_regions` would refuse, before a run's long
+    work: the NIfTI header (readable, 3-D) and the whole sidecar (names, classes, ``t1_ms``), without the
+    voxel data (InputError naming the file)."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(os.fspath(label_path))
+    except FileNotFoundError:
+        raise InputError("label map not found", label_path) from None
+    except Exception as e:  # nibabel raises several types for foreign/corrupt files
+        raise InputError(f"cannot read the label map as NIfTI: {e}", label_path) from e
+    shape = tuple(img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) != 3:
+        raise InputError(f"label map must be a 3-D volume, got shape {img.shape}", label_path)
+    side = names_sidecar(label_path)
+    if side is not None:
+        named = _names_from_tsv(side) if side.suffix == ".tsv" else _names_from_json(side)
+        for lab, (name, cls, t1) in named.items():
+            try:
+                RegionSpec(lab, name, cls or classify(name), t1)
+            except InputError as e:
+                raise InputError(e.message, side) from None
+
+
 def load_regions(label_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[RegionSpec]]:
     """A label NIfTI, its affine (voxel -> RAS mm) and its regions (names from the sidecar, classes from names).
 

@@ -97,8 +97,9 @@ def test_basis_templates_combine_to_the_direct_templates(monkeypatch):
             assert np.abs(got - direct).max() < 1e-5 * np.abs(direct).max()
 
 
-@pytest.fixture(scope="module")
-def head():
+def _simulated_head(compartments=None, tube_t1_s: float = SALINE_TUBE.t1_s) -> dict:
+    """A 24^3 head without B0, gridded, with its system model, fine labels and the tube line of an ideal
+    calibration (a large saline object of C mM gives C * T1 factor(tube_t1_s) * exp(-TE / T2*))."""
     from recon.io.geometry import nifti_affine
     from recon.nufft import NUFFT
     from recon.nufft.operator import gridding
@@ -107,17 +108,15 @@ def head():
     from recon.validate.run import fine_label_map
 
     traj = _traj()
-    ph = HeadPhantom(b0_scale=0.0, head_scale=0.8, tumour="none", tubes=())
+    kw = {} if compartments is None else {"compartments": compartments}
+    ph = HeadPhantom(b0_scale=0.0, head_scale=0.8, tumour="none", tubes=(), **kw)
     res = simulate(ph, traj, snr=3000.0, seed=0, n_threads=1, progress=False)
     acq, info = res.acquisition, res.truth.info
     dcf = compute_dcf(traj, "analytic")
     img = gridding(NUFFT(traj.k, traj.matrix, traj.fov_m), acq.data[:, 0], dcf)
     aff = nifti_affine(acq.geometry, acq.fov_m, acq.matrix)
     sm = SystemModel.from_trajectory(traj, dcf, acq.te_s, acq.tr_s, acq.flip_deg, object_edge_m=info["phantom"]["edge_mm"] * 1e-3)
-    # the tube line of an ideal calibration: a large saline object of C mM gives C * T1 factor * exp(-TE / T2*)
-    slope = t1_saturation(tr_s=acq.tr_s, flip_deg=acq.flip_deg, t1_s=SALINE_TUBE.t1_s) * math.exp(
-        -acq.te_s[0] / SALINE_TUBE.t2star_s[0]
-    )
+    slope = t1_saturation(tr_s=acq.tr_s, flip_deg=acq.flip_deg, t1_s=tube_t1_s) * math.exp(-acq.te_s[0] / SALINE_TUBE.t2star_s[0])
     labels, laff = fine_label_map(ph, info, aff)
     specs = [R.RegionSpec(c["label"], c["name"], R.classify(c["name"])) for c in info["compartments"]]
     return dict(
@@ -131,7 +130,13 @@ def head():
         truth={c["name"]: c for c in info["compartments"]},
         truth_labels=res.truth.labels,
         acq=acq,
+        tube_t1=tube_t1_s,
     )
+
+
+@pytest.fixture(scope="module")
+def head():
+    return _simulated_head()
 
 
 def _bias(rr, truth) -> dict[str, float]:
@@ -338,32 +343,11 @@ def off_prior_t1():
     bottom), against priors of 60 and 55 ms: the ideal tube line is made with the tubes' true T1."""
     import dataclasses
 
-    from recon.io.geometry import nifti_affine
-    from recon.nufft import NUFFT
-    from recon.nufft.operator import gridding
-    from recon.sim import HeadPhantom, simulate
     from recon.sim.phantom import DEFAULT_COMPARTMENTS
-    from recon.trajectory import compute_dcf
-    from recon.validate.run import fine_label_map
 
-    traj = _traj()
-    comps = {
-        n: dataclasses.replace(c, t1_s=0.065) if n in ("csf_sulcal", "csf_ventricles", "vitreous") else c
-        for n, c in DEFAULT_COMPARTMENTS.items()
-    }
-    ph = HeadPhantom(b0_scale=0.0, head_scale=0.8, tumour="none", tubes=(), compartments=comps)
-    res = simulate(ph, traj, snr=3000.0, seed=0, n_threads=1, progress=False)
-    acq, info = res.acquisition, res.truth.info
-    dcf = compute_dcf(traj, "analytic")
-    img = gridding(NUFFT(traj.k, traj.matrix, traj.fov_m), acq.data[:, 0], dcf)
-    aff = nifti_affine(acq.geometry, acq.fov_m, acq.matrix)
-    sm = SystemModel.from_trajectory(traj, dcf, acq.te_s, acq.tr_s, acq.flip_deg, object_edge_m=info["phantom"]["edge_mm"] * 1e-3)
-    tube_t1 = 0.050
-    slope = t1_saturation(tr_s=acq.tr_s, flip_deg=acq.flip_deg, t1_s=tube_t1) * math.exp(-acq.te_s[0] / SALINE_TUBE.t2star_s[0])
-    labels, laff = fine_label_map(ph, info, aff)
-    truth = {c["name"]: c for c in info["compartments"]}
-    return dict(signals=[np.real(img[0]), np.real(img[1])], sm=sm, slope=slope, labels=labels, laff=laff, aff=aff,
-                truth=truth, tube_t1=tube_t1, acq=acq)  # fmt: skip
+    fluids = ("csf_sulcal", "csf_ventricles", "vitreous")
+    comps = {n: dataclasses.replace(c, t1_s=0.065) if n in fluids else c for n, c in DEFAULT_COMPARTMENTS.items()}
+    return _simulated_head(comps, tube_t1_s=0.050)
 
 
 def test_measured_t1_removes_the_t1_prior_error_of_fluids(off_prior_t1):

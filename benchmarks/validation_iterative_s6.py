@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from recon.validate.compare import COMPARTMENTS, load, pair, pct, value, worst_tube
+from recon.validate.compare import COMPARTMENTS, compartment_tables, load, pair, pct, value, worst_tube
 from recon.validate.report import write_csv
 from recon.validate.run import summarise
 
@@ -91,29 +91,7 @@ def main(dirs: list[str], out_dir: Path = HERE, recs: list[dict[str, Any]] | Non
     recs = load(dirs) if recs is None else recs
     recs = [r for r in recs if "iterative" in r["modes"]]
     write_csv(recs, out_dir / "validation_iterative.csv")
-    out: list[str] = []
-    worse: list[tuple[str, str, int, float, float]] = []  # (compartment, measure, case, default, iterative)
-    scored: dict[tuple[str, str], int] = {}
-    for measure in MEASURES:
-        out += [
-            f"#### {measure}: default / iterative bias (%), per compartment (↑: iterative farther from the truth)",
-            "",
-            "| case | traj | matrix | min r (vox) | " + " | ".join(n for _, n in COMPARTMENTS) + " |",
-            "|---|---|---|---|" + "---|" * len(COMPARTMENTS),
-        ]
-        for rec in recs:
-            c = rec["case"]
-            cells = []
-            for q, name in COMPARTMENTS:
-                a, b = value(rec, "default", q, measure), value(rec, "iterative", q, measure)
-                cells.append(pair(a, b))
-                if a is not None and b is not None:
-                    scored[name, measure] = scored.get((name, measure), 0) + 1
-                    if abs(b) > abs(a):
-                        worse.append((name, measure, c["index"], a, b))
-            rmin = min(t["radius_vox"] for t in c["tubes"])
-            out.append(f"| {c['index']} | {c['trajectory']} | {c['matrix']} | {rmin:.2f} | " + " | ".join(cells) + " |")
-        out.append("")
+    out, worse, scored = compartment_tables(recs, MEASURES)  # (compartment, measure, case, default, iterative)
     out += [
         "#### Tubes, 2 mm sphere, pass, time",
         "",

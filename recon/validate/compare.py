@@ -79,17 +79,16 @@ def pair(a: float | None, b: float | None) -> str:
     return f"{pct(a)} / {pct(b)}{mark}"
 
 
-def compare(recs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """(Markdown, numbers) of default against iterative over the records that have both modes.
-
-    numbers: ``cases`` (indices), ``passes`` {(mode, measure): count}, ``worse`` [(compartment, measure, case,
-    default, iterative)] wherever |iterative| > |default|, ``scored`` {(compartment, measure): n}.
-    """
-    recs = [r for r in recs if "iterative" in r["modes"] and "default" in r["modes"]]
+def compartment_tables(
+    recs: list[dict[str, Any]], measures: tuple[str, ...] = TABLE_MEASURES
+) -> tuple[list[str], list[tuple[str, str, int, float, float]], dict[tuple[str, str], int]]:
+    """Markdown lines of one default / iterative table per measure (a row per case, a column per
+    compartment), the (compartment, measure, case, default, iterative) entries where |iterative| >
+    |default|, and how many values were scored per (compartment, measure)."""
     out: list[str] = []
     worse: list[tuple[str, str, int, float, float]] = []
     scored: dict[tuple[str, str], int] = {}
-    for measure in TABLE_MEASURES:
+    for measure in measures:
         out += [
             f"#### {measure}: default / iterative bias (%), per compartment (↑: iterative farther from the truth)",
             "",
@@ -109,6 +108,17 @@ def compare(recs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
             rmin = min(t["radius_vox"] for t in c["tubes"])
             out.append(f"| {c['index']} | {c['trajectory']} | {c['matrix']} | {rmin:.2f} | " + " | ".join(cells) + " |")
         out.append("")
+    return out, worse, scored
+
+
+def compare(recs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """(Markdown, numbers) of default against iterative over the records that have both modes.
+
+    numbers: ``cases`` (indices), ``passes`` {(mode, measure): count}, ``worse`` [(compartment, measure, case,
+    default, iterative)] wherever |iterative| > |default|, ``scored`` {(compartment, measure): n}.
+    """
+    recs = [r for r in recs if "iterative" in r["modes"] and "default" in r["modes"]]
+    out, worse, scored = compartment_tables(recs)
     out += [
         "#### Tubes, 2 mm sphere, pass, time",
         "",

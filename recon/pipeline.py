@@ -622,12 +622,17 @@ def gridding_for_calibration(
     return correct_b0(op, ks, acq, plain, combined_plain, fmap, GRIDDING_B0, grid_opts, plans, timer, label)[0]
 
 
+def tube_t1_s(opts: RunOptions) -> float | None:
+    """The tubes' measured T1 in s (``tube_t1_ms``), or None for the saline prior."""
+    return None if opts.tube_t1_ms is None else opts.tube_t1_ms * 1e-3
+
+
 def tube_reference(opts: RunOptions):
     """The tubes' relaxation model: the saline prior, with the measured T1 when ``tube_t1_ms`` is given."""
     from recon.calibrate import SALINE_TUBE
     from recon.calibrate.regions import with_t1
 
-    return with_t1(SALINE_TUBE, None if opts.tube_t1_ms is None else opts.tube_t1_ms * 1e-3)
+    return with_t1(SALINE_TUBE, tube_t1_s(opts))
 
 
 def relaxation_map(acq, traj, dcf, images, smooth_vox: float = 1.0, reference=None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -801,9 +806,18 @@ def regional_tsc(
         signals = [first] + ([signal_image(images[1], mode)[0]] if echo_pair(acq) else [])
         fit = cal.result.fit
         refine = "echo-ratio" if opts.regions_relaxation == "echo-ratio" and len(signals) > 1 else None
-        tube_t1 = None if opts.tube_t1_ms is None else opts.tube_t1_ms * 1e-3
         res = regional(
-            signals, sm, fit.slope, fit.intercept, labels, lab_aff, specs, affine, tsc_mM=tsc, refine=refine, tube_t1_s=tube_t1
+            signals,
+            sm,
+            fit.slope,
+            fit.intercept,
+            labels,
+            lab_aff,
+            specs,
+            affine,
+            tsc_mM=tsc,
+            refine=refine,
+            tube_t1_s=tube_t1_s(opts),
         )
     if not own_signal:
         log.info("regions: measured on the %s gridding image (the templates model gridding, as the tubes')", GRIDDING_B0)

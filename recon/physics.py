@@ -135,3 +135,28 @@ def tissue_decay(t_s) -> np.ndarray:
 def csf_decay(t_s) -> np.ndarray:
     """The :data:`CSF` preset's decay exp(-t/54 ms), t in s."""
     return multiexp_decay(t_s, CSF.fractions, CSF.t2star_s)
+
+
+def two_pool_decay(t_s, tissue_fraction) -> np.ndarray:
+    """Partial-volume decay ``a tissue_decay(t) + (1 - a) csf_decay(t)`` (t in s, ``a`` in [0, 1]).
+
+    The signal of a voxel that holds a fraction ``a`` (of its signal at t = 0) of bi-exponential
+    tissue (:data:`TISSUE`) and the rest of mono-exponential fluid (:data:`CSF`): a grey/white or
+    tissue/CSF boundary voxel is such a mixture, which one mono-exponential R2* does not describe
+    over a readout of several T2*_short. Broadcasts ``t_s`` against ``tissue_fraction``.
+    """
+    a = np.asarray(tissue_fraction, dtype=np.float64)
+    return a * tissue_decay(t_s) + (1.0 - a) * csf_decay(t_s)
+
+
+def tissue_fraction_from_ratio(ratio, te1_s: float, te2_s: float) -> np.ndarray:
+    """The tissue fraction ``a`` of :func:`two_pool_decay` whose echo ratio d(TE2)/d(TE1) is ``ratio``.
+
+    Exact inverse (the ratio is a Moebius function of ``a``), clipped to [0, 1]: ratios above the
+    fluid's give 0 (fluid), below the tissue's give 1. Times in s.
+    """
+    r = np.asarray(ratio, dtype=np.float64)
+    t1, t2 = float(tissue_decay(te1_s)), float(tissue_decay(te2_s))
+    f1, f2 = float(csf_decay(te1_s)), float(csf_decay(te2_s))
+    a = (f2 - r * f1) / ((f2 - t2) - r * (f1 - t1))
+    return np.clip(a, 0.0, 1.0)

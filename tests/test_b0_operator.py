@@ -88,3 +88,32 @@ def test_shapes_are_checked(problem):
         a.adjoint(np.zeros((3, 3), complex))
     with pytest.raises(InputError, match="R2"):
         TimeSegmentedOperator(p["op"], p["t"], p["df"], r2star_hz=-1.0)
+
+
+@pytest.mark.parametrize("n_segments, tol", [(None, 5e-3), (24, 1e-5)])
+def test_two_pool_decay_matches_dense_matrix(problem, n_segments, tol):
+    """Each voxel decays as a tissue(t) + (1 - a) csf(t) (recon.physics.two_pool_decay, written out
+    here from the presets' fractions and T2*): the operator against the explicit matrix of that model."""
+    from recon.physics import CSF, TISSUE
+
+    p = problem
+    x_, y_, z_ = np.meshgrid(*grid_positions(SHAPE, FOV), indexing="ij")
+    a_map = np.clip(0.5 + x_ / FOV + 0.3 * np.sin(2 * np.pi * z_ / FOV), 0.0, 1.0)  # 0..1, both ends present
+    tt = (TE + np.broadcast_to(p["t"], p["op"].kshape)).reshape(-1)
+    tissue = sum(f * np.exp(-tt / t2) for f, t2 in zip(TISSUE.fractions, TISSUE.t2star_s))
+    fluid = sum(f * np.exp(-tt / t2) for f, t2 in zip(CSF.fractions, CSF.t2star_s))
+    decay = tissue[:, None] * a_map.ravel()[None] + fluid[:, None] * (1 - a_map.ravel())[None]
+    e_full = nudft_matrix(p["k"], SHAPE, FOV) * decay * np.exp(-2j * np.pi * np.outer(tt, p["df"].ravel()))
+    a = TimeSegmentedOperator(p["op"], p["t"], p["df"], te_s=TE, tissue_fraction=a_map, n_segments=n_segments)
+    x = p["rng"].standard_normal(SHAPE) + 1j * p["rng"].standard_normal(SHAPE)
+    y = p["rng"].standard_normal(p["op"].kshape) + 1j * p["rng"].standard_normal(p["op"].kshape)
+    assert _rel(a.forward(x), e_full @ x.ravel()) < tol
+    assert _rel(a.adjoint(y), e_full.conj().T @ y.ravel()) < tol
+
+
+def test_two_pool_and_r2star_are_exclusive_and_checked(problem):
+    p = problem
+    with pytest.raises(InputError, match="not both"):
+        TimeSegmentedOperator(p["op"], p["t"], p["df"], r2star_hz=p["r2"], tissue_fraction=0.5)
+    with pytest.raises(InputError, match="within"):
+        TimeSegmentedOperator(p["op"], p["t"], p["df"], tissue_fraction=1.5)

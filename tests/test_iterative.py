@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from recon.errors import InputError
-from recon.iterative import TISSUE_BIEXP, make_linop, r2star_from_echoes, reconstruct_iterative
+from recon.iterative import TISSUE_BIEXP, make_linop, r2star_from_echoes, reconstruct_iterative, tissue_fraction_from_echoes
 from recon.nufft import NUFFT
 from recon.nufft.nudft import nudft_matrix
 
@@ -23,12 +23,16 @@ def _problem(rng, n=6, m=1500, fov=0.12):
     return shape, fov, k, t, w
 
 
-def _dense(k, shape, fov, t_abs, f, r2=None, sample_decay=None):
-    from recon.nufft.nudft import grid_positions  # noqa: F401
+def _dense(k, shape, fov, t_abs, f, r2=None, sample_decay=None, frac=None):
+    from recon.physics import CSF, TISSUE
 
     e = nudft_matrix(k, shape, fov)
     z = (2j * np.pi * f + (0 if r2 is None else r2)).ravel()
     e = e * np.exp(-np.outer(t_abs, z))
+    if frac is not None:  # two-pool: a tissue(t) + (1 - a) csf(t), the presets written out
+        tis = sum(a * np.exp(-t_abs / t2) for a, t2 in zip(TISSUE.fractions, TISSUE.t2star_s))
+        flu = sum(a * np.exp(-t_abs / t2) for a, t2 in zip(CSF.fractions, CSF.t2star_s))
+        e = e * (np.outer(tis, frac.ravel()) + np.outer(flu, 1 - frac.ravel()))
     if sample_decay is not None:
         e = e * sample_decay[:, None]
     return e
@@ -46,7 +50,8 @@ def test_linop_wrapper_adjoint(rng):
 
 
 @pytest.mark.parametrize(
-    "decay, normal", [("none", "toeplitz"), ("r2star-map", "toeplitz"), ("tissue", "toeplitz"), ("r2star-map", "nufft")]
+    "decay, normal",
+    [("none", "toeplitz"), ("r2star-map", "toeplitz"), ("tissue", "toeplitz"), ("r2star-map", "nufft"), ("two-pool", "toeplitz")],
 )
 def test_matches_dense_weighted_least_squares(rng, decay, normal):
     """Joint two-echo LS solution equals the dense-matrix solution (B0 + decay in the model)."""
@@ -54,13 +59,14 @@ def test_matches_dense_weighted_least_squares(rng, decay, normal):
     op = NUFFT(k, shape, fov, eps=1e-7, dtype=np.complex128)
     f = rng.uniform(-40, 40, shape)
     r2 = rng.uniform(20, 80, shape) if decay == "r2star-map" else None
+    frac = rng.uniform(0, 1, shape) if decay == "two-pool" else None
     tes = (0.3e-3, 2.32e-3)
     dv = (fov / shape[0]) ** 3
     x_true = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
     blocks, ys = [], []
     for te in tes:
         sd = sum(a * np.exp(-(te + t) / t2) for a, t2 in TISSUE_BIEXP) if decay == "tissue" else None
-        e = dv * _dense(k, shape, fov, te + t, f, r2, sd)
+        e = dv * _dense(k, shape, fov, te + t, f, r2, sd, frac)
         blocks.append(e)
         ys.append(e @ x_true.ravel() + 1e-3 * np.abs(e @ x_true.ravel()).max() * rng.standard_normal(len(k)))
     sw = np.sqrt(np.concatenate([w, w]))
@@ -75,6 +81,7 @@ def test_matches_dense_weighted_least_squares(rng, decay, normal):
         f,
         decay=decay,
         r2star_hz=r2,
+        tissue_fraction=frac,
         regulariser="none",
         max_iter=60,
         tol=1e-10,
@@ -117,6 +124,24 @@ def test_r2star_from_echoes():
     assert np.allclose(r2, 1 / t2, rtol=1e-6)
     with pytest.raises(InputError):
         r2star_from_echoes(x1, x2, 2e-3, 1e-3)
+
+
+def test_tissue_fraction_from_echoes_inverts_the_two_pool_decay():
+    from recon.physics import two_pool_decay
+
+    te1, te2 = 0.3e-3, 2.32e-3
+    for a_true in (0.0, 0.35, 1.0):
+        x1 = np.full((8, 8, 8), 10.0 * two_pool_decay(te1, a_true))
+        x2 = np.full((8, 8, 8), 10.0 * two_pool_decay(te2, a_true))
+        assert np.allclose(tissue_fraction_from_echoes(x1, x2, te1, te2, smooth_vox=0.5), a_true, atol=1e-9)
+    # faster than tissue reads as tissue, slower than fluid as fluid (clipped), background as fluid
+    x1 = np.full((16, 8, 8), 10.0)
+    x1[:6] = 0.1
+    a = tissue_fraction_from_echoes(x1, 0.3 * x1, te1, te2, smooth_vox=0.5)
+    assert np.all(a[8:] == 1.0) and np.all(a[:3] == 0.0)
+    assert np.all(tissue_fraction_from_echoes(x1[2:], x1[2:], te1, te2, smooth_vox=0.5) == 0.0)
+    with pytest.raises(InputError):
+        tissue_fraction_from_echoes(x1, x1, 2e-3, 1e-3)
 
 
 def test_bad_arguments(rng):

@@ -5,6 +5,10 @@ sample::
 
     y_m = sum_j x_j exp(-z_j (TE + t_m)) exp(-i 2 pi k_m . r_j),   z_j = R2*_j + i 2 pi df_j
 
+or, with a tissue-fraction map a_j instead of R2*, x_j d(TE + t_m; a_j) exp(-i 2 pi df_j (TE + t_m))
+with d the two-pool decay of :func:`recon.physics.two_pool_decay` (coefficients then fitted to those
+functions by :func:`recon.b0.segments.ls_function_coefficients`).
+
 The exponential is split into L time segments at times tau_l (spread evenly over the
 readout window) with least-squares interpolation coefficients b_l(t) computed on a histogram of
 the voxels' rates z (Sutton, Noll & Fessler, IEEE TMI 22:178, 2003)::
@@ -27,13 +31,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from recon.b0.segments import ls_time_coefficients, n_time_bins, rate_histogram
+from recon.b0.segments import field_fraction_histogram, ls_function_coefficients, ls_time_coefficients, n_time_bins, rate_histogram
 from recon.device import get_array_module
 from recon.errors import InputError
 from recon.linop import LinearOperator
 from recon.nufft import NUFFT
+from recon.physics import CSF, TISSUE, two_pool_decay
 
 OPERATOR_TOL_RAD = 1.0
+
+
+def _pool_rates() -> tuple[float, ...]:
+    """R2* (1/s) of the exponential pools of the two-pool decay (tissue short and long, fluid)."""
+    return tuple(1.0 / t for t in TISSUE.t2star_s + CSF.t2star_s)
 
 
 def sample_times(op: NUFFT, t_s: np.ndarray) -> np.ndarray:
@@ -56,6 +66,9 @@ class TimeSegmentedOperator(LinearOperator):
     fieldmap_hz : off-resonance df (N0, N1, N2) in Hz (DESIGN.md sign).
     te_s : echo time in s (added to every sample time).
     r2star_hz : optional R2* = 1/T2* map (N0, N1, N2) or scalar, in 1/s.
+    tissue_fraction : optional map (N0, N1, N2) or scalar in [0, 1] of the two-pool decay
+        :func:`recon.physics.two_pool_decay` (instead of ``r2star_hz``): each voxel decays as
+        ``a tissue(t) + (1 - a) csf(t)``; the coefficients are fitted on a histogram of (df, a).
     n_segments : number of time segments L; default from the rule in the module docstring.
     tol_rad : phase tolerance of that rule.
     mask : voxels whose rates the interpolator is fitted to (default: all).
@@ -77,6 +90,7 @@ class TimeSegmentedOperator(LinearOperator):
         n_segments: int | None = None,
         tol_rad: float = OPERATOR_TOL_RAD,
         mask: np.ndarray | None = None,
+        tissue_fraction: np.ndarray | float | None = None,
     ):
         self.nufft = nufft
         self.shape = nufft.shape
@@ -92,6 +106,13 @@ class TimeSegmentedOperator(LinearOperator):
             r2 = np.broadcast_to(np.asarray(r2star_hz, dtype=np.float64), self.shape)
             if not np.all(np.isfinite(r2)) or np.any(r2 < 0):
                 raise InputError("R2* must be finite and non-negative (1/s)")
+        frac = None
+        if tissue_fraction is not None:
+            if r2 is not None:
+                raise InputError("give an R2* map or a tissue-fraction map, not both")
+            frac = np.broadcast_to(np.asarray(tissue_fraction, dtype=np.float64), self.shape)
+            if not np.all(np.isfinite(frac)) or np.any(frac < 0) or np.any(frac > 1):
+                raise InputError("tissue fraction must be finite and within [0, 1]")
         if mask is not None and np.shape(mask) != self.shape:
             raise InputError(f"mask shape {np.shape(mask)} does not match the image grid {self.shape}")
         t_rel = sample_times(nufft, t_s)
@@ -111,6 +132,8 @@ class TimeSegmentedOperator(LinearOperator):
             if r2 is not None:
                 rv = r2[sel] if sel.any() else np.zeros(1)
                 half = float(np.hypot(half, 0.5 * (rv.max() - rv.min()) / (2 * np.pi)))
+            elif frac is not None:
+                half = float(np.hypot(half, 0.5 * (max(_pool_rates()) - min(_pool_rates())) / (2 * np.pi)))
             n_segments = n_time_bins(half, r1 - r0, tol_rad) + 1
         n_segments = int(n_segments)
         if n_segments < 1:
@@ -118,19 +141,30 @@ class TimeSegmentedOperator(LinearOperator):
         self.n_segments = n_segments
         tau_rel = np.linspace(r0, r1, n_segments) if n_segments > 1 else np.array([0.5 * (r0 + r1)])
         self.tau_s = float(te_s) + tau_rel
-        rates, counts = rate_histogram(f, r2, sel)
-        if r2 is None:
+        if frac is not None:
+            df, av, counts = field_fraction_histogram(f, frac, sel)
+            t_abs = float(te_s) + t_unique
+            at_tau = two_pool_decay(self.tau_s[None, :], av[:, None]) * np.exp(-2j * np.pi * df[:, None] * self.tau_s[None, :])
+            at_t = two_pool_decay(t_abs[None, :], av[:, None]) * np.exp(-2j * np.pi * df[:, None] * t_abs[None, :])
+            b = ls_function_coefficients(at_tau, at_t, counts)
+        elif r2 is None:
+            rates, counts = rate_histogram(f, r2, sel)
             # shift-invariant fit (|exp(-z TE)| = 1): on times from the first ADC sample, so every
             # echo gets bit-identical coefficients (and shares Toeplitz kernels)
             b = ls_time_coefficients(t_unique, tau_rel, rates, counts)  # (L, n_unique)
         else:
+            rates, counts = rate_histogram(f, r2, sel)
             b = ls_time_coefficients(float(te_s) + t_unique, self.tau_s, rates, counts)
         rdt = np.float32 if nufft.dtype == np.complex64 else np.float64
         self.t_compact_s = t_line.reshape(bshape)  # readout times (from the first ADC sample) in b's layout
         # (L, *bshape), broadcastable to (L, *kshape): per readout time, not per sample
         self._b = b[:, inverse.ravel()].reshape((n_segments,) + tuple(bshape)).astype(nufft.dtype)
         z = 2j * np.pi * f + (0.0 if r2 is None else r2)
-        self._e = np.exp(-z[None] * self.tau_s.reshape(-1, 1, 1, 1)).astype(nufft.dtype)  # (L, *shape)
+        tau4 = self.tau_s.reshape(-1, 1, 1, 1)
+        e = np.exp(-z[None] * tau4)
+        if frac is not None:
+            e *= two_pool_decay(tau4, frac[None])
+        self._e = e.astype(nufft.dtype)  # (L, *shape)
         self._real = rdt
         self.te_s = float(te_s)
 

@@ -104,12 +104,47 @@ def ls_time_coefficients(
     t = np.asarray(t_s, dtype=np.float64).ravel()
     tau = np.asarray(tau_s, dtype=np.float64).ravel()
     z = np.asarray(rates, dtype=np.complex128).ravel()
-    w = np.ones(z.shape) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
+    return ls_function_coefficients(np.exp(-z[:, None] * tau[None, :]), np.exp(-z[:, None] * t[None, :]), weights, rcond)
+
+
+def ls_function_coefficients(
+    at_tau: np.ndarray, at_t: np.ndarray, weights: np.ndarray | None = None, rcond: float = 1e-8
+) -> np.ndarray:
+    """Least-squares interpolation coefficients b (L, n_t) for any family of voxel time functions g_n.
+
+    ``at_tau`` (n, L) holds g_n at the segment times, ``at_t`` (n, n_t) at the sample times; b minimises
+    sum_n w_n |g_n(t) - sum_l b_l(t) g_n(tau_l)|^2 (:func:`ls_time_coefficients` is the exponential case).
+    """
+    g_tau = np.asarray(at_tau, dtype=np.complex128)
+    g_t = np.asarray(at_t, dtype=np.complex128)
+    w = np.ones(g_tau.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64).ravel()
     sw = np.sqrt(w / w.max())[:, None]
-    a = sw * np.exp(-z[:, None] * tau[None, :])  # (n_z, L)
-    target = sw * np.exp(-z[:, None] * t[None, :])  # (n_z, n_t)
-    b, *_ = np.linalg.lstsq(a, target, rcond=rcond)
+    b, *_ = np.linalg.lstsq(sw * g_tau, sw * g_t, rcond=rcond)
     return b  # (L, n_t)
+
+
+def field_fraction_histogram(
+    fieldmap_hz: np.ndarray, fraction: np.ndarray, mask: np.ndarray | None, n_f: int = 64, n_a: int = 16
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Histogram of (off-resonance in Hz, tissue fraction) pairs over the voxels: (df, a, counts).
+
+    The two-pool decay's counterpart of :func:`rate_histogram` (same 1 % floor), for
+    :func:`ls_function_coefficients`.
+    """
+    f = np.asarray(fieldmap_hz, dtype=np.float64)
+    sel = np.ones(f.shape, bool) if mask is None else np.asarray(mask, bool)
+    fv, av = f[sel], np.broadcast_to(np.asarray(fraction, dtype=np.float64), f.shape)[sel]
+    if fv.size == 0:
+        fv, av = np.zeros(1), np.zeros(1)
+    fl, fh, al, ah = fv.min(), fv.max(), av.min(), av.max()
+    n_f = 1 if fh - fl < 1e-6 else n_f
+    n_a = 1 if ah - al < 1e-6 else n_a
+    cnt, fe, ae = np.histogram2d(fv, av, bins=(n_f, n_a), range=((fl, fh + 1e-9), (al, ah + 1e-9)))
+    fc, ac = 0.5 * (fe[1:] + fe[:-1]), 0.5 * (ae[1:] + ae[:-1])
+    df = np.repeat(fc, ac.size)
+    a = np.tile(ac, fc.size)
+    counts = cnt.ravel()
+    return df, a, counts + 0.01 * max(counts.max(), 1.0)
 
 
 def rate_histogram(

@@ -27,6 +27,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "iter-lamda0.3": {"b0": "iterative", "iter_lamda": 0.3},
     "iter-decay-none": {"b0": "iterative", "iter_decay": "none"},
     "iter-decay-tissue": {"b0": "iterative", "iter_decay": "tissue"},
+    "iter-two-pool": {"b0": "iterative", "iter_decay": "two-pool"},
     "iter-no-b0": {"b0": "iterative", "fieldmap": "ZERO"},
 }
 """Options of each variant on top of the validation's (tubes file, tube edge). ``fieldmap: ZERO``: a 0 Hz map file."""

@@ -160,7 +160,7 @@ class RunOptions:
         choices=("gridding", "iterative"),
         help="gridding, or model-based with T2* decay (implied by b0 iterative)",
     )
-    iter_decay: str = _o("r2star-map", kind="str", choices=_DECAY, help="decay model of the iterative reconstruction")
+    iter_decay: str = _o("two-pool", kind="str", choices=_DECAY, help="decay model of the iterative reconstruction")
     iter_regulariser: str = _o("gradient", kind="str", choices=_REGS, help="regulariser of the iterative reconstruction")
     iter_lamda: float = _o(
         DEFAULT_ITER_LAMDA, kind="float", low=0.0, high=1e6, help="regularisation weight relative to the unit-curvature data term"

@@ -43,15 +43,16 @@ def case():
     return dict(k=k, t=t, df=df, r2=r2, w=w, data=data, rng=rng)
 
 
-@pytest.mark.parametrize("decay", ["r2star-map", "tissue"])
+@pytest.mark.parametrize("decay", ["r2star-map", "tissue", "two-pool"])
 def test_rhs_by_segments_equals_the_scaled_adjoints(case, decay):
     op = NUFFT(case["k"], SHAPE, FOV, dtype=np.complex128, eps=1e-12, n_threads=1)
     dv = (FOV / N) ** 3
     w = case["w"]
     r2 = case["r2"] if decay == "r2star-map" else None
+    frac = np.clip(case["r2"] / 120.0, 0, 1) if decay == "two-pool" else None
     tsos, decays, ref = [], [], 0
     for e, te in enumerate(TES):
-        a = TimeSegmentedOperator(op, case["t"], case["df"], te_s=te, r2star_hz=r2, n_segments=4)
+        a = TimeSegmentedOperator(op, case["t"], case["df"], te_s=te, r2star_hz=r2, n_segments=4, tissue_fraction=frac)
         d = _sample_decay(decay, te + a.t_compact_s)
         tsos.append(a)
         decays.append(d)

@@ -95,3 +95,30 @@ def test_diagnosis_table_has_one_column_per_variant():
     assert "| grey_matter | -26.0 | -23.3 |" in t and "| tube 30.0 mM | +0.25 | +0.25 |" in t
     assert not any(line.startswith("| vitreous") for line in t)  # not scored in the first variant
     assert t[-1] == "| line slope | 0.9500 | 0.9510 |"
+
+
+def test_variant_summary_counts_what_is_worse_than_gridding():
+    """Two cases, hand-computed: |bias| excess over gridding beyond 0.5 points is marked and counted."""
+    from recon.validate.diag import summary
+
+    def rec(case, grid, it):
+        return {
+            "case": case,
+            "variants": {
+                "gridding": {"bias": {**grid, "tube 30.0 mM": 0.2}},
+                "iterative": {"bias": {**it, "tube 30.0 mM": 9.0}},
+            },
+        }
+
+    text = summary(
+        [
+            rec(0, {"grey_matter": -0.030, "vitreous": 0.010}, {"grey_matter": -0.074, "vitreous": -0.012}),
+            rec(1, {"grey_matter": 0.020, "vitreous": None}, {"grey_matter": 0.010, "vitreous": 0.5}),
+        ]
+    )
+    assert "| 0 | grey_matter | -3.0 | -7.4 **↑** |" in text
+    assert "| 0 | vitreous | +1.0 | -1.2 |" in text  # 0.2 points worse: under the 0.5 tolerance
+    assert not any("tube" in line or "| 1 | vitreous" in line for line in text.splitlines())
+    # 3 values; worse beyond 0.5 points: 1 (GM case 0); any amount: 2; mean |bias| (7.4+1.2+1.0)/3; largest +4.4
+    assert "| iterative | 3 | 1 | 2 | 3.20 | +4.4 |" in text
+    assert "| gridding | 3 | - | - | 2.00 | - |" in text

@@ -6,7 +6,8 @@ reconstructed with gridding, the iterative defaults, and variants that each chan
 :func:`recon.validate.run.measure` (no regional fit: seconds per variant). The variants explain a bias; they are
 not proposed settings.
 
-Usage: ``python -m recon.validate.diag INDEX [--seed 1] [--out FILE.json]``.
+Usage: ``python -m recon.validate.diag INDEX [--seed 1] [--variants a,b] [--out FILE.json]``;
+``python -m recon.validate.diag --summary FILE.json ...`` tabulates several cases against gridding.
 """
 
 from __future__ import annotations
@@ -87,15 +88,61 @@ def table(out: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(records: list[dict[str, Any]], reference: str = "gridding", tol: float = 0.005) -> str:
+    """Markdown over several cases' records: every non-tube value per variant, and per variant the
+    count of values farther from the truth than ``reference`` by more than ``tol`` (dimensionless;
+    0.005 = 0.5 points) and by any amount, the mean |bias| and the largest excess (points)."""
+    names = [n for n in records[0]["variants"] if n != reference]
+    head = "| case | quantity | " + " | ".join([reference] + names) + " |"
+    lines = [head, "|---|---|" + "---|" * (len(names) + 1)]
+    stats = {n: {"worse_tol": 0, "worse": 0, "abs": [], "excess": []} for n in names}
+    ref_abs: list[float] = []
+    for rec in records:
+        v = rec["variants"]
+        for q, g in v[reference]["bias"].items():
+            if g is None or q.startswith("tube"):
+                continue
+            cells = [f"{100 * g:+.1f}"]
+            ref_abs.append(abs(g))
+            for n in names:
+                b = v[n]["bias"].get(q)
+                if b is None:
+                    cells.append("-")
+                    continue
+                ex = abs(b) - abs(g)
+                st = stats[n]
+                st["abs"].append(abs(b))
+                st["excess"].append(ex)
+                st["worse"] += ex > 0
+                st["worse_tol"] += ex > tol
+                cells.append(f"{100 * b:+.1f}" + (" **↑**" if ex > tol else ""))
+            lines.append(f"| {rec['case']} | {q} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"| variant | values | worse than {reference} by > {100 * tol:.1f} points | worse by any amount | mean abs bias (%) | largest excess (points) |")
+    lines.append("|---|---|---|---|---|---|")
+    lines.append(f"| {reference} | {len(ref_abs)} | - | - | {100 * np.mean(ref_abs):.2f} | - |")
+    for n, st in stats.items():
+        lines.append(
+            f"| {n} | {len(st['abs'])} | {st['worse_tol']} | {st['worse']} | {100 * np.mean(st['abs']):.2f} | {100 * max(st['excess']):+.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m recon.validate.diag", description=__doc__.split("\n\n")[0])
-    ap.add_argument("index", type=int, help="case index")
+    ap.add_argument("index", type=int, nargs="?", help="case index")
+    ap.add_argument("--summary", nargs="+", type=Path, default=None, help="tabulate these records (JSON of --out) instead of running")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--variants", default=None, help="comma list of " + ", ".join(VARIANTS))
     ap.add_argument("--out", type=Path, default=None, help="write the record as JSON here")
     a = ap.parse_args(argv)
+    if a.summary:
+        print(summary([json.loads(p.read_text()) for p in a.summary]))
+        return 0
+    if a.index is None:
+        ap.error("give a case index (or --summary FILES)")
     names = tuple(v.strip() for v in a.variants.split(",")) if a.variants else None
     out = variants(a.seed, a.index, names)
     if a.out:

@@ -4,7 +4,8 @@
 Reconstructs ``data_samples/raw.dat`` with the README's defaults and with ``--regions`` over the
 shipped labels (4x finer, ``truth_labels_fine.nii.gz``; recon grid, ``truth_labels.nii.gz``), and
 measures each compartment against ``truth.json``: the eroded voxel mean of the TSC map (truth labels
-eroded by the point response, as :func:`recon.validate.run.measure`) and the regional value
+eroded by the point response, as :func:`recon.validate.run.measure`, and by one voxel), also for
+``--b0 iterative`` with either decay model (``--variants iterative iterative-r2star``), and the regional value
 (``regions.tsv``'s ``model_mM``). Prints a Markdown table of relative biases (%).
 
     python benchmarks/sample_accuracy.py [--variants readme fine coarse] [--out FILE.json]
@@ -26,9 +27,13 @@ SAMPLE = ROOT / "data_samples"
 
 VARIANTS = {
     "readme": ("README command", {}),
+    "iterative": ("--b0 iterative", {"b0": "iterative"}),
+    "iterative-r2star": ("--b0 iterative --iter-decay r2star-map", {"b0": "iterative", "iter_decay": "r2star-map"}),
     "fine": ("regional, shipped 4x labels", {"regions": str(SAMPLE / "truth_labels_fine.nii.gz")}),
     "coarse": ("regional, recon-grid labels", {"regions": str(SAMPLE / "truth_labels.nii.gz")}),
 }
+VOXEL_MAP = ("readme", "iterative", "iterative-r2star")
+"""Variants whose voxel map is measured (eroded means); the others are measured by their regional values."""
 
 
 def measure(options: dict) -> dict[str, dict]:
@@ -47,14 +52,17 @@ def measure(options: dict) -> dict[str, dict]:
     regional = r.regions.by_name() if r.regions is not None else {}
     out = {}
     for c in info["compartments"]:
-        m = ndimage.distance_transform_edt(labels == c["label"]) > PSF_ERODE_VOX
+        dist = ndimage.distance_transform_edt(labels == c["label"])
+        m, m1 = dist > PSF_ERODE_VOX, dist > 1.0
         n = int(m.sum())
         eroded = float(r.tsc_mM[m].mean() / truth[m].mean() - 1) if n >= MIN_VOXELS else None
+        eroded1 = float(r.tsc_mM[m1].mean() / truth[m1].mean() - 1) if m1.sum() >= MIN_VOXELS else None
         reg = regional.get(c["name"])
         out[c["name"]] = {
             "truth_mM": float(c["tsc_mM"]),
             "eroded": eroded,
             "eroded_voxels": n,
+            "eroded_1vox": eroded1,
             "regional": None if reg is None else float(reg.model_mM / c["tsc_mM"] - 1),
         }
     return out
@@ -65,7 +73,11 @@ def table(results: dict[str, dict]) -> str:
     cols = []
     for key, res in results.items():
         label = VARIANTS[key][0]
-        cols.append((f"eroded voxel mean ({label})", res, "eroded") if key == "readme" else (label, res, "regional"))
+        if key in VOXEL_MAP:
+            cols.append((f"eroded voxel mean ({label})", res, "eroded"))
+            cols.append((f"eroded by one voxel ({label})", res, "eroded_1vox"))
+        else:
+            cols.append((label, res, "regional"))
     lines = ["| compartment | truth mM | " + " | ".join(c[0] for c in cols) + " |", "|---" * (2 + len(cols)) + "|"]
     for name in names:
         cells = []
@@ -81,7 +93,7 @@ def table(results: dict[str, dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["readme", "fine", "coarse"])
     ap.add_argument("--out", type=Path, help="write the measurements as JSON here")
     args = ap.parse_args(argv)
     results = {v: measure(VARIANTS[v][1]) for v in args.variants}

@@ -139,9 +139,33 @@ def read_manifest(folder: Path) -> dict[str, str]:
     return out
 
 
-def compare(ref: Path, new: Path) -> list[str]:
+ROUNDING_RTOL = 1e-9
+"""Largest relative difference that :func:`compare` calls rounding (another CPU's FFTW/finufft/libm
+rounds differently: 3e-11 on the raw data, 1e-15 in truth.json, measured on a second machine)."""
+
+
+def _json_numbers_close(a, b, rtol: float) -> bool:
+    import math
+
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_json_numbers_close(a[k], b[k], rtol) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_json_numbers_close(x, y, rtol) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=rtol, abs_tol=1e-300)
+    return a == b
+
+
+def compare(ref: Path, new: Path, rtol: float | None = None) -> list[str]:
     """Differences between two sample folders: [] when byte-identical; otherwise one line per
-    differing file with the largest data difference (raw data and NIfTI volumes)."""
+    differing file with the largest data difference (raw data and NIfTI volumes).
+
+    With ``rtol`` (e.g. :data:`ROUNDING_RTOL`), files that differ only by rounding are not listed:
+    raw data and float volumes within ``rtol`` of their largest value, truth.json with every number
+    within ``rtol`` and everything else equal. Label volumes must still be identical.
+    """
+    import json
+
     import numpy as np
 
     diffs = []
@@ -153,12 +177,19 @@ def compare(ref: Path, new: Path) -> list[str]:
 
             a, b = read_raw(ref / name), read_raw(new / name)
             d = float(np.abs(a.data - b.data).max() / np.abs(a.data).max())
-            diffs.append(f"{name}: bytes differ; max |data difference| / max |data| = {d:.3g}")
+            if rtol is None or not d <= rtol:
+                diffs.append(f"{name}: bytes differ; max |data difference| / max |data| = {d:.3g}")
         elif name.endswith(".nii.gz"):
             import nibabel as nib
 
             a, b = (np.asarray(nib.load(p).dataobj, dtype=np.float64) for p in (ref / name, new / name))
-            diffs.append(f"{name}: bytes differ; max |difference| = {np.abs(a - b).max():.3g}")
+            d = float(np.abs(a - b).max())
+            tol = -1.0 if rtol is None or "labels" in name else rtol * float(np.abs(a).max())
+            if not d <= tol:
+                diffs.append(f"{name}: bytes differ; max |difference| = {d:.3g}")
+        elif name.endswith(".json") and rtol is not None:
+            if not _json_numbers_close(json.loads((ref / name).read_text()), json.loads((new / name).read_text()), rtol):
+                diffs.append(f"{name}: differs beyond rounding (relative {rtol:g})")
         else:
             diffs.append(f"{name}: bytes differ")
     return diffs
@@ -187,9 +218,13 @@ def main(argv=None) -> int:
         new = Path(tmp) / "sample"
         generate(new)
         diffs = compare(out, new)
-    if diffs:
-        print("regenerated sample differs:\n  " + "\n  ".join(diffs))
+        beyond = compare(out, new, ROUNDING_RTOL)
+    if beyond:
+        print("regenerated sample differs:\n  " + "\n  ".join(beyond))
         return 1
+    if diffs:
+        print(f"{out}: regenerated sample equals the shipped one to rounding (relative {ROUNDING_RTOL:g}); bytes differ:\n  " + "\n  ".join(diffs))
+        return 0
     print(f"{out}: regenerated sample is byte-identical ({len(DATA_FILES)} files)")
     return 0
 

@@ -68,10 +68,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from recon import physics as _physics
-from recon.physics import two_pool_decay
 from recon.errors import InputError
 from recon.linop import LinearOperator, sigpy_linop
 from recon.options import DEFAULT_ITER_LAMDA
+from recon.physics import two_pool_decay
 
 log = logging.getLogger(__name__)
 
@@ -226,10 +226,8 @@ class IterativeResult:
     """The two-pool decay's tissue fraction per voxel (dimensionless, 0..1) when ``decay='two-pool'``."""
 
 
-def r2star_from_echoes(
-    x1: np.ndarray, x2: np.ndarray, te1_s: float, te2_s: float, t2star_min_s: float = 2e-3, smooth_vox: float = 1.0
-) -> np.ndarray:
-    """R2* (1/s) from two echo images: -ln(|x2|/|x1|)/(TE2-TE1), clipped to [0, 1/t2star_min], smoothed."""
+def _echo_ratio(x1, x2, te1_s, te2_s, smooth_vox, fieldmap_hz, mask):
+    """(smoothed |x2| / |x1| with the intravoxel B0 dephasing divided out, smoothed |x1|, floor)."""
     from scipy.ndimage import gaussian_filter
 
     if te2_s <= te1_s:
@@ -237,31 +235,56 @@ def r2star_from_echoes(
     a1 = gaussian_filter(np.abs(x1), smooth_vox)
     a2 = gaussian_filter(np.abs(x2), smooth_vox)
     floor = 0.05 * a1.max()
-    ratio = np.clip(a2 / np.maximum(a1, floor), 1e-3, 1.0)
+    ratio = a2 / np.maximum(a1, floor)
+    if fieldmap_hz is not None:
+        from recon.b0.fieldmap import dephasing_factor
+
+        f = np.asarray(fieldmap_hz, dtype=np.float64)
+        ratio = ratio * dephasing_factor(f, te1_s, mask) / dephasing_factor(f, te2_s, mask)
+    return ratio, a1, floor
+
+
+def r2star_from_echoes(
+    x1: np.ndarray,
+    x2: np.ndarray,
+    te1_s: float,
+    te2_s: float,
+    t2star_min_s: float = 2e-3,
+    smooth_vox: float = 1.0,
+    fieldmap_hz: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """R2* (1/s) from two echo images: -ln(|x2|/|x1|)/(TE2-TE1), clipped to [0, 1/t2star_min], smoothed.
+
+    With ``fieldmap_hz`` (Hz) the intravoxel dephasing of each echo (:func:`recon.b0.dephasing_factor`,
+    differences inside ``mask``) is divided out of the ratio first: a field gradient is not decay."""
+    ratio, a1, floor = _echo_ratio(x1, x2, te1_s, te2_s, smooth_vox, fieldmap_hz, mask)
+    ratio = np.clip(ratio, 1e-3, 1.0)
     r2 = -np.log(ratio) / (te2_s - te1_s)
     r2[a1 < floor] = 0.0
     return np.clip(r2, 0.0, 1.0 / t2star_min_s)
 
 
 def tissue_fraction_from_echoes(
-    x1: np.ndarray, x2: np.ndarray, te1_s: float, te2_s: float, smooth_vox: float = 1.0
+    x1: np.ndarray,
+    x2: np.ndarray,
+    te1_s: float,
+    te2_s: float,
+    smooth_vox: float = 1.0,
+    fieldmap_hz: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """Tissue fraction a (0..1) of the two-pool decay per voxel from two echo images (times in s).
 
-    The echo ratio of the smoothed magnitudes (as :func:`r2star_from_echoes`) inverted exactly by
+    The echo ratio of the smoothed magnitudes (as :func:`r2star_from_echoes`, with the intravoxel
+    B0 dephasing divided out when ``fieldmap_hz`` is given) inverted exactly by
     :func:`recon.physics.tissue_fraction_from_ratio`; voxels under 5 % of the echo-1 maximum
     (background) get a = 0, the fluid's slow decay.
     """
-    from scipy.ndimage import gaussian_filter
-
     from recon.physics import tissue_fraction_from_ratio
 
-    if te2_s <= te1_s:
-        raise InputError(f"TE2 ({te2_s} s) must be later than TE1 ({te1_s} s)")
-    a1 = gaussian_filter(np.abs(x1), smooth_vox)
-    a2 = gaussian_filter(np.abs(x2), smooth_vox)
-    floor = 0.05 * a1.max()
-    a = tissue_fraction_from_ratio(a2 / np.maximum(a1, floor), te1_s, te2_s)
+    ratio, a1, floor = _echo_ratio(x1, x2, te1_s, te2_s, smooth_vox, fieldmap_hz, mask)
+    a = tissue_fraction_from_ratio(ratio, te1_s, te2_s)
     a[a1 < floor] = 0.0
     return a
 
@@ -410,10 +433,15 @@ def reconstruct_iterative(
         if len(te) < 2:
             raise InputError(f"the {decay} decay model needs two echoes (or give r2star_hz)")
         g = to_host(gridded) if gridded is not None else to_host(gridding(nufft, data[:2], xp.asarray(w)))
+        # the field map's intravoxel dephasing is divided out of the echo ratio (inside the mask)
+        dephase = {
+            "fieldmap_hz": None if fieldmap_hz is None else f,
+            "mask": None if mask is None else np.asarray(to_host(mask), bool),
+        }
         if decay == "two-pool":
-            frac = tissue_fraction_from_echoes(g[0], g[1], te[0], te[1])
+            frac = tissue_fraction_from_echoes(g[0], g[1], te[0], te[1], **dephase)
         else:
-            r2star_hz = r2star_from_echoes(g[0], g[1], te[0], te[1])
+            r2star_hz = r2star_from_echoes(g[0], g[1], te[0], te[1], **dephase)
         del g
     r2 = None if decay != "r2star-map" else np.asarray(to_host(r2star_hz), dtype=np.float64)
 

@@ -223,7 +223,10 @@ def main(argv=None) -> int:
         print("regenerated sample differs:\n  " + "\n  ".join(beyond))
         return 1
     if diffs:
-        print(f"{out}: regenerated sample equals the shipped one to rounding (relative {ROUNDING_RTOL:g}); bytes differ:\n  " + "\n  ".join(diffs))
+        print(
+            f"{out}: regenerated sample equals the shipped one to rounding (relative {ROUNDING_RTOL:g}); bytes differ:\n  "
+            + "\n  ".join(diffs)
+        )
         return 0
     print(f"{out}: regenerated sample is byte-identical ({len(DATA_FILES)} files)")
     return 0

@@ -46,6 +46,7 @@ from recon.b0.correction import (
 )
 from recon.b0.fieldmap import (
     GAMMA_RATIO_NA_H,
+    dephasing_factor,
     estimate_fieldmap,
     load_fieldmap_nifti,
     refine_fieldmap,
@@ -57,6 +58,7 @@ from recon.b0.segments import DEFAULT_TOL_RAD, n_frequency_segments, n_time_bins
 
 __all__ = [
     "estimate_fieldmap",
+    "dephasing_factor",
     "support_mask",
     "load_fieldmap_nifti",
     "refine_fieldmap",

@@ -68,6 +68,31 @@ def support_mask(magnitude: np.ndarray, threshold: float = 0.15, min_voxels: int
     return mask
 
 
+def dephasing_factor(fieldmap_hz: np.ndarray, t_s: float, mask: np.ndarray | None = None, floor: float = 0.5) -> np.ndarray:
+    """Intravoxel dephasing |mean over the voxel of exp(i 2 pi df t)| at time ``t_s`` (s) after excitation.
+
+    For a field varying linearly across a voxel by g_i Hz along axis i (central differences of
+    ``fieldmap_hz``), the mean is prod_i sinc(g_i t) (numpy's normalised sinc). Differences that would
+    reach outside ``mask`` are left out on that axis (0 Hz), so the map's cut-off at the support edge
+    does not read as a gradient. Clipped below at ``floor``: where the field changes by more than
+    about half a cycle per voxel, the linear model is not trusted.
+    """
+    f = np.asarray(fieldmap_hz, dtype=np.float64)
+    inside = np.ones(f.shape, bool) if mask is None else np.asarray(mask, bool)
+    out = np.ones(f.shape)
+    for ax in range(f.ndim):
+        fwd, bwd = np.roll(f, -1, ax), np.roll(f, 1, ax)
+        ok = inside & np.roll(inside, -1, ax) & np.roll(inside, 1, ax)
+        edge = np.zeros(f.shape, bool)
+        idx = [slice(None)] * f.ndim
+        for i in (0, -1):
+            idx[ax] = i
+            edge[tuple(idx)] = True  # no wrap-around differences
+        g = np.where(ok & ~edge, 0.5 * (fwd - bwd), 0.0)
+        out *= np.abs(np.sinc(g * float(t_s)))
+    return np.maximum(out, floor)
+
+
 def _poly_design(shape, order: int, where: np.ndarray) -> np.ndarray:
     coords = [(np.arange(n) - (n - 1) / 2) / max(n / 2, 1) for n in shape]
     idx = np.nonzero(where)

@@ -47,7 +47,9 @@ clipped to [0, 1/T2*_min] and smoothed); ``tissue`` (the fixed bi-exponential ti
 0.6 x 3.5 ms / 0.4 x 23 ms for every voxel, a per-sample weight); ``two-pool`` (each voxel a
 partial-volume mixture a tissue(t) + (1 - a) csf(t) of the :data:`recon.physics.TISSUE` and
 :data:`recon.physics.CSF` decays, :func:`recon.physics.two_pool_decay`, with the tissue fraction a
-per voxel from the echo ratio of a first reconstruction, :func:`tissue_fraction_from_echoes`).
+per voxel from the echo ratio of a first reconstruction, :func:`tissue_fraction_from_echoes`). Both
+echo-ratio estimates divide the field map's intravoxel dephasing out of the ratio
+(:func:`recon.b0.dephasing_factor`): a field gradient is not decay.
 
 Which regime each decay model covers: ``r2star-map`` fits one exponential through TE1 and TE2,
 which for bi-exponential tissue (60 % at 2.5-5.5 ms) over-states the decay late in a readout of

@@ -74,6 +74,7 @@ from recon.errors import InputError
 from recon.linop import LinearOperator, sigpy_linop
 from recon.options import DEFAULT_ITER_LAMDA
 from recon.physics import two_pool_decay
+from recon.window import WINDOWS, apodize, trajectory_kmax
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +368,7 @@ def reconstruct_iterative(
     progress: bool = True,
     gridded: np.ndarray | None = None,
     release_nufft: bool = False,
+    window: str = "none",
 ) -> IterativeResult:
     """Joint least-squares reconstruction of all echoes sharing one image.
 
@@ -401,6 +403,10 @@ def reconstruct_iterative(
         are built, where nothing else transforms through it (Toeplitz CG without the objective):
         ~130 MB less at the solver's peak at the 64^3 protocol. For a caller that owns the operator
         (no plan cache keeps it for another scan).
+    window : target point response of the result, one of :data:`recon.window.WINDOWS`: the solution
+        (and so the echoes) seen through that radial k-space window up to the trajectory's largest
+        radius (:func:`recon.window.apodize`); ``none`` keeps the sharp k-ball of the deconvolved
+        solution, whose ringing at a sphere's centre does not fade (:mod:`recon.window`).
     """
     from recon.b0.operator import TimeSegmentedOperator, sample_times
     from recon.device import get_array_module, is_device_array, to_host
@@ -412,6 +418,9 @@ def reconstruct_iterative(
         raise InputError(f"regulariser must be one of {REGULARISERS}, got {regulariser!r}")
     if normal not in ("toeplitz", "nufft"):
         raise InputError(f"normal operator must be 'toeplitz' or 'nufft', got {normal!r}")
+    if window not in WINDOWS:
+        raise InputError(f"k-space window must be one of {WINDOWS}, got {window!r}")
+    kmax = trajectory_kmax(nufft.k) if window != "none" else None  # before the operator may be released
     xp = get_array_module(data)
     if not is_device_array(data):
         data = np.asarray(data)
@@ -568,6 +577,8 @@ def reconstruct_iterative(
         if bar is not None:
             bar.close()
     x = get_x()
+    if window != "none":
+        x = apodize(x, window, nufft.fov, kmax)
     alg = app = tn = data_normal = None  # the kernels and solver work arrays go before the heap is trimmed
     _release_free_heap()
     z = xp.asarray(2j * np.pi * f + (0 if r2 is None else r2))
@@ -596,6 +607,7 @@ def reconstruct_iterative(
             "tol": tol,
             "segments": segments,
             "normal": normal if regulariser != "tv" else "nufft",
+            "window": window,
         },
         residual=residuals,
         tissue_fraction=frac,

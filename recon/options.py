@@ -121,6 +121,7 @@ _DCF = _registry("auto;recon.trajectory:DCF_METHODS")
 _DEVICES = _registry("recon.nufft.operator:DEVICES")
 _DECAY = _registry("recon.iterative:DECAY_MODELS")
 _REGS = _registry("recon.iterative:REGULARISERS")
+_WINDOWS = _registry("recon.window:WINDOWS")
 
 
 @dataclasses.dataclass
@@ -164,6 +165,9 @@ class RunOptions:
     iter_regulariser: str = _o("gradient", kind="str", choices=_REGS, help="regulariser of the iterative reconstruction")
     iter_lamda: float = _o(
         DEFAULT_ITER_LAMDA, kind="float", low=0.0, high=1e6, help="regularisation weight relative to the unit-curvature data term"
+    )
+    iter_window: str = _o(
+        "none", kind="str", choices=_WINDOWS, help="target point response of the iterative image: radial k-space window"
     )
     iter_max: int = _o(30, kind="int", low=1, high=1000, help="iterations of the iterative reconstruction")
     calibration: str = _o(

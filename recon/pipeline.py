@@ -548,6 +548,7 @@ def correct_b0(
                     ks.t_s,
                     fm,
                     decay=opts.iter_decay,
+                    window=opts.iter_window,
                     regulariser=opts.iter_regulariser,
                     lamda=opts.iter_lamda,
                     max_iter=int(opts.iter_max),

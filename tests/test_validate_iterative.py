@@ -122,3 +122,20 @@ def test_variant_summary_counts_what_is_worse_than_gridding():
     # 3 values; worse beyond 0.5 points: 1 (GM case 0); any amount: 2; mean |bias| (7.4+1.2+1.0)/3; largest +4.4
     assert "| iterative | 3 | 1 | 2 | 3.20 | +4.4 |" in text
     assert "| gridding | 3 | - | - | 2.00 | - |" in text
+
+
+def test_variant_summary_cli_reads_single_records_and_lists(tmp_path, capsys):
+    """`--summary` takes files of one record (`--out`) and files of a list of them (the committed records)."""
+    import json
+
+    from recon.validate.diag import main
+
+    def rec(case, g, i):
+        return {"case": case, "variants": {"gridding": {"bias": {"white_matter": g}}, "iterative": {"bias": {"white_matter": i}}}}
+
+    (tmp_path / "one.json").write_text(json.dumps(rec(0, 0.01, 0.03)))
+    (tmp_path / "many.json").write_text(json.dumps([rec(1, -0.02, -0.02), rec(2, 0.0, 0.001)]))
+    assert main(["--summary", str(tmp_path / "one.json"), str(tmp_path / "many.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| 0 | white_matter | +1.0 | +3.0 **↑** |" in out and "| 2 | white_matter | +0.0 | +0.1 |" in out
+    assert "| iterative | 3 | 1 | 2 | 1.70 | +2.0 |" in out

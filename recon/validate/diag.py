@@ -30,6 +30,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "iter-decay-tissue": {"b0": "iterative", "iter_decay": "tissue"},
     "iter-two-pool": {"b0": "iterative", "iter_decay": "two-pool"},
     "iter-no-b0": {"b0": "iterative", "fieldmap": "ZERO"},
+    "iter-hamming": {"b0": "iterative", "iter_window": "hamming"},
+    "iter-hann": {"b0": "iterative", "iter_window": "hann"},
 }
 """Options of each variant on top of the validation's (tubes file, tube edge). ``fieldmap: ZERO``: a 0 Hz map file."""
 
@@ -134,14 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m recon.validate.diag", description=__doc__.split("\n\n")[0])
     ap.add_argument("index", type=int, nargs="?", help="case index")
     ap.add_argument(
-        "--summary", nargs="+", type=Path, default=None, help="tabulate these records (JSON of --out) instead of running"
+        "--summary", nargs="+", type=Path, default=None, help="tabulate these records (JSON of --out, or lists) instead of running"
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--variants", default=None, help="comma list of " + ", ".join(VARIANTS))
     ap.add_argument("--out", type=Path, default=None, help="write the record as JSON here")
     a = ap.parse_args(argv)
     if a.summary:
-        print(summary([json.loads(p.read_text()) for p in a.summary]))
+        recs = [json.loads(p.read_text()) for p in a.summary]  # a file holds one record or a list of them
+        print(summary([r for rec in recs for r in (rec if isinstance(rec, list) else [rec])]))
         return 0
     if a.index is None:
         ap.error("give a case index (or --summary FILES)")

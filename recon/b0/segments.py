@@ -123,6 +123,21 @@ def ls_function_coefficients(
     return b  # (L, n_t)
 
 
+def _histogram_2d(fv: np.ndarray, sv: np.ndarray, n_f: int, n_s: int, pad: float):
+    """2-D histogram of voxel pairs (field, second quantity) over their covered ranges: bin centres and counts
+    with the 1 % floor (one bin on an axis whose range is flat). ``pad`` widens the upper range ends."""
+    fl, fh, sl, sh = fv.min(), fv.max(), sv.min(), sv.max()
+    n_f = 1 if fh - fl < 1e-6 else n_f
+    n_s = 1 if sh - sl < 1e-6 else n_s
+    cnt, fe, se = np.histogram2d(fv, sv, bins=(n_f, n_s), range=((fl, fh + pad), (sl, sh + pad)))
+    return 0.5 * (fe[1:] + fe[:-1]), 0.5 * (se[1:] + se[:-1]), _floored(cnt.ravel())
+
+
+def _floored(counts: np.ndarray) -> np.ndarray:
+    """Counts plus 1 % of the largest: every bin of the covered range stays in the fit."""
+    return counts + 0.01 * max(counts.max(), 1.0)
+
+
 def field_fraction_histogram(
     fieldmap_hz: np.ndarray, fraction: np.ndarray, mask: np.ndarray | None, n_f: int = 64, n_a: int = 16
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -136,15 +151,8 @@ def field_fraction_histogram(
     fv, av = f[sel], np.broadcast_to(np.asarray(fraction, dtype=np.float64), f.shape)[sel]
     if fv.size == 0:
         fv, av = np.zeros(1), np.zeros(1)
-    fl, fh, al, ah = fv.min(), fv.max(), av.min(), av.max()
-    n_f = 1 if fh - fl < 1e-6 else n_f
-    n_a = 1 if ah - al < 1e-6 else n_a
-    cnt, fe, ae = np.histogram2d(fv, av, bins=(n_f, n_a), range=((fl, fh + 1e-9), (al, ah + 1e-9)))
-    fc, ac = 0.5 * (fe[1:] + fe[:-1]), 0.5 * (ae[1:] + ae[:-1])
-    df = np.repeat(fc, ac.size)
-    a = np.tile(ac, fc.size)
-    counts = cnt.ravel()
-    return df, a, counts + 0.01 * max(counts.max(), 1.0)
+    fc, ac, counts = _histogram_2d(fv, av, n_f, n_a, pad=1e-9)
+    return np.repeat(fc, ac.size), np.tile(ac, fc.size), counts
 
 
 def rate_histogram(
@@ -164,23 +172,13 @@ def rate_histogram(
     fv = f[sel]
     if fv.size == 0:
         fv = np.zeros(1)
-    fl, fh = fv.min(), fv.max()
-    if fh - fl < 1e-6:  # one field value: fit that rate only (exact)
-        n_f = 1
     if r2star_hz is None:
-        cnt, edges = np.histogram(fv, bins=n_f, range=(fl, fh))
-        fc = 0.5 * (edges[1:] + edges[:-1])
-        rates = 2j * np.pi * fc
-        counts = cnt.astype(np.float64)
+        fl, fh = fv.min(), fv.max()
+        cnt, edges = np.histogram(fv, bins=1 if fh - fl < 1e-6 else n_f, range=(fl, fh))  # one field value: exact
+        rates = 2j * np.pi * (0.5 * (edges[1:] + edges[:-1]))
+        counts = _floored(cnt.astype(np.float64))
     else:
         rv = np.asarray(r2star_hz, dtype=np.float64)[sel] if np.ndim(r2star_hz) else np.full(fv.shape, float(r2star_hz))
-        rl, rh = rv.min(), rv.max()
-        if rh - rl < 1e-6:
-            n_r = 1
-        cnt, fe, re_ = np.histogram2d(fv, rv, bins=(n_f, n_r), range=((fl, fh), (rl, rh)))
-        fc = 0.5 * (fe[1:] + fe[:-1])
-        rc = 0.5 * (re_[1:] + re_[:-1])
+        fc, rc, counts = _histogram_2d(fv, rv, n_f, n_r, pad=0.0)
         rates = (rc[None, :] + 2j * np.pi * fc[:, None]).ravel()
-        counts = cnt.ravel()
-    counts = counts + 0.01 * max(counts.max(), 1.0)
     return rates, counts

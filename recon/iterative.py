@@ -579,6 +579,13 @@ def reconstruct_iterative(
     x = get_x()
     if window != "none":
         x = apodize(x, window, nufft.fov, kmax)
+        log.info(
+            "target point response %s (k_max %.1f cycles/m): the centre of objects of radius >= 2 voxels (%.1f mm) is "
+            "recovered; smaller ones are blurred (recon.window)",
+            window,
+            kmax,
+            2.0 / (2.0 * kmax) * 1e3,
+        )
     alg = app = tn = data_normal = None  # the kernels and solver work arrays go before the heap is trimmed
     _release_free_heap()
     z = xp.asarray(2j * np.pi * f + (0 if r2 is None else r2))

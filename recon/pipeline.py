@@ -535,7 +535,8 @@ def correct_b0(
         from recon.device import to_host
         from recon.iterative import reconstruct_iterative
 
-        with timer.stage(f"iterative reconstruction ({opts.iter_regulariser}, decay {opts.iter_decay})"):
+        win = "" if opts.iter_window == "none" else f", window {opts.iter_window}"
+        with timer.stage(f"iterative reconstruction ({opts.iter_regulariser}, decay {opts.iter_decay}{win})"):
             fm = fmap.hz if method != "none" else None
             mask = fmap.mask if fmap.mask is not None else support_mask(np.abs(combined_plain[0]))
             per_coil, iters, res = [], [], None

@@ -74,7 +74,8 @@ from recon.errors import InputError
 from recon.linop import LinearOperator, sigpy_linop
 from recon.options import DEFAULT_ITER_LAMDA
 from recon.physics import two_pool_decay
-from recon.window import WINDOWS, apodize, trajectory_kmax
+from recon.trajectory.base import max_radius
+from recon.window import apodize, check_kmax, check_window
 
 log = logging.getLogger(__name__)
 
@@ -418,9 +419,8 @@ def reconstruct_iterative(
         raise InputError(f"regulariser must be one of {REGULARISERS}, got {regulariser!r}")
     if normal not in ("toeplitz", "nufft"):
         raise InputError(f"normal operator must be 'toeplitz' or 'nufft', got {normal!r}")
-    if window not in WINDOWS:
-        raise InputError(f"k-space window must be one of {WINDOWS}, got {window!r}")
-    kmax = trajectory_kmax(nufft.k) if window != "none" else None  # before the operator may be released
+    # the trajectory's radius before any work (and before the operator may be released)
+    kmax = check_kmax(max_radius(nufft.k)) if check_window(window) != "none" else None
     xp = get_array_module(data)
     if not is_device_array(data):
         data = np.asarray(data)
@@ -584,7 +584,7 @@ def reconstruct_iterative(
             "recovered; smaller ones are blurred (recon.window)",
             window,
             kmax,
-            2.0 / (2.0 * kmax) * 1e3,
+            1e3 / kmax,  # 2 voxels of 1 / (2 k_max)
         )
     alg = app = tn = data_normal = None  # the kernels and solver work arrays go before the heap is trimmed
     _release_free_heap()

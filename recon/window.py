@@ -20,8 +20,9 @@ dominated by the main lobe with any window (blur, not ringing). Windows with a s
 do not help at these sizes: the taper must span the whole radius to be smooth on the scale 1/R.
 
 The windows are functions of u = |k| / k_max (k in cycles/m, k_max the trajectory's largest sample
-radius), 1 at u = 0 and 0 beyond u = 1. Applied by FFT on the image grid (circular convolution with a
-real, even kernel: no shift, the value at k = 0 unchanged, so a calibration made at k = 0 holds).
+radius, :func:`recon.trajectory.base.max_radius`), 1 at u = 0 and 0 beyond u = 1. Applied by FFT on
+the image grid (circular convolution with a real, even kernel: no shift, the value at k = 0
+unchanged, so a calibration made at k = 0 holds).
 """
 
 from __future__ import annotations
@@ -37,10 +38,23 @@ WINDOWS = ("none", "hamming", "hann")
 ``hann`` (cos^2(pi u / 2); 0 at k_max)."""
 
 
-def window_profile(name: str, u: np.ndarray) -> np.ndarray:
-    """The window ``name`` of :data:`WINDOWS` at normalised radius u = |k| / k_max (dimensionless), 0 beyond 1."""
+def check_window(name: str) -> str:
+    """``name`` if it is one of :data:`WINDOWS`, else :class:`recon.errors.InputError` naming the choices."""
     if name not in WINDOWS:
         raise InputError(f"k-space window must be one of {WINDOWS}, got {name!r}")
+    return name
+
+
+def check_kmax(kmax_per_m: float) -> float:
+    """``kmax_per_m`` (cycles/m) if it is positive and finite, else :class:`recon.errors.InputError`."""
+    if not np.isfinite(kmax_per_m) or kmax_per_m <= 0:
+        raise InputError(f"k_max must be positive and finite (cycles/m), got {kmax_per_m}")
+    return float(kmax_per_m)
+
+
+def window_profile(name: str, u: np.ndarray) -> np.ndarray:
+    """The window ``name`` of :data:`WINDOWS` at normalised radius u = |k| / k_max (dimensionless), 0 beyond 1."""
+    check_window(name)
     u = np.asarray(u, dtype=np.float64)
     inside = u <= 1.0
     if name == "none":
@@ -52,25 +66,12 @@ def window_profile(name: str, u: np.ndarray) -> np.ndarray:
     return np.where(inside, w, 0.0)
 
 
-def trajectory_kmax(k: np.ndarray, block: int = 1 << 20) -> float:
-    """Largest sample radius |k| of a trajectory (..., 3) in cycles/m (in blocks: no full-size temporary)."""
-    flat = np.asarray(k).reshape(-1, 3)
-    kmax = 0.0
-    for s in range(0, flat.shape[0], block):
-        b = flat[s : s + block].astype(np.float64)
-        kmax = max(kmax, float(np.sqrt(np.einsum("ij,ij->i", b, b)).max(initial=0.0)))
-    if not np.isfinite(kmax) or kmax <= 0:
-        raise InputError(f"trajectory radius must be positive and finite (cycles/m), got {kmax}")
-    return kmax
-
-
 def grid_window(name: str, shape: Sequence[int], fov_m: Sequence[float], kmax_per_m: float) -> np.ndarray:
     """The window on the FFT grid of an image (shape) with field of view ``fov_m`` (m): (N0, N1, N2) float64.
 
     Entry [i, j, l] belongs to the DFT frequency (fftfreq(N_d) N_d / FOV_d) in cycles/m of ``numpy.fft.fftn``.
     """
-    if kmax_per_m <= 0:
-        raise InputError(f"k_max must be positive (cycles/m), got {kmax_per_m}")
+    check_kmax(kmax_per_m)
     axes = [np.fft.fftfreq(int(n), d=float(f) / int(n)) for n, f in zip(shape, fov_m)]
     r2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
     return window_profile(name, np.sqrt(r2) / float(kmax_per_m))
@@ -81,9 +82,7 @@ def apodize(image, name: str, fov_m: Sequence[float], kmax_per_m: float):
 
     ``none`` returns the image unchanged (no copy). The dtype is kept (complex64 stays complex64).
     """
-    if name not in WINDOWS:
-        raise InputError(f"k-space window must be one of {WINDOWS}, got {name!r}")
-    if name == "none":
+    if check_window(name) == "none":
         return image
     from recon.device import get_array_module
 

@@ -8,7 +8,8 @@ from scipy.special import sici
 from test_unit_chain import sphere_ft
 
 from recon.errors import InputError
-from recon.window import WINDOWS, apodize, grid_window, trajectory_kmax, window_profile
+from recon.trajectory.base import max_radius
+from recon.window import WINDOWS, apodize, check_window, grid_window, window_profile
 
 FOV, N = 0.224, 64  # 3.5 mm voxels, the study protocol
 KC = 1 / 0.007  # cycles/m: the Nyquist radius of 3.5 mm
@@ -63,7 +64,9 @@ def test_apodize_keeps_k0_dtype_and_validates():
         apodize(x, "kaiser", (0.1,) * 3, 40.0)
     with pytest.raises(InputError, match="cycles/m"):
         grid_window("hann", (4, 4, 4), (0.1,) * 3, 0.0)
-    assert trajectory_kmax(np.array([[3.0, 4.0, 0.0], [0.0, 1.0, 0.0]])) == pytest.approx(5.0)
+    assert max_radius(np.array([[3.0, 4.0, 0.0], [0.0, 1.0, 0.0]])) == pytest.approx(5.0)
+    with pytest.raises(InputError, match="window"):
+        check_window("tukey")
     assert set(WINDOWS) == {"none", "hamming", "hann"}
     assert window_profile("hamming", np.array([0.0, 1.0, 1.5])) == pytest.approx([1.0, 0.08, 0.0])
 

@@ -27,7 +27,17 @@ _VERIFIED = contextvars.ContextVar("narecon_trajectory_verified", default=False)
 """True while :func:`verified_trajectory` builds a trajectory (its validation is skipped)."""
 
 _CHUNK = 256
-"""Projections per block in the passes over k that need temporaries (checks, kmax)."""
+"""Projections per block in the passes over k that need temporaries (checks, gradients)."""
+
+
+def max_radius(k: np.ndarray, block: int = 1 << 20) -> float:
+    """Largest sample radius |k| of sample positions (..., 3) in cycles/m (in blocks: no full-size temporary)."""
+    flat = np.asarray(k).reshape(-1, 3)
+    m = 0.0
+    for i in range(0, flat.shape[0], block):
+        kb = flat[i : i + block].astype(np.float64, copy=False)
+        m = max(m, float(np.einsum("ij,ij->i", kb, kb).max(initial=0.0)))
+    return math.sqrt(m)
 
 
 def _as3(v, name: str, dtype=float) -> tuple:
@@ -228,11 +238,7 @@ class Trajectory:
     @property
     def kmax_reached(self) -> float:
         """Largest |k| of any sample in cycles/m."""
-        m = 0.0
-        for i in range(0, self.n_projections, _CHUNK):
-            kb = self.k[i : i + _CHUNK]
-            m = max(m, float(np.einsum("ijk,ijk->ij", kb, kb).max()))
-        return math.sqrt(m)
+        return max_radius(self.k)
 
     def sample_times(self) -> np.ndarray:
         """Sample times broadcast to (n_proj, n_samp) in s (from the first ADC sample)."""

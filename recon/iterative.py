@@ -21,15 +21,15 @@ Solvers: conjugate gradient on the normal equations (A'^H A' + lamda R) x = A'^H
 quadratic regularisers (``tikhonov`` R = I, ``gradient`` R = D^H D with D the circular forward
 differences of ``sigpy.linop.FiniteDifference``, applied here as the periodic Laplacian) by
 :class:`_CG`, the same recursion as ``sigpy.alg.ConjugateGradient`` (not imported: SigPy's import
-costs ~3 s, mostly ``scipy.signal``); primal-dual hybrid gradient (``sigpy.app.LinearLeastSquares``)
-for total variation (``tv``: lamda ||D x||_1), with our operators entering SigPy through the
-:mod:`recon.linop` contract.
+costs ~3 s, mostly ``scipy.signal``); for total variation (``tv``: lamda s ||D x||_1, s the image
+scale :func:`tv_scale`) ADMM (:class:`_ADMMTV`) whose x-updates are a few of those CG iterations on
+the same normal operator plus rho D^H D.
 
 Normal operator (``normal="toeplitz"``, the default for CG): A'^H A' by Toeplitz embedding
 (:class:`recon.b0.toeplitz.ToeplitzNormal`: L (L + 1) / 2 FFT kernels per echo on the 2N grid,
 computed once from a few adjoint NUFFTs of a real basis of the weight functions; each iteration
 then costs 2 L FFTs per echo on the 2N grid instead of 2 L NUFFTs of all samples). ``normal="nufft"`` applies A'^H A' through the
-NUFFTs (the reference; what TV always uses). Measured in benchmarks/README.md.
+NUFFTs (the reference). Measured in benchmarks/README.md.
 
 Cost per iteration: no objective is computed unless asked (``objective=True``); progress
 (iteration, CG residual, time left) is logged at INFO, or drawn as a tqdm bar on a terminal.
@@ -72,7 +72,7 @@ import numpy as np
 from recon import physics as _physics
 from recon.errors import InputError
 from recon.linop import LinearOperator, sigpy_linop
-from recon.options import DEFAULT_ITER_LAMDA
+from recon.options import default_lamda
 from recon.physics import two_pool_decay
 from recon.trajectory.base import max_radius
 from recon.window import apodize, check_kmax, check_window
@@ -81,6 +81,12 @@ log = logging.getLogger(__name__)
 
 DECAY_MODELS = ("none", "r2star-map", "tissue", "two-pool")
 REGULARISERS = ("none", "tikhonov", "gradient", "tv")
+TV_SCALE_PERCENTILE = 99.5
+"""Percentile of |x0| that scales the TV weight (:func:`tv_scale`): the bright fluid, not the background."""
+TV_RHO = 1.0
+"""ADMM penalty of TV (dimensionless, against the unit-curvature data term; :class:`_ADMMTV`)."""
+TV_INNER = 4
+"""Conjugate-gradient iterations of each ADMM x-update (warm-started from the previous x)."""
 TISSUE_BIEXP = tuple(zip(_physics.TISSUE.fractions, _physics.TISSUE.t2star_s))  # (fraction, T2* in s): recon.physics
 
 
@@ -196,6 +202,76 @@ class _CG:
         return self.iter >= self.max_iter or self.not_positive_definite or self.resid <= 0
 
 
+def _diff(v, xp):
+    """D v: the circular forward differences on every axis, stacked (3, *shape) (``sigpy.linop.FiniteDifference``)."""
+    return xp.stack([xp.roll(v, -1, axis=a) - v for a in range(v.ndim)])
+
+
+def _diff_adjoint(g, xp):
+    """D^H g for :func:`_diff` (g of shape (ndim, *shape))."""
+    out = xp.zeros_like(g[0])
+    for a in range(g.shape[0]):
+        out += xp.roll(g[a], 1, axis=a) - g[a]
+    return out
+
+
+def tv_scale(x0) -> float:
+    """The image scale of the TV weight: the :data:`TV_SCALE_PERCENTILE` percentile of |x0| (x0's units).
+
+    Multiplying the data by c multiplies this scale, and so the weight lamda * scale, by c: the TV
+    solution is then c times the solution of the unscaled data (homogeneous of degree 1), so that
+    ``lamda`` does not depend on the receiver gain or the unit of the data."""
+    from recon.device import to_host
+
+    return float(np.percentile(np.abs(to_host(x0)), TV_SCALE_PERCENTILE))
+
+
+class _ADMMTV:
+    """ADMM (scaled form) for  min_x  ||A x - y||^2 + mu ||D x||_1, with D the circular forward
+    differences and |.| the complex magnitude of each difference (anisotropic TV)::
+
+        x <- (A^H A + rho D^H D)^-1 (A^H y + rho D^H (z - u))     (``inner`` CG iterations, warm)
+        z <- soft(D x + u, mu / (2 rho)),   u <- u + D x - z
+
+    ``normal`` applies A^H A (the Toeplitz embedding or the NUFFTs), ``rhs`` is A^H y. The data term
+    has unit curvature (A^H A ~ I), so the penalty ``rho`` is dimensionless. One :meth:`update` is
+    one outer iteration; ``primal`` is ||D x - z|| / ||D x|| after it. Written here rather than
+    SigPy's PDHG so that TV uses the same Toeplitz normal operator as CG (no NUFFT per iteration)
+    and its step needs no operator-norm bound."""
+
+    def __init__(self, normal, rhs, x, mu: float, rho: float, max_iter: int, inner: int):
+        from recon.device import get_array_module
+
+        self.xp = xp = get_array_module(x)
+        self.normal, self.rhs, self.x = normal, rhs, x
+        self.mu, self.rho, self.max_iter, self.inner, self.iter = float(mu), float(rho), int(max_iter), int(inner), 0
+        self.z = _diff(x, xp)
+        self.u = xp.zeros_like(self.z)
+        self.primal = 0.0
+
+    def _system(self, v):
+        return self.normal(v) + self.rho * _gradient_normal(v, self.xp)
+
+    def update(self) -> None:
+        xp = self.xp
+        b = self.rhs + self.rho * _diff_adjoint(self.z - self.u, xp)
+        cg = _CG(self._system, b, self.x, self.inner)
+        while not cg.done():
+            cg.update()
+        self.x = cg.x
+        dx = _diff(self.x, xp)
+        v = dx + self.u
+        mag = xp.abs(v)
+        t = self.mu / (2 * self.rho)
+        self.z = v * xp.maximum(1 - t / xp.maximum(mag, 1e-30), 0)
+        self.u = v - self.z
+        self.primal = float(xp.linalg.norm(dx - self.z) / max(float(xp.linalg.norm(dx)), 1e-30))
+        self.iter += 1
+
+    def done(self) -> bool:
+        return self.iter >= self.max_iter
+
+
 def _gradient_normal(v, xp):
     """D^H D v for D the circular forward differences on every axis (``sigpy.linop.FiniteDifference``):
     sum_a (2 v - roll(v, 1, a) - roll(v, -1, a)), the negative periodic Laplacian."""
@@ -216,7 +292,8 @@ class IterativeResult:
     """x (complex image at t = 0), echo images x exp(-z TE_e), the R2* map used, histories.
 
     ``objective``: the objective per iteration when asked for (``objective=True``), else empty;
-    ``residual``: the relative CG residual ||r_i|| / ||r_0|| per iteration (free; empty for TV).
+    ``residual``: the relative CG residual ||r_i|| / ||r_0|| per iteration (free; for TV the ADMM
+    primal residual ||D x - z|| / ||D x|| per outer iteration).
     """
 
     x: np.ndarray
@@ -356,7 +433,7 @@ def reconstruct_iterative(
     r2star_hz: np.ndarray | None = None,
     tissue_fraction: np.ndarray | None = None,
     regulariser: str = "gradient",
-    lamda: float = DEFAULT_ITER_LAMDA,
+    lamda: float | None = None,
     max_iter: int = 30,
     tol: float = 1e-4,
     x0: np.ndarray | None = None,
@@ -385,8 +462,11 @@ def reconstruct_iterative(
         first (gridding) reconstruction of two echoes; ``two-pool`` estimates the tissue fraction
         from those (:func:`tissue_fraction_from_echoes`) unless ``tissue_fraction`` (0..1 per voxel)
         is given.
-    regulariser, lamda : one of :data:`REGULARISERS` and its weight (relative to the unit-
-        curvature data term).
+    regulariser, lamda : one of :data:`REGULARISERS` and its weight (dimensionless; None: the
+        regulariser's default, :func:`recon.options.default_lamda`). ``tikhonov``/``gradient``:
+        relative to the unit-curvature data term. ``tv``: the L1 term is lamda * s * ||D x||_1 with s
+        the image scale :func:`tv_scale` of the warm start, so that lamda does not depend on the
+        data's units (the solution is homogeneous of degree 1 in the data).
     max_iter, tol : iteration limit and relative-change tolerance (CG stops on its residual).
     x0 : warm start (default: the gridding image of echo 1, decay-compensated at TE1; a caller
         that has the gridding images passes them, saving one adjoint).
@@ -419,6 +499,9 @@ def reconstruct_iterative(
         raise InputError(f"regulariser must be one of {REGULARISERS}, got {regulariser!r}")
     if normal not in ("toeplitz", "nufft"):
         raise InputError(f"normal operator must be 'toeplitz' or 'nufft', got {normal!r}")
+    lamda = default_lamda(regulariser) if lamda is None else float(lamda)
+    if not (np.isfinite(lamda) and lamda >= 0):
+        raise InputError(f"regularisation weight lamda must be a finite number >= 0, got {lamda!r}")
     # the trajectory's radius before any work (and before the operator may be released)
     kmax = check_kmax(max_radius(nufft.k)) if check_window(window) != "none" else None
     xp = get_array_module(data)
@@ -465,7 +548,7 @@ def reconstruct_iterative(
         decays.append(d)
         # kernel weights W x (dV |d|^2): W per sample shared by the echoes, the rest per readout time
         terms.append(a.toeplitz_term(np.asarray(dv) if d is None else dv * d**2))
-    need_ops = objective or regulariser == "tv" or normal == "nufft"
+    need_ops = objective or normal == "nufft"
     ops = []
     if need_ops:
         sqrt_base = np.sqrt(w * dv).astype(real)
@@ -488,7 +571,6 @@ def reconstruct_iterative(
 
     residuals: list = []
     history: list = []
-    D = None
 
     def data_objective(xv):
         val = 0.0
@@ -500,54 +582,42 @@ def reconstruct_iterative(
         elif regulariser == "gradient":
             val += lamda * _gradient_sq(xv, xp)
         elif regulariser == "tv":
-            val += lamda * float(xp.abs(D(xv)).sum())
+            val += tv_weight * float(xp.abs(_diff(xv, xp)).sum())
         return val
 
+    tv_s = tv_weight = None
     if regulariser == "tv":
-        sp = _sigpy()
-        D = sp.linop.FiniteDifference(shape)
-        A = sp.linop.Vstack([op.sigpy(f"A_echo{e + 1}") for e, op in enumerate(ops)]) if len(ops) > 1 else ops[0].sigpy()
-        ys = y if y is not None else [sqrt_wdv * data[e] for e in range(len(te))]
-        yv = xp.concatenate([ye.ravel() for ye in ys]) if len(ops) > 1 else ys[0]
-        app = sp.app.LinearLeastSquares(
-            A,
-            yv,
-            x=x,
-            proxg=sp.prox.L1Reg(D.oshape, lamda),
-            G=D,
-            max_iter=max_iter,
-            show_pbar=False,
-            sigma=1.0,
-            tau=1.0 / (1.0 + 8.0),
-        )
-        alg, get_x = app.alg, (lambda: app.x)
+        tv_s = tv_scale(x)
+        tv_weight = lamda * tv_s
+    # A'^H y' = sum_e A_e^H (W d_e y_e) first (before the kernels exist), one segment at a time
+    rhs = _rhs(tsos, decays, data, w, xp)
+    if release_nufft and normal == "toeplitz" and not objective:
+        getattr(nufft, "release", lambda: None)()  # its sorted points and fine grids go before the 2N-grid kernel plan is made
+    if normal == "toeplitz":
+        from recon.b0.toeplitz import ToeplitzNormal
+
+        tn = ToeplitzNormal(nufft, terms, plans=plans, base_weights=w)
+        log.debug("iterative: %r", tn)
+        data_normal = tn.normal
     else:
-        # A'^H y' = sum_e A_e^H (W d_e y_e) first (before the kernels exist), one segment at a time
-        rhs = _rhs(tsos, decays, data, w, xp)
-        if release_nufft and normal == "toeplitz" and not objective:
-            getattr(nufft, "release", lambda: None)()  # its sorted points and fine grids go before the 2N-grid kernel plan is made
-        if normal == "toeplitz":
-            from recon.b0.toeplitz import ToeplitzNormal
 
-            tn = ToeplitzNormal(nufft, terms, plans=plans, base_weights=w)
-            log.debug("iterative: %r", tn)
-            data_normal = tn.normal
-        else:
+        def data_normal(v):
+            return sum(op.adjoint(op.forward(v)) for op in ops)
 
-            def data_normal(v):
-                return sum(op.adjoint(op.forward(v)) for op in ops)
+    del terms
+    lam = float(lamda) if regulariser in ("tikhonov", "gradient") else 0.0
 
-        del terms
-        lam = float(lamda) if regulariser in ("tikhonov", "gradient") else 0.0
+    def normal_op(v):
+        out = data_normal(v)
+        if lam > 0:
+            out += lam * (v if regulariser == "tikhonov" else _gradient_normal(v, xp))
+        return out
 
-        def normal_op(v):
-            out = data_normal(v)
-            if lam > 0:
-                out += lam * (v if regulariser == "tikhonov" else _gradient_normal(v, xp))
-            return out
-
+    if regulariser == "tv":
+        alg = _ADMMTV(data_normal, rhs, x, tv_weight, TV_RHO, max_iter, TV_INNER)
+    else:
         alg = _CG(normal_op, rhs, x, max_iter)
-        get_x = lambda: alg.x  # noqa: E731
+    get_x = lambda: alg.x  # noqa: E731
     r0 = getattr(alg, "resid", None) or 1.0
     # drive the solver one iteration at a time for progress, callbacks and our stopping rule
     bar = _Progress(max_iter) if progress else None
@@ -561,13 +631,12 @@ def reconstruct_iterative(
             obj = data_objective(xv) if objective else None
             if obj is not None:
                 history.append(obj)
-            res_rel = float(alg.resid) / r0 if hasattr(alg, "resid") else float("nan")
-            if hasattr(alg, "resid"):
-                residuals.append(res_rel)
+            res_rel = float(alg.resid) / r0 if hasattr(alg, "resid") else alg.primal
+            residuals.append(res_rel)
             change = float(xp.linalg.norm(xv - x_prev) / max(float(xp.linalg.norm(xv)), 1e-30))
             log.debug("iteration %d: residual %.3g, relative change %.3g", it, res_rel, change)
             if bar is not None:
-                bar.update(it, res_rel if hasattr(alg, "resid") else change)
+                bar.update(it, res_rel)
             if callback is not None:
                 callback(it, xv, obj)
             x_prev = xv.copy()
@@ -586,7 +655,7 @@ def reconstruct_iterative(
             kmax,
             1e3 / kmax,  # 2 voxels of 1 / (2 k_max)
         )
-    alg = app = tn = data_normal = None  # the kernels and solver work arrays go before the heap is trimmed
+    alg = tn = data_normal = None  # the kernels and solver work arrays go before the heap is trimmed
     _release_free_heap()
     z = xp.asarray(2j * np.pi * f + (0 if r2 is None else r2))
     echoes = xp.stack([x * xp.exp(-z * te_e) for te_e in te])
@@ -597,7 +666,7 @@ def reconstruct_iterative(
     log.info(
         "iterative reconstruction: %d iterations (%s normal operator), relative residual %s",
         it,
-        normal if regulariser != "tv" else "nufft",
+        normal,
         f"{residuals[-1]:.3g}" if residuals else "n/a",
     )
     return IterativeResult(
@@ -613,7 +682,9 @@ def reconstruct_iterative(
             "max_iter": max_iter,
             "tol": tol,
             "segments": segments,
-            "normal": normal if regulariser != "tv" else "nufft",
+            "normal": normal,
+            "tv_scale": tv_s,
+            "tv_weight": tv_weight,
             "window": window,
         },
         residual=residuals,

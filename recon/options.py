@@ -34,7 +34,17 @@ DEFAULT_REFERENCE_MM = 145.0
 DEFAULT_EPS = 1e-4
 """Default requested relative accuracy of the NUFFT (:class:`recon.nufft.NUFFT`) and of a run."""
 DEFAULT_ITER_LAMDA = 0.1
-"""Regularisation weight of the iterative reconstruction, relative to the unit-curvature data term."""
+"""Weight of the quadratic regularisers (tikhonov, gradient) of the iterative reconstruction,
+relative to the unit-curvature data term (dimensionless)."""
+DEFAULT_TV_LAMDA = 0.02
+"""Weight of total variation, relative to the image scale (the 99.5th percentile of the warm
+start's magnitude, :func:`recon.iterative.tv_scale`; dimensionless). Fixed on development cases
+(seed 1000): benchmarks/validation.md, session 11."""
+
+
+def default_lamda(regulariser: str) -> float:
+    """The default regularisation weight (dimensionless) of an iterative regulariser."""
+    return {"none": 0.0, "tv": DEFAULT_TV_LAMDA}.get(regulariser, DEFAULT_ITER_LAMDA)
 
 
 def _registry(spec: str) -> Callable[[], tuple[str, ...]]:
@@ -163,8 +173,14 @@ class RunOptions:
     )
     iter_decay: str = _o("two-pool", kind="str", choices=_DECAY, help="decay model of the iterative reconstruction")
     iter_regulariser: str = _o("gradient", kind="str", choices=_REGS, help="regulariser of the iterative reconstruction")
-    iter_lamda: float = _o(
-        DEFAULT_ITER_LAMDA, kind="float", low=0.0, high=1e6, help="regularisation weight relative to the unit-curvature data term"
+    iter_lamda: float | None = _o(
+        None,
+        kind="float",
+        low=0.0,
+        high=1e6,
+        nullable=True,
+        help=f"regularisation weight (default: {DEFAULT_ITER_LAMDA:g} of the unit-curvature data term for gradient and "
+        f"tikhonov, {DEFAULT_TV_LAMDA:g} of the image scale for tv)",
     )
     iter_window: str = _o(
         "none", kind="str", choices=_WINDOWS, help="target point response of the iterative image: radial k-space window"

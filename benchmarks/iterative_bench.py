@@ -3,6 +3,7 @@
 
     python benchmarks/iterative_bench.py [--matrix 32] [--iters 1,3,5,10,20] [--out benchmarks/iterative_results.json]
     python benchmarks/iterative_bench.py --cost [--matrix 64] [--max-iter 30] [--normals toeplitz nufft]
+                                         [--regularisers gradient tv]
 
     python benchmarks/iterative_bench.py --run RAW [--tree BEFORE] [--rounds 3] [--out JSON]
 
@@ -14,8 +15,9 @@ compared (TSC map inside the object mask, echo images, calibration line). Median
 the load average; the iterative stage's time and iterations come from the run's log.
 
 ``--cost``: the time and peak memory of the iterative solve at the study protocol (TPI, 64^3,
-3920 x 1238 samples, two echoes, a smooth +-60 Hz field and an R2* map, gradient regulariser)
-with each normal operator, every configuration in a fresh subprocess (peak RSS), against the
+3920 x 1238 samples, two echoes, a smooth +-60 Hz field and an R2* map, gradient regulariser or
+TV with its default weight: 30 ADMM iterations of 4 CG steps each) with each normal operator,
+every configuration in a fresh subprocess (peak RSS), against the
 floor measured in each: plain gridding of both echoes (plan + adjoint).
 
 Simulates (or reuses, --sim DIR) a dual-echo TPI acquisition of the head phantom with B0 and
@@ -66,7 +68,7 @@ def plot(rows, path) -> None:
     fig.savefig(path, dpi=100)
 
 
-def _cost_child(matrix: int, normal: str, max_iter: int, decay: str) -> dict:
+def _cost_child(matrix: int, normal: str, max_iter: int, decay: str, regulariser: str = "gradient") -> dict:
     """One configuration (run in a fresh process): seconds of each phase and the peak RSS."""
     import resource
 
@@ -99,8 +101,7 @@ def _cost_child(matrix: int, normal: str, max_iter: int, decay: str) -> dict:
         fmap,
         decay=decay,
         r2star_hz=r2 if decay == "r2star-map" else None,
-        regulariser="gradient",
-        lamda=0.1,
+        regulariser=regulariser,
         max_iter=max_iter,
         tol=0,
         x0=g[0],
@@ -113,6 +114,7 @@ def _cost_child(matrix: int, normal: str, max_iter: int, decay: str) -> dict:
     return dict(
         normal=normal,
         decay=decay,
+        regulariser=regulariser,
         iterations=res.iterations,
         segments=res.settings["segments"],
         floor_s=t_floor,
@@ -124,28 +126,29 @@ def _cost_child(matrix: int, normal: str, max_iter: int, decay: str) -> dict:
     )
 
 
-def cost(matrix: int, normals, max_iter: int, decay: str) -> list:
+def cost(matrix: int, normals, max_iter: int, decay: str, regularisers=("gradient",)) -> list:
     import os
     import subprocess
 
     rows = []
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(
-        "| normal | decay | segments | floor (2-echo gridding) s | set-up s | s / iteration | iterations | total s "
-        "| total / floor | peak RSS MB |"
+        "| normal | regulariser | decay | segments | floor (2-echo gridding) s | set-up s | s / iteration | iterations "
+        "| total s | total / floor | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for normal in normals:
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for normal, reg in [(n, g) for g in regularisers for n in normals]:
         root, here = str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)
         code = (
             f"import json, sys; sys.path.insert(0, {root!r}); sys.path.insert(0, {here!r}); import iterative_bench as b; "
-            f"print(json.dumps(b._cost_child({matrix}, {normal!r}, {max_iter}, {decay!r})))"
+            f"print(json.dumps(b._cost_child({matrix}, {normal!r}, {max_iter}, {decay!r}, {reg!r})))"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         rows.append(r)
         print(
-            f"| {normal} | {decay} | {r['segments']} | {r['floor_s']:.2f} | {r['setup_s']:.1f} | {r['per_iteration_s']:.2f} | "
+            f"| {normal} | {reg} | {decay} | {r['segments']} | {r['floor_s']:.2f} | {r['setup_s']:.1f} | "
+            f"{r['per_iteration_s']:.2f} | "
             f"{r['iterations']} | {r['total_s']:.1f} | {r['total_s'] / r['floor_s']:.1f} | {r['peak_rss_mb']:.0f} |",
             flush=True,
         )
@@ -277,6 +280,7 @@ def main() -> int:
     ap.add_argument("--normals", nargs="+", default=["toeplitz", "nufft"])
     ap.add_argument("--max-iter", type=int, default=30)
     ap.add_argument("--decay", default="r2star-map")
+    ap.add_argument("--regularisers", nargs="+", default=["gradient"], help="with --cost: gradient (lamda 0.1), tv (ADMM), ...")
     ap.add_argument("--matrix", type=int, default=32)
     ap.add_argument("--sim", help="existing narecon simulate output directory")
     ap.add_argument("--iters", default="1,3,5,10,20")
@@ -291,7 +295,7 @@ def main() -> int:
             Path(args.out).write_text(json.dumps(res, indent=1))
         return 0
     if args.cost:
-        rows = cost(args.matrix if args.matrix != 32 else 64, args.normals, args.max_iter, args.decay)
+        rows = cost(args.matrix if args.matrix != 32 else 64, args.normals, args.max_iter, args.decay, args.regularisers)
         if args.out:
             Path(args.out).write_text(json.dumps(rows, indent=1))
         return 0

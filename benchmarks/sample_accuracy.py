@@ -5,8 +5,8 @@ Reconstructs ``data_samples/raw.dat`` with the README's defaults and with ``--re
 shipped labels (4x finer, ``truth_labels_fine.nii.gz``; recon grid, ``truth_labels.nii.gz``), and
 measures each compartment against ``truth.json``: the eroded voxel mean of the TSC map (truth labels
 eroded by the point response, as :func:`recon.validate.run.measure`, and by one voxel), also for
-``--b0 iterative`` with either decay model and with the hamming window (``--variants iterative
-iterative-r2star iterative-hamming``), and the regional value
+``--b0 iterative`` with either decay model, with the hamming window and with TV (``--variants iterative
+iterative-r2star iterative-hamming iterative-tv``), and the regional value
 (``regions.tsv``'s ``model_mM``). Prints a Markdown table of relative biases (%).
 
     python benchmarks/sample_accuracy.py [--variants readme fine coarse] [--out FILE.json]
@@ -31,10 +31,11 @@ VARIANTS = {
     "iterative": ("--b0 iterative", {"b0": "iterative"}),
     "iterative-r2star": ("--b0 iterative --iter-decay r2star-map", {"b0": "iterative", "iter_decay": "r2star-map"}),
     "iterative-hamming": ("--b0 iterative --iter-window hamming", {"b0": "iterative", "iter_window": "hamming"}),
+    "iterative-tv": ("--b0 iterative --iter-regulariser tv", {"b0": "iterative", "iter_regulariser": "tv"}),
     "fine": ("regional, shipped 4x labels", {"regions": str(SAMPLE / "truth_labels_fine.nii.gz")}),
     "coarse": ("regional, recon-grid labels", {"regions": str(SAMPLE / "truth_labels.nii.gz")}),
 }
-VOXEL_MAP = ("readme", "iterative", "iterative-r2star", "iterative-hamming")
+VOXEL_MAP = ("readme", "iterative", "iterative-r2star", "iterative-hamming", "iterative-tv")
 """Variants whose voxel map is measured (eroded means); the others are measured by their regional values."""
 
 

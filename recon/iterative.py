@@ -664,9 +664,10 @@ def reconstruct_iterative(
     if decay == "tissue":
         echoes = echoes * xp.asarray([_sample_decay("tissue", np.array([te_e]))[0] for te_e in te])[:, None, None, None]
     log.info(
-        "iterative reconstruction: %d iterations (%s normal operator), relative residual %s",
+        "iterative reconstruction: %d iterations (%s normal operator), %s %s",
         it,
         normal,
+        "ADMM primal residual" if regulariser == "tv" else "relative residual",
         f"{residuals[-1]:.3g}" if residuals else "n/a",
     )
     return IterativeResult(

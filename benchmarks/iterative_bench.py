@@ -280,7 +280,12 @@ def main() -> int:
     ap.add_argument("--normals", nargs="+", default=["toeplitz", "nufft"])
     ap.add_argument("--max-iter", type=int, default=30)
     ap.add_argument("--decay", default="r2star-map")
-    ap.add_argument("--regularisers", nargs="+", default=["gradient"], help="with --cost: gradient (lamda 0.1), tv (ADMM), ...")
+    ap.add_argument(
+        "--regularisers",
+        nargs="+",
+        default=["gradient"],
+        help="with --cost: regularisers at their default weights (gradient, tv, ...)",
+    )
     ap.add_argument("--matrix", type=int, default=32)
     ap.add_argument("--sim", help="existing narecon simulate output directory")
     ap.add_argument("--iters", default="1,3,5,10,20")

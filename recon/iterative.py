@@ -203,7 +203,7 @@ class _CG:
 
 
 def _diff(v, xp):
-    """D v: the circular forward differences on every axis, stacked (3, *shape) (``sigpy.linop.FiniteDifference``)."""
+    """D v: the circular forward differences on every axis, stacked (ndim, *shape) (``sigpy.linop.FiniteDifference``)."""
     return xp.stack([xp.roll(v, -1, axis=a) - v for a in range(v.ndim)])
 
 
@@ -284,7 +284,8 @@ def _gradient_normal(v, xp):
 
 def _gradient_sq(v, xp) -> float:
     """||D v||^2 (the gradient regulariser's value)."""
-    return float(sum(float(xp.vdot(d, d).real) for d in (v - xp.roll(v, 1, axis=a) for a in range(v.ndim))))
+    d = _diff(v, xp)
+    return float(xp.vdot(d, d).real)
 
 
 @dataclasses.dataclass
@@ -605,7 +606,7 @@ def reconstruct_iterative(
             return sum(op.adjoint(op.forward(v)) for op in ops)
 
     del terms
-    lam = float(lamda) if regulariser in ("tikhonov", "gradient") else 0.0
+    lam = lamda if regulariser in ("tikhonov", "gradient") else 0.0
 
     def normal_op(v):
         out = data_normal(v)
@@ -617,17 +618,16 @@ def reconstruct_iterative(
         alg = _ADMMTV(data_normal, rhs, x, tv_weight, TV_RHO, max_iter, TV_INNER)
     else:
         alg = _CG(normal_op, rhs, x, max_iter)
-    get_x = lambda: alg.x  # noqa: E731
     r0 = getattr(alg, "resid", None) or 1.0
     # drive the solver one iteration at a time for progress, callbacks and our stopping rule
     bar = _Progress(max_iter) if progress else None
     it = 0
-    x_prev = get_x().copy()
+    x_prev = alg.x.copy()
     try:
         while not alg.done():
             alg.update()
             it += 1
-            xv = get_x()
+            xv = alg.x
             obj = data_objective(xv) if objective else None
             if obj is not None:
                 history.append(obj)
@@ -645,7 +645,7 @@ def reconstruct_iterative(
     finally:
         if bar is not None:
             bar.close()
-    x = get_x()
+    x = alg.x
     if window != "none":
         x = apodize(x, window, nufft.fov, kmax)
         log.info(

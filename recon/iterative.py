@@ -75,7 +75,7 @@ from recon.linop import LinearOperator, sigpy_linop
 from recon.options import default_lamda
 from recon.physics import two_pool_decay
 from recon.trajectory.base import max_radius
-from recon.window import apodize, check_kmax, check_window
+from recon.window import TRAJECTORY_WINDOWS, apodize, check_kmax, check_window, readout_profile
 
 log = logging.getLogger(__name__)
 
@@ -488,7 +488,9 @@ def reconstruct_iterative(
     window : target point response of the result, one of :data:`recon.window.WINDOWS`: the solution
         (and so the echoes) seen through that radial k-space window up to the trajectory's largest
         radius (:func:`recon.window.apodize`); ``none`` keeps the sharp k-ball of the deconvolved
-        solution, whose ringing at a sphere's centre does not fade (:mod:`recon.window`).
+        solution, whose ringing at a sphere's centre does not fade (:mod:`recon.window`); ``tube-decay``
+        the weighting exp(-t(|k|) / T2*_tube) of this trajectory's readout, the response tubes have
+        under gridding.
     """
     from recon.b0.operator import TimeSegmentedOperator, sample_times
     from recon.device import get_array_module, is_device_array, to_host
@@ -505,6 +507,7 @@ def reconstruct_iterative(
         raise InputError(f"regularisation weight lamda must be a finite number >= 0, got {lamda!r}")
     # the trajectory's radius before any work (and before the operator may be released)
     kmax = check_kmax(max_radius(nufft.k)) if check_window(window) != "none" else None
+    readout = readout_profile(nufft.k, t_s, kmax) if window in TRAJECTORY_WINDOWS else None
     xp = get_array_module(data)
     if not is_device_array(data):
         data = np.asarray(data)
@@ -647,14 +650,23 @@ def reconstruct_iterative(
             bar.close()
     x = alg.x
     if window != "none":
-        x = apodize(x, window, nufft.fov, kmax)
-        log.info(
-            "target point response %s (k_max %.1f cycles/m): the centre of objects of radius >= 2 voxels (%.1f mm) is "
-            "recovered; smaller ones are blurred (recon.window)",
-            window,
-            kmax,
-            1e3 / kmax,  # 2 voxels of 1 / (2 k_max)
-        )
+        x = apodize(x, window, nufft.fov, kmax, readout)
+        if readout is not None:
+            log.info(
+                "target point response %s (k_max %.1f cycles/m, readout %.1f ms to k_max): every compartment has the "
+                "response the tubes have under gridding (recon.window)",
+                window,
+                kmax,
+                1e3 * float(readout[-1]),
+            )
+        else:
+            log.info(
+                "target point response %s (k_max %.1f cycles/m): the centre of objects of radius >= 2 voxels (%.1f mm) is "
+                "recovered; smaller ones are blurred (recon.window)",
+                window,
+                kmax,
+                1e3 / kmax,  # 2 voxels of 1 / (2 k_max)
+            )
     alg = tn = data_normal = None  # the kernels and solver work arrays go before the heap is trimmed
     _release_free_heap()
     z = xp.asarray(2j * np.pi * f + (0 if r2 is None else r2))

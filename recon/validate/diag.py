@@ -32,6 +32,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "iter-no-b0": {"b0": "iterative", "fieldmap": "ZERO"},
     "iter-hamming": {"b0": "iterative", "iter_window": "hamming"},
     "iter-hann": {"b0": "iterative", "iter_window": "hann"},
+    "iter-tube-decay": {"b0": "iterative", "iter_window": "tube-decay"},
     "iter-tv": {"b0": "iterative", "iter_regulariser": "tv"},
     "iter-tv0.01": {"b0": "iterative", "iter_regulariser": "tv", "iter_lamda": 0.01},
     "iter-tv0.04": {"b0": "iterative", "iter_regulariser": "tv", "iter_lamda": 0.04},

@@ -65,9 +65,7 @@ class ReceiveProfile:
     info: dict
 
 
-def receive_profile(
-    array_echo1: np.ndarray, reference_echo1: np.ndarray, voxel_mm, smooth_mm: float = SMOOTH_MM
-) -> ReceiveProfile:
+def receive_profile(array_echo1: np.ndarray, reference_echo1: np.ndarray, voxel_mm, smooth_mm: float = SMOOTH_MM) -> ReceiveProfile:
     """The array's relative receive profile from the plain echo-1 images of the array and the reference scan.
 
     ``array_echo1``, ``reference_echo1``: (N0, N1, N2) coil-combined gridding images (complex or magnitude) of

@@ -422,6 +422,25 @@ def _rhs(tsos, decays, data, w, xp):
     return out
 
 
+def _kernel_key(nufft, *inputs) -> tuple:
+    """What the Toeplitz kernels depend on, as a hashable key: the operator's identity and a digest of the arrays."""
+    import hashlib
+
+    from recon.device import to_host
+
+    h = hashlib.blake2b(digest_size=16)
+    for v in inputs:
+        if v is None or isinstance(v, (str, int, float)):
+            h.update(repr(v).encode())
+        elif isinstance(v, (list, tuple)):
+            h.update(repr(tuple(float(t) for t in v)).encode())
+        else:
+            a = np.ascontiguousarray(to_host(v))
+            h.update(repr((a.shape, a.dtype.str)).encode())
+            h.update(a.view(np.uint8).reshape(-1))
+    return (id(nufft), tuple(nufft.shape), h.hexdigest())
+
+
 def reconstruct_iterative(
     nufft,
     data: np.ndarray,
@@ -448,6 +467,7 @@ def reconstruct_iterative(
     gridded: np.ndarray | None = None,
     release_nufft: bool = False,
     window: str = "none",
+    shared: dict | None = None,
 ) -> IterativeResult:
     """Joint least-squares reconstruction of all echoes sharing one image.
 
@@ -491,6 +511,10 @@ def reconstruct_iterative(
         solution, whose ringing at a sphere's centre does not fade (:mod:`recon.window`); ``tube-decay``
         the weighting exp(-t(|k|) / T2*_tube) of this trajectory's readout, the response tubes have
         under gridding.
+    shared : a dict the caller keeps across the calls of one scan (its coils): the Toeplitz kernels built
+        by the first call are kept in it and reused by a later call whose kernel inputs (trajectory
+        operator, weights, sample times, echo times, field map, decay model and its map, segments,
+        mask) are the same, which a digest of those inputs checks; otherwise they are rebuilt.
     """
     from recon.b0.operator import TimeSegmentedOperator, sample_times
     from recon.device import get_array_module, is_device_array, to_host
@@ -600,7 +624,14 @@ def reconstruct_iterative(
     if normal == "toeplitz":
         from recon.b0.toeplitz import ToeplitzNormal
 
-        tn = ToeplitzNormal(nufft, terms, plans=plans, base_weights=w)
+        key = _kernel_key(nufft, w, t_s, te, f, decay, frac, r2, n_segments, mask)
+        tn = shared.get("toeplitz") if shared is not None and shared.get("toeplitz_key") == key else None
+        if tn is None:
+            tn = ToeplitzNormal(nufft, terms, plans=plans, base_weights=w)
+            if shared is not None:
+                shared.update(toeplitz=tn, toeplitz_key=key)
+        else:
+            log.debug("iterative: Toeplitz kernels reused")
         log.debug("iterative: %r", tn)
         data_normal = tn.normal
     else:

@@ -162,6 +162,12 @@ class RunOptions:
     fieldmap: str | None = _o(
         None, kind="path", nullable=True, help="external field map NIfTI in Hz instead of the dual-echo estimate"
     )
+    receive_reference: str | None = _o(
+        None,
+        kind="path",
+        nullable=True,
+        help="reference scan (raw) of the same object with a homogeneous receive coil: the array's receive profile is divided out",
+    )
     fieldmap_nucleus: str = _o(
         "23Na", kind="str", choices=("23Na", "1H"), help="nucleus the external map was measured at (1H maps are scaled by 0.2645)"
     )
@@ -337,7 +343,9 @@ class RunOptions:
             raise ConfigError(f"tube_mM: at least two tube concentrations are needed, got {list(self.tube_mM)}", source)
         if self.regions is not None and self.calibration in ("internal", "none"):
             raise ConfigError("regions need a tube calibration (calibration auto or a tubes file)", self.regions)
-        for name in ("traj", "profile", "fieldmap", "regions"):
+        if self.receive_reference is not None and self.calibration == "none":
+            raise ConfigError("receive_reference corrects the calibrated map: it needs a calibration", self.receive_reference)
+        for name in ("traj", "profile", "fieldmap", "regions", "receive_reference"):
             p = getattr(self, name)
             if p is not None and not os.path.isfile(p):
                 raise ConfigError(f"{name}: file not found", p)

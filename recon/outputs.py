@@ -133,6 +133,8 @@ def write_run(result: Any, out_dir: str | os.PathLike, *, force: bool = False, q
                     nii("mask.nii.gz", result.mask.astype(np.float32), "narecon object mask (recon.calibrate.mask rule)")
                 if result.ratio is not None:
                     nii("ratio_csf.nii.gz", result.ratio, "narecon TSC ratio to reference region")
+                if getattr(result, "receive", None) is not None:
+                    nii("receive_map.nii.gz", result.receive.map, "narecon relative receive profile (divided out)")
                 (tmp / "calibration.json").write_text(json.dumps(cal_dict, indent=2, default=json_default))
                 if getattr(result, "regions", None) is not None:  # regional TSC (recon.calibrate.regions)
                     (tmp / "regions.tsv").write_text(result.regions.to_tsv())

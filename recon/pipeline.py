@@ -104,6 +104,7 @@ class ReconResult:
     timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
     input_sha256: tuple[str, ...] | None = None  # one per acquisition.sources, hashed while the reconstruction ran
     model_echoes: np.ndarray | None = None  # the images the tube and regional models describe, when not ``echoes``
+    receive: Any = None  # recon.receive.ReceiveProfile divided out of the images (receive_reference), or None
 
     @property
     def matrix(self) -> tuple[int, int, int]:
@@ -120,6 +121,12 @@ class ReconResult:
             d["background_outside_mask_mM"] = self.background
         if self.regions is not None:  # the regional record (values also in regions.tsv) with its settings and warnings
             d["regional"] = self.regions.to_dict()
+        if self.receive is not None:
+            d["receive_profile"] = dict(self.receive.info)
+        elif self.acquisition is not None and getattr(self.acquisition, "n_coils", 1) > 1:
+            from recon.receive import array_warning
+
+            d["warnings"] = list(d.get("warnings", [])) + [array_warning(self.acquisition.n_coils)]
         return d
 
     def summary(self) -> dict[str, Any]:
@@ -425,16 +432,35 @@ def grid_bins(op, ks: KSpace, opts: RunOptions, plans: Plans | None = None, time
         return grid_time_bins(op, ks.data, ks.dcf, ks.t_s, n_bins, plans=plans)
 
 
-def combine(images: np.ndarray, noise_cov: np.ndarray | None = None) -> np.ndarray:
+def combine(images: np.ndarray, noise_cov: np.ndarray | None = None, sens: np.ndarray | None = None) -> np.ndarray:
     """(echo, coil, N0, N1, N2) -> (echo, N0, N1, N2): adaptive (Walsh) combination of coils; with the
-    covariance the data were whitened with, back in the data's signal units (recon.io.coils)."""
+    covariance the data were whitened with, back in the data's signal units (recon.io.coils).
+
+    ``sens``: the scan's coil sensitivities (:func:`coil_sensitivities`), the same for every echo and
+    every reconstruction of the scan; None estimates them from each echo (one coil: not used).
+    """
     from recon.device import to_host
     from recon.io.coils import combine_coils
 
     images = to_host(images)  # the device boundary back: coil combination and calibration run on the host
     if images.shape[1] == 1:
         return images[:, 0]
-    return np.stack([combine_coils(im, "adaptive", noise_cov=noise_cov, prewhitened=noise_cov is not None) for im in images])
+    pw = noise_cov is not None
+    return np.stack([combine_coils(im, "adaptive", noise_cov=noise_cov, prewhitened=pw, sens=sens) for im in images])
+
+
+def coil_sensitivities(plain: np.ndarray) -> np.ndarray | None:
+    """The scan's coil sensitivities (coil, N0, N1, N2) from the plain echo-1 gridding images (echo, coil, ...),
+    in the (whitened) space of the data; None for one coil. Estimated once per scan and used by every
+    :func:`combine` of it, so that the echoes and the gridding and iterative images are combined with the same
+    weights (their echo ratios, from which the decay models and the relaxation map are made, are then not
+    changed by the combination)."""
+    from recon.device import to_host
+    from recon.io.coils import coil_sensitivities as walsh
+
+    if plain.shape[1] == 1:
+        return None
+    return walsh(to_host(plain[0]))
 
 
 GRIDDING_B0 = "tb-cpr"
@@ -507,6 +533,28 @@ def field_map(
     )
 
 
+def decay_model(combined_plain: np.ndarray, acq, fieldmap_hz, mask, decay: str) -> dict[str, Any]:
+    """The iterative decay model's per-voxel map from the coil-combined plain echoes, as keyword arguments of
+    :func:`recon.iterative.reconstruct_iterative`: ``tissue_fraction`` (two-pool) or ``r2star_hz`` (r2star-map), or
+    none (other models, or one echo: the solver then reports what it needs). One map per scan, from the
+    combination's SNR, instead of one per coil from that coil's images (noisy where the coil is weak)."""
+    from recon.iterative import r2star_from_echoes, tissue_fraction_from_echoes
+
+    if decay not in ("two-pool", "r2star-map") or not echo_pair(acq):
+        return {}
+    from recon.device import to_host
+
+    g = to_host(combined_plain)
+    kw = {
+        "fieldmap_hz": None if fieldmap_hz is None else np.asarray(to_host(fieldmap_hz), dtype=np.float64),
+        "mask": None if mask is None else np.asarray(to_host(mask), bool),
+    }
+    te = acq.te_s
+    if decay == "two-pool":
+        return {"tissue_fraction": tissue_fraction_from_echoes(g[0], g[1], te[0], te[1], **kw)}
+    return {"r2star_hz": r2star_from_echoes(g[0], g[1], te[0], te[1], **kw)}
+
+
 def correct_b0(
     op,
     ks: KSpace,
@@ -520,12 +568,16 @@ def correct_b0(
     timer: StageTimer | None = None,
     label: str | None = None,
     bins: Any = None,
+    sens: np.ndarray | None = None,
 ) -> tuple[np.ndarray, str, dict[str, Any] | None]:
     """Stage 8: B0-corrected, coil-combined echo images (echo, N0, N1, N2); iterative when asked.
 
     ``label``: the stage's name in the log and timings (default ``B0 correction (<method>)``).
     ``bins``: the run's :class:`recon.b0.TimeBins` (:func:`grid_bins`): tb-cpr combines them when
     they are as many as the field map needs (or ``b0_segments`` set them), else regrids.
+    ``sens``: the scan's coil sensitivities (:func:`coil_sensitivities`) for every combination.
+    The iterative model of several coils is one per scan: the decay model (tissue fraction or R2*)
+    comes from the coil-combined gridding echoes, and the Toeplitz kernels are built once.
     Returns (images, the method that ran, the iterative record or None).
     """
     from recon.b0 import correct, support_mask
@@ -539,6 +591,8 @@ def correct_b0(
         with timer.stage(f"iterative reconstruction ({opts.iter_regulariser}, decay {opts.iter_decay}{win})"):
             fm = fmap.hz if method != "none" else None
             mask = fmap.mask if fmap.mask is not None else support_mask(np.abs(combined_plain[0]))
+            model = decay_model(combined_plain, acq, fm, mask, opts.iter_decay)  # one per scan, not per coil
+            shared: dict = {}  # the Toeplitz kernels of the first coil, reused by the others
             per_coil, iters, res = [], [], None
             for c in range(ks.data.shape[1]):
                 res = reconstruct_iterative(
@@ -556,12 +610,14 @@ def correct_b0(
                     mask=mask,
                     plans=plans,
                     gridded=plain[:, c],
+                    shared=shared,
+                    **model,
                     # no cache keeps op: its plan may go once the last coil's right-hand side is made
                     release_nufft=plans_or_default(plans).cache is None and c == ks.data.shape[1] - 1,
                 )
                 per_coil.append(to_host(res.echoes))
                 iters.append(res.iterations)
-            images = combine(np.stack(per_coil, axis=1), ks.noise_cov)
+            images = combine(np.stack(per_coil, axis=1), ks.noise_cov, sens)
         info = {
             "iterations": iters,
             "objective_last": res.objective[-1] if res.objective else None,
@@ -577,7 +633,7 @@ def correct_b0(
         if opts.b0_segments or need <= bins.n_bins:
             with timer.stage(label or f"B0 correction ({method}, {bins.n_bins} bins of the gridding)"):
                 corr = bins.combine(acq.te_s, fmap.hz)
-            return combine(corr, ks.noise_cov), method, None
+            return combine(corr, ks.noise_cov, sens), method, None
         log.info("field map needs %d time bins (> %d gridded): regridding, demodulated at its centre", need, bins.n_bins)
     with timer.stage(label or f"B0 correction ({method})"):
         corr = correct(
@@ -592,7 +648,7 @@ def correct_b0(
             mask=mask,
             plans=plans,
         )
-    return combine(corr, ks.noise_cov), method, None
+    return combine(corr, ks.noise_cov, sens), method, None
 
 
 def model_calibration(opts: RunOptions) -> bool:
@@ -611,6 +667,7 @@ def gridding_for_calibration(
     opts: RunOptions,
     plans: Plans | None = None,
     timer: StageTimer | None = None,
+    sens: np.ndarray | None = None,
 ) -> np.ndarray:
     """The B0-corrected gridding images the tube model is fitted on in an iterative run.
 
@@ -621,7 +678,7 @@ def gridding_for_calibration(
         return combined_plain
     grid_opts = opts.replace(recon="gridding")
     label = f"{GRIDDING_B0} image for the tube calibration"
-    return correct_b0(op, ks, acq, plain, combined_plain, fmap, GRIDDING_B0, grid_opts, plans, timer, label)[0]
+    return correct_b0(op, ks, acq, plain, combined_plain, fmap, GRIDDING_B0, grid_opts, plans, timer, label, sens=sens)[0]
 
 
 def tube_t1_s(opts: RunOptions) -> float | None:
@@ -933,6 +990,40 @@ def hash_inputs(
     return wait
 
 
+def receive_correction(combined_plain, affine, acq, traj, opts: RunOptions, plans=None, timer: StageTimer | None = None):
+    """Stage 8b: the array's receive profile from ``receive_reference`` (:mod:`recon.receive`), or None.
+
+    The reference scan is reconstructed with this scan's trajectory, grid and options (plain gridding, no
+    calibration); a reference of another geometry is refused. Without a reference, an array of several
+    coils is reported: its map is the object times the array's sensitivity, calibrated at the tubes.
+    """
+    from recon.receive import array_warning, receive_profile
+
+    if not opts.receive_reference:
+        if acq.n_coils > 1 and opts.calibration != "none":
+            log.warning("%s", array_warning(acq.n_coils))
+        return None
+    timer = timer or StageTimer()
+    ref_opts = dataclasses.replace(
+        opts, b0="none", recon="gridding", calibration="none", regions=None, fieldmap=None, receive_reference=None, qa=False
+    )
+    with timer.stage("receive profile (reference scan)"):
+        ref = reconstruct(opts.receive_reference, ref_opts, trajectory=traj, plans=plans)
+        if ref.echoes.shape[-3:] != combined_plain.shape[-3:] or not np.allclose(ref.affine, affine, atol=0.1):
+            raise InputError(
+                "receive reference: its grid or position differs from the scan's (same trajectory, FOV, matrix and "
+                "slice position are needed)",
+                opts.receive_reference,
+            )
+        voxel_mm = 1e3 * np.asarray(traj.fov_m, dtype=np.float64) / np.asarray(combined_plain.shape[-3:])
+        prof = receive_profile(combined_plain[0], ref.echoes[0], voxel_mm)
+    prof.info.update(reference=os.path.abspath(opts.receive_reference), reference_coils=int(ref.acquisition.n_coils))
+    if prof.info["reference_coils"] > 1:
+        n_ref = prof.info["reference_coils"]
+        log.warning("receive reference %s has %d coils: its own profile is taken as uniform", opts.receive_reference, n_ref)
+    return prof
+
+
 def reconstruct(
     source: Any,
     options: RunOptions | dict[str, Any] | None = None,
@@ -992,11 +1083,14 @@ def reconstruct(
         plain = bins.plain()
     else:
         plain = grid(op, dks, acq.te_s, timer)
-    combined_plain = combine(plain, ks.noise_cov)
+    sens = coil_sensitivities(plain)  # one set per scan: every combination below uses it
+    combined_plain = combine(plain, ks.noise_cov, sens)
     fmap = field_map(op, dks, acq, plain, combined_plain, affine, method, opts, plans, timer)
     if own_op and method == "tb-cpr" and opts.recon != "iterative":
         release_op()  # tb-cpr plans its own bins (from op.k) and never transforms through op
-    images, method, iter_info = correct_b0(op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer, bins=bins)
+    images, method, iter_info = correct_b0(
+        op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer, bins=bins, sens=sens
+    )
     del bins
     if own_op:
         release_op()  # the last transform through op is done (calibration plans its own NUFFTs)
@@ -1004,8 +1098,13 @@ def reconstruct(
 
     fit_images = None
     if iter_info is not None and model_calibration(opts):
-        fit_images = gridding_for_calibration(op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer)
+        fit_images = gridding_for_calibration(op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer, sens)
     fmap = FieldMap(to_host(fmap.hz), fmap.info)
+    receive = receive_correction(combined_plain, affine, acq, traj, opts, plans, timer)
+    if receive is not None:
+        from recon.receive import divide_profile
+
+        images, fit_images = divide_profile(images, receive), divide_profile(fit_images, receive)
     cal, tsc, ratio, relax_info = calibrate_images(images, affine, acq, ks, traj, opts, timer, plans, fit_images)
     if fit_images is not None:  # regional templates model gridding: measure on the gridding image, as the tubes
         regions = regional_tsc(fit_images, affine, acq, ks, traj, opts, cal, tsc, timer, plans, own_signal=False)
@@ -1031,6 +1130,7 @@ def reconstruct(
         iterative_info=iter_info,
         regions=regions,
         model_echoes=fit_images,  # the gridding images the tubes and regions were measured on (None: echoes)
+        receive=receive,
         provenance=provenance(acq, opts, op, traj_source, dcf_method, method, fmap, iter_info, timer),
         timings_s=dict(timer.timings),
         input_sha256=digests(),

@@ -96,3 +96,34 @@ def test_reconstruct_four_coils_in_the_units_of_one_coil():
     for e in range(2):
         ratio = np.abs(res[4].echoes[e])[inside] / (rss[inside] * np.abs(res[1].echoes[e])[inside])
         assert np.median(ratio) == pytest.approx(1.0, abs=0.04)
+
+
+def test_iterative_coils_share_one_model_and_its_kernels(caplog):
+    """reconstruct_iterative with a ``shared`` dict (the pipeline's per-scan dict): the second coil reuses the first
+    coil's Toeplitz kernels and gives the solution of a call that builds its own (to 1e-6); another field map is
+    another key, so its kernels are rebuilt."""
+    import logging
+
+    from recon.iterative import reconstruct_iterative
+    from recon.nufft import NUFFT
+    from recon.trajectory import compute_dcf, tpi
+
+    traj = tpi(fov_m=0.224, res_m=0.014, p=0.3, undersampling=2.0)
+    w = compute_dcf(traj, "analytic")
+    op = NUFFT(traj.k, traj.matrix, traj.fov_m, eps=1e-6, dtype=np.complex128)
+    rng = np.random.default_rng(1)
+    t = np.asarray(traj.sample_times())
+    y = rng.standard_normal((2, *op.kshape)) + 1j * rng.standard_normal((2, *op.kshape))
+    f = np.full(traj.matrix, 20.0)
+    kw = dict(decay="two-pool", tissue_fraction=np.full(traj.matrix, 0.5), max_iter=5, progress=False)
+    shared: dict = {}
+    reconstruct_iterative(op, 0.5 * y, w, [3e-4, 2.3e-3], t, f, shared=shared, **kw)
+    with caplog.at_level(logging.DEBUG, logger="recon.iterative"):
+        again = reconstruct_iterative(op, y, w, [3e-4, 2.3e-3], t, f, shared=shared, **kw)
+    assert "Toeplitz kernels reused" in caplog.text
+    alone = reconstruct_iterative(op, y, w, [3e-4, 2.3e-3], t, f, **kw)
+    assert np.max(np.abs(again.x - alone.x)) <= 1e-6 * np.max(np.abs(alone.x))
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="recon.iterative"):
+        reconstruct_iterative(op, y, w, [3e-4, 2.3e-3], t, f + 5.0, shared=shared, **kw)
+    assert "Toeplitz kernels reused" not in caplog.text

@@ -105,7 +105,11 @@ def _check_cov(x: np.ndarray, noise_cov: np.ndarray) -> np.ndarray:
 
 
 def adaptive_combine(
-    images: np.ndarray, kernel: int = 5, noise_cov: np.ndarray | None = None, prewhitened: bool = False
+    images: np.ndarray,
+    kernel: int = 5,
+    noise_cov: np.ndarray | None = None,
+    prewhitened: bool = False,
+    sens: np.ndarray | None = None,
 ) -> np.ndarray:
     """Adaptive (Walsh) combination of coil images (C, ...) -> complex64 (...).
 
@@ -114,6 +118,10 @@ def adaptive_combine(
     signal units, ||S|| rho (see the module docstring). Without ``noise_cov`` the images are
     taken as they are and the result is ||S_x|| rho in their own units (noise units when they
     were prewhitened).
+    ``sens``: sensitivities (C, ...) of :func:`coil_sensitivities` estimated once (from echo 1, in
+    the same whitened space) and used for every image of the scan: the combination is then one
+    fixed linear map, so the echoes and reconstructions of a scan keep their ratios and phase
+    differences (estimating them per image gives echo 2 its own, noisier weights).
     """
     x = np.asarray(images)
     if x.ndim < 2:
@@ -127,7 +135,9 @@ def adaptive_combine(
     if x.shape[0] == 1:
         out = x[0] if L is None else x[0] * L[0, 0].real
         return out.astype(np.complex64)
-    s = coil_sensitivities(x, kernel)
+    if sens is not None and np.shape(sens) != x.shape:
+        raise InputError(f"coil sensitivities of shape {np.shape(sens)} for coil images of shape {x.shape}")
+    s = coil_sensitivities(x, kernel) if sens is None else np.asarray(sens)
     out = (np.conj(s) * x).sum(axis=0)
     if L is not None:  # ||L s_w|| = ||S|| / ||W S||: back from noise units to signal units
         out = out * np.linalg.norm(np.tensordot(L, s, axes=(1, 0)), axis=0)
@@ -147,15 +157,17 @@ def combine_coils(
     kernel: int = 5,
     noise_cov: np.ndarray | None = None,
     prewhitened: bool = False,
+    sens: np.ndarray | None = None,
 ) -> np.ndarray:
     """Combine coil images (C, ...): ``"adaptive"`` (complex) or ``"sos"`` (magnitude).
 
     With ``noise_cov`` (and ``prewhitened=True`` when the images were made from data whitened
     by :func:`prewhiten` with that covariance) the result is in the data's signal units, so one
-    coil and several coils give the same scale (module docstring).
+    coil and several coils give the same scale (module docstring). ``sens``: fixed sensitivities
+    for ``adaptive`` (:func:`adaptive_combine`).
     """
     if method == "adaptive":
-        return adaptive_combine(images, kernel, noise_cov, prewhitened)
+        return adaptive_combine(images, kernel, noise_cov, prewhitened, sens)
     if method == "sos":
         x = np.asarray(images)
         if noise_cov is not None and prewhitened:  # unwhiten: the RSS of the images in signal units

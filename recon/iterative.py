@@ -422,6 +422,25 @@ def _rhs(tsos, decays, data, w, xp):
     return out
 
 
+def decay_map(decay: str, echoes, te_s, fieldmap_hz=None, mask=None) -> dict:
+    """The per-voxel map of an echo-ratio decay model from two echo images (echo, N0, N1, N2), as keyword arguments
+    of :func:`reconstruct_iterative`: ``tissue_fraction`` (0..1, ``two-pool``) or ``r2star_hz`` (1/s, ``r2star-map``);
+    {} for the other models. The field map's (Hz) intravoxel dephasing is divided out of the ratio inside ``mask``."""
+    from recon.device import to_host
+
+    if decay not in ("two-pool", "r2star-map"):
+        return {}
+    g = to_host(echoes)
+    kw = {
+        "fieldmap_hz": None if fieldmap_hz is None else np.asarray(to_host(fieldmap_hz), dtype=np.float64),
+        "mask": None if mask is None else np.asarray(to_host(mask), bool),
+    }
+    te = [float(t) for t in te_s]
+    if decay == "two-pool":
+        return {"tissue_fraction": tissue_fraction_from_echoes(g[0], g[1], te[0], te[1], **kw)}
+    return {"r2star_hz": r2star_from_echoes(g[0], g[1], te[0], te[1], **kw)}
+
+
 def _kernel_key(nufft, *inputs) -> tuple:
     """What the Toeplitz kernels depend on, as a hashable key: the operator's identity and a digest of the arrays."""
     import hashlib
@@ -555,15 +574,8 @@ def reconstruct_iterative(
         if len(te) < 2:
             raise InputError(f"the {decay} decay model needs two echoes (or give r2star_hz)")
         g = to_host(gridded) if gridded is not None else to_host(gridding(nufft, data[:2], xp.asarray(w)))
-        # the field map's intravoxel dephasing is divided out of the echo ratio (inside the mask)
-        dephase = {
-            "fieldmap_hz": None if fieldmap_hz is None else f,
-            "mask": None if mask is None else np.asarray(to_host(mask), bool),
-        }
-        if decay == "two-pool":
-            frac = tissue_fraction_from_echoes(g[0], g[1], te[0], te[1], **dephase)
-        else:
-            r2star_hz = r2star_from_echoes(g[0], g[1], te[0], te[1], **dephase)
+        m = decay_map(decay, g, te, None if fieldmap_hz is None else f, mask)
+        frac, r2star_hz = m.get("tissue_fraction", frac), m.get("r2star_hz", r2star_hz)
         del g
     r2 = None if decay != "r2star-map" else np.asarray(to_host(r2star_hz), dtype=np.float64)
 

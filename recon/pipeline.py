@@ -533,28 +533,6 @@ def field_map(
     )
 
 
-def decay_model(combined_plain: np.ndarray, acq, fieldmap_hz, mask, decay: str) -> dict[str, Any]:
-    """The iterative decay model's per-voxel map from the coil-combined plain echoes, as keyword arguments of
-    :func:`recon.iterative.reconstruct_iterative`: ``tissue_fraction`` (two-pool) or ``r2star_hz`` (r2star-map), or
-    none (other models, or one echo: the solver then reports what it needs). One map per scan, from the
-    combination's SNR, instead of one per coil from that coil's images (noisy where the coil is weak)."""
-    from recon.iterative import r2star_from_echoes, tissue_fraction_from_echoes
-
-    if decay not in ("two-pool", "r2star-map") or not echo_pair(acq):
-        return {}
-    from recon.device import to_host
-
-    g = to_host(combined_plain)
-    kw = {
-        "fieldmap_hz": None if fieldmap_hz is None else np.asarray(to_host(fieldmap_hz), dtype=np.float64),
-        "mask": None if mask is None else np.asarray(to_host(mask), bool),
-    }
-    te = acq.te_s
-    if decay == "two-pool":
-        return {"tissue_fraction": tissue_fraction_from_echoes(g[0], g[1], te[0], te[1], **kw)}
-    return {"r2star_hz": r2star_from_echoes(g[0], g[1], te[0], te[1], **kw)}
-
-
 def correct_b0(
     op,
     ks: KSpace,
@@ -591,7 +569,10 @@ def correct_b0(
         with timer.stage(f"iterative reconstruction ({opts.iter_regulariser}, decay {opts.iter_decay}{win})"):
             fm = fmap.hz if method != "none" else None
             mask = fmap.mask if fmap.mask is not None else support_mask(np.abs(combined_plain[0]))
-            model = decay_model(combined_plain, acq, fm, mask, opts.iter_decay)  # one per scan, not per coil
+            from recon.iterative import decay_map
+
+            # one decay model per scan, from the combination's SNR (not per coil from that coil's echoes)
+            model = decay_map(opts.iter_decay, combined_plain, acq.te_s, fm, mask) if echo_pair(acq) else {}
             shared: dict = {}  # the Toeplitz kernels of the first coil, reused by the others
             per_coil, iters, res = [], [], None
             for c in range(ks.data.shape[1]):
@@ -1085,6 +1066,8 @@ def reconstruct(
         plain = grid(op, dks, acq.te_s, timer)
     sens = coil_sensitivities(plain)  # one set per scan: every combination below uses it
     combined_plain = combine(plain, ks.noise_cov, sens)
+    # the reference scan before the long work: a reference that does not match fails here
+    receive = receive_correction(combined_plain, affine, acq, traj, opts, plans, timer)
     fmap = field_map(op, dks, acq, plain, combined_plain, affine, method, opts, plans, timer)
     if own_op and method == "tb-cpr" and opts.recon != "iterative":
         release_op()  # tb-cpr plans its own bins (from op.k) and never transforms through op
@@ -1100,7 +1083,6 @@ def reconstruct(
     if iter_info is not None and model_calibration(opts):
         fit_images = gridding_for_calibration(op, dks, acq, plain, combined_plain, fmap, method, opts, plans, timer, sens)
     fmap = FieldMap(to_host(fmap.hz), fmap.info)
-    receive = receive_correction(combined_plain, affine, acq, traj, opts, plans, timer)
     if receive is not None:
         from recon.receive import divide_profile
 
